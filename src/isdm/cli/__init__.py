@@ -1,0 +1,49 @@
+"""The ``isdm`` command line: a thin click group.
+
+Each sub-command lives in its own module and is imported only when invoked, so ``isdm --help``
+stays instant (no torch / mlflow / smp import at start-up). A command parses its options, loads
+the config (:func:`isdm.cli.common.load_cli_config`) and calls ONE library function.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# command name -> (module, attribute, one-line help shown by `isdm --help`)
+_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "data": ("isdm.cli.data", "data", "Check a dataset or write the embedded synthetic one."),
+    "config": ("isdm.cli.config_cmd", "config", "Show the resolved config."),
+    "train": ("isdm.cli.train", "train", "Train a Semantic Diffusion Model."),
+    "finetune": ("isdm.cli.train", "finetune", "Finetune with mask dropout for guidance."),
+    "sample": ("isdm.cli.sample", "sample", "Generate synthetic image/mask pairs."),
+    "evaluate": ("isdm.cli.evaluate", "evaluate", "Downstream mIoU of real vs synthetic mixes."),
+    "tune": ("isdm.cli.tune", "tune", "Optuna search of s, drop rate and sampler steps."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str):  # type: ignore[override]
+        if name not in _COMMANDS:
+            return None
+        module, attr, _ = _COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(n, h) for n, (_, _, h) in _COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="isdm")
+def cli() -> None:
+    """isdm: enlarge small segmentation datasets with a Semantic Diffusion Model, and measure
+    whether the synthetic data raises a downstream model's mIoU."""
+
+
+def main() -> None:
+    cli(prog_name="isdm")

@@ -1,0 +1,165 @@
+"""MLflow tracking: the only module that imports mlflow (lazily, inside functions).
+
+Every CLI action runs inside :func:`start_run`, which yields a :class:`Run` with a small, stable
+API (``log_params``, ``log_metrics``, ``log_artifact``, ``log_figure``, ``log_dict``, ``set_tags``).
+With tracking disabled the same calls go to a :class:`NullRun` and do nothing, so library code
+never branches on whether MLflow is on.
+
+Where runs go: ``tracking.tracking_uri`` if set, else ``$MLFLOW_TRACKING_URI``, else the embedded
+store ``sqlite:///<cwd>/mlflow.db`` (artifacts in ``./mlruns``). One experiment per dataset
+(``tracking.experiment`` or ``isdm-<dataset folder name>``).
+
+Grouping: every run is tagged ``isdm.pipeline`` (``$ISDM_PIPELINE_ID``, else the DVC experiment
+name, else the git revision) and ``isdm.action``; a run started while another is active, or with
+``parent_run_id``, becomes its child (Optuna trials under a study run, evaluate cells under the
+evaluate run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional
+
+__all__ = ["Run", "NullRun", "start_run", "resolve_tracking_uri", "pipeline_id"]
+
+
+def resolve_tracking_uri(uri: str = "") -> str:
+    if uri:
+        return uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def pipeline_id() -> str:
+    """Identifier that groups the runs of one pipeline execution in ``mlflow ui``."""
+    for var in ("ISDM_PIPELINE_ID", "DVC_EXP_NAME"):
+        if os.environ.get(var):
+            return os.environ[var]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev = ""
+    return rev or "no-git"
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return ",".join(str(x) for x in v)
+    return "null" if v is None else v
+
+
+class NullRun:
+    """Does nothing; returned when tracking is disabled."""
+
+    run_id: Optional[str] = None
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None: ...
+    def log_artifact(self, path: str | Path, artifact_path: Optional[str] = None) -> None: ...
+    def log_figure(self, figure: Any, name: str) -> None: ...
+    def log_dict(self, obj: Any, name: str) -> None: ...
+    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
+
+
+class Run(NullRun):
+    """A thin handle on one active MLflow run."""
+
+    def __init__(self, mlflow_run: Any) -> None:
+        import mlflow
+
+        self._mlflow = mlflow
+        self._client = mlflow.MlflowClient()
+        self.run_id = mlflow_run.info.run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        items = {k: str(_scalar(v))[:6000] for k, v in params.items()}
+        keys = list(items)
+        for i in range(0, len(keys), 100):  # MLflow caps a batch at 100 params
+            self._mlflow.log_params({k: items[k] for k in keys[i:i + 100]})
+
+    def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
+        clean = {k.replace("@", "_"): float(v) for k, v in metrics.items() if v is not None}
+        if clean:
+            self._mlflow.log_metrics(clean, step=step)
+
+    def log_artifact(self, path: str | Path, artifact_path: Optional[str] = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self._mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+        elif path.exists():
+            self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        self._mlflow.log_figure(figure, name)
+
+    def log_dict(self, obj: Any, name: str) -> None:
+        self._mlflow.log_dict(json.loads(json.dumps(obj, default=str)), name)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+@contextmanager
+def start_run(
+    tracking: Any,
+    *,
+    name: str,
+    action: str,
+    dataset: str = "",
+    params: Optional[Mapping[str, Any]] = None,
+    tags: Optional[Mapping[str, Any]] = None,
+    parent_run_id: Optional[str] = None,
+) -> Iterator[NullRun]:
+    """Open an MLflow run (or a :class:`NullRun` when ``tracking.enabled`` is false).
+
+    Args:
+        tracking: a :class:`isdm.config.TrackingConfig`.
+        name: a run name that says what it is, e.g. ``"sample dpmpp2m 20 steps s=1.5"``.
+        action: ``train`` / ``finetune`` / ``sample`` / ``evaluate`` / ``tune`` / ``trial`` ...
+        dataset: dataset folder, used for the default experiment name ``isdm-<name>``.
+        params: flat dotted params (``isdm.config.flatten(cfg)``), logged at start.
+        tags: extra tags.
+        parent_run_id: make this run a child of that run (nested). Without it, a run started
+            while another is active in this process is nested under it.
+    """
+    if not getattr(tracking, "enabled", True):
+        yield NullRun()
+        return
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    mlflow.set_tracking_uri(resolve_tracking_uri(getattr(tracking, "tracking_uri", "")))
+    experiment = getattr(tracking, "experiment", "") or f"isdm-{Path(dataset).name or 'default'}"
+    exp = mlflow.set_experiment(experiment)
+    active = mlflow.active_run()
+    parent = parent_run_id or (active.info.run_id if active else None)
+    all_tags = {"isdm.action": action, "isdm.pipeline": pipeline_id(), **(tags or {})}
+    if parent:
+        all_tags["mlflow.parentRunId"] = parent
+    run_obj = mlflow.start_run(run_name=name, experiment_id=exp.experiment_id,
+                               nested=active is not None, tags={k: str(v) for k, v in all_tags.items()})
+    status = "FAILED"
+    try:
+        run = Run(run_obj)
+        if params:
+            run.log_params(params)
+        yield run
+        status = "FINISHED"
+    finally:
+        mlflow.end_run(status=status)
+
+
+def log_text_artifact(run: NullRun, text: str, name: str) -> None:
+    """Write ``text`` to a temp file and log it under ``name``."""
+    if isinstance(run, Run):
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / name
+            p.write_text(text)
+            run.log_artifact(p)

@@ -1,0 +1,57 @@
+"""Shared fixtures: offline environment, a session-wide synthetic dataset, CrackForest, MLflow."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+CRACKFOREST = (REPO.parent / "shared" / "data" / "crackforest").resolve()
+
+
+@pytest.fixture(scope="session")
+def crackforest_dir() -> Path:
+    """The read-only CrackForest dataset beside the checkout; skips when absent."""
+    if not (CRACKFOREST / "train" / "images").is_dir():
+        pytest.skip(f"CrackForest not found at {CRACKFOREST}")
+    return CRACKFOREST
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    """A small multi-class embedded dataset (32 px, 8 train / 4 test), written once per session."""
+    from isdm.config import SynthConfig
+    from isdm.data.synth import write_synthetic_dataset
+
+    out = tmp_path_factory.mktemp("synth")
+    write_synthetic_dataset(out, SynthConfig(seed=0, num_train=8, num_test=4, image_size=32))
+    return out
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory) -> Path:
+    """One migrated sqlite store per session; copying it costs milliseconds."""
+    import mlflow
+
+    d = tmp_path_factory.mktemp("mlflow-template")
+    db = d / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, _mlflow_template, monkeypatch) -> str:
+    """A fresh, isolated MLflow store for one test; also exported as MLFLOW_TRACKING_URI."""
+    db = tmp_path / "mlflow.db"
+    shutil.copy(_mlflow_template, db)
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # artifacts land in tmp_path/mlruns
+    return uri

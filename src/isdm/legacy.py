@@ -192,6 +192,24 @@ _MAP: dict[str, _Mapper] = {
 KNOWN_KEYS = sorted(set(_MAP) | set(IGNORED))
 
 
+def _original_defaults(action: str) -> dict[str, Any]:
+    """The original tool's own defaults for keys its JSON files usually omit
+    (guided-diffusion ``model_and_diffusion_defaults`` and ``get_training_defaults``), so an
+    original config means what it meant there: e.g. no ``channel_mult`` = chosen by image size."""
+    tree: dict[str, Any] = {
+        "model": {"num_channels": 128, "channel_mult": [], "num_res_blocks": 2,
+                  "attention_resolutions": [16, 8], "num_head_channels": 64, "dropout": 0.0,
+                  "resblock_updown": False, "use_scale_shift_norm": True, "learn_sigma": False,
+                  "spade_hidden": 128, "use_checkpoint": False},
+    }
+    if action in ("train", "finetune"):
+        tree[action] = {"lr": 1e-4, "weight_decay": 0.0, "ema_rates": [0.9999],
+                        "grad_clip": 0.0, "batch_size": 1}
+    else:
+        tree["sample"] = {"batch_size": 1, "sampler": "ddpm", "steps": 1000, "s": 1.0}
+    return tree
+
+
 def legacy_to_tree(raw: Mapping[str, Any], action: str | None, source: str = "config") -> dict:
     """Translate an original flat config into an isdm config tree (nested dict).
 
@@ -216,7 +234,7 @@ def legacy_to_tree(raw: Mapping[str, Any], action: str | None, source: str = "co
             action = "train"
     if action not in ("train", "finetune", "sample"):
         raise ConfigError(f"{source}: unknown action {action!r}; use train, finetune or sample")
-    tree: dict[str, Any] = {}
+    tree: dict[str, Any] = _original_defaults(action)
     errors = []
     for key, value in raw.items():
         if key in IGNORED:

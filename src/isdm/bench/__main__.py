@@ -1,0 +1,87 @@
+"""``python -m isdm.bench`` (``make bench``): run every benchmark, print tables, write JSON.
+
+Each benchmark module exposes ``run(quick: bool = False) -> dict`` whose ``"table"`` entry is a
+list of flat row dicts. Results of one invocation are measured in one run, so ratios between rows
+are meaningful; absolute times on a shared 2-core machine are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+BENCHES = {
+    "train": "isdm.bench.train_bench",
+    "sample": "isdm.bench.sample_bench",
+    "eval": "isdm.bench.eval_bench",
+}
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Rows of flat dicts -> a markdown table (floats to 4 significant digits)."""
+    if not rows:
+        return "(no rows)"
+    cols: list[str] = []
+    for row in rows:
+        cols += [k for k in row if k not in cols]
+
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m isdm.bench", description=__doc__)
+    parser.add_argument("--out", default="bench/results.json")
+    parser.add_argument("--only", nargs="*", choices=sorted(BENCHES), default=None)
+    parser.add_argument("--quick", action="store_true", help="smoke-test sizes (about a minute each)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    results: dict = {
+        "meta": {
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "quick": args.quick,
+        }
+    }
+    failed = False
+    for name in args.only or list(BENCHES):
+        print(f"\n## {name}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            res = importlib.import_module(BENCHES[name]).run(quick=args.quick)
+        except Exception:  # a broken benchmark must not hide the others' numbers
+            traceback.print_exc()
+            results[name] = {"error": traceback.format_exc()}
+            failed = True
+            continue
+        res["wall_s"] = time.perf_counter() - t0
+        results[name] = res
+        print(markdown_table(res.get("table", [])), flush=True)
+        for line in res.get("notes", []):
+            print(f"- {line}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"\nwrote {out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Class balancing: exact greedy choices on hand-made masks, every option, binary and multi-class."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from isdm.sampling.balance import Choice, balance, class_counts, counted_classes, imbalance
+
+# Three 2x2 multi-class masks (classes 0, 1, 2):
+#   m0: three pixels of class 1      -> pixels [1, 3, 0], images [1, 1, 0]
+#   m1: one pixel of class 2         -> pixels [3, 0, 1], images [1, 0, 1]
+#   m2: one pixel each of 1 and 2    -> pixels [2, 1, 1], images [1, 1, 1]
+M0 = np.array([[1, 1], [1, 0]], np.uint8)
+M1 = np.array([[2, 0], [0, 0]], np.uint8)
+M2 = np.array([[1, 2], [0, 0]], np.uint8)
+MASKS = [M0, M1, M2]
+POOL = [Choice(i) for i in range(3)]
+
+
+def run(masks, num_samples, pixels=True, **kw):
+    counts = np.stack([class_counts(m, 3 if masks is MASKS else 2, pixels=pixels) for m in masks])
+    return balance(counts, [Choice(i) for i in range(len(masks))], counts.sum(0), num_samples,
+                   basis="pixels" if pixels else "images", **kw)
+
+
+def sources(result):
+    return [c.source for c in result.choices]
+
+
+def test_class_counts_pixels_images_and_ignore():
+    m = np.array([[0, 1, 255], [1, 1, 2]], np.uint8)
+    assert class_counts(m, 3, pixels=True).tolist() == [1, 3, 1]
+    assert class_counts(m, 3, pixels=False).tolist() == [1, 1, 1]
+    assert class_counts(np.zeros((2, 2), np.uint8), 3, pixels=False).tolist() == [1, 0, 0]
+
+
+def test_imbalance_closed_form():
+    assert imbalance(np.array([5.0, 5.0])) == 0.0
+    assert imbalance(np.array([4.0, 2.0])) == pytest.approx(2 * (1 / 6) ** 2)
+    assert imbalance(np.array([0.0, 0.0, 0.0])) == pytest.approx(2 / 3)  # 1 - 1/K
+
+
+def test_counted_classes_binary_rule_and_errors():
+    assert counted_classes(3, [0]) == (1, 2)
+    assert counted_classes(3, []) == (0, 1, 2)
+    assert counted_classes(2, [0]) == (0, 1)  # binary: background is compared with the defect
+    with pytest.raises(ValueError, match="ejection_classes"):
+        counted_classes(3, [5])
+
+
+def test_multiclass_pixels_exact_choices():
+    # real counted totals n = [c1 4, c2 2]. Hand-computed greedy on L = sum (p - 1/2)^2:
+    # 1: m1 -> [4,3] (best)  2: m2 -> [5,4]  3: only m0 unused and it hurts -> reset, m1 -> [5,5]
+    # 4: balanced: only m2 keeps it -> [6,6]  5: m2 again (the only one keeping balance)
+    r = run(MASKS, 5, max_class_dif=0.1)
+    assert sources(r) == [1, 2, 1, 2, 2]
+    assert r.generated.tolist() == [3 + 2 + 3 + 2 + 2, 0 + 1 + 0 + 1 + 1, 1 + 1 + 1 + 1 + 1]
+    rep = r.report()
+    assert rep["before"]["counts"] == [6, 4, 2] and rep["after"]["counts"] == [18, 7, 7]
+    assert rep["after"]["imbalance"] == 0.0 < rep["before"]["imbalance"]
+
+
+def test_generated_only_starts_from_zero():
+    # from n = [0, 0] only m2 (one pixel of each class) balances; it stays the only one that keeps it
+    r = run(MASKS, 3, based_on_generated_data_only=True)
+    assert sources(r) == [2, 2, 2]
+    assert r.report()["after"]["counts"] == r.generated.tolist() == [6, 3, 3]
+
+
+def test_large_tolerance_gives_variety_by_seeded_priority():
+    # with d = 10 every mix counts as balanced once both classes are present: choices follow the
+    # seeded priority without repetition inside a round
+    a = run(MASKS, 6, max_class_dif=10.0, seed=1)
+    b = run(MASKS, 6, max_class_dif=10.0, seed=1)
+    assert sources(a) == sources(b)
+    assert sorted(sources(a)[:3]) == [0, 1, 2] and sorted(sources(a)[3:]) == [0, 1, 2]
+    orders = {tuple(sources(run(MASKS, 3, max_class_dif=10.0, seed=s))) for s in range(8)}
+    assert len(orders) > 1
+
+
+def test_image_count_basis():
+    # presence counts: a, b contain class 1, c contains class 2. real n = [2, 1] -> c balances it
+    a = np.array([[1, 0]], np.uint8)
+    c = np.array([[0, 2]], np.uint8)
+    counts = np.stack([class_counts(m, 3, pixels=False) for m in (a, a, c)])
+    r = balance(counts, [Choice(i) for i in range(3)], counts.sum(0), 1, basis="images")
+    assert sources(r) == [2]
+    assert r.report()["after"]["counts"] == [4, 2, 2]  # every mask also contains background
+    assert r.report()["basis"] == "images"
+
+
+def test_ejection_classes_empty_counts_background():
+    # background counted too: m0 (3 px of class 1, 1 bg) vs m1 (3 bg, 1 px class 2):
+    # real [6,4,2] -> the class-2 mask m1 gives [9,4,3], m2 gives [8,5,3], m0 gives [7,7,2]
+    r = run(MASKS, 1, ejection_classes=())
+    scores = {i: imbalance(np.array([6, 4, 2]) + class_counts(MASKS[i], 3, pixels=True))
+              for i in range(3)}
+    assert sources(r) == [min(scores, key=scores.get)]
+    assert r.counted == (0, 1, 2)
+
+
+def test_binary_favours_larger_defect_share():
+    # 4x4 binary masks with 1, 2, 4 and 0 defect pixels; background ejected -> binary rule
+    masks = []
+    for k in (1, 2, 4, 0):
+        m = np.zeros((4, 4), np.uint8)
+        m.flat[:k] = 1
+        masks.append(m)
+    r = run(masks, 4)
+    assert sources(r) == [2, 2, 2, 2]  # the 4-pixel mask is the only one that raises the share
+    rep = r.report()
+    assert rep["counted_classes"] == [0, 1]
+    assert any("binary rule" in n for n in rep["notes"])
+    assert rep["after"]["shares"]["1"] > rep["before"]["shares"]["1"]
+    assert rep["after"]["imbalance"] < rep["before"]["imbalance"]
+
+
+def test_no_candidates_falls_back_uniformly():
+    masks = [np.zeros((2, 2), np.uint8)] * 3
+    counts = np.stack([class_counts(m, 3, pixels=True) for m in masks])
+    r = balance(counts, [Choice(i) for i in range(3)], counts.sum(0), 7, seed=3)
+    assert len(r.choices) == 7 and {c.source for c in r.choices} <= {0, 1, 2}
+    assert any("uniformly" in n for n in r.notes)
+    assert sources(r) == sources(balance(counts, [Choice(i) for i in range(3)], counts.sum(0), 7,
+                                         seed=3))
+
+
+def test_exact_count_and_augmented_choices_are_returned():
+    pool = [Choice(0), Choice(0, aug_seed=11), Choice(1, aug_seed=12)]
+    counts = np.array([[3, 1, 0], [2, 1, 1], [3, 0, 1]])
+    r = balance(counts, pool, np.array([3, 1, 0]), 4)
+    assert len(r.choices) == 4
+    assert r.choices[0] == Choice(1, aug_seed=12)  # real [1, 0] + [0, 1] is exactly balanced
+    with pytest.raises(ValueError, match="max_class_dif"):
+        balance(counts, pool, np.array([3, 1, 0]), 4, max_class_dif=-1)

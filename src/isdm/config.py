@@ -257,7 +257,10 @@ _FINETUNE_DEFAULTS = dict(lr=1e-4, max_epochs=10, patience=5, drop_rate=0.2)
 
 @dataclass(frozen=True)
 class BalanceConfig:
-    """Class-pixel balancing of the conditioning masks (the original's ``balance_args``)."""
+    """Class-pixel balancing of the conditioning masks (the original's ``balance_args``).
+
+    ``augment_variants``: augmented variants of each mask added to the candidate pool when
+    ``use_mask_augmentation`` (see :mod:`isdm.sampling.balance` for the algorithm)."""
 
     enabled: bool = False
     max_class_dif: float = 0.1
@@ -265,6 +268,13 @@ class BalanceConfig:
     based_on_pixel_count: bool = True
     ejection_classes: tuple[int, ...] = (0,)
     use_mask_augmentation: bool = False
+    augment_variants: int = 4
+
+    def __post_init__(self) -> None:
+        if self.max_class_dif < 0:
+            raise ConfigError(f"sample.balance.max_class_dif={self.max_class_dif}: must be >= 0")
+        if self.augment_variants < 0:
+            raise ConfigError(f"sample.balance.augment_variants={self.augment_variants}: >= 0")
 
 
 @dataclass(frozen=True)
@@ -278,6 +288,14 @@ class AugmentConfig:
     translate: float = 0.5
     max_shift: float = 0.25
     copy_paste: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("hflip", "vflip", "rot90", "translate", "copy_paste"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"sample.augment.{name}={getattr(self, name)}: a probability "
+                                  "in [0, 1]")
+        if not 0.0 <= self.max_shift <= 1.0:
+            raise ConfigError(f"sample.augment.max_shift={self.max_shift}: a fraction in [0, 1]")
 
 
 @dataclass(frozen=True)

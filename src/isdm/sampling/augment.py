@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -119,6 +119,7 @@ def augment_mask(
     image: Optional[np.ndarray] = None,
     donor_images: Optional[Sequence[Optional[np.ndarray]]] = None,
     ignore_index: Optional[int] = 255,
+    donor_instances: Optional[Callable[[int], list[np.ndarray]]] = None,
 ) -> AugmentResult:
     """Augment one label map (and its image) with the operations of :class:`AugmentConfig`.
 
@@ -132,6 +133,7 @@ def augment_mask(
         image: optional uint8 [H, W, 3] real image of ``mask``, transformed alongside.
         donor_images: optional images of ``donors`` (same order), pasted with the instance.
         ignore_index: unlabeled id, moved with the geometry, never part of an instance.
+        donor_instances: optional cache ``j -> connected_instances(donors[j])``.
 
     Returns:
         :class:`AugmentResult` with new arrays (inputs are not modified).
@@ -148,7 +150,8 @@ def augment_mask(
     out, img, ops = mask.copy(), None if image is None else image.copy(), []
     # 2. copy-paste a defect instance of a donor
     if u[0] < cfg.copy_paste and donors:
-        instances = connected_instances(donors[donor_idx], ignore_index)
+        instances = donor_instances(donor_idx) if donor_instances is not None \
+            else connected_instances(donors[donor_idx], ignore_index)
         if instances:
             pix = instances[min(int(inst_u * len(instances)), len(instances) - 1)]
             cls = int(donors[donor_idx][pix[0, 0], pix[0, 1]])

@@ -346,7 +346,15 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """Optuna search over the generator's knobs against validation mIoU."""
+    """Optuna search over the generator's knobs against validation mIoU.
+
+    Each trial finetunes with a ``drop_rates`` choice (cached per rate for ``finetune_epochs``),
+    samples ``num_samples`` pairs with guidance ``s`` in ``[s_low, s_high]`` and a ``steps`` /
+    ``samplers`` choice, trains ``architecture`` on mix ``mix`` for ``eval_epochs`` and returns its
+    validation mIoU (never the test split). ``storage`` '' = a journal file under ``--out``.
+    With ``pruning``, a MedianPruner stops a trial whose per-epoch validation mIoU falls below the
+    median of earlier trials, after ``pruning_startup_trials`` complete trials.
+    """
 
     n_trials: int = 10
     study_name: str = "isdm"
@@ -360,8 +368,20 @@ class TuneConfig:
     finetune_epochs: int = 2
     eval_epochs: int = 5
     architecture: str = "FPN"
+    mix: str = "RALLFALL"
     seed: int = 0
     pruning: bool = True
+    pruning_startup_trials: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.s_low <= self.s_high:
+            raise ConfigError(f"tune.s_low={self.s_low} > tune.s_high={self.s_high}")
+        if not (self.drop_rates and self.steps and self.samplers):
+            raise ConfigError("tune.drop_rates, tune.steps and tune.samplers need >= 1 value each")
+        if any(not 0.0 <= r < 1.0 for r in self.drop_rates):
+            raise ConfigError(f"tune.drop_rates={self.drop_rates}: each rate must be in [0, 1)")
+        if self.n_trials < 1 or self.num_samples < 1 or self.eval_epochs < 1:
+            raise ConfigError("tune.n_trials, tune.num_samples and tune.eval_epochs must be >= 1")
 
 
 @dataclass(frozen=True)

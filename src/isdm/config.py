@@ -221,6 +221,10 @@ class TrainConfig:
     Checkpoint rule: after each epoch, if the epoch's mean loss (``select_on``) improved on the
     best, write the ``best`` checkpoint atomically and remove the previous one; stop after
     ``max_epochs`` epochs or ``patience`` epochs without improvement (0 = never stop early).
+    ``max_steps`` > 0 ends the run after that many optimiser steps (the partial epoch counts).
+    ``ema_warmup``: EMA decay ``min(rate, (1+n)/(10+n))`` after n updates, so short runs get a
+    useful average. ``precision``: fp16 needs CUDA (falls back to fp32 on CPU); bf16 runs on both.
+    ``device``: ``auto`` / ``cpu`` / ``cuda`` (under torchrun each process takes its LOCAL_RANK GPU).
     """
 
     lr: float = 2e-4
@@ -238,6 +242,8 @@ class TrainConfig:
     val_fraction: float = 0.0
     max_steps: int = 0
     log_every: int = 10
+    ema_warmup: bool = True
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.drop_rate < 1.0:

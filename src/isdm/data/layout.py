@@ -1,0 +1,107 @@
+"""The dataset folder layout and image/mask pairing.
+
+Layout (the original ISDM tool's)::
+
+    <root>/train/images/**/*.{png,jpg,jpeg}     <root>/train/masks/**/*.png
+    <root>/test/images/...                      <root>/test/masks/...
+
+An image and its mask are paired by their path relative to ``images/`` / ``masks/`` without the
+extension (the pair's ``key``): ``images/lot3/a.jpg`` pairs with ``masks/lot3/a.png``. Never by
+sorted order (the original's sampling did that and silently mismatched pairs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MASK_EXTENSIONS",
+    "SPLITS",
+    "DatasetError",
+    "Pair",
+    "scan_split",
+    "find_pairs",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+MASK_EXTENSIONS = (".png",)
+SPLITS = ("train", "test")
+
+
+class DatasetError(ValueError):
+    """A dataset has problems; ``problems`` lists every one of them (file paths included)."""
+
+    def __init__(self, problems: Iterable[str], root: str | Path | None = None) -> None:
+        self.problems = list(problems)
+        self.root = root
+        where = f" in {root}" if root is not None else ""
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} dataset problem(s){where}:\n{lines}")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One image/mask pair: ``key`` is the relative path without extension (posix ``/``)."""
+
+    key: str
+    image: Path
+    mask: Path
+
+
+def _index(folder: Path, extensions: tuple[str, ...]) -> tuple[dict[str, Path], list[str]]:
+    """Map key -> file for every file below ``folder`` with one of ``extensions`` (any case).
+
+    Returns the map and the duplicate-stem problems (``a.png`` and ``a.jpg`` both present).
+    """
+    found: dict[str, list[Path]] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in extensions and path.is_file() and not path.name.startswith("."):
+            key = path.relative_to(folder).with_suffix("").as_posix()
+            found.setdefault(key, []).append(path)
+    problems = [
+        f"duplicate stem {key!r}: {', '.join(str(p) for p in paths)} (keep exactly one file per name)"
+        for key, paths in found.items()
+        if len(paths) > 1
+    ]
+    return {key: paths[0] for key, paths in found.items()}, problems
+
+
+def scan_split(split_dir: str | Path) -> tuple[list[Pair], list[str]]:
+    """Pair the files of one split folder without raising.
+
+    Returns ``(pairs, problems)``: pairs sorted by key; problems (missing folders, missing partners,
+    duplicate stems, empty split) as human-readable lines naming the files and the fix.
+    """
+    split_dir = Path(split_dir)
+    image_dir, mask_dir = split_dir / "images", split_dir / "masks"
+    problems = [f"missing folder {d} (expected <root>/<split>/images and <root>/<split>/masks)"
+                for d in (image_dir, mask_dir) if not d.is_dir()]
+    if problems:
+        return [], problems
+    images, dup_i = _index(image_dir, IMAGE_EXTENSIONS)
+    masks, dup_m = _index(mask_dir, MASK_EXTENSIONS)
+    problems += dup_i + dup_m
+    for key in sorted(images.keys() - masks.keys()):
+        problems.append(f"image without mask: {images[key]} (expected {mask_dir / key}.png)")
+    for key in sorted(masks.keys() - images.keys()):
+        problems.append(f"mask without image: {masks[key]} (expected {image_dir / key}.png/.jpg/.jpeg)")
+    pairs = [Pair(key, images[key], masks[key]) for key in sorted(images.keys() & masks.keys())]
+    if not images and not masks:
+        problems.append(f"empty split {split_dir}: no images ({'/'.join(IMAGE_EXTENSIONS)}) "
+                        f"in {image_dir} and no .png masks in {mask_dir}")
+    return pairs, problems
+
+
+def find_pairs(split_dir: str | Path) -> list[Pair]:
+    """The image/mask pairs of one split (``<root>/train`` or ``<root>/test``), sorted by key.
+
+    Raises:
+        DatasetError: listing every pairing problem of the split at once.
+    """
+    pairs, problems = scan_split(split_dir)
+    if problems:
+        raise DatasetError(problems, root=split_dir)
+    return pairs

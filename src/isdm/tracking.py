@@ -6,13 +6,16 @@ With tracking disabled the same calls go to a :class:`NullRun` and do nothing, s
 never branches on whether MLflow is on.
 
 Where runs go: ``tracking.tracking_uri`` if set, else ``$MLFLOW_TRACKING_URI``, else the embedded
-store ``sqlite:///<cwd>/mlflow.db`` (artifacts in ``./mlruns``). One experiment per dataset
-(``tracking.experiment`` or ``isdm-<dataset folder name>``).
+store ``sqlite:///<root>/mlflow.db`` (artifacts in ``./mlruns``), ``<root>`` being the DVC project
+root while a DVC stage runs (``$DVC_ROOT``), else the working directory. One experiment per
+dataset (``tracking.experiment`` or ``isdm-<dataset folder name>``).
 
 Grouping: every run is tagged ``isdm.pipeline`` (``$ISDM_PIPELINE_ID``, else the DVC experiment
-name, else the git revision) and ``isdm.action``; a run started while another is active, or with
-``parent_run_id``, becomes its child (Optuna trials under a study run, evaluate cells under the
-evaluate run).
+name ``$DVC_EXP_NAME`` that ``dvc exp run`` sets, else the git revision, plus a digest of
+``params.yaml`` under ``dvc repro``) and ``isdm.action`` (and ``isdm.dvc_stage`` inside DVC); a
+run started while another is active, or with ``parent_run_id``, becomes its child (Optuna trials
+under a study run, evaluate cells under the evaluate run). Under ``mlflow run`` (which exports
+``$MLFLOW_RUN_ID``) the project's run is reused, in its own experiment.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ def resolve_tracking_uri(uri: str = "") -> str:
         return uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    root = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+    return f"sqlite:///{root / 'mlflow.db'}"
 
 
 def pipeline_id() -> str:
@@ -46,7 +50,14 @@ def pipeline_id() -> str:
                              text=True, timeout=5, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         rev = ""
-    return rev or "no-git"
+    rev = rev or "no-git"
+    params = Path(os.environ.get("DVC_ROOT", "")) / "params.yaml"
+    if os.environ.get("DVC_ROOT") and params.is_file():
+        # `dvc repro` sets no run name: the params digest tells two repros of one commit apart
+        import hashlib
+
+        rev += "-p" + hashlib.sha256(params.read_bytes()).hexdigest()[:8]
+    return rev
 
 
 def _scalar(v: Any) -> Any:
@@ -136,14 +147,20 @@ def start_run(
     import mlflow
 
     mlflow.set_tracking_uri(resolve_tracking_uri(getattr(tracking, "tracking_uri", "")))
-    experiment = getattr(tracking, "experiment", "") or f"isdm-{Path(dataset).name or 'default'}"
-    exp = mlflow.set_experiment(experiment)
     active = mlflow.active_run()
+    project_run = os.environ.get("MLFLOW_RUN_ID") if active is None and not parent_run_id else None
+    if project_run:  # inside `mlflow run`: resume its run, in the experiment it was created in
+        experiment_id = mlflow.MlflowClient().get_run(project_run).info.experiment_id
+    else:
+        experiment = getattr(tracking, "experiment", "") or f"isdm-{Path(dataset).name or 'default'}"
+        experiment_id = mlflow.set_experiment(experiment).experiment_id
     parent = parent_run_id or (active.info.run_id if active else None)
     all_tags = {"isdm.action": action, "isdm.pipeline": pipeline_id(), **(tags or {})}
+    if os.environ.get("DVC_STAGE"):
+        all_tags["isdm.dvc_stage"] = os.environ["DVC_STAGE"]
     if parent:
         all_tags["mlflow.parentRunId"] = parent
-    run_obj = mlflow.start_run(run_name=name, experiment_id=exp.experiment_id,
+    run_obj = mlflow.start_run(run_name=name, experiment_id=experiment_id,
                                nested=active is not None, tags={k: str(v) for k, v in all_tags.items()})
     status = "FAILED"
     try:

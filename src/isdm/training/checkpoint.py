@@ -1,0 +1,205 @@
+"""Checkpoints: one self-contained file that can resume a run or rebuild its model.
+
+A checkpoint is a dict saved with ``torch.save`` (loadable with ``weights_only=True``)::
+
+    model        state_dict of the raw (trained) network
+    ema          {"0.999": state_dict, ...} one averaged copy per rate (+ "num_updates")
+    optimizer    AdamW state;  scaler: GradScaler state or None
+    step, epoch  optimiser steps and completed epochs
+    best_loss, bad_epochs   the checkpoint-on-best rule's state (patience counter)
+    rng          {"python", "numpy", "torch", "cuda"} generator states
+    history      [{"epoch", "train_loss", "val_loss", ...}] one row per epoch
+    config       isdm.config.to_dict(cfg): the resolved config of the run
+    meta         {"image_size", "num_classes", "num_params", "dataset", "action", ...}
+
+The model is always rebuilt from the checkpoint's OWN config (``config``), never from today's
+``params.yaml``: :func:`load_model` is what sampling and tuning use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Mapping, Union
+
+import torch
+
+from isdm.config import Config, ConfigError, config_from_json, flatten
+from isdm.utils.io import atomic_path, sha256_file
+
+__all__ = [
+    "CheckpointError",
+    "save",
+    "load",
+    "load_model",
+    "checkpoint_hash",
+    "architecture_mismatches",
+    "check_compatible",
+    "adopt_architecture",
+    "REQUIRED_KEYS",
+]
+
+REQUIRED_KEYS = ("model", "ema", "optimizer", "scaler", "step", "epoch", "best_loss",
+                 "bad_epochs", "rng", "config", "meta")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, or does not fit the requested use."""
+
+
+def save(state: Mapping[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` atomically (temp file beside it + rename)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(dict(state), tmp)
+    return path
+
+
+def load(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save`; clear :class:`CheckpointError` otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; pass the best.pt / last.pt written by `isdm train`"
+        )
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle, zip and EOF errors all mean "not a readable checkpoint"
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:200]}); the file is "
+            "corrupt or not an isdm checkpoint; re-run `isdm train` or pick another file"
+        ) from None
+    missing = [k for k in ("model", "config", "meta") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} lacks {', '.join(missing)}: not written by `isdm train` "
+            "(original ISDM model*.pt / ema_*.pt files hold bare weights and no config)"
+        )
+    return state
+
+
+def checkpoint_config(state: Mapping[str, Any], path: str | Path = "checkpoint") -> Config:
+    """The :class:`Config` stored in a checkpoint."""
+    try:
+        return config_from_json(state["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path}: its stored config is invalid: {e}") from None
+
+
+def checkpoint_hash(path: str | Path) -> str:
+    """SHA-256 of the checkpoint file's bytes (for manifests and MLflow tags)."""
+    return sha256_file(path)
+
+
+# Keys that define the network's weights or how the data/chain are interpreted. Training
+# knobs (dropout, gradient checkpointing) may differ between pretraining and finetuning.
+_ARCH_EXEMPT = {"model.preset", "model.dropout", "model.use_checkpoint"}
+_ARCH_SECTIONS = ("model.", "diffusion.")
+_ARCH_DATA = ("data.image_size", "data.num_classes")
+
+
+def architecture_mismatches(stored: Config, current: Config) -> list[str]:
+    """``["model.num_channels: checkpoint 64, config 32", ...]`` for every size that differs.
+
+    ``model.channel_mult`` is compared after resolving an empty value by image size.
+    """
+    a, b = flatten(stored), flatten(current)
+    a["model.channel_mult"] = [float(m) for m in stored.channel_mult()]
+    b["model.channel_mult"] = [float(m) for m in current.channel_mult()]
+    keys = [k for k in a if (k.startswith(_ARCH_SECTIONS) or k in _ARCH_DATA) and k not in _ARCH_EXEMPT]
+    return [f"{k}: checkpoint {a[k]!r}, config {b.get(k)!r}" for k in keys if a[k] != b.get(k)]
+
+
+def check_compatible(state: Mapping[str, Any], cfg: Config, path: str | Path) -> Config:
+    """Raise :class:`CheckpointError` naming every network/data size where ``cfg`` and the
+    checkpoint at ``path`` disagree; return the checkpoint's config when they agree."""
+    stored = checkpoint_config(state, path)
+    problems = architecture_mismatches(stored, cfg)
+    if problems:
+        flat = flatten(stored)
+        flat["model.channel_mult"] = list(stored.channel_mult())
+        fix = " ".join(f"--set {k}={_yaml(flat[k])}" for k in (p.split(":")[0] for p in problems))
+        raise CheckpointError(
+            f"checkpoint {path} was trained with other sizes than the config:\n  "
+            + "\n  ".join(problems)
+            + f"\nuse the config the checkpoint was trained with, or add: {fix}"
+        )
+    return stored
+
+
+def adopt_architecture(state: Mapping[str, Any], cfg: Config, path: str | Path) -> tuple[Config, list[str]]:
+    """``cfg`` with the network, chain and data sizes of the checkpoint at ``path`` (finetuning:
+    the network is fixed by the checkpoint). Returns the new config and the differences it
+    overrode (``"model.spade_hidden: checkpoint 64, config 128"``), for a printed note.
+    Training knobs (``model.dropout``, ``model.use_checkpoint``) stay those of ``cfg``.
+    """
+    import dataclasses
+
+    stored = checkpoint_config(state, path)
+    changed = architecture_mismatches(stored, cfg)
+    model = dataclasses.replace(stored.model, dropout=cfg.model.dropout,
+                                use_checkpoint=cfg.model.use_checkpoint)
+    try:
+        data = dataclasses.replace(cfg.data, image_size=stored.data.image_size,
+                                   num_classes=stored.data.num_classes)
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit this dataset config: {e}") from None
+    return cfg.replace(model=model, diffusion=stored.diffusion, data=data), changed
+
+
+def _yaml(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def load_model(
+    path: str | Path,
+    ema_rate: Union[None, float, Literal["best-available", "raw"]] = None,
+    device: Any = "cpu",
+) -> tuple[torch.nn.Module, Config, dict[str, Any]]:
+    """Rebuild the network stored in a checkpoint, in eval mode.
+
+    Args:
+        path: ``best.pt`` / ``last.pt`` written by ``isdm train`` / ``isdm finetune``.
+        ema_rate: ``None`` or ``"best-available"`` -> the first EMA rate (the raw weights when
+            the checkpoint holds no EMA); a float -> that EMA rate (error if absent);
+            ``"raw"`` -> the trained weights without averaging.
+        device: where to put the model.
+
+    Returns:
+        ``(model, cfg, meta)``: the model built from the checkpoint's own config, that config,
+        and the checkpoint's meta dict (plus ``"weights"``: which weights were loaded).
+    """
+    from isdm.models import build_model
+
+    state = load(path)
+    cfg = checkpoint_config(state, path)
+    model = build_model(cfg.model, cfg.data.image_size, cfg.data.num_classes)
+    ema = state.get("ema") or {}
+    shadows = ema.get("shadows", {}) if isinstance(ema, Mapping) else {}
+    if ema_rate == "raw":
+        weights, which = state["model"], "raw"
+    elif ema_rate is None or ema_rate == "best-available":
+        if shadows:
+            which = next(iter(shadows))
+            weights = shadows[which]
+            which = f"ema {which}"
+        else:
+            weights, which = state["model"], "raw"
+    else:
+        from isdm.training.ema import rate_key
+
+        key = rate_key(float(ema_rate))
+        if key not in shadows:
+            raise CheckpointError(
+                f"checkpoint {path} has no EMA rate {ema_rate}; available: {list(shadows) or 'none'}"
+            )
+        weights, which = shadows[key], f"ema {key}"
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path}: weights do not fit its own config: {e}") from None
+    model.to(device).eval()
+    meta = dict(state.get("meta", {}))
+    meta["weights"] = which
+    return model, cfg, meta

@@ -1,0 +1,118 @@
+"""The generating side of a sampling job: checkpoint -> model + chain -> images for a batch.
+
+:class:`SampleEngine` turns a batch of label maps and one seed per row into generated images.
+Row r's initial noise ``x_T`` and every noise draw of the sampler come from its own
+``torch.Generator`` seeded with ``seeds[r]``, so a sample does not depend on the other rows of
+its batch. Batches are padded to a fixed size (the last row repeated, with its own generator,
+its output dropped) so every network forward has the same shape: the kernels chosen then do
+not depend on how many samples were left, and a shard or a resumed run reproduces the bytes
+of the full run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from isdm.config import Config, ConfigError
+
+__all__ = ["SampleEngine", "load_engine", "resolve_config", "to_uint8"]
+
+
+def to_uint8(x0: Any) -> np.ndarray:
+    """float [B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3] via ``round((x + 1) / 2 * 255)``."""
+    import torch
+
+    x = ((x0.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def resolve_config(cfg: Config, ckpt_cfg: Config) -> Config:
+    """The run's config with the network, chain and image size of the checkpoint.
+
+    Raises:
+        ConfigError: when the data config's ``num_classes`` differs from the checkpoint's.
+    """
+    if cfg.data.num_classes != ckpt_cfg.data.num_classes:
+        raise ConfigError(
+            f"data.num_classes={cfg.data.num_classes} but the checkpoint was trained with "
+            f"{ckpt_cfg.data.num_classes} classes; use --set data.num_classes="
+            f"{ckpt_cfg.data.num_classes} (and the dataset it was trained for)")
+    data = dataclasses.replace(cfg.data, image_size=ckpt_cfg.data.image_size)
+    return cfg.replace(model=ckpt_cfg.model, diffusion=ckpt_cfg.diffusion, data=data)
+
+
+class SampleEngine:
+    """Generate images conditioned on label maps with classifier-free guidance.
+
+    Args:
+        model: the SDM UNet (``forward(x_t, t, cond)``, ``precompute_condition(segmap)``).
+        diffusion: the TRAINED chain (:class:`isdm.diffusion.GaussianDiffusion`).
+        cfg: the resolved config (sample.sampler / steps / eta / s / precision / clip_denoised,
+            data.num_classes / ignore_index).
+        device: torch device.
+        batch_size: rows per forward; smaller batches are padded to it.
+    """
+
+    def __init__(self, model: Any, diffusion: Any, cfg: Config, device: Any, batch_size: int) -> None:
+        from isdm.samplers import get_sampler
+
+        self.model, self.diffusion, self.cfg, self.device = model, diffusion, cfg, device
+        self.batch_size = batch_size
+        self.sampler = get_sampler(cfg.sample.sampler)
+
+    def _autocast(self) -> Any:
+        import torch
+
+        precision = self.cfg.sample.precision
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def __call__(self, labels: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
+        """labels uint8 [B, H, W] class ids, ``seeds`` B ints -> uint8 [B, H, W, 3] samples."""
+        import torch
+
+        from isdm.data.masks import null_label, one_hot
+        from isdm.samplers.guidance import GuidedModel
+
+        n = len(seeds)
+        pad = max(self.batch_size - n, 0)
+        labels = np.concatenate([labels, np.repeat(labels[-1:], pad, 0)]) if pad else labels
+        seeds = list(seeds) + [seeds[-1]] * pad
+        s = self.cfg.sample
+        with torch.no_grad(), self._autocast():
+            y = torch.from_numpy(np.ascontiguousarray(labels)).long().to(self.device)
+            segmap = one_hot(y, self.cfg.data.num_classes, self.cfg.data.ignore_index)
+            cond = self.model.precompute_condition(segmap)
+            null = self.model.precompute_condition(null_label(segmap)) if s.s != 1 else None
+            model_fn = GuidedModel(self.model, cond, null, s.s, batch_passes=True)
+            gens = [torch.Generator(self.device).manual_seed(int(sd)) for sd in seeds]
+            h, w = labels.shape[1:]
+            x_T = torch.cat([torch.randn((1, 3, h, w), generator=g, device=self.device)
+                             for g in gens])
+            opts = {"eta": s.eta} if s.sampler == "ddim" else {}
+            x0 = self.sampler(model_fn, x_T, self.diffusion, s.steps, generator=gens,
+                              clip_denoised=s.clip_denoised, progress=False, **opts)
+        return to_uint8(x0[:n])
+
+
+def load_engine(cfg: Config, checkpoint: str | Path, device: Any) -> tuple[SampleEngine, Config, dict]:
+    """Load the checkpoint's EMA weights and build the engine.
+
+    Returns:
+        ``(engine, resolved_cfg, meta)`` with the checkpoint's meta dict.
+    """
+    from isdm.diffusion import GaussianDiffusion, get_betas
+    from isdm.training.checkpoint import load_model
+
+    model, ckpt_cfg, meta = load_model(checkpoint, ema_rate=None, device=device)
+    resolved = resolve_config(cfg, ckpt_cfg)
+    d = resolved.diffusion
+    diffusion = GaussianDiffusion(get_betas(d.noise_schedule, d.diffusion_steps))
+    return SampleEngine(model, diffusion, resolved, device, cfg.sample.batch_size), resolved, meta

@@ -1,0 +1,110 @@
+"""The sampling plan: which mask (and augmentation) sample i is conditioned on, and its seed.
+
+Everything here is a pure function of ``(sample.seed, i, the mask list, the config)``, so any
+subset of samples (a shard, a resumed run) is planned identically to the full run.
+
+- ``sample_seed(seed, i)``: the 63-bit seed of sample i's ``torch.Generator`` (initial noise and
+  every sampler step), from ``numpy.random.SeedSequence([seed, i])``.
+- Without balancing, sample i uses mask ``perm[i % N]`` where ``perm`` is a seeded permutation
+  of the N source masks: the train masks cycled (the original behaviour) in a shuffled order.
+  With ``mask_source='augment'`` it is augmented with seed ``aug_seed(seed, i)``.
+- With ``sample.balance.enabled`` the choices come from :func:`isdm.sampling.balance.balance`
+  over the source masks, plus ``balance.augment_variants`` augmented variants of each when
+  ``use_mask_augmentation`` (implied by ``mask_source='augment'``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from isdm.config import Config
+from isdm.sampling.augment import AugmentResult, augment_mask
+from isdm.sampling.balance import BalanceResult, Choice, balance, class_counts, counted_classes
+from isdm.sampling.mask_sources import LazyImages, MaskSet
+
+__all__ = ["Plan", "sample_seed", "aug_seed", "make_plan", "materialize"]
+
+_PLAN_TAG, _AUG_TAG, _VARIANT_TAG = 0x504C, 0xA06, 0x5A1
+
+
+def sample_seed(seed: int, i: int) -> int:
+    """Seed of sample ``i``'s generator: a 63-bit integer derived from ``(seed, i)``."""
+    state = np.random.SeedSequence([seed % 2**63, i]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
+
+
+def aug_seed(seed: int, *key: int) -> int:
+    """Augmentation seed for sample ``i`` (``key=(i,)``) or pool variant ``key=(j, k)``."""
+    tag = _AUG_TAG if len(key) == 1 else _VARIANT_TAG
+    state = np.random.SeedSequence([seed % 2**63, tag, *key]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 32) | int(state[1]))
+
+
+@dataclass
+class Plan:
+    """``choices[i]`` for every sample i in ``0..num_samples-1`` and the class distribution."""
+
+    choices: list[Choice]
+    distribution: BalanceResult  # before / after counts (the balancer's, or of the plain plan)
+    balanced: bool
+
+
+def _augmenting(cfg: Config) -> bool:
+    return cfg.sample.mask_source == "augment"
+
+
+def materialize(choice: Choice, masks: MaskSet, cfg: Config, *,
+                with_image: bool = True) -> tuple[np.ndarray, Optional[np.ndarray], tuple[str, ...]]:
+    """The mask (uint8 [S, S]), real image (uint8 [S, S, 3] or None) and augmentation ops of a
+    planned sample."""
+    base = masks.masks[choice.source]
+    image = masks.image(choice.source) if with_image else None
+    if choice.aug_seed is None:
+        return base, image, ()
+    r: AugmentResult = augment_mask(
+        base, choice.aug_seed, cfg.sample.augment, masks.masks, image=image,
+        donor_images=LazyImages(masks) if with_image else None,
+        ignore_index=cfg.data.ignore_index, donor_instances=masks.instances)
+    return r.mask, r.image, r.ops
+
+
+def make_plan(cfg: Config, masks: MaskSet) -> Plan:
+    """Plan every sample of the job (see the module docstring)."""
+    s, bal = cfg.sample, cfg.sample.balance
+    num_classes = cfg.data.num_classes
+    pixels = bal.based_on_pixel_count if bal.enabled else True
+    base_counts = np.stack([class_counts(m, num_classes, pixels=pixels) for m in masks.masks])
+    if bal.enabled:
+        pool = [Choice(j) for j in range(len(masks))]
+        if bal.use_mask_augmentation or _augmenting(cfg):
+            pool += [Choice(j, aug_seed(s.seed, j, k))
+                     for j in range(len(masks)) for k in range(bal.augment_variants)]
+        pool_counts = np.concatenate([base_counts, _counts(pool[len(masks):], masks, cfg, pixels)])
+        result = balance(pool_counts, pool, base_counts.sum(0), s.num_samples,
+                         ejection_classes=bal.ejection_classes, max_class_dif=bal.max_class_dif,
+                         based_on_generated_data_only=bal.based_on_generated_data_only,
+                         basis="pixels" if pixels else "images", seed=s.seed)
+        return Plan(result.choices, result, balanced=True)
+    perm = np.random.default_rng([s.seed % 2**63, _PLAN_TAG]).permutation(len(masks))
+    choices = [Choice(int(perm[i % len(masks)]), aug_seed(s.seed, i) if _augmenting(cfg) else None)
+               for i in range(s.num_samples)]
+    generated = np.zeros(num_classes, dtype=np.int64)
+    if _augmenting(cfg):
+        for c in choices:  # one augmented mask at a time: memory stays flat
+            generated += class_counts(materialize(c, masks, cfg, with_image=False)[0],
+                                      num_classes, pixels=True)
+    else:
+        generated = base_counts[[c.source for c in choices]].sum(0)
+    dist = BalanceResult(choices=[], counted=counted_classes(num_classes, bal.ejection_classes),
+                         basis="pixels", before=base_counts.sum(0), generated=generated,
+                         from_zero=False, notes=["balancing disabled"])
+    return Plan(choices, dist, balanced=False)
+
+
+def _counts(pool: list[Choice], masks: MaskSet, cfg: Config, pixels: bool) -> np.ndarray:
+    rows = [class_counts(materialize(c, masks, cfg, with_image=False)[0], cfg.data.num_classes,
+                         pixels=pixels) for c in pool]
+    return np.stack(rows) if rows else np.zeros((0, cfg.data.num_classes), dtype=np.int64)

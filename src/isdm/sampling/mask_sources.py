@@ -127,37 +127,13 @@ def _paired(split_dir: Path) -> list[MaskEntry]:
 
 def _load_mask(path: str, size: int, keep_aspect: bool, mode: str, num_classes: int,
                ignore_index: Optional[int]) -> np.ndarray:
-    from isdm.data.masks import decode_mask, read_mask_array
+    from isdm.data.transforms import load_mask
 
-    try:
-        ids = decode_mask(read_mask_array(path), mode, num_classes, ignore_index)
-    except ValueError as e:
-        raise ValueError(f"mask {path}: {e}") from None
-    return _resize(ids, size, keep_aspect, nearest=True)
+    return load_mask(path, mode, num_classes, ignore_index, size, keep_aspect=keep_aspect)
 
 
 @lru_cache(maxsize=64)
 def _load_image(path: str, size: int, keep_aspect: bool) -> np.ndarray:
-    from PIL import Image
+    from isdm.data.transforms import load_image
 
-    with Image.open(path) as img:
-        return _resize(np.asarray(img.convert("RGB")), size, keep_aspect, nearest=False)
-
-
-def _resize(array: np.ndarray, size: int, keep_aspect: bool, *, nearest: bool) -> np.ndarray:
-    """Square ``size`` (nearest for ids, bicubic for images); ``keep_aspect``: short side to
-    ``size``, then a centre crop."""
-    from PIL import Image
-
-    img = Image.fromarray(array)
-    resample = Image.NEAREST if nearest else Image.BICUBIC
-    w, h = img.size
-    if keep_aspect:
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((nw, nh), resample)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-    elif (w, h) != (size, size):
-        img = img.resize((size, size), resample)
-    return np.asarray(img, dtype=np.uint8)
+    return np.asarray(load_image(path, size, keep_aspect=keep_aspect), dtype=np.uint8)

@@ -1,0 +1,102 @@
+"""Load the real splits and a synthetic folder into memory as :class:`TensorSet` s.
+
+Datasets here are small (that is the point of isdm), so every image is decoded and resized once
+per ``isdm evaluate`` call and shared by all (architecture, mix, seed) cells.
+
+- Real data: ``<root>/{train,test}/{images,masks}`` through the data layer
+  (:class:`isdm.data.dataset.SegmentationFolder`, which pairs by relative path and validates).
+- Synthetic data: the sampling output ``<dir>/samples/`` (generated images) and ``<dir>/labels/``
+  (uint8 class ids) with identical file names; ``images/``, ``colored_labels/`` and
+  ``manifest.jsonl`` are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from isdm.config import DataConfig
+from isdm.evaluation.segmenter import TensorSet
+
+__all__ = ["load_real", "load_synthetic", "eval_data_config", "SyntheticFolderError"]
+
+_IMAGE_EXT = (".png", ".jpg", ".jpeg")
+
+
+class SyntheticFolderError(ValueError):
+    """A synthetic folder that is not ``samples/`` + ``labels/`` with matching names."""
+
+
+def eval_data_config(data_cfg: DataConfig, image_size: int) -> DataConfig:
+    """The data config with the segmenter's ``image_size`` and no dataset-side random flip
+    (augmentation is drawn from the cell's generator in :mod:`segmenter`)."""
+    return dataclasses.replace(data_cfg, image_size=image_size, hflip=False)
+
+
+def _stack(items: list[dict]) -> TensorSet:
+    if not items:
+        return TensorSet(torch.empty(0, 3, 1, 1), torch.empty(0, 1, 1, dtype=torch.long), [])
+    return TensorSet(torch.stack([it["image"] for it in items]).float(),
+                     torch.stack([it["label"] for it in items]).long(),
+                     [str(it["key"]) for it in items])
+
+
+def load_real(root: str | Path, split: str, data_cfg: DataConfig) -> TensorSet:
+    """All pairs of ``<root>/<split>`` resized to ``data_cfg.image_size`` (no augmentation)."""
+    from isdm.data.dataset import SegmentationFolder
+
+    ds = SegmentationFolder(root, split, data_cfg, augment=False)
+    return _stack([ds[i] for i in range(len(ds))])
+
+
+def _synthetic_pairs(folder: Path) -> list[tuple[str, Path, Path]]:
+    samples, labels = folder / "samples", folder / "labels"
+    if not samples.is_dir() or not labels.is_dir():
+        raise SyntheticFolderError(
+            f"{folder}: a synthetic folder needs samples/ (generated images) and labels/ "
+            "(uint8 class-id PNGs) with the same file names, as written by `isdm sample`")
+
+    def index(d: Path) -> dict[str, Path]:
+        out: dict[str, Path] = {}
+        for p in sorted(d.rglob("*")):
+            if p.suffix.lower() in _IMAGE_EXT:
+                key = p.relative_to(d).with_suffix("").as_posix()
+                if key in out:
+                    raise SyntheticFolderError(f"duplicate stem {key!r} in {d}: {out[key]} and {p}")
+                out[key] = p
+        return out
+
+    imgs, labs = index(samples), index(labels)
+    problems = [f"sample without label: {imgs[k]}" for k in sorted(set(imgs) - set(labs))]
+    problems += [f"label without sample: {labs[k]}" for k in sorted(set(labs) - set(imgs))]
+    if problems:
+        raise SyntheticFolderError(f"{folder}: {len(problems)} unpaired file(s):\n  "
+                                   + "\n  ".join(problems[:20]))
+    return [(k, imgs[k], labs[k]) for k in sorted(imgs)]
+
+
+def load_synthetic(folder: str | Path, data_cfg: DataConfig) -> TensorSet:
+    """The ``samples/`` + ``labels/`` pairs of a sampling output folder, resized like real data.
+
+    Images and labels go through the data layer's loaders (:func:`isdm.data.transforms.load_image`
+    / :func:`~isdm.data.transforms.load_mask`), so labels follow the real masks' rules (binary:
+    any value > 0 is class 1) and the same resize (bicubic / nearest, ``keep_aspect``).
+    """
+    from isdm.data import transforms
+
+    cfg = data_cfg
+    items = []
+    for key, img_path, lab_path in _synthetic_pairs(Path(folder)):
+        rgb = transforms.load_image(img_path, None)
+        ids = transforms.load_mask(lab_path, cfg.dataset_mode, cfg.num_classes, cfg.ignore_index, None)
+        if rgb.size != (ids.shape[1], ids.shape[0]):
+            raise SyntheticFolderError(f"{img_path} is {rgb.size[0]}x{rgb.size[1]} but its label "
+                                       f"{lab_path} is {ids.shape[1]}x{ids.shape[0]}")
+        rgb = transforms.resize_image(rgb, cfg.image_size, cfg.keep_aspect)
+        ids = transforms.resize_ids(ids, cfg.image_size, cfg.keep_aspect)
+        items.append({"image": transforms.to_tensor_image(rgb),
+                      "label": torch.from_numpy(ids.astype(np.int64)), "key": key})
+    return _stack(items)

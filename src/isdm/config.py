@@ -186,7 +186,7 @@ class ModelConfig:
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # unit tests: a forward in milliseconds
     "tiny": dict(
-        num_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,),
+        num_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16,),
         num_head_channels=32, resblock_updown=True, spade_hidden=32,
     ),
     # the embedded pipeline: trains on 2 CPU cores in minutes at 64 px

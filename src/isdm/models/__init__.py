@@ -1,0 +1,38 @@
+"""The SDM UNet: SPADE norms, blocks, the network, size/FLOP utilities and ``build_model``."""
+
+from __future__ import annotations
+
+from isdm.models.spade import SPADEGroupNorm, SpadeCondition
+from isdm.models.unet import SDMUNet
+
+__all__ = ["SDMUNet", "SPADEGroupNorm", "SpadeCondition", "build_model", "count_parameters",
+           "forward_flops"]
+
+
+def build_model(model_cfg, image_size: int, num_classes: int) -> SDMUNet:
+    """Build the SDM UNet of a :class:`isdm.config.ModelConfig` for ``image_size`` px images and
+    ``num_classes`` segmap channels; an empty ``channel_mult`` is chosen by image size."""
+    from isdm.config import default_channel_mult
+
+    channel_mult = tuple(model_cfg.channel_mult) or default_channel_mult(image_size)
+    return SDMUNet(
+        image_size=image_size, num_classes=num_classes, num_channels=model_cfg.num_channels,
+        channel_mult=channel_mult, num_res_blocks=model_cfg.num_res_blocks,
+        attention_resolutions=tuple(model_cfg.attention_resolutions),
+        num_head_channels=model_cfg.num_head_channels, dropout=model_cfg.dropout,
+        resblock_updown=model_cfg.resblock_updown,
+        use_scale_shift_norm=model_cfg.use_scale_shift_norm, learn_sigma=model_cfg.learn_sigma,
+        spade_hidden=model_cfg.spade_hidden, use_checkpoint=model_cfg.use_checkpoint,
+    )
+
+
+def count_parameters(model) -> int:
+    """Number of parameters (trainable or not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def forward_flops(*args, **kwargs):
+    """See :func:`isdm.models.flops.forward_flops`."""
+    from isdm.models.flops import forward_flops as _forward_flops
+
+    return _forward_flops(*args, **kwargs)

@@ -359,7 +359,9 @@ class TuneConfig:
     ``samplers`` choice, trains ``architecture`` on mix ``mix`` for ``eval_epochs`` and returns its
     validation mIoU (never the test split). ``storage`` '' = a journal file under ``--out``.
     With ``pruning``, a MedianPruner stops a trial whose per-epoch validation mIoU falls below the
-    median of earlier trials, after ``pruning_startup_trials`` complete trials.
+    median of earlier trials, after ``pruning_startup_trials`` complete trials. TPE samples at
+    random for the first ``sampler_startup_trials`` trials. ``n_trials`` 0 only creates the study
+    (and its MLflow run) for workers to join.
     """
 
     n_trials: int = 10
@@ -378,6 +380,7 @@ class TuneConfig:
     seed: int = 0
     pruning: bool = True
     pruning_startup_trials: int = 2
+    sampler_startup_trials: int = 5
 
     def __post_init__(self) -> None:
         if not self.s_low <= self.s_high:
@@ -386,8 +389,8 @@ class TuneConfig:
             raise ConfigError("tune.drop_rates, tune.steps and tune.samplers need >= 1 value each")
         if any(not 0.0 <= r < 1.0 for r in self.drop_rates):
             raise ConfigError(f"tune.drop_rates={self.drop_rates}: each rate must be in [0, 1)")
-        if self.n_trials < 1 or self.num_samples < 1 or self.eval_epochs < 1:
-            raise ConfigError("tune.n_trials, tune.num_samples and tune.eval_epochs must be >= 1")
+        if self.n_trials < 0 or self.num_samples < 1 or self.eval_epochs < 1:
+            raise ConfigError("tune.num_samples and tune.eval_epochs must be >= 1, tune.n_trials >= 0")
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,7 @@ def start_run(
     params: Optional[Mapping[str, Any]] = None,
     tags: Optional[Mapping[str, Any]] = None,
     parent_run_id: Optional[str] = None,
+    run_id: Optional[str] = None,
 ) -> Iterator[NullRun]:
     """Open an MLflow run (or a :class:`NullRun` when ``tracking.enabled`` is false).
 
@@ -139,6 +140,8 @@ def start_run(
         tags: extra tags.
         parent_run_id: make this run a child of that run (nested). Without it, a run started
             while another is active in this process is nested under it.
+        run_id: continue this existing run instead of creating one (another Optuna worker's
+            study run); its experiment is kept.
     """
     if not getattr(tracking, "enabled", True):
         yield NullRun()
@@ -149,8 +152,9 @@ def start_run(
     mlflow.set_tracking_uri(resolve_tracking_uri(getattr(tracking, "tracking_uri", "")))
     active = mlflow.active_run()
     project_run = os.environ.get("MLFLOW_RUN_ID") if active is None and not parent_run_id else None
-    if project_run:  # inside `mlflow run`: resume its run, in the experiment it was created in
-        experiment_id = mlflow.MlflowClient().get_run(project_run).info.experiment_id
+    existing = run_id or project_run  # `mlflow run` exports MLFLOW_RUN_ID: resume its run
+    if existing:
+        experiment_id = mlflow.MlflowClient().get_run(existing).info.experiment_id
     else:
         experiment = getattr(tracking, "experiment", "") or f"isdm-{Path(dataset).name or 'default'}"
         experiment_id = mlflow.set_experiment(experiment).experiment_id
@@ -160,7 +164,7 @@ def start_run(
         all_tags["isdm.dvc_stage"] = os.environ["DVC_STAGE"]
     if parent:
         all_tags["mlflow.parentRunId"] = parent
-    run_obj = mlflow.start_run(run_name=name, experiment_id=experiment_id,
+    run_obj = mlflow.start_run(run_id=run_id, run_name=name, experiment_id=experiment_id,
                                nested=active is not None, tags={k: str(v) for k, v in all_tags.items()})
     status = "FAILED"
     try:

@@ -19,15 +19,17 @@ Definitions:
 - *Balanced within d* (``max_class_dif``): ``max(n) <= (1 + d) * min(n)`` and ``min(n) > 0``,
   the original's "every class is complete" rule.
 
-Greedy choice, one mask per step (exactly ``num_samples`` steps):
+Choice, one mask per step (exactly ``num_samples`` steps), generalising the original's "walk
+the masks that contain no complete class in a seeded shuffled order":
 
-1. While not balanced within d, take the unused candidate that most reduces ``L`` (ties broken
-   by a seeded random priority). "Unused" means not chosen since the last reset, so a mask is
-   not repeated while another one that still helps is unused. When no unused candidate reduces
-   ``L``, the used set is reset; if still none reduces ``L``, the least harmful one is taken
-   (the pool cannot do better).
-2. Once balanced within d, take the unused candidate of highest seeded priority whose addition
-   keeps the balance (variety instead of always the single best mask); if none does, step 1.
+1. While not balanced within d, the *helpful* candidates are those whose addition reduces
+   ``L``; take the helpful one of highest seeded priority that is unused in the current round
+   (a round ends when every helpful candidate has been taken once; then all are available
+   again). Walking in priority order rather than always taking the single best mask keeps the
+   layouts diverse; every step still moves the distribution toward balance. When no candidate
+   reduces ``L``, take the least harmful one (the pool cannot do better; ties by priority).
+2. Once balanced within d, the helpful candidates are those whose addition keeps the balance
+   (same rounds and priority); if none does, step 1's fallback.
 3. A candidate with no pixel of any counted class is never taken. If there is none at all,
    the masks are drawn uniformly from the pool (seeded) and :attr:`BalanceResult.notes` says so,
    instead of the original's crash.
@@ -40,7 +42,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Choice", "BalanceResult", "class_counts", "counted_classes", "imbalance", "balance"]
+__all__ = ["Choice", "BalanceResult", "class_counts", "counted_classes", "imbalance", "balance",
+           "priority"]
 
 _TAG = 0xBA1A  # separates the balancer's random stream from the sampler's
 
@@ -165,9 +168,8 @@ def balance(
         raise ValueError(f"sample.balance.max_class_dif={max_class_dif}: must be >= 0")
     counted = counted_classes(num_classes, ejection_classes)
     v = pool_counts[:, counted].astype(np.float64)
-    rng = np.random.default_rng([seed, _TAG])
-    rank = np.empty(len(pool), dtype=np.int64)
-    rank[rng.permutation(len(pool))] = np.arange(len(pool))
+    rng = np.random.default_rng([seed, _TAG + 1])
+    rank = priority(seed, len(pool))
     notes: list[str] = []
     if sorted(counted) == list(range(num_classes)) and len(ejection_classes):
         notes.append(f"fewer than two classes left after ejecting {list(ejection_classes)}: "
@@ -188,31 +190,37 @@ def balance(
                          from_zero=based_on_generated_data_only, notes=notes)
 
 
+def priority(seed: int, size: int) -> np.ndarray:
+    """int64 [size]: the seeded rank of each candidate (0 = taken first among equals)."""
+    rank = np.empty(size, dtype=np.int64)
+    rank[np.random.default_rng([seed, _TAG]).permutation(size)] = np.arange(size)
+    return rank
+
+
+def _first(mask: np.ndarray, rank: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[np.argmin(rank[mask])])
+
+
 def _greedy(v: np.ndarray, useful: np.ndarray, rank: np.ndarray, n: np.ndarray,
             num_samples: int, d: float) -> list[int]:
-    """The greedy loop of :func:`balance` (module docstring, steps 1-2); returns pool indices."""
+    """The selection loop of :func:`balance` (module docstring, steps 1-2); pool indices."""
     used = np.zeros(len(v), dtype=bool)
     picks: list[int] = []
     n = n.copy()
     for _ in range(num_samples):
         new = n[None, :] + v  # [P, K] counts after adding each candidate
-        pick = -1
         if _balanced(n, d):
-            keep = useful & _balanced(new, d)
-            if not (keep & ~used).any():
-                used[:] = False
-            cand = keep & ~used
-            if cand.any():
-                pick = int(np.flatnonzero(cand)[np.argmin(rank[cand])])
-        if pick < 0:
-            score = imbalance(n) - imbalance(new)  # > 0: moves toward balance
-            cand = useful & ~used
-            if not cand.any() or score[cand].max() <= 0:
-                used[:] = False
-                cand = useful.copy()
-            best = score[cand].max()
-            tied = cand & (score >= best)
-            pick = int(np.flatnonzero(tied)[np.argmin(rank[tied])])
+            ok = useful & _balanced(new, d)  # keeps the balance
+        else:
+            ok = useful & (imbalance(n) - imbalance(new) > 0)  # reduces the imbalance
+        if ok.any() and not (ok & ~used).any():
+            used[:] = False  # every helpful candidate was taken: next round
+        if ok.any():
+            pick = _first(ok & ~used, rank)
+        else:  # nothing helps: the least harmful candidate (the pool cannot do better)
+            score = imbalance(n) - imbalance(new)
+            best = score[useful].max()
+            pick = _first(useful & (score >= best), rank)
         used[pick] = True
         picks.append(pick)
         n += v[pick]

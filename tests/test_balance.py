@@ -151,3 +151,48 @@ def test_exact_count_and_augmented_choices_are_returned():
     assert r.choices[0] == (pool[1] if rank[1] < rank[2] else pool[2])
     with pytest.raises(ValueError, match="max_class_dif"):
         balance(counts, pool, np.array([3, 1, 0]), 4, max_class_dif=-1)
+
+
+# ---- the distribution moves toward balance on real binary and synthetic multi-class masks ----
+
+
+def _plan_report(root, mode, num_classes, size, **balance_opts):
+    from isdm.config import Config, from_dict
+    from isdm.sampling.mask_sources import load_mask_set
+    from isdm.sampling.plan import make_plan
+
+    cfg = from_dict(Config, {
+        "data": {"dataset_mode": mode, "num_classes": num_classes, "image_size": size},
+        "sample": {"num_samples": 40, "balance": {"enabled": True, **balance_opts}}})
+    plan = make_plan(cfg, load_mask_set(cfg, root, size))
+    assert len(plan.choices) == 40
+    return plan.distribution.report(), plan
+
+
+@pytest.mark.crackforest
+@pytest.mark.parametrize("opts", [{}, {"based_on_generated_data_only": True},
+                                  {"use_mask_augmentation": True, "augment_variants": 2}])
+def test_crackforest_binary_moves_toward_balance(crackforest_dir, opts):
+    rep, plan = _plan_report(crackforest_dir, "binary", 2, 64, **opts)
+    assert rep["counted_classes"] == [0, 1]
+    assert rep["after"]["shares"]["1"] > rep["before"]["shares"]["1"]
+    assert rep["after"]["imbalance"] < rep["before"]["imbalance"]
+    if opts.get("use_mask_augmentation"):
+        assert any(c.aug_seed is not None for c in plan.choices)
+
+
+@pytest.mark.crackforest
+def test_crackforest_image_count_is_already_balanced(crackforest_dir):
+    # every CrackForest mask holds background and crack: image counts are equal, and stay so
+    rep, _ = _plan_report(crackforest_dir, "binary", 2, 64, based_on_pixel_count=False)
+    assert rep["basis"] == "images" and rep["before"]["max_over_min"] == 1.0
+    assert rep["after"]["max_over_min"] == 1.0
+
+
+@pytest.mark.parametrize("opts", [{}, {"based_on_pixel_count": False},
+                                  {"based_on_generated_data_only": True},
+                                  {"use_mask_augmentation": True, "augment_variants": 2}])
+def test_synthetic_multiclass_moves_toward_balance(synth_dir, opts):
+    rep, _ = _plan_report(synth_dir, "multi-class", 5, 32, **opts)
+    assert rep["counted_classes"] == [1, 2, 3, 4]
+    assert rep["after"]["imbalance"] < rep["before"]["imbalance"]

@@ -1,0 +1,153 @@
+"""Pairing by relative path and dataset validation: every problem kind, all listed at once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from isdm.config import DataConfig
+from isdm.data.dataset import SegmentationFolder
+from isdm.data.layout import DatasetError, find_pairs
+from isdm.data.validate import scan_dataset, validate_dataset
+
+MULTI = DataConfig(dataset_mode="multi-class", num_classes=3, ignore_index=255, image_size=8)
+
+
+def _img(path, size=(6, 4), ext_format=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size[1], size[0], 3), 100, np.uint8)).save(path, format=ext_format)
+
+
+def _mask(path, values, size=(6, 4)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.zeros((size[1], size[0]), np.uint8)
+    arr.flat[: len(values)] = values
+    Image.fromarray(arr).save(path)
+
+
+def _pair(root, split, key, values=(0, 1), img_ext=".png", size=(6, 4), mask_size=None):
+    _img(root / split / "images" / f"{key}{img_ext}", size, "JPEG" if img_ext == ".jpg" else None)
+    _mask(root / split / "masks" / f"{key}.png", values, mask_size or size)
+
+
+def _valid(root):
+    for split in ("train", "test"):
+        _pair(root, split, "ok", (0, 1, 2, 255))
+
+
+def test_pairs_by_relative_path_in_subfolders_not_sorted_order(tmp_path):
+    split = tmp_path / "train"
+    # sorted by file name the images are [a/x, b/x, z] but masks [a/x, b/x, z]; make the mask of
+    # b/x distinctive so that a wrong pairing would show
+    _pair(tmp_path, "train", "b/x", (2, 2), img_ext=".jpg")
+    _pair(tmp_path, "train", "a/x", (1,))
+    _pair(tmp_path, "train", "z", (0,), img_ext=".jpg")
+    pairs = find_pairs(split)
+    assert [p.key for p in pairs] == ["a/x", "b/x", "z"]
+    assert pairs[1].image == split / "images" / "b" / "x.jpg"
+    assert pairs[1].mask == split / "masks" / "b" / "x.png"
+    ds = SegmentationFolder(tmp_path, "train", DataConfig(num_classes=3, image_size=8))
+    assert int(ds[1]["label"].max()) == 2 and ds[1]["key"] == "b/x"
+
+
+def test_valid_dataset_statistics(tmp_path):
+    _valid(tmp_path)
+    _pair(tmp_path, "train", "big", (1, 1, 1), size=(10, 8))
+    report = validate_dataset(tmp_path, MULTI)
+    train = report.splits["train"]
+    assert train.num_pairs == 2 and report.splits["test"].num_pairs == 1
+    assert train.min_size == (6, 4) and train.max_size == (10, 8)
+    # ok: 24 px = 21x0 + 1x1 + 1x2 + 1x255;  big: 80 px = 77x0 + 3x1
+    assert train.class_pixels == [21 + 77, 1 + 3, 1] and train.ignore_pixels == 1
+    assert train.class_images == [2, 2, 1]
+    assert train.raw_values == [0, 1, 2, 255]
+
+
+@pytest.mark.parametrize("kind", ["missing_mask", "missing_image", "duplicate", "corrupt",
+                                  "truncated", "size", "value", "empty", "no_folder"])
+def test_each_problem_kind_is_reported(tmp_path, kind):
+    _valid(tmp_path)
+    train = tmp_path / "train"
+    expect = {
+        "missing_mask": ("image without mask", "lone"),
+        "missing_image": ("mask without image", "lone"),
+        "duplicate": ("duplicate stem", "ok.jpg"),
+        "corrupt": ("unreadable image", "ok.png"),
+        "truncated": ("unreadable image", "ok.png"),
+        "size": ("size mismatch", "ok.png"),
+        "value": ("mask values [7]", "ok.png"),
+        "empty": ("empty split", "test"),
+        "no_folder": ("missing folder", "masks"),
+    }[kind]
+    if kind == "missing_mask":
+        _img(train / "images" / "lone.png")
+    elif kind == "missing_image":
+        _mask(train / "masks" / "lone.png", (1,))
+    elif kind == "duplicate":
+        _img(train / "images" / "ok.jpg", ext_format="JPEG")
+    elif kind == "corrupt":
+        (train / "images" / "ok.png").write_bytes(b"this is not a png")
+    elif kind == "truncated":
+        _img(train / "images" / "ok.png", size=(64, 64))
+        data = (train / "images" / "ok.png").read_bytes()
+        (train / "images" / "ok.png").write_bytes(data[: len(data) // 2])
+    elif kind == "size":
+        _mask(train / "masks" / "ok.png", (1,), size=(5, 4))
+    elif kind == "value":
+        _mask(train / "masks" / "ok.png", (1, 7, 255))
+    elif kind == "empty":
+        for p in (tmp_path / "test").rglob("*.png"):
+            p.unlink()
+    elif kind == "no_folder":
+        for p in (train / "masks").iterdir():
+            p.unlink()
+        (train / "masks").rmdir()
+    with pytest.raises(DatasetError) as e:
+        validate_dataset(tmp_path, MULTI)
+    message = str(e.value)
+    assert isinstance(e.value, ValueError) and len(e.value.problems) == 1, message
+    assert expect[0] in message and expect[1] in message, message
+
+
+def test_all_problems_listed_in_one_error(tmp_path):
+    _valid(tmp_path)
+    train = tmp_path / "train"
+    _img(train / "images" / "no_mask.png")
+    _mask(train / "masks" / "no_image.png", (1,))
+    _pair(tmp_path, "train", "dup", img_ext=".png")
+    _img(train / "images" / "dup.jpeg", ext_format="JPEG")
+    _pair(tmp_path, "train", "broken")
+    (train / "masks" / "broken.png").write_bytes(b"\x89PNG garbage")
+    _pair(tmp_path, "train", "sub/resized", mask_size=(3, 2))
+    _pair(tmp_path, "train", "bad_a", (0, 5))
+    _pair(tmp_path, "train", "bad_b", (9, 1))
+    for p in (tmp_path / "test").rglob("*.png"):
+        p.unlink()
+    with pytest.raises(DatasetError) as e:
+        validate_dataset(tmp_path, MULTI)
+    msg = str(e.value)
+    assert len(e.value.problems) == 8, msg
+    for needle in ["no_mask.png", "no_image.png", "dup.png", "dup.jpeg", "broken.png",
+                   "sub/resized.png", "6x4", "3x2", "[5]", "bad_a.png", "[9]", "bad_b.png",
+                   "empty split", "num_classes >= 10"]:
+        assert needle in msg, needle
+
+
+def test_binary_mode_accepts_any_value_and_scan_never_raises(tmp_path):
+    _valid(tmp_path)
+    _mask(tmp_path / "train" / "masks" / "ok.png", (0, 1, 7, 200, 255))
+    binary = DataConfig(dataset_mode="binary", num_classes=2, image_size=8)
+    report = validate_dataset(tmp_path, binary)
+    assert report.splits["train"].class_pixels == [20, 4]
+    bad = scan_dataset(tmp_path, MULTI)
+    assert not bad.ok and "[7, 200]" in bad.problems[0] and bad.splits["test"].num_pairs == 1
+
+
+def test_validation_checks_every_pair_quickly_on_crackforest(crackforest_dir):
+    import time
+
+    start = time.perf_counter()
+    report = validate_dataset(crackforest_dir, DataConfig(dataset_mode="binary", num_classes=2))
+    assert time.perf_counter() - start < 10
+    assert report.splits["train"].num_pairs == 79 and report.splits["test"].num_pairs == 39

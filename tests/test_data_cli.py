@@ -178,3 +178,14 @@ def test_synth_sample_independent_of_count_and_sized():
     again = render_sample(3, "train", 5, 32)
     assert np.array_equal(rgb, again[0]) and np.array_equal(ids, again[1]) and surface == again[2]
     assert not np.array_equal(rgb, render_sample(3, "test", 5, 32)[0])
+
+
+def test_synth_config_rejects_unusable_sizes(run, tmp_path):
+    from isdm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="synth.image_size=8"):
+        SynthConfig(image_size=8)
+    with pytest.raises(ConfigError, match="num_test=0"):
+        SynthConfig(num_test=0)
+    result = run("data", "synth", tmp_path / "x", "--set", "synth.num_train=0")
+    assert result.exit_code != 0 and "synth.num_train=0" in result.output

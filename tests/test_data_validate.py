@@ -65,7 +65,7 @@ def test_valid_dataset_statistics(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["missing_mask", "missing_image", "duplicate", "corrupt",
-                                  "truncated", "size", "value", "empty", "no_folder"])
+                                  "truncated", "size", "value", "empty", "no_folder", "jpg_mask"])
 def test_each_problem_kind_is_reported(tmp_path, kind):
     _valid(tmp_path)
     train = tmp_path / "train"
@@ -79,6 +79,7 @@ def test_each_problem_kind_is_reported(tmp_path, kind):
         "value": ("mask values [7]", "ok.png"),
         "empty": ("empty split", "test"),
         "no_folder": ("missing folder", "masks"),
+        "jpg_mask": ("is not a PNG", "masks/ok.jpg"),
     }[kind]
     if kind == "missing_mask":
         _img(train / "images" / "lone.png")
@@ -99,6 +100,8 @@ def test_each_problem_kind_is_reported(tmp_path, kind):
     elif kind == "empty":
         for p in (tmp_path / "test").rglob("*.png"):
             p.unlink()
+    elif kind == "jpg_mask":
+        Image.open(train / "masks" / "ok.png").convert("RGB").save(train / "masks" / "ok.jpg")
     elif kind == "no_folder":
         for p in (train / "masks").iterdir():
             p.unlink()

@@ -131,6 +131,14 @@ class SynthConfig:
     image_size: int = 64
     binary: bool = False
 
+    def __post_init__(self) -> None:
+        if self.image_size < 16:
+            raise ConfigError(f"synth.image_size={self.image_size}: use at least 16 px")
+        if self.num_train < 1 or self.num_test < 1:
+            raise ConfigError(
+                f"synth.num_train={self.num_train}, synth.num_test={self.num_test}: both must be >= 1"
+            )
+
 
 # Channel multipliers chosen by image size, as in guided-diffusion / SDM.
 _CHANNEL_MULT_BY_SIZE = {

@@ -88,6 +88,9 @@ def scan_split(split_dir: str | Path) -> tuple[list[Pair], list[str]]:
     images, dup_i = _index(image_dir, IMAGE_EXTENSIONS)
     masks, dup_m = _index(mask_dir, MASK_EXTENSIONS)
     problems += dup_i + dup_m
+    lossy, _ = _index(mask_dir, tuple(e for e in IMAGE_EXTENSIONS if e not in MASK_EXTENSIONS))
+    problems += [f"mask {path} is not a PNG: lossy JPEG changes class ids; save masks as .png"
+                 for path in lossy.values()]
     for key in sorted(images.keys() - masks.keys()):
         problems.append(f"image without mask: {images[key]} (expected {mask_dir / key}.png)")
     for key in sorted(masks.keys() - images.keys()):

@@ -93,8 +93,9 @@ def test_check_multiclass_value_out_of_range_names_file_and_value(run, tmp_path)
         for key, top in (("good", 2), ("bad", 6)):
             (root / split / "images").mkdir(parents=True, exist_ok=True)
             (root / split / "masks").mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / split / "images" / f"{key}.png")
-            Image.fromarray(np.array([[0, 1, top, 0]] * 4, np.uint8)).save(root / split / "masks" / f"{key}.png")
+            image, mask = np.zeros((4, 4, 3), np.uint8), np.array([[0, 1, top, 0]] * 4, np.uint8)
+            Image.fromarray(image).save(root / split / "images" / f"{key}.png")
+            Image.fromarray(mask).save(root / split / "masks" / f"{key}.png")
     result = run("data", "check", root, "--mode", "multi-class", "--num-classes", "3")
     assert result.exit_code == 1
     assert "mask values [6]" in result.output and "train/masks/bad.png" in result.output

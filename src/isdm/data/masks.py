@@ -27,6 +27,7 @@ import numpy as np
 __all__ = [
     "MaskValueError",
     "read_mask_array",
+    "mask_image_to_array",
     "decode_mask",
     "invalid_values",
     "one_hot",
@@ -121,7 +122,9 @@ def decode_mask(
         raise ValueError(f"dataset_mode {mode!r}: use 'binary' or 'multi-class'")
     bad = invalid_values(array, num_classes, ignore_index)
     if bad:
-        allowed = f"0..{num_classes - 1}" + (f" or {ignore_index} (ignore)" if ignore_index is not None else "")
+        allowed = f"0..{num_classes - 1}"
+        if ignore_index is not None:
+            allowed += f" or {ignore_index} (ignore)"
         raise MaskValueError(
             f"mask values {bad} are not valid class ids (allowed: {allowed}); fix: set "
             f"data.num_classes >= {max(bad) + 1}, or remap the mask, or use --mode binary if "

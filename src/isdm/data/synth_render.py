@@ -85,12 +85,14 @@ def _fabric(rng: np.random.Generator, size: int) -> np.ndarray:
     phase = rng.uniform(0, period, 2)
     u = (np.arange(size) + phase[0]) / period
     v = (np.arange(size) + phase[1]) / period
-    warp_on_top = ((np.floor(u)[None, :] + np.floor(v)[:, None]) % 2) == 0
-    thread_u = np.sin(np.pi * (u % 1.0))[None, :] * np.ones((size, 1))
-    thread_v = np.sin(np.pi * (v % 1.0))[:, None] * np.ones((1, size))
+    iu, iv = np.floor(u).astype(int), np.floor(v).astype(int)  # thread index of each column/row
+    warp_on_top = ((iu[None, :] + iv[:, None]) % 2) == 0         # plain weave: over/under
+    thread_u = np.broadcast_to(np.sin(np.pi * (u % 1.0))[None, :], (size, size))
+    thread_v = np.broadcast_to(np.sin(np.pi * (v % 1.0))[:, None], (size, size))
     shade = np.where(warp_on_top, thread_u, thread_v) ** 0.7
-    per_thread = np.where(warp_on_top, rng.uniform(0.9, 1.1, int(np.floor(u[-1])) + 1)[np.floor(u).astype(int)][None, :],
-                          rng.uniform(0.9, 1.1, int(np.floor(v[-1])) + 1)[np.floor(v).astype(int)][:, None])
+    warp_gain = rng.uniform(0.9, 1.1, iu[-1] + 1)[iu][None, :]   # each thread its own brightness
+    weft_gain = rng.uniform(0.9, 1.1, iv[-1] + 1)[iv][:, None]
+    per_thread = np.where(warp_on_top, warp_gain, weft_gain)
     color = _FABRIC_COLORS[rng.integers(len(_FABRIC_COLORS))] * rng.uniform(0.9, 1.1)
     value = (0.55 + 0.45 * shade) * per_thread * (0.9 + 0.2 * fractal_noise(rng, size, 3, 3))
     return value[..., None] * color
@@ -145,8 +147,9 @@ def _polyline_distance(points: np.ndarray, size: int, reach: float) -> np.ndarra
     within ``reach`` of a segment are exact, the rest stay at ``inf``."""
     dist = np.full((size, size), np.inf)
     for a, b in zip(points[:-1], points[1:]):
-        x0, x1 = int(max(0, np.floor(min(a[0], b[0]) - reach))), int(min(size, np.ceil(max(a[0], b[0]) + reach) + 1))
-        y0, y1 = int(max(0, np.floor(min(a[1], b[1]) - reach))), int(min(size, np.ceil(max(a[1], b[1]) + reach) + 1))
+        lo = np.maximum(0, np.floor(np.minimum(a, b) - reach)).astype(int)
+        hi = np.minimum(size, np.ceil(np.maximum(a, b) + reach) + 1).astype(int)
+        (x0, y0), (x1, y1) = lo, hi
         if x0 >= x1 or y0 >= y1:
             continue
         py, px = np.mgrid[y0:y1, x0:x1].astype(float)
@@ -212,7 +215,8 @@ def _crack(rng, img, scale, light_dir):
             if len(branches) < 3 and rng.random() < 0.05 and n > 6:
                 side = rng.choice([-1.0, 1.0])
                 branches.append(1)
-                queue.append((pos.copy(), head + side * rng.uniform(0.5, 1.1), int(n * rng.uniform(0.2, 0.45))))
+                turn, length = side * rng.uniform(0.5, 1.1), int(n * rng.uniform(0.2, 0.45))
+                queue.append((pos.copy(), head + turn, length))
         paths.append(np.array(points))
     half_width = max(0.5, 0.6 * scale)
     dist = np.minimum.reduce([_polyline_distance(p, size, half_width + 1) for p in paths])
@@ -254,7 +258,8 @@ def _stain(rng, img, scale, light_dir):
 _DRAW = {1: _scratch, 2: _pit, 3: _crack, 4: _stain}
 
 
-def draw_defect(rng: np.random.Generator, img: np.ndarray, class_id: int, light_dir: np.ndarray) -> np.ndarray:
+def draw_defect(rng: np.random.Generator, img: np.ndarray, class_id: int,
+                light_dir: np.ndarray) -> np.ndarray:
     """Draw defect ``class_id`` (1 scratch, 2 pit, 3 crack, 4 stain) into ``img`` in place and
     return the boolean ``[S, S]`` mask of exactly the pixels it changed."""
     return _DRAW[class_id](rng, img, img.shape[0] / 64.0, light_dir)

@@ -50,16 +50,15 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Move every average towards ``model``'s current weights (call after optimizer.step())."""
-        params = dict(model.named_parameters())
-        state = model.state_dict()
+        params = {n: p.detach() for n, p in model.named_parameters() if p.is_floating_point()}
+        names = list(params)
+        src = [params[n].float() for n in names]
+        others = {n: v for n, v in model.state_dict().items() if n not in params}
         for rate in self.rates:
-            d = self.decay(rate)
             shadow = self.shadows[rate_key(rate)]
-            for name, value in state.items():
-                if name in params and value.is_floating_point():
-                    shadow[name].lerp_(value.detach().float(), 1.0 - d)
-                else:
-                    shadow[name].copy_(value)
+            torch._foreach_lerp_([shadow[n] for n in names], src, 1.0 - self.decay(rate))
+            for name, value in others.items():
+                shadow[name].copy_(value)
         self.num_updates += 1
 
     def state(self, rate: float | None = None) -> dict[str, torch.Tensor]:

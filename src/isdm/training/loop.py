@@ -84,6 +84,33 @@ def run_name(cfg: Config, action: str, tcfg: TrainConfig) -> str:
     return name + (f" drop={tcfg.drop_rate:g}" if tcfg.drop_rate > 0 else "")
 
 
+def optimisation_step(net: nn.Module, model: nn.Module, diffusion: Any, optimizer: torch.optim.Optimizer,
+                      scaler: torch.amp.GradScaler, ema: EMA, x0: torch.Tensor, segmap: torch.Tensor,
+                      t: torch.Tensor, noise: torch.Tensor, *, precision: str,
+                      grad_clip: float) -> torch.Tensor:
+    """One AdamW step on the hybrid loss of a batch; returns the (detached) batch-mean loss.
+
+    ``net`` is what runs the forward (``model`` or its DDP wrapper), ``model`` the bare network
+    (clipping and EMA act on it). x0/noise: [B,3,H,W]; segmap: [B,C,H,W]; t: [B] int64.
+    """
+
+    def model_fn(x_t: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
+        with autocast(precision, x0.device):
+            out = net(x_t, t_, segmap)
+        return out.float()
+
+    loss = diffusion.training_losses(model_fn, x0, t, noise)["loss"].mean()
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    ema.update(model)
+    return loss.detach()
+
+
 class _Trainer:
     """Holds the run's state; ``run()`` executes epochs until a stop rule fires."""
 
@@ -179,18 +206,11 @@ class _Trainer:
     def train_step(self, batch: dict[str, Any], gen: torch.Generator) -> torch.Tensor:
         x0, segmap, t, noise = batches.step_inputs(batch, self.cfg, self.diffusion.num_timesteps,
                                                    self.tcfg.drop_rate, gen, self.ctx.device)
-        losses = self.diffusion.training_losses(self.model_fn(segmap, self.ddp), x0, t, noise)
-        loss = losses["loss"].mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.tcfg.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.ema.update(self.model)
+        loss = optimisation_step(self.ddp, self.model, self.diffusion, self.optimizer, self.scaler,
+                                 self.ema, x0, segmap, t, noise, precision=self.precision,
+                                 grad_clip=self.tcfg.grad_clip)
         self.step += 1
-        return loss.detach()
+        return loss
 
     @torch.no_grad()
     def val_loss(self) -> Optional[float]:

@@ -1,0 +1,137 @@
+"""`isdm train` / `isdm finetune` end to end on the tiny preset (32 px, synth_dir), with MLflow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from isdm.cli import cli
+from isdm.training.checkpoint import REQUIRED_KEYS
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "configs" / "tiny.yaml")
+
+
+def invoke(*args: str):
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(synth_dir, tmp_path_factory) -> tuple[Path, float]:
+    """`isdm train` for 2 epochs (tracking off here; the MLflow test below runs its own)."""
+    out = tmp_path_factory.mktemp("sdm")
+    start = time.perf_counter()
+    invoke("train", "-c", TINY, "--data", str(synth_dir), "--out", str(out), "--no-progress",
+           "--set", "train.max_epochs=2", "--set", "tracking.enabled=false")
+    return out, time.perf_counter() - start
+
+
+@pytest.mark.slow
+def test_train_writes_every_output_in_under_a_minute(trained):
+    out, seconds = trained
+    assert seconds < 60, f"2 tiny epochs took {seconds:.1f} s"
+    for name in ("best.pt", "last.pt", "metrics.json", "loss.csv", "loss.png", "config.json"):
+        assert (out / name).is_file(), name
+    state = torch.load(out / "best.pt", weights_only=True)
+    assert set(REQUIRED_KEYS) <= set(state)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["steps"] == 4 and metrics["images_per_s"] > 0
+    assert len((out / "loss.csv").read_text().splitlines()) == 3
+    assert json.loads((out / "config.json").read_text())["model"]["preset"] == "tiny"
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_train_logs_an_mlflow_run(synth_dir, tmp_path, mlflow_uri):
+    import mlflow
+
+    out = tmp_path / "sdm"
+    invoke("train", "-c", TINY, "--data", str(synth_dir), "--out", str(out), "--no-progress",
+           "--set", "train.max_epochs=1", "--set", "train.log_every=1")
+    runs = mlflow.MlflowClient(mlflow_uri).search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient(mlflow_uri).search_experiments()])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.lr"] == "0.0002" and run.data.params["model.preset"] == "tiny"
+    assert run.data.tags["isdm.action"] == "train"
+    from isdm.training.checkpoint import checkpoint_hash
+
+    assert run.data.tags["isdm.checkpoint_sha256"] == checkpoint_hash(out / "best.pt")
+    assert {"train/step_loss", "train/epoch_loss", "best_loss", "images_per_s"} <= set(run.data.metrics)
+    client = mlflow.MlflowClient(mlflow_uri)
+    assert len(client.get_metric_history(run.info.run_id, "train/step_loss")) == 2  # log_every=1
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "metrics.json", "loss.csv", "loss.png"} <= artifacts
+
+
+@pytest.mark.slow
+def test_finetune_from_the_trained_checkpoint(trained, synth_dir, tmp_path):
+    out, _ = trained
+    ft = tmp_path / "ft"
+    invoke("finetune", "-c", TINY, "--data", str(synth_dir), "--init", str(out / "best.pt"),
+           "--out", str(ft), "--no-progress", "--set", "finetune.drop_rate=0.2",
+           "--set", "tracking.enabled=false")
+    state = torch.load(ft / "best.pt", weights_only=True)
+    assert state["meta"]["action"] == "finetune"
+    assert state["config"]["finetune"]["drop_rate"] == 0.2
+    assert state["meta"]["init_from"] == str(out / "best.pt")
+
+
+@pytest.mark.slow
+def test_finetune_with_the_original_json_config(trained, synth_dir, tmp_path):
+    """configs/config_finetune.json (64 px, default sizes) on a tiny 32 px checkpoint: the
+    checkpoint's sizes win, with a note naming them."""
+    out, _ = trained
+    ft = tmp_path / "ft_legacy"
+    result = CliRunner().invoke(
+        cli, ["finetune", "-c", str(REPO / "configs" / "config_finetune.json"),
+              "--data", str(synth_dir), "--init", str(out / "best.pt"), "--out", str(ft),
+              "--no-progress", "--set", "finetune.max_steps=1", "--set", "tracking.enabled=false"],
+        catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "data.image_size: checkpoint 32, config 64" in result.output
+    state = torch.load(ft / "best.pt", weights_only=True)
+    assert state["config"]["data"]["image_size"] == 32
+    assert state["config"]["finetune"]["drop_rate"] == 0.2
+
+
+def test_finetune_without_init_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(cli, ["finetune", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--init" in result.output
+
+
+def test_missing_checkpoint_is_a_clean_error(synth_dir, tmp_path):
+    result = CliRunner().invoke(cli, ["finetune", "-c", TINY, "--data", str(synth_dir), "--init",
+                                      str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o"),
+                                      "--set", "tracking.enabled=false"])
+    assert result.exit_code == 1 and "does not exist" in result.output
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(synth_dir, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo): ranks share the data, only rank 0 writes."""
+    out = tmp_path / "ddp"
+    isdm = Path(sys.executable).with_name("isdm")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "0", "--no-python", str(isdm), "train", "-c", TINY,
+           "--data", str(synth_dir), "--out", str(out), "--no-progress",
+           "--set", "train.max_epochs=2", "--set", "train.batch_size=2",
+           "--set", "tracking.enabled=false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    state = torch.load(out / "best.pt", weights_only=True)
+    # 8 images over 2 ranks of batch 2 -> 2 steps per epoch on each rank; every image seen once
+    assert state["step"] == 4 and state["meta"]["world_size"] == 2
+    assert [row["images"] for row in state["history"]] == [8, 8]
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 2

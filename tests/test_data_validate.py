@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -154,3 +156,35 @@ def test_validation_checks_every_pair_quickly_on_crackforest(crackforest_dir):
     report = validate_dataset(crackforest_dir, DataConfig(dataset_mode="binary", num_classes=2))
     assert time.perf_counter() - start < 10
     assert report.splits["train"].num_pairs == 79 and report.splits["test"].num_pairs == 39
+
+
+def test_segmentation_folder_validates_the_split_before_any_item(tmp_path):
+    _valid(tmp_path)
+    _pair(tmp_path, "train", "bad", (0, 4))
+    _pair(tmp_path, "train", "cut", size=(64, 64))
+    data = (tmp_path / "train" / "images" / "cut.png").read_bytes()
+    (tmp_path / "train" / "images" / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError) as e:
+        SegmentationFolder(tmp_path, "train", MULTI, keys=["ok"])
+    assert len(e.value.problems) == 2 and "bad.png" in str(e.value) and "cut.png" in str(e.value)
+    assert len(SegmentationFolder(tmp_path, "test", MULTI)) == 1  # the other split is fine
+    assert len(SegmentationFolder(tmp_path, "train", MULTI, keys=["ok"], validate=False)) == 1
+
+
+def test_validation_runs_once_per_unchanged_split(tmp_path, monkeypatch):
+    import isdm.data.validate as validate_module
+
+    _valid(tmp_path)
+    calls = []
+    real = validate_module.validate_dataset
+    monkeypatch.setattr(validate_module, "validate_dataset",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    SegmentationFolder(tmp_path, "train", MULTI)
+    SegmentationFolder(tmp_path, "train", MULTI, augment=True)
+    assert len(calls) == 1
+    changed = tmp_path / "train" / "masks" / "ok.png"
+    _mask(changed, (2, 2, 2))  # a changed file (new mtime): checked again
+    st = changed.stat()
+    os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    SegmentationFolder(tmp_path, "train", MULTI)
+    assert len(calls) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -32,11 +33,13 @@ class SegmentationFolder(Dataset):
             checkpointed by the training run, seeded per worker by DataLoader). Pass one only
             with ``num_workers=0``: workers would each copy it and flip in lock-step.
         cache: keep the resized uint8 arrays in memory after the first read (small datasets).
+        validate: check every file of the split first (:func:`isdm.data.validate.validate_dataset`),
+            once per process for unchanged files, so no training or evaluation starts on a broken
+            dataset.
 
     Raises:
-        DatasetError: pairing problems of the split (missing partner, duplicate stem, empty), or
-            keys that are not in the split. Unreadable files / invalid mask values raise when read;
-            run :func:`isdm.data.validate.validate_dataset` first to get them all at once.
+        DatasetError: listing every problem of the split (missing partner, duplicate stem, empty
+            split, unreadable file, size mismatch, invalid mask values), or unknown ``keys``.
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class SegmentationFolder(Dataset):
         *,
         generator: Optional[torch.Generator] = None,
         cache: bool = True,
+        validate: bool = True,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -56,6 +60,8 @@ class SegmentationFolder(Dataset):
         self.augment = augment
         self.generator = generator
         self.cache = cache
+        if validate:
+            _validate_once(self.root, split, data_cfg)
         pairs = {p.key: p for p in find_pairs(self.root / split)}
         if keys is None:
             self.pairs = list(pairs.values())
@@ -92,6 +98,27 @@ class SegmentationFolder(Dataset):
         if self.augment:
             image, label = transforms.random_hflip(image, label, self.generator)
         return {"image": image, "label": label, "key": self.pairs[index].key}
+
+
+_VALIDATED: set[str] = set()
+
+
+def _validate_once(root: Path, split: str, cfg: DataConfig) -> None:
+    """Validate ``root/split`` unless this process already did so for the same files (path, size,
+    mtime) and the same mask rules."""
+    from isdm.data.validate import validate_dataset
+
+    h = hashlib.sha256(repr((str(root.resolve()), split, cfg.dataset_mode, cfg.num_classes,
+                             cfg.ignore_index)).encode())
+    split_dir = root / split
+    for path in sorted(split_dir.rglob("*")) if split_dir.is_dir() else []:
+        if path.is_file():
+            st = path.stat()
+            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    signature = h.hexdigest()
+    if signature not in _VALIDATED:
+        validate_dataset(root, cfg, splits=(split,))
+        _VALIDATED.add(signature)
 
 
 def split_keys(keys: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:

@@ -123,7 +123,7 @@ def test_ddp_two_cpu_processes(synth_dir, tmp_path):
     out = tmp_path / "ddp"
     isdm = Path(sys.executable).with_name("isdm")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "0", "--no-python", str(isdm), "train", "-c", TINY,
+           "--standalone", "--no-python", str(isdm), "train", "-c", TINY,
            "--data", str(synth_dir), "--out", str(out), "--no-progress",
            "--set", "train.max_epochs=2", "--set", "train.batch_size=2",
            "--set", "tracking.enabled=false"]

@@ -53,6 +53,9 @@ def test_check_crackforest_counts(run, crackforest_dir):
         assert s["class_pixels"][0] + s["class_pixels"][1] == s["pairs"] * 480 * 320
     text = run("data", "check", crackforest_dir, "--mode", "binary")
     assert text.exit_code == 0 and "79" in text.output and "39" in text.output and "defect" in text.output
+    assert "warning" not in text.output
+    wrong_mode = run("data", "check", crackforest_dir, "--mode", "multi-class", "--num-classes", "2")
+    assert wrong_mode.exit_code == 0 and "use --mode binary" in wrong_mode.output
 
 
 @pytest.mark.crackforest

@@ -58,6 +58,7 @@ def report_to_dict(report: DatasetReport, names: Optional[list[str]] = None) -> 
         "splits": splits,
         "problems": report.problems,
         "hints": report.hints,
+        "warnings": report.warnings,
     }
 
 
@@ -88,6 +89,7 @@ def format_report(report: DatasetReport, names: Optional[list[str]] = None) -> s
     if any(s.ignore_pixels for s in splits):
         lines.append(f"   {'ignored pixels':<19}" + "".join(f"{s.ignore_pixels:>16}{'':>15}" for s in splits))
     lines.append("")
+    lines += [f"warning: {w}" for w in report.warnings]
     if report.ok:
         total = sum(s.num_pairs for s in splits)
         lines.append(f"OK: {total} pairs, no problems")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -117,7 +118,9 @@ def _validate_once(root: Path, split: str, cfg: DataConfig) -> None:
             h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     signature = h.hexdigest()
     if signature not in _VALIDATED:
-        validate_dataset(root, cfg, splits=(split,))
+        report = validate_dataset(root, cfg, splits=(split,))
+        for message in report.warnings:
+            warnings.warn(f"{root}: {message}", stacklevel=3)
         _VALIDATED.add(signature)
 
 

@@ -72,6 +72,7 @@ class DatasetReport:
     splits: dict[str, SplitStats]
     problems: list[str] = field(default_factory=list)
     hints: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -184,7 +185,19 @@ def scan_dataset(root: str | Path, data_cfg: DataConfig, splits: Sequence[str] =
     stats = {s: _scan_split(root / s, s, data_cfg, problems, bad_values, progress) for s in splits}
     value_problems, hints = _value_problems(bad_values, data_cfg)
     return DatasetReport(root, data_cfg.dataset_mode, data_cfg.num_classes, data_cfg.ignore_index,
-                         stats, problems + value_problems, hints)
+                         stats, problems + value_problems, hints, _warnings(stats, data_cfg))
+
+
+def _warnings(stats: dict[str, SplitStats], cfg: DataConfig) -> list[str]:
+    """Valid but suspicious: a multi-class dataset whose only non-zero value is ignore_index is
+    almost surely a binary {0,255} dataset read with the wrong mode."""
+    out = []
+    for s in stats.values():
+        if s.ignore_pixels and not any(s.class_pixels[1:]):
+            out.append(f"{s.split}: every non-zero mask pixel equals ignore_index={cfg.ignore_index} "
+                       "and is ignored; if it marks a defect, use --mode binary "
+                       "(data.dataset_mode=binary, data.num_classes=2)")
+    return out
 
 
 def validate_dataset(root: str | Path, data_cfg: DataConfig, splits: Sequence[str] = SPLITS,

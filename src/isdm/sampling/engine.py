@@ -108,11 +108,10 @@ def load_engine(cfg: Config, checkpoint: str | Path, device: Any) -> tuple[Sampl
     Returns:
         ``(engine, resolved_cfg, meta)`` with the checkpoint's meta dict.
     """
-    from isdm.diffusion import GaussianDiffusion, get_betas
+    from isdm.diffusion import build_diffusion
     from isdm.training.checkpoint import load_model
 
     model, ckpt_cfg, meta = load_model(checkpoint, ema_rate=None, device=device)
     resolved = resolve_config(cfg, ckpt_cfg)
-    d = resolved.diffusion
-    diffusion = GaussianDiffusion(get_betas(d.noise_schedule, d.diffusion_steps))
+    diffusion = build_diffusion(resolved.diffusion)
     return SampleEngine(model, diffusion, resolved, device, cfg.sample.batch_size), resolved, meta

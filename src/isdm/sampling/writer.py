@@ -153,7 +153,8 @@ class OutputDir:
 
     # ---- grid ----------------------------------------------------------------------------
     def write_grid(self, names: list[str], columns: int = 4) -> Optional[Path]:
-        """``grid.png``: (colored label | sample) pairs, ``columns`` pairs per row."""
+        """``grid.png``: (colored label | sample) pairs, ``columns`` pairs per row; images
+        smaller than 96 px are enlarged with nearest neighbour."""
         from PIL import Image
 
         if not names:
@@ -164,6 +165,8 @@ class OutputDir:
             sample = Image.open(self.root / "samples" / name).convert("RGB")
             tiles.append((label, sample))
         w, h = tiles[0][1].size
+        zoom = max(1, 96 // max(w, h))  # small images are enlarged (nearest) to be visible
+        w, h = w * zoom, h * zoom
         pad = 2
         cols = min(columns, len(tiles))
         rows = (len(tiles) + cols - 1) // cols
@@ -172,7 +175,7 @@ class OutputDir:
             x0 = (k % cols) * (2 * w + 3 * pad) + pad
             y0 = (k // cols) * (h + pad) + pad
             grid.paste(label.resize((w, h), Image.NEAREST), (x0, y0))
-            grid.paste(sample, (x0 + w + pad, y0))
+            grid.paste(sample.resize((w, h), Image.NEAREST), (x0 + w + pad, y0))
         path = self.root / "grid.png"
         _save_png(path, grid)
         return path

@@ -53,6 +53,14 @@ def test_multiclass_gray_ignore_kept_and_invalid_values_named():
         decode_mask(np.array([[0, 255]], np.uint8), "multi-class", 3, None)
 
 
+def test_label_space_must_fit_uint8():
+    with pytest.raises(ValueError, match="ignore_index=300"):
+        decode_mask(np.zeros((2, 2), np.uint16), "multi-class", 3, 300)
+    with pytest.raises(ValueError, match="num_classes=256"):
+        decode_mask(np.zeros((2, 2), np.uint8), "multi-class", 256, None)
+    np.testing.assert_array_equal(decode_mask(np.array([[0, 9]], np.uint16), "binary", 2, 300), [[0, 1]])
+
+
 def test_multiclass_rgb_gray_ok_colour_rejected():
     gray3 = np.repeat(np.array([[0, 1], [2, 1]], np.uint8)[..., None], 3, axis=2)
     np.testing.assert_array_equal(decode_mask(gray3, "multi-class", 3), [[0, 1], [2, 1]])

@@ -24,7 +24,7 @@ def data() -> None:
               default=None, help="Override data.dataset_mode (binary implies --num-classes 2).")
 @click.option("--num-classes", type=int, default=None, help="Override data.num_classes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@friendly_errors()
+@friendly_errors(ValueError)
 def check(directory: str, config_path: Optional[str], overrides: tuple[str, ...],
           mode: Optional[str], num_classes: Optional[int], as_json: bool) -> None:
     """Validate DIR/{train,test}/{images,masks} and print per-class pixel and image counts.

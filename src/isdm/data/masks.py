@@ -29,6 +29,7 @@ __all__ = [
     "read_mask_array",
     "mask_image_to_array",
     "decode_mask",
+    "check_label_space",
     "invalid_values",
     "one_hot",
     "null_label",
@@ -89,6 +90,15 @@ def _collapse_rgb(array: np.ndarray, mode: str) -> np.ndarray:
     )
 
 
+def check_label_space(num_classes: int, ignore_index: Optional[int]) -> None:
+    """Class ids and ``ignore_index`` must fit the uint8 label maps used everywhere."""
+    if not 2 <= num_classes <= 255:
+        raise ValueError(f"num_classes={num_classes}: must be in 2..255 (uint8 label maps)")
+    if ignore_index is not None and not num_classes <= ignore_index <= 255:
+        raise ValueError(f"ignore_index={ignore_index}: must be in {num_classes}..255 or null "
+                         "(uint8 label maps, not a class id)")
+
+
 def invalid_values(labels: np.ndarray, num_classes: int, ignore_index: Optional[int]) -> list[int]:
     """Sorted values of a multi-class id map that are neither a class id nor ``ignore_index``."""
     values = np.unique(labels)
@@ -115,6 +125,7 @@ def decode_mask(
     Raises:
         MaskValueError: a multi-class value outside ``0..C-1`` and not ``ignore_index``.
     """
+    check_label_space(num_classes, ignore_index if mode == "multi-class" else None)
     array = _collapse_rgb(np.asarray(array), mode)
     if mode == "binary":
         return (array > 0).astype(np.uint8)

@@ -23,7 +23,7 @@ import numpy as np
 
 from isdm.config import DataConfig
 from isdm.data.layout import SPLITS, DatasetError, Pair, scan_split
-from isdm.data.masks import MaskValueError, decode_mask, mask_image_to_array
+from isdm.data.masks import MaskValueError, check_label_space, decode_mask, mask_image_to_array
 
 __all__ = ["SplitStats", "DatasetReport", "validate_dataset", "scan_dataset"]
 
@@ -108,7 +108,7 @@ def _accumulate(stats: SplitStats, raw: np.ndarray, ids: np.ndarray, ignore_inde
     for k in range(c):
         stats.class_pixels[k] += int(counts[k])
         stats.class_images[k] += int(counts[k] > 0)
-    if ignore_index is not None and ignore_index >= c:
+    if ignore_index is not None and c <= ignore_index <= 255:
         stats.ignore_pixels += int(counts[ignore_index])
     if len(raw_values) < _MAX_RAW_VALUES:
         raw_values.update(int(v) for v in np.unique(raw)[:_MAX_RAW_VALUES])
@@ -176,6 +176,8 @@ def scan_dataset(root: str | Path, data_cfg: DataConfig, splits: Sequence[str] =
                  progress: bool = False) -> DatasetReport:
     """Validate and count, never raising for dataset problems: they are in ``report.problems``."""
     root = Path(root)
+    check_label_space(data_cfg.num_classes,
+                      data_cfg.ignore_index if data_cfg.dataset_mode == "multi-class" else None)
     problems: list[str] = []
     bad_values: dict[Path, list[int]] = {}
     if not root.is_dir():

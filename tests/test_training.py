@@ -107,6 +107,10 @@ def test_patience_stops_and_best_is_the_best_epoch(synth_dir, tmp_path, monkeypa
     assert [r["improved"] for r in res.history] == [True, True, False, False]
     csv = (tmp_path / "loss.csv").read_text().splitlines()
     assert csv[0] == "epoch,train_loss" and csv[2] == "2,0.9" and len(csv) == 5
+    # resuming a run that already ran out of patience trains no further epoch
+    again = train(tiny_cfg("train.max_epochs=10", "train.patience=2"), synth_dir, tmp_path,
+                  resume=tmp_path / "last.pt", progress=False)
+    assert again.epochs == 4 and "patience" in again.stop_reason
 
 
 def test_max_epochs_without_patience(synth_dir, tmp_path, monkeypatch):

@@ -88,7 +88,7 @@ def measure_training(model_cfg: ModelConfig, image_size: int, num_classes: int, 
     median = times[len(times) // 2]
     return {
         "params_M": count_parameters(model) / 1e6,
-        "fwd_GFLOP_per_img": forward_flops(model_cfg, image_size, num_classes) / 1e9,
+        "fwd_GFLOP_per_img": forward_flops(model_cfg, image_size, num_classes)["flops"] / 1e9,
         "step_s": median,
         "images_per_s": batch / median,
     }

@@ -31,9 +31,14 @@ class Splits:
 
 def build_splits(cfg: Config, tcfg: TrainConfig, data_root: str | Path) -> Splits:
     """The training set (augmented) and, with ``val_fraction`` > 0, a held-out validation set
-    (no augmentation) split from ``<data_root>/train`` by key with ``tcfg.seed``."""
-    from isdm.data import SegmentationFolder, split_keys
+    (no augmentation) split from ``<data_root>/train`` by key with ``tcfg.seed``.
 
+    Raises:
+        DatasetError: every pairing / file / mask-value problem of ``<data_root>/train``.
+    """
+    from isdm.data import SegmentationFolder, split_keys, validate_dataset
+
+    validate_dataset(data_root, cfg.data, splits=("train",))  # every problem at once, with fixes
     full = SegmentationFolder(data_root, "train", cfg.data, augment=False)
     keys = list(full.keys)
     if not keys:

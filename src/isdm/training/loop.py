@@ -289,6 +289,10 @@ class _Trainer:
             "train/epoch_loss": row["train_loss"], "val/loss": row["val_loss"],
             "train/images_per_s": row["images_per_s"], "train/best_loss": self.best_loss,
         }.items() if v is not None}, step=self.epoch)
+        return self.stop_reason()
+
+    def stop_reason(self) -> str:
+        """Why the run must stop now ('' = go on); also checked before a resumed run starts."""
         if 0 < self.tcfg.max_steps <= self.step:
             return f"max_steps={self.tcfg.max_steps} reached"
         if self.epoch >= self.tcfg.max_epochs:
@@ -304,9 +308,7 @@ class _Trainer:
 
     def run(self, run) -> TrainResult:
         start = time.perf_counter()
-        reason = ""
-        if self.epoch >= self.tcfg.max_epochs:
-            reason = f"already at max_epochs={self.tcfg.max_epochs}"
+        reason = self.stop_reason()
         while not reason:
             row = self.run_epoch(run)
             reason = self.end_epoch(row, run)

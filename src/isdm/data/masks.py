@@ -20,9 +20,13 @@ everywhere (not "all background": that is a real layout, the original tool's bug
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is imported inside the functions: `isdm data check` stays fast
+    import torch
+    from PIL import Image
 
 __all__ = [
     "MaskValueError",
@@ -61,7 +65,7 @@ def read_mask_array(path: str | Path) -> np.ndarray:
         return mask_image_to_array(img)
 
 
-def mask_image_to_array(img) -> np.ndarray:
+def mask_image_to_array(img: "Image.Image") -> np.ndarray:
     """A loaded PIL mask as an integer array (see :func:`read_mask_array`)."""
     mode = img.mode
     if mode in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
@@ -143,7 +147,8 @@ def decode_mask(
     return array.astype(np.uint8)
 
 
-def one_hot(labels, num_classes: int, ignore_index: Optional[int] = 255):
+def one_hot(labels: "torch.Tensor | np.ndarray", num_classes: int,
+            ignore_index: Optional[int] = 255) -> "torch.Tensor":
     """Class ids ``[B, H, W]`` (or ``[H, W]``) int -> float32 one-hot ``[B, C, H, W]`` (``[C, H, W]``).
 
     Pixels equal to ``ignore_index`` get the all-zero vector (no class). Any other id outside
@@ -165,14 +170,15 @@ def one_hot(labels, num_classes: int, ignore_index: Optional[int] = 255):
     return out.movedim(-1, -3).contiguous()
 
 
-def null_label(segmap):
+def null_label(segmap: "torch.Tensor") -> "torch.Tensor":
     """The classifier-free-guidance null label: all zeros, same shape/dtype/device as ``segmap``."""
     import torch
 
     return torch.zeros_like(segmap)
 
 
-def drop_mask(batch_size: int, drop_rate: float, generator, device=None):
+def drop_mask(batch_size: int, drop_rate: float, generator: "Optional[torch.Generator]",
+              device: "Optional[torch.device | str]" = None) -> "torch.Tensor":
     """bool ``[B]``: True where a sample's segmap is replaced by the null label.
 
     Each entry is an independent Bernoulli(``drop_rate``) draw ``u < drop_rate``, ``u ~ U[0,1)``
@@ -187,7 +193,8 @@ def drop_mask(batch_size: int, drop_rate: float, generator, device=None):
     return (u < drop_rate).to(device if device is not None else gen_device)
 
 
-def drop_labels(segmap, drop_rate: float, generator):
+def drop_labels(segmap: "torch.Tensor", drop_rate: float,
+                generator: "Optional[torch.Generator]") -> "torch.Tensor":
     """Classifier-free-guidance finetuning (SDM Sec. 3.3): replace each sample's one-hot segmap
     ``[B, C, H, W]`` by the null label with probability ``drop_rate``.
 
@@ -241,7 +248,7 @@ PALETTE: np.ndarray = _build_palette()
 """uint8 ``[256, 3]`` colour of each class id; ``PALETTE[255]`` (ignore) is gray."""
 
 
-def colorize(ids):
+def colorize(ids: "Union[np.ndarray, torch.Tensor]") -> "Image.Image":
     """Class ids ``[H, W]`` (numpy or torch, values 0..255) -> PIL 'P' image with :data:`PALETTE`.
 
     The PNG stores the ids themselves as indices, so a colored label is also a valid

@@ -160,7 +160,8 @@ def _polyline_distance(points: np.ndarray, size: int, reach: float) -> np.ndarra
     return dist
 
 
-def _scratch(rng, img, scale, light_dir):
+def _scratch(rng: np.random.Generator, img: np.ndarray, scale: float,
+             light_dir: np.ndarray) -> np.ndarray:
     size = img.shape[0]
     p0 = rng.uniform(0.1, 0.9, 2) * size
     length = rng.uniform(0.45, 0.9) * size
@@ -179,7 +180,8 @@ def _scratch(rng, img, scale, light_dir):
     return mask
 
 
-def _pit(rng, img, scale, light_dir):
+def _pit(rng: np.random.Generator, img: np.ndarray, scale: float,
+         light_dir: np.ndarray) -> np.ndarray:
     size = img.shape[0]
     center = rng.uniform(0.1, 0.9, 2) * size
     radius = max(1.3, rng.uniform(1.4, 3.2) * scale)
@@ -197,7 +199,8 @@ def _pit(rng, img, scale, light_dir):
     return mask
 
 
-def _crack(rng, img, scale, light_dir):
+def _crack(rng: np.random.Generator, img: np.ndarray, scale: float,
+           light_dir: np.ndarray) -> np.ndarray:
     size = img.shape[0]
     step = max(0.6, 0.9 * scale)
     paths, branches = [], []
@@ -229,7 +232,8 @@ _STAIN_COLORS = np.array([[0.55, 0.26, 0.08], [0.16, 0.14, 0.11], [0.32, 0.42, 0
                           [0.85, 0.82, 0.7], [0.62, 0.45, 0.12]])
 
 
-def _stain(rng, img, scale, light_dir):
+def _stain(rng: np.random.Generator, img: np.ndarray, scale: float,
+           light_dir: np.ndarray) -> np.ndarray:
     size = img.shape[0]
     center = rng.uniform(0.15, 0.85, 2) * size
     a, b = rng.uniform(0.1, 0.24, 2) * size

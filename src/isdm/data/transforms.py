@@ -13,9 +13,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 from isdm.data.masks import MaskValueError, decode_mask, read_mask_array
 
@@ -36,7 +40,7 @@ def source_box(width: int, height: int, keep_aspect: bool) -> tuple[float, float
     return (left, top, left + side, top + side)
 
 
-def resize_image(img, size: int, keep_aspect: bool = False):
+def resize_image(img: "Image.Image", size: int, keep_aspect: bool = False) -> "Image.Image":
     """PIL image -> RGB PIL image ``size x size`` (bicubic)."""
     from PIL import Image
 
@@ -60,7 +64,7 @@ def resize_ids(ids: np.ndarray, size: int, keep_aspect: bool = False) -> np.ndar
     return np.asarray(img.resize((size, size), Image.Resampling.NEAREST, box=box))
 
 
-def load_image(path: str | Path, size: Optional[int], keep_aspect: bool = False):
+def load_image(path: str | Path, size: Optional[int], keep_aspect: bool = False) -> "Image.Image":
     """Read an image file as RGB PIL, resized to ``size x size`` (None: original size)."""
     from PIL import Image
 
@@ -92,7 +96,7 @@ def load_mask(
     return ids if size is None else resize_ids(ids, size, keep_aspect)
 
 
-def to_tensor_image(rgb):
+def to_tensor_image(rgb: "np.ndarray | Image.Image") -> "torch.Tensor":
     """uint8 ``[H, W, 3]`` (or RGB PIL) -> float32 ``[3, H, W]`` in [-1, 1] (``x/127.5 - 1``)."""
     import torch
 
@@ -100,7 +104,8 @@ def to_tensor_image(rgb):
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32) / 127.5 - 1.0
 
 
-def random_hflip(image, label, generator=None):
+def random_hflip(image: "torch.Tensor", label: "torch.Tensor",
+                 generator: "Optional[torch.Generator]" = None) -> "tuple[torch.Tensor, torch.Tensor]":
     """Flip image ``[3, H, W]`` and label ``[H, W]`` left-right together with probability 1/2.
 
     One ``torch.rand(1)`` is drawn from ``generator`` (None: torch's default generator, which a

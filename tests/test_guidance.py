@@ -1,0 +1,135 @@
+"""Classifier-free guidance wrapper: pass counts, batched == separate, the guidance formula by
+hand, variance from the conditional pass, SPADE caching bit-identical, precision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from isdm.diffusion import GaussianDiffusion, get_betas
+from isdm.samplers import GuidedModel, get_sampler
+
+B, C, H = 2, 3, 8
+
+
+class FakeNet:
+    """``model(x, t, cond)``: eps = x/2 + mean_c(cond) + t/1000, variance = 2 cond[:, :1] - 1
+    (so conditional and null passes differ in both halves); records every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, x, t, cond):
+        self.calls.append((x.clone(), t.clone(), cond.clone()))
+        eps = x / 2 + cond.mean(1, keepdim=True) + t.view(-1, 1, 1, 1) / 1000
+        var = (2 * cond[:, :1] - 1).expand(-1, 3, -1, -1)
+        return torch.cat([eps, var], dim=1)
+
+
+def inputs():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, C, (B, H, H), generator=g)
+    segmap = torch.nn.functional.one_hot(labels, C).permute(0, 3, 1, 2).float()
+    x = torch.randn((B, 3, H, H), generator=g)
+    t = torch.tensor([999, 999])
+    return segmap, torch.zeros_like(segmap), x, t
+
+
+def test_s1_runs_only_the_conditional_forward():
+    segmap, _, x, t = inputs()
+    net = FakeNet()
+    out = GuidedModel(net, segmap, None, s=1.0)(x, t)
+    assert len(net.calls) == 1 and torch.equal(net.calls[0][2], segmap)
+    assert torch.equal(out, net(x, t, segmap))
+
+
+def test_s0_runs_only_the_unconditional_forward():
+    segmap, null, x, t = inputs()
+    net = FakeNet()
+    out = GuidedModel(net, segmap, null, s=0.0, batch_passes=True)(x, t)
+    assert len(net.calls) == 1 and torch.equal(net.calls[0][2], null)
+    assert torch.equal(out, net(x, t, null))
+
+
+@pytest.mark.parametrize("s", [1.5, 3.0, -0.5])
+def test_guidance_formula_batched_equals_separate(s):
+    segmap, null, x, t = inputs()
+    batched_net, separate_net = FakeNet(), FakeNet()
+    batched = GuidedModel(batched_net, segmap, null, s, batch_passes=True)(x, t)
+    separate = GuidedModel(separate_net, segmap, null, s, batch_passes=False)(x, t)
+    # one forward of 2B rows vs two forwards of B rows
+    assert len(batched_net.calls) == 1 and batched_net.calls[0][0].shape[0] == 2 * B
+    assert torch.equal(batched_net.calls[0][1], torch.cat([t, t]))
+    assert len(separate_net.calls) == 2
+    torch.testing.assert_close(batched, separate)
+    # by hand: eps_c = x/2 + 1/3 + 0.999 (one-hot rows average to 1/C), eps_u = x/2 + 0.999
+    eps_c, eps_u = x / 2 + 1 / C + 0.999, x / 2 + 0.999
+    torch.testing.assert_close(batched[:, :3], eps_u + s * (eps_c - eps_u))
+    # variance from the conditional pass, unguided
+    torch.testing.assert_close(batched[:, 3:], (2 * segmap[:, :1] - 1).expand(-1, 3, -1, -1))
+    assert batched.dtype == torch.float32
+
+
+def test_auto_batching_is_separate_on_cpu_and_null_broadcasts():
+    segmap, null, x, t = inputs()
+    net = FakeNet()
+    out = GuidedModel(net, segmap, null[:1], 2.0, batch_passes="auto")(x, t)
+    assert len(net.calls) == 2 and net.calls[1][2].shape == segmap.shape
+    torch.testing.assert_close(out, GuidedModel(FakeNet(), segmap, null, 2.0)(x, t))
+
+
+def test_wrapper_errors_say_what_to_pass():
+    segmap, null, x, t = inputs()
+    with pytest.raises(ValueError, match="needs null_cond"):
+        GuidedModel(FakeNet(), segmap, None, s=1.5)
+    with pytest.raises(ValueError, match="batch"):
+        GuidedModel(FakeNet(), segmap, null, s=1.5)(torch.cat([x, x]), torch.cat([t, t]))
+    with pytest.raises(ValueError, match="precision"):
+        GuidedModel(FakeNet(), segmap, null, s=1.5, precision="int8")
+
+
+@pytest.fixture(scope="module")
+def tiny_net():
+    from isdm.config import MODEL_PRESETS, ModelConfig
+    from isdm.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(**MODEL_PRESETS["tiny"]), image_size=32, num_classes=3).eval()
+    with torch.no_grad():  # random init zeroes the output convs: give them real weights
+        for p in net.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return net
+
+
+def tiny_inputs():
+    g = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 3, (2, 32, 32), generator=g)
+    segmap = torch.nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float()
+    return segmap, torch.zeros_like(segmap), torch.randn((2, 3, 32, 32), generator=g)
+
+
+@pytest.mark.parametrize("s,batch_passes", [(1.5, True), (1.5, False), (1.0, False),
+                                            (0.0, False)])
+def test_cached_spade_sampling_is_bit_identical_to_uncached(tiny_net, s, batch_passes):
+    segmap, null, x_T = tiny_inputs()
+    chain = GaussianDiffusion(get_betas("linear", 100))
+    sample = get_sampler("dpmpp2m")
+    with torch.no_grad():
+        cached = GuidedModel(tiny_net, tiny_net.precompute_condition(segmap),
+                             tiny_net.precompute_condition(null), s, batch_passes=batch_passes)
+        uncached = GuidedModel(tiny_net, segmap, null, s, batch_passes=batch_passes)
+        a = sample(cached, x_T, chain, 3, generator=torch.Generator())
+        b = sample(uncached, x_T, chain, 3, generator=torch.Generator())
+    assert torch.equal(a, b) and a.std() > 0.1
+    assert cached.forwards == (6 if s not in (0, 1) and not batch_passes else 3)
+
+
+def test_bf16_autocast_is_close_to_fp32_and_returns_float32(tiny_net):
+    segmap, null, x = tiny_inputs()
+    t = torch.tensor([500, 500])
+    with torch.no_grad():
+        cond, nc = tiny_net.precompute_condition(segmap), tiny_net.precompute_condition(null)
+        fp32 = GuidedModel(tiny_net, cond, nc, 1.5, precision="fp32")(x, t)
+        bf16 = GuidedModel(tiny_net, cond, nc, 1.5, precision="bf16")(x, t)
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)
+    assert (bf16 - fp32).abs().max() < 0.05 * fp32.abs().max()

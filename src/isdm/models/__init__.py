@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from isdm.models.spade import SPADEGroupNorm, SpadeCondition
+from isdm.models.flops import count_parameters, forward_flops, preset_report
 from isdm.models.unet import SDMUNet
 
 __all__ = ["SDMUNet", "SPADEGroupNorm", "SpadeCondition", "build_model", "count_parameters",
-           "forward_flops"]
+           "forward_flops", "preset_report"]
 
 
 def build_model(model_cfg, image_size: int, num_classes: int) -> SDMUNet:
@@ -24,15 +25,3 @@ def build_model(model_cfg, image_size: int, num_classes: int) -> SDMUNet:
         use_scale_shift_norm=model_cfg.use_scale_shift_norm, learn_sigma=model_cfg.learn_sigma,
         spade_hidden=model_cfg.spade_hidden, use_checkpoint=model_cfg.use_checkpoint,
     )
-
-
-def count_parameters(model) -> int:
-    """Number of parameters (trainable or not)."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def forward_flops(*args, **kwargs):
-    """See :func:`isdm.models.flops.forward_flops`."""
-    from isdm.models.flops import forward_flops as _forward_flops
-
-    return _forward_flops(*args, **kwargs)

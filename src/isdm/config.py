@@ -357,6 +357,19 @@ class EvaluateConfig:
     bootstrap: int = 1000
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        if self.image_size < 32 or self.image_size % 32:
+            raise ConfigError(f"evaluate.image_size={self.image_size}: smp encoders downsample by "
+                              f"32; use a multiple of 32 (e.g. {max(32, round(self.image_size / 32) * 32)})")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"evaluate.val_fraction={self.val_fraction}: must be in (0, 1); "
+                              "model selection needs a real validation split")
+        if self.epochs < 1 or self.batch_size < 2 or self.bootstrap < 0:
+            raise ConfigError("evaluate: need epochs >= 1, batch_size >= 2 (BatchNorm) and "
+                              "bootstrap >= 0")
+        if not self.architectures or not self.seeds or not self.mixes:
+            raise ConfigError("evaluate.architectures, evaluate.seeds and evaluate.mixes must not be empty")
+
 
 @dataclass(frozen=True)
 class TuneConfig:

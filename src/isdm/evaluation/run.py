@@ -48,12 +48,6 @@ def resolve_mixes(mixes: tuple[str, ...], fidelity_only: bool = False) -> list[s
 
 
 def _check(cfg: Config, mixes: list[str], synthetic_dir: Optional[str | Path]) -> None:
-    e = cfg.evaluate
-    if e.image_size % 32:
-        raise EvaluationError(f"evaluate.image_size={e.image_size}: smp encoders downsample by 32; "
-                              f"use a multiple of 32 (e.g. {max(32, round(e.image_size / 32) * 32)})")
-    if not e.architectures or not e.seeds:
-        raise EvaluationError("evaluate.architectures and evaluate.seeds must not be empty")
     needs_synth = any(parse_mix(m).uses_synthetic for m in mixes)
     if needs_synth and (synthetic_dir is None or not Path(synthetic_dir).is_dir()):
         raise EvaluationError(f"mixes {[m for m in mixes if parse_mix(m).uses_synthetic]} need a "
@@ -132,9 +126,6 @@ def _split(keys: list[str], val_fraction: float, seed: int) -> tuple[list[str], 
     """(validation keys, remaining real training pool), seeded by the cell's seed."""
     from isdm.data.dataset import split_keys
 
-    if not 0.0 < val_fraction < 1.0:
-        raise EvaluationError(f"evaluate.val_fraction={val_fraction}: must be in (0, 1); model "
-                              "selection needs a real validation split")
     train_keys, val_keys = split_keys(list(keys), val_fraction, seed)
     if not val_keys:
         raise EvaluationError(f"evaluate.val_fraction={val_fraction} leaves no validation image "

@@ -80,6 +80,8 @@ def paired_bootstrap(base: np.ndarray, other: np.ndarray, *, n_boot: int = 1000,
                          f"{other.shape} (same seeds and test images for both mixes)")
     n_seeds, n_images = base.shape[:2]
     gain = float(np.nanmean(seed_metric(other, background)) - np.nanmean(seed_metric(base, background)))
+    if n_boot < 1:
+        return BootstrapResult(gain, float("nan"), float("nan"), level, n_boot)
     rng = np.random.default_rng(seed)
     gains = []
     for start in range(0, n_boot, batch):

@@ -1,0 +1,151 @@
+"""End-to-end `isdm evaluate` on tiny data: outputs, MLflow parent/children, determinism, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from isdm.cli import cli
+
+
+def _fake_synthetic(dataset: Path, out: Path, n: int) -> Path:
+    """A sampling-output-shaped folder: the first n train pairs copied into samples/ + labels/."""
+    (out / "samples").mkdir(parents=True)
+    (out / "labels").mkdir()
+    images = sorted((dataset / "train" / "images").iterdir())[:n]
+    for img in images:
+        mask = next((dataset / "train" / "masks").glob(img.stem + ".*"))
+        shutil.copy(img, out / "samples" / f"syn_{img.stem}{img.suffix}")
+        shutil.copy(mask, out / "labels" / f"syn_{img.stem}{mask.suffix}")
+    (out / "manifest.jsonl").write_text("")  # ignored by evaluate
+    return out
+
+
+def _config(tmp_path: Path, **evaluate) -> Path:
+    import yaml
+
+    section = dict(architectures=["FPN", "DeepLabV3Plus"], encoder="resnet18", mixes=["RALLF000", "RALLF4"],
+                   seeds=[0, 1], epochs=1, image_size=32, batch_size=4, bootstrap=50, lr=1e-3)
+    section.update(evaluate)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"evaluate": section}))
+    return path
+
+
+def _invoke(args: list[str]) -> str:
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_evaluate_cli_writes_outputs_and_mlflow_runs(synth_dir, mlflow_uri, tmp_path):
+    syn = _fake_synthetic(synth_dir, tmp_path / "syn", 4)
+    out = tmp_path / "out"
+    output = _invoke(["evaluate", "-c", str(_config(tmp_path)), "--data", str(synth_dir),
+                      "--synthetic", str(syn), "--out", str(out)])
+    assert "| FPN | RALLF4 | 2 |" in output and "| DeepLabV3Plus | RALLF000 | 2 |" in output
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"FPN", "DeepLabV3Plus", "fidelity", "summary"}
+    for arch in ("FPN", "DeepLabV3Plus"):
+        base, mix = metrics[arch]["RALLF000"], metrics[arch]["RALLF4"]
+        assert 0.0 <= base["miou_mean"] <= 1.0 and base["n_seeds"] == 2.0 and "gain" not in base
+        assert mix["gain_lo"] <= mix["gain"] <= mix["gain_hi"] and mix["significant"] in (-1, 0, 1)
+        assert 0.0 <= metrics["fidelity"][arch]["miou"] <= 1.0
+        assert metrics["fidelity"][arch]["n_images"] == 4.0
+
+    def leaves(tree):
+        for v in tree.values():
+            yield from leaves(v) if isinstance(v, dict) else [v]
+
+    assert all(isinstance(v, (int, float)) for v in leaves(metrics))
+
+    rows = list(csv.DictReader((out / "cells.csv").open()))
+    assert len(rows) == 8
+    assert {(r["arch"], r["mix"], r["seed"]) for r in rows} == {
+        (a, m, s) for a in ("FPN", "DeepLabV3Plus") for m in ("RALLF000", "RALLF4") for s in ("0", "1")}
+    assert {r["n_fake"] for r in rows} == {"0", "4"} and all(r["n_test"] == "4" for r in rows)
+    report = (out / "report.md").read_text()
+    assert "| architecture | mix |" in report and "Label fidelity" in report
+    assert (out / "miou.png").read_bytes()[:4] == b"\x89PNG"
+
+    import mlflow
+
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    parents = [r for r in runs if r.data.tags.get("isdm.action") == "evaluate"]
+    children = [r for r in runs if r.data.tags.get("isdm.action") == "evaluate-cell"]
+    assert len(parents) == 1 and len(children) == 8
+    pid = parents[0].info.run_id
+    assert all(c.data.tags["mlflow.parentRunId"] == pid for c in children)
+    assert all("test_miou" in c.data.metrics and "best_val_miou" in c.data.metrics for c in children)
+    assert parents[0].data.params["evaluate.epochs"] == "1"
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(pid)}
+    assert {"metrics.json", "report.md", "miou.png", "cells.csv"} <= artifacts
+
+
+def test_same_seed_same_numbers(synth_dir, tmp_path):
+    from isdm.config import load_config
+    from isdm.evaluation import run_evaluation
+
+    cfg = load_config(_config(tmp_path, architectures=["FPN"], mixes=["RALLF000"], seeds=[3], epochs=2),
+                      ["tracking.enabled=false"])
+    a = run_evaluation(cfg, synth_dir, None, tmp_path / "a", progress=False)["cells"][0]
+    b = run_evaluation(cfg, synth_dir, None, tmp_path / "b", progress=False)["cells"][0]
+    drop = ("train_seconds",)
+    assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("evaluate.mixes=[R10F]", "is not R<a>F<b>"),
+    ("evaluate.mixes=[R99F000]", "asked for 99 real training images"),
+    ("evaluate.image_size=48", "multiple of 32"),
+    ("evaluate.architectures=[Unet3]", "unknown smp architecture"),
+])
+def test_bad_requests_fail_before_training_with_a_clear_message(synth_dir, tmp_path, override, message):
+    result = CliRunner().invoke(cli, ["evaluate", "-c", str(_config(tmp_path)), "--data", str(synth_dir),
+                                      "--out", str(tmp_path / "o"), "--set", "tracking.enabled=false",
+                                      "--set", "evaluate.mixes=[RALLF000]", "--set", override])
+    assert result.exit_code != 0 and message in result.output, result.output
+
+
+def test_pretrained_weights_offline_fail_fast(monkeypatch):
+    from isdm.evaluation.segmenter import SegmenterError, build_segmenter
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    with pytest.raises(SegmenterError, match="encoder_weights=null"):
+        build_segmenter("FPN", "resnet18", "imagenet", 2, seed=0)
+    assert time.perf_counter() - t0 < 10
+
+
+def test_missing_synthetic_folder_is_an_error(synth_dir, tmp_path):
+    result = CliRunner().invoke(cli, ["evaluate", "-c", str(_config(tmp_path)), "--data", str(synth_dir),
+                                      "--out", str(tmp_path / "o"), "--set", "tracking.enabled=false"])
+    assert result.exit_code != 0 and "need a synthetic folder" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.crackforest
+def test_crackforest_three_architectures_two_mixes_two_seeds(crackforest_dir, tmp_path):
+    from isdm.config import load_config
+    from isdm.evaluation import run_evaluation
+
+    syn = _fake_synthetic(crackforest_dir, tmp_path / "syn", 8)
+    cfg = load_config(_config(tmp_path, architectures=["UnetPlusPlus", "FPN", "DeepLabV3Plus"],
+                              mixes=["RALLF000", "RALLF8"], epochs=1, batch_size=8, bootstrap=100),
+                      ["tracking.enabled=false", "data.dataset_mode=binary", "data.num_classes=2",
+                       "data.ignore_index=null"])
+    res = run_evaluation(cfg, crackforest_dir, syn, tmp_path / "out", progress=False)
+    assert len(res["cells"]) == 12
+    assert {c["n_real"] for c in res["cells"]} == {63} and {c["n_test"] for c in res["cells"]} == {39}
+    for arch in ("UnetPlusPlus", "FPN", "DeepLabV3Plus"):
+        assert set(res["summary"][arch]) == {"RALLF000", "RALLF8"}
+        assert res["summary"][arch]["RALLF8"]["verdict"] in ("gain", "loss", "no significant difference")
+    for name in ("metrics.json", "report.md", "miou.png", "cells.csv"):
+        assert (tmp_path / "out" / name).stat().st_size > 0

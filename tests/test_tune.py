@@ -132,8 +132,12 @@ def validation_miou(cfg, real_train, synthetic_dir, on_epoch=None):
         if on_epoch is not None:
             on_epoch(epoch, final * epoch / cfg.tune.eval_epochs)
     return final
+
+def load_real_train(cfg, data_root):
+    return None
 '''
 _PATCH = '''
+tuning.load_real_train = load_real_train
 tuning.finetuned_checkpoint = finetuned_checkpoint
 tuning.validation_miou = validation_miou
 isdm.sampling.run_sampling = run_sampling
@@ -144,7 +148,7 @@ isdm.sampling.run_sampling = run_sampling
 def standins(monkeypatch):
     namespace: dict = {}
     exec(_STANDINS, namespace)
-    for name in ("finetuned_checkpoint", "validation_miou"):
+    for name in ("finetuned_checkpoint", "validation_miou", "load_real_train"):
         monkeypatch.setattr(tuning, name, namespace[name])
     import isdm.sampling
 
@@ -193,22 +197,25 @@ def test_study_logs_one_child_run_per_trial_and_writes_best_params(tmp_path, syn
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["sqlite", "journal"])
-def test_two_worker_processes_share_one_study(tmp_path, synth_dir, mlflow_uri, kind):
+def test_two_worker_processes_share_one_study(tmp_path, synth_dir, mlflow_uri, standins):
+    """Two `run_study` processes on one sqlite study (the journal default is covered above)."""
     ckpt = tmp_path / "sdm.pt"
     ckpt.write_bytes(b"")
-    storage = f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else str(tmp_path / "s.journal")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
     script = tmp_path / "worker.py"
     script.write_text(_STANDINS + _PATCH + textwrap.dedent(f'''
         import sys
         from isdm.config import load_config
         cfg = load_config({str(TINY)!r}, ["tune.eval_epochs=2", "tune.sampler_startup_trials=2"])
+        tuning._write_plots = lambda study, out_dir: []  # matplotlib costs seconds per process
         tuning.run_study(cfg, {str(synth_dir)!r}, {str(ckpt)!r}, {str(tmp_path / 'tune')!r},
                          n_trials=int(sys.argv[1]), storage={storage!r}, study_name="shared")
     '''))
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
     # create the study and its MLflow run first (concurrent creation of a fresh store races)
-    subprocess.run([sys.executable, str(script), "0"], env=env, check=True, timeout=120)
+    cfg = load_config(TINY, ["tune.eval_epochs=2"])
+    assert tuning.run_study(cfg, synth_dir, ckpt, tmp_path / "tune", n_trials=0, storage=storage,
+                            study_name="shared")["n_trials"] == 0
     workers = [subprocess.Popen([sys.executable, str(script), "2"], env=env,
                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for w in workers:
@@ -270,3 +277,22 @@ def test_isdm_tune_cli_runs_three_real_trials_and_a_second_worker_joins(
     study_runs, trials = _trial_runs(mlflow_uri)
     assert len(study_runs) == 1 and len(trials) == 4
     assert {t.data.tags["mlflow.parentRunId"] for t in trials} == {study_runs[0].info.run_id}
+
+
+def test_seeded_tpe_draws_depend_on_trial_number_only(tmp_path):
+    """Two studies with one seed draw the same sequence; trial numbers, not workers, seed it."""
+    import optuna
+
+    cfg = _cfg()
+
+    def draws(storage: str) -> list[dict]:
+        study = tuning.open_study(cfg, storage, "s")
+        study.optimize(lambda tr: tuning.suggest(tr, cfg)["sample.s"], n_trials=4)
+        return [t.params for t in study.trials]
+
+    a, b = draws(str(tmp_path / "a.journal")), draws(str(tmp_path / "b.journal"))
+    assert a == b
+    assert len({p["sample.s"] for p in a}) == 4
+    # a joining worker continues the numbering, so it draws what trial 4.. would draw
+    study = tuning.open_study(cfg, str(tmp_path / "a.journal"), "s")
+    assert len(study.trials) == 4 and isinstance(study.sampler, optuna.samplers.BaseSampler)

@@ -71,21 +71,53 @@ def _storage(spec: str) -> Any:
     return optuna.storages.JournalStorage(JournalFileBackend(spec))
 
 
+def _seeded_tpe(seed: int, n_startup_trials: int) -> Any:
+    """TPE whose random state is re-seeded with ``seed + trial.number`` before every trial.
+
+    Trial numbers are handed out atomically by the storage, so workers sharing a study never
+    repeat each other's draws, and a trial's draw depends only on (seed, number, history):
+    a one-worker study is reproducible, resumed or not.
+    """
+    import optuna
+
+    class PerTrialSeedTPE(optuna.samplers.BaseSampler):
+        def __init__(self) -> None:
+            self._inner = self._tpe(seed)
+
+        @staticmethod
+        def _tpe(s: int) -> Any:
+            return optuna.samplers.TPESampler(seed=s, constant_liar=True,
+                                              n_startup_trials=n_startup_trials)
+
+        def before_trial(self, study: Any, trial: Any) -> None:
+            self._inner = self._tpe(seed + trial.number)
+            self._inner.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+            return self._inner.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+            return self._inner.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study: Any, trial: Any, name: str, dist: Any) -> Any:
+            return self._inner.sample_independent(study, trial, name, dist)
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            self._inner.after_trial(study, trial, state, values)
+
+    return PerTrialSeedTPE()
+
+
 def open_study(cfg: Config, storage: str, study_name: str) -> Any:
-    """Create the study or join the existing one (TPE seeded by ``tune.seed`` plus the number of
-    trials already in the study, so a joining worker does not repeat the first one's draws)."""
+    """Create the study or join the existing one (seeded TPE, see :func:`_seeded_tpe`)."""
     import optuna
 
     t = cfg.tune
-    backend = _storage(storage)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=t.pruning_startup_trials)
               if t.pruning else optuna.pruners.NopPruner())
-    study = optuna.create_study(storage=backend, study_name=study_name, direction="maximize",
-                                load_if_exists=True, pruner=pruner)
-    study.sampler = optuna.samplers.TPESampler(
-        seed=t.seed + len(study.get_trials(deepcopy=False)), constant_liar=True,
-        n_startup_trials=t.sampler_startup_trials)
-    return study
+    return optuna.create_study(storage=_storage(storage), study_name=study_name,
+                               direction="maximize", load_if_exists=True, pruner=pruner,
+                               sampler=_seeded_tpe(t.seed, t.sampler_startup_trials))
 
 
 def suggest(trial: Any, cfg: Config) -> dict[str, Any]:
@@ -228,6 +260,13 @@ def validation_miou(cfg: Config, real_train: Any, synthetic_dir: str | Path,
     return float(result.best_val_miou)
 
 
+def load_real_train(cfg: Config, data_root: str | Path) -> Any:
+    """The real train images at ``evaluate.image_size``, loaded once per worker."""
+    from isdm.evaluation.loading import eval_data_config, load_real
+
+    return load_real(data_root, "train", eval_data_config(cfg.data, cfg.evaluate.image_size))
+
+
 def _trial_name(number: int, p: dict[str, Any]) -> str:
     return (f"trial {number}: s={p['sample.s']:.2f} drop={p['finetune.drop_rate']:g} "
             f"{p['sample.sampler']} {p['sample.steps']} steps")
@@ -365,7 +404,6 @@ def run_study(cfg: Config, data_root: str | Path, checkpoint: str | Path, out_di
     import optuna
 
     from isdm import tracking
-    from isdm.evaluation.loading import eval_data_config, load_real
     from isdm.utils.io import atomic_write_json
 
     data_root, checkpoint, out_dir = Path(data_root), Path(checkpoint), Path(out_dir)
@@ -387,7 +425,7 @@ def run_study(cfg: Config, data_root: str | Path, checkpoint: str | Path, out_di
         if run.run_id and not study_run_id:
             study.set_user_attr(STUDY_RUN_ATTR, run.run_id)
         if n_trials > 0:
-            real_train = load_real(data_root, "train", eval_data_config(cfg.data, cfg.evaluate.image_size))
+            real_train = load_real_train(cfg, data_root)
             objective = _objective(cfg, data_root, checkpoint, out_dir, real_train, run.run_id)
             study.optimize(objective, n_trials=n_trials, gc_after_trial=True)
         summary = _summary(study, spec)

@@ -64,7 +64,12 @@ def sample(config_path: Optional[str], overrides: tuple[str, ...], data_root: Op
         shard_t = parse_shard(shard)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--shard") from None
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log = logging.getLogger("isdm")
+    if not log.handlers:  # the class distribution before / after goes to stderr
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     from isdm.sampling import run_sampling
 
     try:

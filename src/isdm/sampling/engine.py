@@ -11,7 +11,6 @@ of the full run.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
@@ -65,15 +64,6 @@ class SampleEngine:
         self.batch_size = batch_size
         self.sampler = get_sampler(cfg.sample.sampler)
 
-    def _autocast(self) -> Any:
-        import torch
-
-        precision = self.cfg.sample.precision
-        if precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
-
     def __call__(self, labels: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
         """labels uint8 [B, H, W] class ids, ``seeds`` B ints -> uint8 [B, H, W, 3] samples."""
         import torch
@@ -86,12 +76,14 @@ class SampleEngine:
         labels = np.concatenate([labels, np.repeat(labels[-1:], pad, 0)]) if pad else labels
         seeds = list(seeds) + [seeds[-1]] * pad
         s = self.cfg.sample
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad():
             y = torch.from_numpy(np.ascontiguousarray(labels)).long().to(self.device)
             segmap = one_hot(y, self.cfg.data.num_classes, self.cfg.data.ignore_index)
+            # SPADE maps once per batch (and once for the null label, broadcast over rows)
             cond = self.model.precompute_condition(segmap)
-            null = self.model.precompute_condition(null_label(segmap)) if s.s != 1 else None
-            model_fn = GuidedModel(self.model, cond, null, s.s, batch_passes=True)
+            null = self.model.precompute_condition(null_label(segmap[:1])) if s.s != 1 else None
+            model_fn = GuidedModel(self.model, cond, null, s.s, batch_passes="auto",
+                                   precision=s.precision)
             gens = [torch.Generator(self.device).manual_seed(int(sd)) for sd in seeds]
             h, w = labels.shape[1:]
             x_T = torch.cat([torch.randn((1, 3, h, w), generator=g, device=self.device)

@@ -116,9 +116,12 @@ def run_sampling(
     plan = make_plan(cfg, masks)
     names = [sample_name(i, masks.entries[c.source].key) for i, c in enumerate(plan.choices)]
     # 3. output folder
+    distribution = plan.distribution.report()
+    _log_distribution(distribution)
     out = OutputDir(out_dir)
     resumed = out.prepare(run_identity(cfg, ckpt_hash),
-                          {"checkpoint": str(checkpoint), "data_root": str(data_root)},
+                          {"checkpoint": str(checkpoint), "data_root": str(data_root),
+                           "class_distribution": distribution},
                           overwrite=overwrite)
     save_config(cfg, out.root / "config.json")
     mine = list(range(shard_i, s.num_samples, shard_n))
@@ -130,8 +133,6 @@ def run_sampling(
     todo = [i for i in mine if not out.is_complete(names[i])]
     skipped = len(mine) - len(todo)
     pending = todo if max_new is None else todo[:max_new]
-    distribution = plan.distribution.report()
-    _log_distribution(distribution)
 
     name = f"sample {s.sampler} {s.steps} steps s={s.s}"
     with tracking.start_run(cfg.tracking, name=name, action="sample", dataset=str(data_root),
@@ -194,6 +195,7 @@ def _finish(out: OutputDir, cfg: Config, plan: Any, masks: Any, names: list[str]
         },
         "sampler": s.sampler, "steps": s.steps, "s": s.s, "precision": s.precision,
         "mask_source": s.mask_source, "balanced": plan.balanced,
+        "distinct_layouts": len(set(plan.choices)),
         "checkpoint_sha256": ckpt_hash, "weights": meta.get("weights"),
         "class_distribution": distribution,
     }

@@ -170,8 +170,8 @@ class ModelConfig:
     """
 
     preset: str = ""
-    num_channels: int = 64
-    channel_mult: tuple[float, ...] = (1, 2, 2)
+    num_channels: int = 32
+    channel_mult: tuple[float, ...] = (1, 1, 2, 3)
     num_res_blocks: int = 1
     attention_resolutions: tuple[int, ...] = (16,)
     num_head_channels: int = 32
@@ -179,7 +179,7 @@ class ModelConfig:
     resblock_updown: bool = True
     use_scale_shift_norm: bool = True
     learn_sigma: bool = True
-    spade_hidden: int = 64
+    spade_hidden: int = 32
     use_checkpoint: bool = False
 
     def __post_init__(self) -> None:
@@ -192,15 +192,17 @@ class ModelConfig:
 
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    # unit tests: a forward in milliseconds
+    # unit tests: 0.52 M params, 0.48 GFLOP per 32 px image; attention only in the middle block,
+    # so it builds at any even image size
     "tiny": dict(
-        num_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16,),
-        num_head_channels=32, resblock_updown=True, spade_hidden=32,
+        num_channels=32, channel_mult=(1, 1), num_res_blocks=1, attention_resolutions=(),
+        num_head_channels=32, resblock_updown=True, spade_hidden=16,
     ),
-    # the embedded pipeline: trains on 2 CPU cores in minutes at 64 px
+    # the embedded pipeline: 3.49 M params, 3.4 GFLOP per 64 px image (52% in SPADE), about
+    # 1 s per batch-8 training step on 2 CPU cores; needs image_size divisible by 8
     "default": dict(
-        num_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(16,),
-        num_head_channels=32, resblock_updown=True, spade_hidden=64,
+        num_channels=32, channel_mult=(1, 1, 2, 3), num_res_blocks=1, attention_resolutions=(16,),
+        num_head_channels=32, resblock_updown=True, spade_hidden=32,
     ),
     # the original ISDM 256 px configuration (~652 M parameters): GPU only
     "original": dict(

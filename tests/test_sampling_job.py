@@ -248,3 +248,15 @@ def test_cli_end_to_end_with_tracking(tmp_path, data, ckpt, fake_engine, mlflow_
     assert r2.exit_code == 1 and "different run" in r2.output
     bad = CliRunner().invoke(cli, args + ["--shard", "2/2"])
     assert bad.exit_code == 2 and "0 <= i < N" in bad.output
+
+
+def test_extend_run_and_refuse_shrink(tmp_path, data, ckpt, fake_engine):
+    full, out = tmp_path / "full", tmp_path / "out"
+    job_mod.run_sampling(cfg_for(balance={"enabled": True}), data, ckpt, full)
+    job_mod.run_sampling(cfg_for(num_samples=6, balance={"enabled": True}), data, ckpt, out)
+    fake_engine.calls = []
+    s = job_mod.run_sampling(cfg_for(balance={"enabled": True}), data, ckpt, out)
+    assert s["this_run"]["generated"] == 4 and sum(fake_engine.calls) == 4
+    assert files(out) == files(full)  # sample i's plan does not depend on num_samples
+    with pytest.raises(OutputExistsError, match="extra ones"):
+        job_mod.run_sampling(cfg_for(num_samples=5, balance={"enabled": True}), data, ckpt, out)

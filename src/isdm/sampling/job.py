@@ -41,10 +41,12 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def run_identity(cfg: Config, ckpt_hash: str) -> dict[str, Any]:
-    """What decides the bytes of the outputs: every sample / data setting except the batch
-    size (batch composition does not change a sample) and the checkpoint's hash."""
+    """What decides the bytes of the outputs: the checkpoint's hash and every sample / data
+    setting except the batch size (batch composition does not change a sample) and
+    ``num_samples`` (sample i's plan does not depend on it, so a run can be extended later)."""
     sample = to_dict(cfg.sample)
     sample.pop("batch_size")
+    sample.pop("num_samples")
     data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("root", "num_workers", "hflip")}
     return {"checkpoint_sha256": ckpt_hash, "sample": sample, "data": data}
 
@@ -122,7 +124,7 @@ def run_sampling(
     resumed = out.prepare(run_identity(cfg, ckpt_hash),
                           {"checkpoint": str(checkpoint), "data_root": str(data_root),
                            "class_distribution": distribution},
-                          overwrite=overwrite)
+                          num_samples=s.num_samples, overwrite=overwrite)
     save_config(cfg, out.root / "config.json")
     mine = list(range(shard_i, s.num_samples, shard_n))
     if resumed:  # drop torn lines of a killed run before appending to the manifest

@@ -60,12 +60,14 @@ class OutputDir:
 
     # ---- run identity --------------------------------------------------------------------
     def prepare(self, identity: Mapping[str, Any], run_info: Mapping[str, Any], *,
-                overwrite: bool) -> bool:
+                num_samples: int, overwrite: bool) -> bool:
         """Claim the folder for this run; return True when earlier results are reused.
 
         A folder holding results of a different ``identity`` (config or checkpoint) raises
         :class:`OutputExistsError` unless ``overwrite``, which deletes isdm's outputs in it
-        (and nothing else). ``overwrite`` on the same identity also starts afresh.
+        (and nothing else). ``overwrite`` on the same identity also starts afresh. A larger
+        ``num_samples`` than before extends the run; a smaller one is refused (it would leave
+        extra samples behind).
         """
         run_file = self.root / "run.json"
         has_outputs = any((self.root / f).exists() for f in (*FOLDERS, *_FILES))
@@ -80,11 +82,17 @@ class OutputDir:
                 raise OutputExistsError(
                     f"{self.root} was written by a different run ({'; '.join(diff[:6])}); "
                     "use another --out, or --overwrite to clear it")
+            if int(old.get("num_samples", 0)) > num_samples:
+                raise OutputExistsError(
+                    f"{self.root} holds a run of {old['num_samples']} samples; sampling "
+                    f"{num_samples} there would leave the extra ones behind: use another --out, "
+                    "--overwrite, or sample.num_samples >= "f"{old['num_samples']}")
         if overwrite:
             self.clear()
         for folder in FOLDERS:
             (self.root / folder).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_file, {"identity": identity, **run_info})
+        atomic_write_json(run_file, {"identity": identity, "num_samples": num_samples,
+                                     **run_info})
         return has_outputs and not overwrite
 
     def clear(self) -> None:

@@ -12,6 +12,7 @@ of the full run.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -41,6 +42,14 @@ def resolve_config(cfg: Config, ckpt_cfg: Config) -> Config:
             f"data.num_classes={cfg.data.num_classes} but the checkpoint was trained with "
             f"{ckpt_cfg.data.num_classes} classes; use --set data.num_classes="
             f"{ckpt_cfg.data.num_classes} (and the dataset it was trained for)")
+    log = logging.getLogger("isdm.sample")
+    if cfg.data.image_size != ckpt_cfg.data.image_size:
+        log.info("data.image_size=%d -> %d: masks are resized to the checkpoint's image size",
+                 cfg.data.image_size, ckpt_cfg.data.image_size)
+    if cfg.data.dataset_mode != ckpt_cfg.data.dataset_mode:
+        log.warning("data.dataset_mode=%r but the checkpoint was trained on %r masks; masks are "
+                    "decoded as %r", cfg.data.dataset_mode, ckpt_cfg.data.dataset_mode,
+                    cfg.data.dataset_mode)
     data = dataclasses.replace(cfg.data, image_size=ckpt_cfg.data.image_size)
     return cfg.replace(model=ckpt_cfg.model, diffusion=ckpt_cfg.diffusion, data=data)
 

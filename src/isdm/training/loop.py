@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from torch import nn
 
 from isdm.config import Config, TrainConfig, flatten, save_config, to_dict
 from isdm.training import batches, checkpoint, distributed, plots, rng
 from isdm.training.ema import EMA
+from isdm.training.step import make_model_fn, optimisation_step, resolve_precision
 from isdm.utils.io import atomic_write_json
 
 __all__ = ["train", "TrainResult"]
@@ -63,52 +63,10 @@ def _note(ctx: distributed.DistContext, text: str) -> None:
         tqdm.write(f"[isdm] {text}", file=sys.stderr)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """fp16 needs CUDA (GradScaler); on CPU it falls back to fp32."""
-    if precision == "fp16" and device.type != "cuda":
-        return "fp32"
-    return precision
-
-
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """Mixed-precision context for the network's forward pass (the loss stays fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def run_name(cfg: Config, action: str, tcfg: TrainConfig) -> str:
     size = cfg.model.preset or f"{cfg.model.num_channels}ch"
     name = f"{action} {size} {cfg.data.image_size}px c={cfg.data.num_classes}"
     return name + (f" drop={tcfg.drop_rate:g}" if tcfg.drop_rate > 0 else "")
-
-
-def optimisation_step(net: nn.Module, model: nn.Module, diffusion: Any, optimizer: torch.optim.Optimizer,
-                      scaler: torch.amp.GradScaler, ema: EMA, x0: torch.Tensor, segmap: torch.Tensor,
-                      t: torch.Tensor, noise: torch.Tensor, *, precision: str,
-                      grad_clip: float) -> torch.Tensor:
-    """One AdamW step on the hybrid loss of a batch; returns the (detached) batch-mean loss.
-
-    ``net`` is what runs the forward (``model`` or its DDP wrapper), ``model`` the bare network
-    (clipping and EMA act on it). x0/noise: [B,3,H,W]; segmap: [B,C,H,W]; t: [B] int64.
-    """
-
-    def model_fn(x_t: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
-        with autocast(precision, x0.device):
-            out = net(x_t, t_, segmap)
-        return out.float()
-
-    loss = diffusion.training_losses(model_fn, x0, t, noise)["loss"].mean()
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    ema.update(model)
-    return loss.detach()
 
 
 class _Trainer:
@@ -195,14 +153,6 @@ class _Trainer:
         }
 
     # ----------------------------------------------------------------------------- steps
-    def model_fn(self, segmap: torch.Tensor, net: nn.Module):
-        def fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            with autocast(self.precision, self.ctx.device):
-                out = net(x_t, t, segmap)
-            return out.float()
-
-        return fn
-
     def train_step(self, batch: dict[str, Any], gen: torch.Generator) -> torch.Tensor:
         x0, segmap, t, noise = batches.step_inputs(batch, self.cfg, self.diffusion.num_timesteps,
                                                    self.tcfg.drop_rate, gen, self.ctx.device)
@@ -227,7 +177,8 @@ class _Trainer:
         for batch in loader:
             x0, segmap, t, noise = batches.step_inputs(batch, self.cfg, self.diffusion.num_timesteps,
                                                        0.0, gen, self.ctx.device)
-            losses = self.diffusion.training_losses(self.model_fn(segmap, self._eval_model), x0, t, noise)
+            fn = make_model_fn(self._eval_model, segmap, self.precision)
+            losses = self.diffusion.training_losses(fn, x0, t, noise)
             total += float(losses["loss"].sum())
             count += x0.shape[0]
         total, count = distributed.all_reduce_sum([total, count], self.ctx)

@@ -94,7 +94,7 @@ class ResBlock(_Checkpointed):
         self.up, self.down = up, down
         self.use_scale_shift_norm = use_scale_shift_norm
 
-        def norm(c: int, affine: bool = True) -> nn.Module:
+        def norm(c: int) -> nn.Module:
             if self.spade:
                 return SPADEGroupNorm(c, label_channels, spade_hidden)
             return nn.GroupNorm(32, c)

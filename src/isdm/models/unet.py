@@ -107,12 +107,10 @@ class SDMUNet(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(32, ch), nn.SiLU(),
                                  zero_module(nn.Conv2d(ch, self.out_channels, 3, padding=1)))
 
-        # every SPADE layer knows its name (its key in a SpadeCondition) and feature size
-        self._spade_layers: list[tuple[str, SPADEGroupNorm]] = []
+        # every SPADE layer knows its name, its key in a SpadeCondition (sizes: see _sized)
         for name, module in self.named_modules():
             if isinstance(module, SPADEGroupNorm):
                 module.key = name
-                self._spade_layers.append((name, module))
         self.use_checkpoint = use_checkpoint
 
     # ------------------------------------------------------------------ options
@@ -135,8 +133,8 @@ class SDMUNet(nn.Module):
         ``segmap`` and skips all SPADE convs. Runs under the caller's grad mode.
         """
         self._check_segmap(segmap)
-        return SpadeCondition({key: layer.modulation(segmap, (layer.size, layer.size))
-                               for key, layer in self._spade_layers})
+        return SpadeCondition({m.key: m.modulation(segmap, (m.size, m.size))
+                               for m in self.modules() if isinstance(m, SPADEGroupNorm)})
 
     def _check_segmap(self, segmap: torch.Tensor) -> None:
         if segmap.ndim != 4 or segmap.shape[1] != self.num_classes:

@@ -89,16 +89,47 @@ def test_evaluate_cli_writes_outputs_and_mlflow_runs(synth_dir, mlflow_uri, tmp_
     assert {"metrics.json", "report.md", "miou.png", "cells.csv"} <= artifacts
 
 
-def test_same_seed_same_numbers(synth_dir, tmp_path):
-    from isdm.config import load_config
-    from isdm.evaluation import run_evaluation
+def test_same_seed_same_weights_and_selection_keeps_the_best_epoch():
+    import torch
 
-    cfg = load_config(_config(tmp_path, architectures=["FPN"], mixes=["RALLF000"], seeds=[3], epochs=2),
-                      ["tracking.enabled=false"])
-    a = run_evaluation(cfg, synth_dir, None, tmp_path / "a", progress=False)["cells"][0]
-    b = run_evaluation(cfg, synth_dir, None, tmp_path / "b", progress=False)["cells"][0]
-    drop = ("train_seconds",)
-    assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+    from isdm.evaluation.segmenter import TensorSet, build_segmenter, train_segmenter
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorSet(torch.rand(6, 3, 32, 32, generator=g) * 2 - 1,
+                     torch.randint(0, 3, (6, 32, 32), generator=g), [f"k{i}" for i in range(6)])
+    train, val = data.subset(["k0", "k1", "k2", "k3", "k4"]), data.subset(["k5"])
+    runs = []
+    for _ in range(2):
+        model = build_segmenter("FPN", "resnet18", None, 3, seed=3)
+        res = train_segmenter(model, train, val, epochs=2, lr=1e-3, batch_size=2, loss="dice_ce",
+                              augment=True, num_classes=3, ignore_index=255, seed=3,
+                              device=torch.device("cpu"))
+        runs.append((model.state_dict(), res))
+    (w0, r0), (w1, r1) = runs
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert [h["train_loss"] for h in r0.history] == [h["train_loss"] for h in r1.history]
+    best = max(r0.history, key=lambda h: h["val_miou"])
+    assert r0.best_val_miou == best["val_miou"] and r0.best_epoch == int(best["epoch"])
+    assert all(torch.equal(w0[k], r0.state_dict[k]) for k in w0)  # the model holds the best weights
+
+
+def test_batches_never_end_with_a_single_sample_and_augment_flips_jointly():
+    import torch
+
+    from isdm.evaluation.segmenter import augment_batch, batch_indices
+
+    for n in range(2, 12):
+        chunks = batch_indices(n, 4, torch.Generator().manual_seed(n))
+        assert sorted(torch.cat(chunks).tolist()) == list(range(n)) and min(map(len, chunks)) >= 2
+    img = torch.linspace(-1, 1, 16).view(1, 1, 4, 4).repeat(8, 3, 1, 1)
+    lab = torch.arange(16).view(1, 4, 4).repeat(8, 1, 1)
+    out_img, out_lab = augment_batch(img, lab, torch.Generator().manual_seed(0))
+    assert out_img.min() >= -1 and out_img.max() <= 1
+    for i in range(8):  # labels are a pure flip of the original; the image follows the same flip
+        flips = [d for d in ([], [-1], [-2], [-2, -1]) if torch.equal(lab[i].flip(d) if d else lab[i], out_lab[i])]
+        assert len(flips) == 1
+        ref = img[i].flip(flips[0]) if flips[0] else img[i]
+        assert torch.corrcoef(torch.stack([ref.flatten(), out_img[i].flatten()]))[0, 1] > 0.99
 
 
 @pytest.mark.parametrize("override, message", [

@@ -192,13 +192,27 @@ def train_segmenter(model: torch.nn.Module, train: TensorSet, val: TensorSet, *,
     """Train ``model`` on ``train``; keep the weights of the epoch with the best val mIoU.
 
     Deterministic for a given seed on CPU: data order and augmentation come from
-    ``torch.Generator().manual_seed(seed)``. ``on_epoch`` receives each epoch's
+    ``torch.Generator().manual_seed(seed)``, dropout from the (forked) global RNG seeded with it. ``on_epoch`` receives each epoch's
     ``{"epoch", "train_loss", "val_miou", "seconds"}`` (for MLflow / progress).
     """
     if len(train) < 2:
         raise SegmenterError(f"a training mix needs at least 2 images, got {len(train)}")
     if len(val) == 0:
         raise SegmenterError("the validation split is empty: raise evaluate.val_fraction")
+    # dropout (e.g. FPN's decoder) draws from the global RNG: fork it and seed it for this cell
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(int(seed))
+        return _train(model, train, val, epochs=epochs, lr=lr, batch_size=batch_size, loss=loss,
+                      augment=augment, num_classes=num_classes, ignore_index=ignore_index,
+                      seed=seed, device=device, encoder_weights=encoder_weights, on_epoch=on_epoch)
+
+
+def _train(model: torch.nn.Module, train: TensorSet, val: TensorSet, *, epochs: int, lr: float,
+           batch_size: int, loss: str, augment: bool, num_classes: int,
+           ignore_index: Optional[int], seed: int, device: torch.device,
+           encoder_weights: Optional[str],
+           on_epoch: Optional[Callable[[dict[str, float]], None]]) -> TrainResult:
     model.to(device)
     gen = torch.Generator().manual_seed(int(seed))
     criterion = _loss_fn(loss, ignore_index)

@@ -126,9 +126,10 @@ def markdown_report(summary: Mapping[str, Mapping[str, Mapping[str, Any]]],
 
 
 def plot_miou(summary: Mapping[str, Mapping[str, Mapping[str, Any]]], path: str | Path,
-              key: str = "miou") -> Any:
-    """Grouped bar chart (one group per architecture, one bar per mix) of ``<key>_mean`` with
-    ``<key>_std`` error bars; written to ``path`` (PNG) and returned as a matplotlib Figure."""
+              keys: Sequence[str] = ("miou", "miou_nobg")) -> Any:
+    """Grouped bar charts, one panel per metric in ``keys`` (one group per architecture, one bar
+    per mix) of ``<key>_mean`` with ``<key>_std`` error bars; written to ``path`` (PNG) and
+    returned as a matplotlib Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,17 +140,21 @@ def plot_miou(summary: Mapping[str, Mapping[str, Mapping[str, Any]]], path: str 
     for a in archs:
         mixes += [m for m in summary[a] if m not in mixes]
     width = 0.8 / max(len(mixes), 1)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(archs) * max(1, len(mixes)) / 2), 4))
-    for j, mix in enumerate(mixes):
-        xs = [i + (j - (len(mixes) - 1) / 2) * width for i in range(len(archs))]
-        means = [summary[a].get(mix, {}).get(f"{key}_mean", float("nan")) for a in archs]
-        stds = [summary[a].get(mix, {}).get(f"{key}_std", 0.0) for a in archs]
-        ax.bar(xs, means, width, yerr=stds, capsize=3, label=mix)
-    ax.set_xticks(range(len(archs)), archs)
-    ax.set_ylabel(f"test {key} (mean ± std over seeds)")
-    ax.set_ylim(0, 1)
-    ax.legend(title="mix", fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+    panel_w = max(4.0, 0.5 * len(archs) * max(1, len(mixes)))
+    fig, axes = plt.subplots(1, len(keys), figsize=(panel_w * len(keys), 4), squeeze=False)
+    titles = {"miou": "mIoU (background included)", "miou_nobg": "mIoU without background"}
+    for ax, key in zip(axes[0], keys):
+        for j, mix in enumerate(mixes):
+            xs = [i + (j - (len(mixes) - 1) / 2) * width for i in range(len(archs))]
+            means = [summary[a].get(mix, {}).get(f"{key}_mean", float("nan")) for a in archs]
+            stds = [summary[a].get(mix, {}).get(f"{key}_std", 0.0) for a in archs]
+            ax.bar(xs, means, width, yerr=stds, capsize=3, label=mix)
+        ax.set_xticks(range(len(archs)), archs)
+        ax.set_title(f"real test {titles.get(key, key)}", fontsize=10)
+        ax.set_ylabel("mean ± std over seeds")
+        ax.set_ylim(0, 1)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][-1].legend(title="mix", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)

@@ -289,8 +289,17 @@ def train(cfg: Config, data_root: str | Path, out_dir: str | Path, *, action: st
 
     Writes into ``out_dir``: ``best.pt``, ``last.pt`` (``save_last``), ``metrics.json``,
     ``loss.csv``, ``loss.png`` and ``config.json``. Under ``torchrun`` every process calls this;
-    only rank 0 writes files and the MLflow run. ``resume`` restores a run from its checkpoint
-    (takes precedence over ``init_from``).
+    only rank 0 writes files and the MLflow run.
+
+    Checkpoint vs config sizes (``model.*`` except dropout/use_checkpoint, ``diffusion.*``,
+    ``data.image_size``, ``data.num_classes``):
+
+    - ``resume``: the same run continues, so a size that differs from ``cfg`` is an error
+      (:class:`~isdm.training.checkpoint.CheckpointError` naming each size and the ``--set``
+      fix). Training knobs (lr, max_epochs, ...) come from ``cfg``. Takes precedence over
+      ``init_from``.
+    - ``init_from`` (finetune): a new run from a given network, so the checkpoint's sizes win and
+      a note names every overridden value; the resulting config is stored with the new run.
     """
     from isdm import tracking
 

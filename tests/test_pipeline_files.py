@@ -172,9 +172,10 @@ def test_mlproject_defaults_equal_params_yaml(in_fake_tree):
                     assert ctx.params[key] == value, (name, key)
 
 
-def _env() -> dict[str, str]:
+def _env(first: Path | None = None) -> dict[str, str]:
+    """The environment with ``first`` (a stand-in bin folder) and then the venv's bin on PATH."""
     env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PATH"] = os.pathsep.join([*([str(first)] if first else []), str(BIN), env.get("PATH", "")])
     env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", GIT_AUTHOR_NAME="t",
                GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
     return env
@@ -238,8 +239,8 @@ with open("ran.log", "a") as f:
 
 
 def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(BIN / "dvc"), *args], cwd=repo, env=_env(), capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run([str(BIN / "dvc"), *args], cwd=repo, env=_env(repo.parent / "bin"),
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"dvc {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
     return proc
 
@@ -265,11 +266,9 @@ def test_dvc_reruns_only_the_stages_a_change_touches(tmp_path, monkeypatch):
     stub_bin.mkdir()
     (stub_bin / "isdm").write_text(_STUB.format(python=sys.executable))
     (stub_bin / "isdm").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{stub_bin}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site"))
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True, env=_env())
-    _dvc(repo, "init", "-q")
-    _dvc(repo, "config", "core.analytics", "false")
+    _dvc(repo, "init", "-q")  # DVC_NO_ANALYTICS=1 is in the environment
 
     _dvc(repo, "repro")
     assert _ran(repo) == STAGES
@@ -279,21 +278,12 @@ def test_dvc_reruns_only_the_stages_a_change_touches(tmp_path, monkeypatch):
     params = _params()
     params["sample"]["s"] = 2.5
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert "sample" in _dvc(repo, "status").stdout
     _dvc(repo, "repro")
     assert _ran(repo) == ["sample", "evaluate"]
-
-    params["finetune"]["drop_rate"] = 0.3
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _dvc(repo, "repro")
-    assert _ran(repo) == ["finetune", "sample", "evaluate"]
-
-    metrics = json.loads(_dvc(repo, "metrics", "show", "--json").stdout)
-    assert metrics  # the stage metrics are visible to `dvc metrics show`
 
     # `dvc exp run -S` edits params.yaml keys and re-runs only what they touch
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True, env=_env())
     subprocess.run(["git", "commit", "-qm", "pipeline"], cwd=repo, check=True, env=_env())
-    _dvc(repo, "exp", "run", "-S", "sample.s=3.0")
-    assert _ran(repo) == ["sample", "evaluate"]
-    assert yaml.safe_load((repo / "params.yaml").read_text())["sample"]["s"] == 3.0
+    _dvc(repo, "exp", "run", "-S", "finetune.drop_rate=0.3")
+    assert _ran(repo) == ["finetune", "sample", "evaluate"]
+    assert yaml.safe_load((repo / "params.yaml").read_text())["finetune"]["drop_rate"] == 0.3

@@ -15,13 +15,15 @@ Steps of :func:`run_sampling`:
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
 from isdm.config import Config, flatten, save_config, to_dict
-from isdm.sampling.balance import Choice
+from isdm.sampling.mask_sources import MaskSet
+from isdm.sampling.plan import Plan, make_plan, materialize, sample_seed
 from isdm.sampling.writer import OutputDir, sample_name
 
 __all__ = ["run_sampling", "run_identity", "parse_shard"]
@@ -49,20 +51,6 @@ def run_identity(cfg: Config, ckpt_hash: str) -> dict[str, Any]:
     sample.pop("num_samples")
     data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("root", "num_workers", "hflip")}
     return {"checkpoint_sha256": ckpt_hash, "sample": sample, "data": data}
-
-
-def _record(i: int, name: str, choice: Choice, key: str, ops: Sequence[str], cfg: Config,
-            ckpt_hash: str) -> dict[str, Any]:
-    from isdm.sampling.plan import sample_seed
-
-    s = cfg.sample
-    return {
-        "index": i, "file": name, "source_mask": key, "source_index": choice.source,
-        "augmentation": list(ops), "aug_seed": choice.aug_seed,
-        "seed": s.seed, "sample_seed": sample_seed(s.seed, i), "checkpoint_sha256": ckpt_hash,
-        "sampler": s.sampler, "steps": s.steps, "eta": s.eta, "s": s.s,
-        "precision": s.precision,
-    }
 
 
 def _batches(items: list[int], size: int) -> Iterator[list[int]]:
@@ -101,91 +89,128 @@ def run_sampling(
     from isdm import tracking
     from isdm.sampling.engine import load_engine
     from isdm.sampling.mask_sources import load_mask_set
-    from isdm.sampling.plan import make_plan, materialize, sample_seed
     from isdm.training.checkpoint import checkpoint_hash
+    from isdm.utils.io import atomic_write_json
     from isdm.utils.runtime import resolve_device
 
     shard_i, shard_n = shard
     if not 0 <= shard_i < shard_n:
         raise ValueError(f"shard={shard}: need 0 <= i < N")
-    # 1. checkpoint
-    dev = resolve_device(device)
+    # 1. checkpoint (the network, chain and image size come from it)
     ckpt_hash = checkpoint_hash(checkpoint)
-    engine, cfg, meta = load_engine(cfg, checkpoint, dev)
+    engine, cfg, meta = load_engine(cfg, checkpoint, resolve_device(device))
     s = cfg.sample
     # 2. masks and plan
     masks = load_mask_set(cfg, data_root, cfg.data.image_size)
     plan = make_plan(cfg, masks)
-    names = [sample_name(i, masks.entries[c.source].key) for i, c in enumerate(plan.choices)]
-    # 3. output folder
     distribution = plan.distribution.report()
     _log_distribution(distribution)
-    out = OutputDir(out_dir)
-    resumed = out.prepare(run_identity(cfg, ckpt_hash),
-                          {"checkpoint": str(checkpoint), "data_root": str(data_root),
-                           "class_distribution": distribution},
-                          num_samples=s.num_samples, overwrite=overwrite)
-    save_config(cfg, out.root / "config.json")
-    mine = list(range(shard_i, s.num_samples, shard_n))
-    if resumed:  # drop torn lines of a killed run before appending to the manifest
-        records = out.read_records()
-        out.finalize_manifest(r for i, r in records.items()
-                              if 0 <= i < s.num_samples and r.get("file") == names[i]
-                              and out.is_complete(names[i]))
-    todo = [i for i in mine if not out.is_complete(names[i])]
-    skipped = len(mine) - len(todo)
+    # 3. output folder
+    job = _Job(cfg, masks, plan, OutputDir(out_dir), ckpt_hash)
+    resumed = job.out.prepare(run_identity(cfg, ckpt_hash),
+                              {"checkpoint": str(checkpoint), "data_root": str(data_root),
+                               "class_distribution": distribution},
+                              num_samples=s.num_samples, overwrite=overwrite)
+    save_config(cfg, job.out.root / "config.json")
+    if resumed:
+        job.drop_torn_lines()
+    mine = range(shard_i, s.num_samples, shard_n)
+    todo = [i for i in mine if not job.complete(i)]
     pending = todo if max_new is None else todo[:max_new]
 
-    name = f"sample {s.sampler} {s.steps} steps s={s.s}"
-    with tracking.start_run(cfg.tracking, name=name, action="sample", dataset=str(data_root),
-                            params=flatten(cfg), tags={"isdm.checkpoint_sha256": ckpt_hash}) as run:
+    with tracking.start_run(cfg.tracking, name=f"sample {s.sampler} {s.steps} steps s={s.s}",
+                            action="sample", dataset=str(data_root), params=flatten(cfg),
+                            tags={"isdm.checkpoint_sha256": ckpt_hash}) as run:
         # 4. generate, one batch at a time
-        from tqdm.auto import tqdm
-
-        t0 = time.perf_counter()
-        with tqdm(total=len(pending), unit="img", desc=f"sample {shard_i}/{shard_n}") as bar:
-            for batch in _batches(pending, s.batch_size):
-                items = [materialize(plan.choices[i], masks, cfg) for i in batch]
-                labels = np.stack([m for m, _, _ in items])
-                images = engine(labels, [sample_seed(s.seed, i) for i in batch])
-                for i, (mask, real, ops), gen in zip(batch, items, images):
-                    out.write_sample(names[i], real, mask, gen)
-                    out.append_record(_record(i, names[i], plan.choices[i],
-                                              masks.entries[plan.choices[i].source].key, ops,
-                                              cfg, ckpt_hash))
-                bar.update(len(batch))
-        seconds = time.perf_counter() - t0
+        seconds = job.generate(engine, pending, desc=f"sample {shard_i}/{shard_n}")
         # 5. manifest, grid, summary
-        summary = _finish(out, cfg, plan, masks, names, ckpt_hash, distribution, meta,
-                          generated=len(pending), skipped=skipped, seconds=seconds, shard=shard, resumed=resumed)
-        _track(run, out, summary)
+        done = job.finish_manifest()
+        job.out.write_grid([job.names[i] for i in done[:GRID_SAMPLES]])
+        summary = _summary(job, done, distribution, meta, generated=len(pending),
+                           skipped=len(mine) - len(todo), seconds=seconds, shard=shard,
+                           resumed=resumed)
+        atomic_write_json(job.out.root / "summary.json", summary)
+        _track(run, job.out, summary)
     return summary
 
 
-def _finish(out: OutputDir, cfg: Config, plan: Any, masks: Any, names: list[str], ckpt_hash: str,
-            distribution: dict, meta: dict, *, generated: int, skipped: int, seconds: float,
-            shard: tuple[int, int], resumed: bool) -> dict[str, Any]:
-    from isdm.sampling.plan import materialize
-    from isdm.utils.io import atomic_write_json
+@dataclass
+class _Job:
+    """What the steps of one sampling run share."""
 
-    s = cfg.sample
-    records = out.read_records()
-    complete = [i for i in range(s.num_samples) if out.is_complete(names[i])]
-    final = []
-    for i in complete:
-        rec = records.get(i)
-        if rec is None or rec.get("file") != names[i]:
-            # finished by a concurrent shard whose line landed after our read: rebuild it
-            _, _, ops = materialize(plan.choices[i], masks, cfg, with_image=False)
-            rec = _record(i, names[i], plan.choices[i], masks.entries[plan.choices[i].source].key,
-                          ops, cfg, ckpt_hash)
-        final.append(rec)
-    out.finalize_manifest(final)
-    out.write_grid([names[i] for i in complete[:GRID_SAMPLES]])
-    summary = {
+    cfg: Config
+    masks: MaskSet
+    plan: Plan
+    out: OutputDir
+    ckpt_hash: str
+    names: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.names = [sample_name(i, self.masks.entries[c.source].key)
+                      for i, c in enumerate(self.plan.choices)]
+
+    def complete(self, i: int) -> bool:
+        return self.out.is_complete(self.names[i])
+
+    def record(self, i: int, ops: Sequence[str]) -> dict[str, Any]:
+        """Sample i's manifest line: a pure function of the plan (no times), so reruns,
+        resumes and shards write identical manifests."""
+        s, choice = self.cfg.sample, self.plan.choices[i]
+        return {
+            "index": i, "file": self.names[i], "source_mask": self.masks.entries[choice.source].key,
+            "source_index": choice.source, "augmentation": list(ops), "aug_seed": choice.aug_seed,
+            "seed": s.seed, "sample_seed": sample_seed(s.seed, i),
+            "checkpoint_sha256": self.ckpt_hash, "sampler": s.sampler, "steps": s.steps,
+            "eta": s.eta, "s": s.s, "precision": s.precision,
+        }
+
+    def drop_torn_lines(self) -> None:
+        """Rewrite a resumed run's manifest with its complete, parsable lines only."""
+        recs, n = self.out.read_records(), self.cfg.sample.num_samples
+        self.out.finalize_manifest(r for i, r in recs.items()
+                                   if 0 <= i < n and r.get("file") == self.names[i]
+                                   and self.complete(i))
+
+    def generate(self, engine: Any, pending: list[int], desc: str) -> float:
+        """Generate and write the ``pending`` samples batch by batch; return the seconds."""
+        from tqdm.auto import tqdm
+
+        s = self.cfg.sample
+        t0 = time.perf_counter()
+        with tqdm(total=len(pending), unit="img", desc=desc) as bar:
+            for batch in _batches(pending, s.batch_size):
+                items = [materialize(self.plan.choices[i], self.masks, self.cfg) for i in batch]
+                images = engine(np.stack([m for m, _, _ in items]),
+                                [sample_seed(s.seed, i) for i in batch])
+                for i, (mask, real, ops), gen in zip(batch, items, images):
+                    self.out.write_sample(self.names[i], real, mask, gen)
+                    self.out.append_record(self.record(i, ops))
+                bar.update(len(batch))
+        return time.perf_counter() - t0
+
+    def finish_manifest(self) -> list[int]:
+        """Rewrite the manifest from every finished sample; return their indices. A sample
+        finished by a concurrent shard after our read gets its line rebuilt from the plan."""
+        recs = self.out.read_records()
+        done = [i for i in range(self.cfg.sample.num_samples) if self.complete(i)]
+        final = []
+        for i in done:
+            rec = recs.get(i)
+            if rec is None or rec.get("file") != self.names[i]:
+                ops = materialize(self.plan.choices[i], self.masks, self.cfg, with_image=False)[2]
+                rec = self.record(i, ops)
+            final.append(rec)
+        self.out.finalize_manifest(final)
+        return done
+
+
+def _summary(job: _Job, done: list[int], distribution: dict, meta: dict, *, generated: int,
+             skipped: int, seconds: float, shard: tuple[int, int], resumed: bool) -> dict:
+    s = job.cfg.sample
+    return {
         "num_samples": s.num_samples,
-        "complete": len(complete),
-        "missing": s.num_samples - len(complete),
+        "complete": len(done),
+        "missing": s.num_samples - len(done),
         "shard": f"{shard[0]}/{shard[1]}",
         "this_run": {
             "generated": generated,
@@ -196,13 +221,11 @@ def _finish(out: OutputDir, cfg: Config, plan: Any, masks: Any, names: list[str]
             "images_per_s": round(generated / seconds, 4) if generated and seconds > 0 else None,
         },
         "sampler": s.sampler, "steps": s.steps, "s": s.s, "precision": s.precision,
-        "mask_source": s.mask_source, "balanced": plan.balanced,
-        "distinct_layouts": len(set(plan.choices)),
-        "checkpoint_sha256": ckpt_hash, "weights": meta.get("weights"),
+        "mask_source": s.mask_source, "balanced": job.plan.balanced,
+        "distinct_layouts": len(set(job.plan.choices)),
+        "checkpoint_sha256": job.ckpt_hash, "weights": meta.get("weights"),
         "class_distribution": distribution,
     }
-    atomic_write_json(out.root / "summary.json", summary)
-    return summary
 
 
 def _log_distribution(report: dict) -> None:

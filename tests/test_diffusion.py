@@ -277,3 +277,14 @@ def test_respaced_chain_predicts_the_same_x0_at_kept_steps():
         a = spaced.predict_xstart_from_eps(xt, torch.tensor([i]), eps)
         b = base.predict_xstart_from_eps(xt, torch.tensor([int(tmap[i])]), eps)
         assert torch.equal(a, b)
+
+
+def test_single_step_chain_jumps_to_the_predicted_x0():
+    base = GaussianDiffusion(get_betas("linear", 1000))
+    spaced, tmap = respace(base, space_timesteps(1000, 1))
+    assert tmap.tolist() == [999] and spaced.num_timesteps == 1
+    xt = torch.randn(1, 3, 4, 4, generator=_gen(22), dtype=F64)
+    out = spaced.p_mean_variance(torch.zeros(1, 6, 4, 4, dtype=F64), xt, torch.tensor([0]),
+                                 clip_denoised=False)
+    torch.testing.assert_close(out["mean"], out["pred_xstart"])
+    assert torch.isfinite(out["log_variance"]).all()

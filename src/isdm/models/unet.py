@@ -66,7 +66,8 @@ class SDMUNet(nn.Module):
 
         # 2. encoder on the noisy image only
         ch = widths[0]
-        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
+        self.input_blocks = nn.ModuleList(
+            [TimestepSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
         skips, ds = [ch], 1
         for level, width in enumerate(widths):
             for _ in range(num_res_blocks):

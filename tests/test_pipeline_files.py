@@ -230,7 +230,7 @@ for kind in ("outs", "metrics", "plots"):
             if path.endswith(".json"):
                 f.write(json.dumps({{"value": len(stamp)}}))
             elif path.endswith(".csv"):
-                f.write("epoch,train_loss,miou,cell\\n1,0.5,0.5,a\\n")
+                f.write("epoch,train_loss,miou,mix\\n1,0.5,0.5,RALLF000\\n")
             else:
                 f.write(stamp)
 with open("ran.log", "a") as f:

@@ -58,3 +58,13 @@ def test_plan_never_trains_on_validation_images():
         plan_mix("RALLF000", KEYS, val, synth, 0)
     with pytest.raises(MixError, match="no training images"):
         plan_mix("R000FALL", pool, val, [], 0)
+
+
+def test_resolve_mixes_puts_the_baseline_first_and_rejects_duplicates():
+    from isdm.evaluation.run import resolve_mixes
+
+    assert resolve_mixes(("RALLFALL", "R000FALL")) == ["RALLF000", "RALLFALL", "R000FALL"]
+    assert resolve_mixes(("RALLFALL", "RALLF000")) == ["RALLF000", "RALLFALL"]
+    assert resolve_mixes(("RALLFALL",), fidelity_only=True) == ["RALLF000"]
+    with pytest.raises(MixError, match="more than once"):
+        resolve_mixes(("RALLF5", "RALLF5"))

@@ -94,7 +94,7 @@ def tiny_net():
     from isdm.models import build_model
 
     torch.manual_seed(0)
-    net = build_model(ModelConfig(**MODEL_PRESETS["tiny"]), image_size=32, num_classes=3).eval()
+    net = build_model(ModelConfig(**MODEL_PRESETS["tiny"]), image_size=16, num_classes=3).eval()
     with torch.no_grad():  # random init zeroes the output convs: give them real weights
         for p in net.parameters():
             p.add_(0.02 * torch.randn_like(p))
@@ -103,12 +103,12 @@ def tiny_net():
 
 def tiny_inputs():
     g = torch.Generator().manual_seed(3)
-    labels = torch.randint(0, 3, (2, 32, 32), generator=g)
+    labels = torch.randint(0, 3, (2, 16, 16), generator=g)
     segmap = torch.nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float()
-    return segmap, torch.zeros_like(segmap), torch.randn((2, 3, 32, 32), generator=g)
+    return segmap, torch.zeros_like(segmap), torch.randn((2, 3, 16, 16), generator=g)
 
 
-@pytest.mark.parametrize("s,batch_passes", [(1.5, True), (1.5, False), (1.0, False),
+@pytest.mark.parametrize("s,batch_passes", [(1.5, True), (1.5, False), (1.0, True),
                                             (0.0, False)])
 def test_cached_spade_sampling_is_bit_identical_to_uncached(tiny_net, s, batch_passes):
     segmap, null, x_T = tiny_inputs()
@@ -125,11 +125,11 @@ def test_cached_spade_sampling_is_bit_identical_to_uncached(tiny_net, s, batch_p
 
 
 def test_bf16_autocast_is_close_to_fp32_and_returns_float32(tiny_net):
-    segmap, null, x = tiny_inputs()
-    t = torch.tensor([500, 500])
+    segmap, _, x = tiny_inputs()
+    segmap, x, t = segmap[:1], x[:1], torch.tensor([500])
     with torch.no_grad():
-        cond, nc = tiny_net.precompute_condition(segmap), tiny_net.precompute_condition(null)
-        fp32 = GuidedModel(tiny_net, cond, nc, 1.5, precision="fp32")(x, t)
-        bf16 = GuidedModel(tiny_net, cond, nc, 1.5, precision="bf16")(x, t)
+        cond = tiny_net.precompute_condition(segmap)
+        fp32 = GuidedModel(tiny_net, cond, None, 1.0, precision="fp32")(x, t)
+        bf16 = GuidedModel(tiny_net, cond, None, 1.0, precision="bf16")(x, t)
     assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)
     assert (bf16 - fp32).abs().max() < 0.05 * fp32.abs().max()

@@ -9,9 +9,13 @@ and ``generator`` is one ``torch.Generator`` or a list with one per batch row.
 name      algorithm                                        opts
 ========  ===============================================  ===============
 ddpm      ancestral, learned-range variance (Ho; Nichol)   -
-ddim      DDIM (Song et al. 2021)                          eta
-dpmpp2m   DPM-Solver++(2M), x0 form (Lu et al. 2022)       order
+ddim      DDIM (Song et al. 2021)                          eta, spacing
+dpmpp2m   DPM-Solver++(2M), x0 form (Lu et al. 2022)       order, spacing
 ========  ===============================================  ===============
+
+An int ``steps`` keeps steps evenly spaced in t (``spacing="uniform"``, the default of ddpm and
+ddim) or uniform in log-SNR (``"logsnr"``, the default of dpmpp2m); strings such as ``"ddim50"``
+or ``"250,100,50"`` and explicit index lists are used as given.
 """
 
 from __future__ import annotations

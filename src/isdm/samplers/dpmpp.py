@@ -19,7 +19,7 @@ __all__ = ["sample_dpmpp2m"]
 
 @torch.no_grad()
 def sample_dpmpp2m(model_fn: ModelFn, x_T: torch.Tensor, diffusion: GaussianDiffusion,
-                   steps: Union[int, str, Sequence[int]], *, generator: GeneratorArg = None,
+                   steps: Union[int, str, Sequence[int]], *, generator: GeneratorArg,
                    clip_denoised: bool = True, progress: bool = False,
                    order: int = 2, spacing: str = "logsnr") -> torch.Tensor:
     """Multistep second-order solver of the diffusion ODE in x0 form.

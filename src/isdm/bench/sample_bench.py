@@ -140,6 +140,7 @@ def _speed(quick: bool, batch: int, end_to_end: bool, n_timed: Optional[int],
                         precision="bf16")(x_T, t)
         probe = time.perf_counter() - start if bf16 else float("nan")
         if not bf16:
+            per_step[("bf16", False)] = probe
             notes.append("bf16 not measured (bf16=False)")
         elif probe < 1.5 * fp32_best:
             for batched in (False, True):
@@ -147,7 +148,7 @@ def _speed(quick: bool, batch: int, end_to_end: bool, n_timed: Optional[int],
                                  precision="bf16")
                 per_step[("bf16", batched)] = time_sampler_steps(get_sampler("dpmpp2m"), fn,
                                                                  x_T, chain, 20, n_timed)
-        else:  # also nan when not measured
+        else:
             per_step[("bf16", False)] = probe
             notes.append(f"bf16: one guided step took {probe:.2f} s vs {fp32_best:.2f} s in "
                          "fp32 (cold, separate passes); bf16 loop not timed further")
@@ -156,8 +157,6 @@ def _speed(quick: bool, batch: int, end_to_end: bool, n_timed: Optional[int],
                                    f"{'batched' if batched else 'separate'} passes",
                          "steps": 1, "s_per_step": sec, "how": "timed steps"})
         best = min((k for k in per_step if per_step[k] == per_step[k]), key=per_step.get)
-        best_fn = GuidedModel(model, cond, null_cond, GUIDANCE_S, batch_passes=best[1],
-                              precision=best[0])
         label = f"{best[0]}, {'batched' if best[1] else 'separate'} passes"
         for steps in (10, 20, 25):
             if end_to_end:

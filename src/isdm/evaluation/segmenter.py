@@ -137,7 +137,8 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> list[t
     order = torch.randperm(n, generator=generator)
     chunks = list(order.split(batch_size))
     if len(chunks) > 1 and len(chunks[-1]) == 1:
-        chunks[-2] = torch.cat([chunks[-2], chunks.pop()])
+        last = chunks.pop()
+        chunks[-1] = torch.cat([chunks[-1], last])
     return chunks
 
 

@@ -12,6 +12,8 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export MLFLOW_ALLOW_FILE_STORE := true
+# Spinning OpenMP threads waste the 2 cores when several processes share them.
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: setup test test-fast repro bench lint clean
 

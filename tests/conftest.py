@@ -11,6 +11,7 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
 
 REPO = Path(__file__).resolve().parents[1]
 CRACKFOREST = (REPO.parent / "shared" / "data" / "crackforest").resolve()

@@ -39,7 +39,7 @@ def _legacy_model_path(config_path: Optional[str]) -> Optional[str]:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Output folder (images/ labels/ colored_labels/ samples/ manifest.jsonl ...).")
 @click.option("--shard", default="0/1", show_default=True,
-              help="Generate only samples with index %% N == i (i/N), for parallel workers.")
+              help="Generate only samples with index % N == i (i/N), for parallel workers.")
 @click.option("--overwrite", is_flag=True,
               help="Clear an output folder written by another config or checkpoint.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")

@@ -174,7 +174,10 @@ def test_mlproject_defaults_equal_params_yaml(in_fake_tree):
 
 def _env(first: Path | None = None) -> dict[str, str]:
     """The environment with ``first`` (a stand-in bin folder) and then the venv's bin on PATH."""
-    env = dict(os.environ)
+    # mlflow.set_experiment in earlier in-process tests exports MLFLOW_EXPERIMENT_ID; a child
+    # `mlflow run --experiment-name` then refuses both.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")}
     env["PATH"] = os.pathsep.join([*([str(first)] if first else []), str(BIN), env.get("PATH", "")])
     env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", GIT_AUTHOR_NAME="t",
                GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
@@ -195,8 +198,8 @@ def test_mlflow_run_data_entry_point(tmp_path, mlflow_uri):
     assert any((out / "train" / "images").rglob("*.png"))
     import mlflow
 
-    runs = mlflow.MlflowClient(mlflow_uri).search_runs(
-        [mlflow.get_experiment_by_name("isdm-synth").experiment_id])
+    client = mlflow.MlflowClient(mlflow_uri)  # not the process-wide URI an earlier test set
+    runs = client.search_runs([client.get_experiment_by_name("isdm-synth").experiment_id])
     assert len(runs) == 1 and runs[0].data.params["seed"] == "3"
     assert runs[0].info.status == "FINISHED"
 

@@ -35,6 +35,7 @@ repro: setup
 	test -d .dvc || (PATH=$(BIN):$$PATH $(BIN)/dvc init --quiet && $(BIN)/dvc config core.analytics false)
 	PATH=$(BIN):$$PATH $(BIN)/dvc repro
 	PATH=$(BIN):$$PATH $(BIN)/dvc metrics show
+	@echo; cat reports/evaluate/report.md
 
 bench: setup
 	PATH=$(BIN):$$PATH $(BIN)/python -m isdm.bench --out bench/results.json

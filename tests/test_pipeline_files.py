@@ -111,15 +111,16 @@ def test_stages_list_only_what_they_read():
     assert "finetune" in _params_of(stages["finetune"]) and "train" not in _params_of(stages["finetune"])
 
 
-def test_metrics_and_plots_are_not_cached_and_plots_exist():
+def test_metrics_and_plots_are_dvc_cached_and_plots_exist():
+    """Outputs stay out of git; DVC caches metrics and plots so `dvc exp show` and
+    `dvc metrics diff` can read every experiment's values from the lock file's hashes."""
     doc = _dvc_yaml()
     declared = set()
     for stage in doc["stages"].values():
         for kind in ("metrics", "plots"):
             for item in stage.get(kind, []):
-                path, opts = next(iter(item.items()))
-                assert opts == {"cache": False}, path
-                declared.add(path)
+                assert isinstance(item, str), f"{item}: keep the default cache: true"
+                declared.add(item)
     assert {"models/sdm/metrics.json", "reports/evaluate/metrics.json"} <= declared
     for plot in doc["plots"]:
         if isinstance(plot, str):

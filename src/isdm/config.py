@@ -629,7 +629,7 @@ def _read_file(path: Path) -> dict[str, Any]:
             import yaml
 
             data = yaml.safe_load(text) or {}
-    except (ValueError, Exception) as e:  # yaml.YAMLError is not a ValueError
+    except Exception as e:  # json.JSONDecodeError, yaml.YAMLError
         raise ConfigError(f"config file {path}: cannot parse: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level")

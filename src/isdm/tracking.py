@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
@@ -176,11 +175,3 @@ def start_run(
     finally:
         mlflow.end_run(status=status)
 
-
-def log_text_artifact(run: NullRun, text: str, name: str) -> None:
-    """Write ``text`` to a temp file and log it under ``name``."""
-    if isinstance(run, Run):
-        with tempfile.TemporaryDirectory() as d:
-            p = Path(d) / name
-            p.write_text(text)
-            run.log_artifact(p)

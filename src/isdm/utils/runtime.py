@@ -1,10 +1,8 @@
-"""Device choice and seeding. Nothing here runs at import time."""
+"""Device choice. Nothing here runs at import time."""
 
 from __future__ import annotations
 
-import random
-
-__all__ = ["resolve_device", "seed_everything"]
+__all__ = ["resolve_device"]
 
 
 def resolve_device(name: str = "auto"):
@@ -18,12 +16,3 @@ def resolve_device(name: str = "auto"):
         raise RuntimeError(f"device {name!r} requested but CUDA is not available; use --device cpu")
     return dev
 
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices) with ``seed``."""
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)

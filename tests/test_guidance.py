@@ -133,3 +133,33 @@ def test_bf16_autocast_is_close_to_fp32_and_returns_float32(tiny_net):
         bf16 = GuidedModel(tiny_net, cond, None, 1.0, precision="bf16")(x, t)
     assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)
     assert (bf16 - fp32).abs().max() < 0.05 * fp32.abs().max()
+
+
+@pytest.mark.parametrize("batch_passes", [False, True])
+def test_shared_encoder_matches_two_full_forwards(tiny_net, batch_passes):
+    """The encoder never sees the mask: one encoder pass serves both guidance passes."""
+    segmap, null, x_T = tiny_inputs()
+    chain = GaussianDiffusion(get_betas("linear", 100))
+    sample = get_sampler("dpmpp2m")
+    with torch.no_grad():
+        cond, null_cond = tiny_net.precompute_condition(segmap), tiny_net.precompute_condition(null)
+        shared = GuidedModel(tiny_net, cond, null_cond, 2.0, batch_passes=batch_passes)
+        full = GuidedModel(tiny_net, cond, null_cond, 2.0, batch_passes=False,
+                           share_encoder=False)
+        a = sample(shared, x_T, chain, 3, generator=torch.Generator())
+        b = sample(full, x_T, chain, 3, generator=torch.Generator())
+    if batch_passes:  # a 2B-row decode may pick other kernels than two B-row decodes
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-4)
+    else:
+        assert torch.equal(a, b)
+    assert a.std() > 0.1
+    assert (shared.encoder_passes, shared.forwards) == (3, 3 if batch_passes else 6)
+    assert (full.encoder_passes, full.forwards) == (6, 6)
+
+
+def test_models_without_encode_decode_get_full_forwards():
+    segmap, null, x, t = inputs()
+    net = FakeNet()
+    model = GuidedModel(net, segmap, null, 2.0, batch_passes=False)
+    model(x, t)
+    assert not model.share_encoder and len(net.calls) == 2 and model.encoder_passes == 2

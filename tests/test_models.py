@@ -96,6 +96,18 @@ def test_precomputed_condition_is_bit_identical(tiny):
     assert direct.abs().mean() > 0  # a non-trivial output
 
 
+def test_encode_decode_halves_make_the_forward(tiny):
+    x, t, segmap = _inputs(3, 16, 4)
+    with torch.no_grad():
+        enc = tiny.encode(x, t)
+        assert len(enc) == 3 and len(enc.repeat(2)) == 6
+        assert torch.equal(tiny.decode(enc, segmap), tiny(x, t, segmap))
+        both = tiny.decode(enc.repeat(2), torch.cat([segmap, torch.zeros_like(segmap)]))
+        torch.testing.assert_close(both[:3], tiny(x, t, segmap), rtol=0, atol=1e-5)
+        with pytest.raises(ValueError, match="batch 6 but x_t has 3"):
+            tiny.decode(enc, tiny.precompute_condition(torch.cat([segmap, segmap])))
+
+
 def test_condition_feature_sizes_match_the_layers(tiny):
     _, _, segmap = _inputs(1, 16, 4)
     cond = tiny.precompute_condition(segmap)

@@ -16,17 +16,17 @@ Layout (L = len(channel_mult), ch_l = num_channels * channel_mult[l]):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from isdm.models.blocks import (AttentionBlock, Downsample, ResBlock, TimestepSequential,
                                 Upsample, timestep_embedding, zero_module)
 from isdm.models.spade import Cond, SPADEGroupNorm, SpadeCondition
 
-__all__ = ["SDMUNet"]
+__all__ = ["SDMUNet", "Encoded"]
 
 
 class SDMUNet(nn.Module):
@@ -147,13 +147,22 @@ class SDMUNet(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, x_t: torch.Tensor, t: Union[torch.Tensor, int, float],
                 cond: Cond) -> torch.Tensor:
-        """eps (and variance interpolation) ``[B, 6 or 3, H, W]``.
+        """eps (and variance interpolation) ``[B, 6 or 3, H, W]``; ``decode(encode(x_t, t), cond)``.
 
         Args:
             x_t: noisy images ``[B, 3, image_size, image_size]``.
             t: ORIGINAL chain indices ``[B]`` (int or float) or one scalar for the whole batch.
             cond: one-hot segmap ``[B, num_classes, H, W]`` (null label = zeros) or a
                 :class:`SpadeCondition` from :meth:`precompute_condition`.
+        """
+        return self.decode(self.encode(x_t, t), cond)
+
+    def encode(self, x_t: torch.Tensor, t: Union[torch.Tensor, int, float]) -> Encoded:
+        """The mask-independent half of :meth:`forward`: timestep embedding and encoder.
+
+        Classifier-free guidance runs it once for the conditional and the unconditional pass
+        (both see the same ``x_t`` and ``t``); ``decode`` of the result is bit-identical to the
+        corresponding part of a full forward.
         """
         b = x_t.shape[0]
         if x_t.ndim != 4 or x_t.shape[1:] != (self.in_channels, self.image_size, self.image_size):
@@ -163,6 +172,18 @@ class SDMUNet(nn.Module):
         t = t.expand(b) if t.ndim == 0 else t
         if t.shape != (b,):
             raise ValueError(f"t must be a scalar or [B]=[{b}], got {tuple(t.shape)}")
+        # 1. time
+        emb = self.time_embed(timestep_embedding(t, self.num_channels).to(x_t.dtype))
+        # 2. encoder: no mask
+        h, skips = x_t, []
+        for block in self.input_blocks:
+            h = block(h, emb)
+            skips.append(h)
+        return Encoded(emb=emb, skips=skips)
+
+    def decode(self, enc: Encoded, cond: Cond) -> torch.Tensor:
+        """The mask-conditioned half of :meth:`forward`: middle, decoder and head."""
+        b = len(enc)
         if isinstance(cond, SpadeCondition):
             if len(cond) != b:
                 raise ValueError(f"SpadeCondition has batch {len(cond)} but x_t has {b}")
@@ -170,22 +191,34 @@ class SDMUNet(nn.Module):
             self._check_segmap(cond)
             if cond.shape[0] != b:
                 raise ValueError(f"segmap has batch {cond.shape[0]} but x_t has {b}")
-        return self._run(x_t, t, cond)
-
-    def _run(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
-        # 1. time
-        emb = self.time_embed(timestep_embedding(t, self.num_channels).to(x.dtype))
-        # 2. encoder: no mask
-        h, skips = x, []
-        for block in self.input_blocks:
-            h = block(h, emb)
-            skips.append(h)
+        emb, skips = enc.emb, list(enc.skips)
         # 3. middle and 4. decoder: SPADE on the mask
-        h = self.middle_block(h, emb, cond)
+        h = self.middle_block(skips[-1], emb, cond)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, cond)
         # 5. head
         return self.out(h)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """What :meth:`SDMUNet.encode` hands to :meth:`SDMUNet.decode`.
+
+    ``emb`` the timestep embedding ``[B, 4 * num_channels]``; ``skips`` every encoder block's
+    output, shallowest first (the last one is the middle block's input), each ``[B, C_l, h, w]``.
+    """
+
+    emb: torch.Tensor
+    skips: list[torch.Tensor]
+
+    def __len__(self) -> int:
+        return self.emb.shape[0]
+
+    def repeat(self, n: int) -> "Encoded":
+        """The batch repeated ``n`` times (``[e; e; ...]``), for one batched decode of ``n``
+        conditions of the same ``x_t``."""
+        # cat, not Tensor.repeat: it keeps the channels-last layout of the skips
+        return Encoded(emb=torch.cat([self.emb] * n), skips=[torch.cat([s] * n) for s in self.skips])
 
 
 def _sized(block: ResBlock, side: int) -> ResBlock:

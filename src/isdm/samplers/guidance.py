@@ -4,8 +4,11 @@
 
 the variance channels come from the conditional pass, unguided (as SDM). ``s = 1`` is plain
 conditional sampling (one forward), ``s = 0`` unconditional (one forward on the null label).
-Unlike the original (which guided only when s > 1 and ran two forwards), any s != 0, 1 runs the
-conditional and unconditional passes as ONE batched forward on CUDA.
+Unlike the original (which guided only when s > 1 and ran two full forwards), any s != 0, 1 runs
+the conditional and unconditional passes as ONE batched forward on CUDA (separately on CPU, where
+that measured faster), and, for a network with ``encode`` / ``decode`` halves (the SDM UNet, whose
+encoder never sees the mask), the encoder runs ONCE for both passes: only the mask-conditioned
+middle and decoder run twice.
 
 The conditions are built once per mask batch, outside the sampling loop:
 ``model.precompute_condition(segmap)`` gives the SPADE gamma/beta of every layer, so no SPADE conv
@@ -59,13 +62,18 @@ class GuidedModel:
             forward was slower than two batch-B forwards).
         precision: "fp32", or "bf16"/"fp16" autocast around the network (bf16 is the one that
             helps on CPU); the output is always cast to float32 before the guidance math.
+        share_encoder: when the model has ``encode(x_t, t)`` and ``decode(encoded, cond)``, run
+            the encoder once for both guidance passes (bit-identical to two full forwards in
+            separate mode). False runs two full forwards (the original recipe).
     Attributes:
-        forwards: number of network forwards run so far (for tests and benchmarks).
+        forwards: network outputs computed so far, full forwards or decoder passes (a batched
+            pass of 2B rows counts once); for tests and benchmarks.
+        encoder_passes: encoder runs so far (equals ``forwards`` without a shared encoder).
     """
 
     def __init__(self, model: Any, cond: Any, null_cond: Optional[Any] = None, s: float = 1.5,
                  batch_passes: Union[bool, Literal["auto"]] = "auto",
-                 precision: Precision = "fp32") -> None:
+                 precision: Precision = "fp32", share_encoder: bool = True) -> None:
         if batch_passes not in (True, False, "auto"):
             raise ValueError(f"batch_passes={batch_passes!r}: use True, False or 'auto'")
         if precision not in ("fp32", *_DTYPES):
@@ -83,7 +91,9 @@ class GuidedModel:
             raise ValueError(f"null_cond has batch {_batch(null_cond)} but cond has "
                              f"{_batch(cond)}; give batch {_batch(cond)} or 1")
         self._both: Optional[Any] = None  # [cond; null] built once, on first batched call
-        self.forwards = 0
+        self.share_encoder = bool(share_encoder) and all(
+            callable(getattr(model, name, None)) for name in ("encode", "decode"))
+        self.forwards = self.encoder_passes = 0
 
     def _autocast(self, device: torch.device):
         if self.precision == "fp32":
@@ -92,9 +102,31 @@ class GuidedModel:
 
     def _forward(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         self.forwards += 1
+        self.encoder_passes += 1
         with self._autocast(x.device):
             out = self.model(x, t, cond)
         return out.float()
+
+    def _both_passes(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conditional and unconditional outputs, float32 ``[B, 3 or 6, H, W]`` each."""
+        batched = self._batched(x_t)
+        if batched and self._both is None:
+            self._both = _cat(self.cond, self.null_cond)
+        if not self.share_encoder:
+            if batched:
+                return self._forward(torch.cat([x_t, x_t]), torch.cat([t, t]),
+                                     self._both).chunk(2)
+            return self._forward(x_t, t, self.cond), self._forward(x_t, t, self.null_cond)
+        with self._autocast(x_t.device):
+            enc = self.model.encode(x_t, t)  # mask-free: the same for both passes
+            self.encoder_passes += 1
+            if batched:
+                self.forwards += 1
+                out_c, out_u = self.model.decode(enc.repeat(2), self._both).float().chunk(2)
+                return out_c, out_u
+            self.forwards += 2
+            return (self.model.decode(enc, self.cond).float(),
+                    self.model.decode(enc, self.null_cond).float())
 
     def _batched(self, x: torch.Tensor) -> bool:
         if self.batch_passes == "auto":
@@ -111,14 +143,7 @@ class GuidedModel:
             return self._forward(x_t, t, self.cond)
         if self.s == 0.0:
             return self._forward(x_t, t, self.null_cond)
-        if self._batched(x_t):
-            if self._both is None:
-                self._both = _cat(self.cond, self.null_cond)
-            out_c, out_u = self._forward(torch.cat([x_t, x_t]), torch.cat([t, t]),
-                                         self._both).chunk(2)
-        else:
-            out_c = self._forward(x_t, t, self.cond)
-            out_u = self._forward(x_t, t, self.null_cond)
+        out_c, out_u = self._both_passes(x_t, t)
         c = x_t.shape[1]
         eps = out_u[:, :c] + self.s * (out_c[:, :c] - out_u[:, :c])
         return torch.cat([eps, out_c[:, c:]], dim=1)

@@ -108,6 +108,22 @@ def test_encode_decode_halves_make_the_forward(tiny):
             tiny.decode(enc, tiny.precompute_condition(torch.cat([segmap, segmap])))
 
 
+def test_place_makes_cpu_weights_channels_last_with_the_same_outputs(tiny):
+    import copy
+
+    from isdm.models import place
+
+    x, t, segmap = _inputs(2, 16, 4)
+    nhwc = place(copy.deepcopy(tiny), "cpu")
+    conv = nhwc.input_blocks[0][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    with torch.no_grad():
+        out = nhwc(x, t, nhwc.precompute_condition(segmap))
+        torch.testing.assert_close(out, tiny(x, t, segmap), rtol=1e-4, atol=1e-5)
+    back = place(nhwc, "cpu", channels_last=False).input_blocks[0][0].weight
+    assert back.is_contiguous()
+
+
 def test_condition_feature_sizes_match_the_layers(tiny):
     _, _, segmap = _inputs(1, 16, 4)
     cond = tiny.precompute_condition(segmap)

@@ -6,8 +6,8 @@ from isdm.models.spade import SPADEGroupNorm, SpadeCondition
 from isdm.models.flops import count_parameters, forward_flops, preset_report
 from isdm.models.unet import SDMUNet
 
-__all__ = ["SDMUNet", "SPADEGroupNorm", "SpadeCondition", "build_model", "count_parameters",
-           "forward_flops", "preset_report"]
+__all__ = ["SDMUNet", "SPADEGroupNorm", "SpadeCondition", "build_model", "place",
+           "count_parameters", "forward_flops", "preset_report"]
 
 
 def build_model(model_cfg, image_size: int, num_classes: int) -> SDMUNet:
@@ -25,3 +25,21 @@ def build_model(model_cfg, image_size: int, num_classes: int) -> SDMUNet:
         use_scale_shift_norm=model_cfg.use_scale_shift_norm, learn_sigma=model_cfg.learn_sigma,
         spade_hidden=model_cfg.spade_hidden, use_checkpoint=model_cfg.use_checkpoint,
     )
+
+
+def place(model, device, channels_last: bool | None = None):
+    """Move ``model`` to ``device`` in its fastest memory layout (in place; returns it).
+
+    ``channels_last=None`` chooses by device: channels-last (NHWC) on CPU, where oneDNN's
+    convolutions run on it without reorders (measured on 2 cores: a 64-channel 64 px conv 131 ->
+    231 GFLOP/s, a ``default``-preset training step 1.15x faster, ``make bench``), contiguous
+    NCHW on CUDA (not measured here). Activations follow the weights' layout; the values agree
+    with the NCHW network to float rounding, not bit for bit.
+    """
+    import torch
+
+    device = torch.device(device)
+    if channels_last is None:
+        channels_last = device.type == "cpu"
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return model.to(device=device, memory_format=fmt)

@@ -164,13 +164,13 @@ def load_model(
         ema_rate: ``None`` or ``"best-available"`` -> the first EMA rate (the raw weights when
             the checkpoint holds no EMA); a float -> that EMA rate (error if absent);
             ``"raw"`` -> the trained weights without averaging.
-        device: where to put the model.
+        device: where to put the model (channels-last on CPU: :func:`isdm.models.place`).
 
     Returns:
         ``(model, cfg, meta)``: the model built from the checkpoint's own config, that config,
         and the checkpoint's meta dict (plus ``"weights"``: which weights were loaded).
     """
-    from isdm.models import build_model
+    from isdm.models import build_model, place
 
     state = load(path)
     cfg = checkpoint_config(state, path)
@@ -199,7 +199,7 @@ def load_model(
         model.load_state_dict(weights)
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path}: weights do not fit its own config: {e}") from None
-    model.to(device).eval()
+    place(model, device).eval()
     meta = dict(state.get("meta", {}))
     meta["weights"] = which
     return model, cfg, meta

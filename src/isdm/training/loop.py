@@ -75,7 +75,7 @@ class _Trainer:
     def __init__(self, cfg: Config, data_root: Path, out_dir: Path, action: str,
                  ctx: distributed.DistContext, progress: bool) -> None:
         from isdm.diffusion import build_diffusion
-        from isdm.models import build_model, count_parameters
+        from isdm.models import build_model, count_parameters, place
 
         self.cfg, self.data_root, self.out_dir, self.action, self.ctx = cfg, data_root, out_dir, action, ctx
         self.tcfg = cfg.finetune if action == "finetune" else cfg.train
@@ -84,7 +84,8 @@ class _Trainer:
         if self.precision != self.tcfg.precision:
             _note(ctx, f"precision {self.tcfg.precision} needs CUDA; training in {self.precision}")
         torch.manual_seed(self.tcfg.seed)  # identical initial weights on every rank
-        self.model = build_model(cfg.model, cfg.data.image_size, cfg.data.num_classes).to(ctx.device)
+        self.model = place(build_model(cfg.model, cfg.data.image_size, cfg.data.num_classes),
+                           ctx.device)
         self.num_params = count_parameters(self.model)
         self.diffusion = build_diffusion(cfg.diffusion)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.tcfg.lr,

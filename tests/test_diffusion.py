@@ -54,8 +54,10 @@ def test_unknown_schedule_names_the_choices():
 
 def test_build_diffusion_from_config():
     d = build_diffusion(DiffusionConfig(diffusion_steps=20, noise_schedule="cosine"))
-    assert d.num_timesteps == 20
+    assert d.num_timesteps == 20 and d.prediction == "eps"
     np.testing.assert_array_equal(d.betas, get_betas("cosine", 20))
+    v = build_diffusion(DiffusionConfig(diffusion_steps=20, prediction="v"))
+    assert v.prediction == "v" and respace(v, [0, 9, 19])[0].prediction == "v"
 
 
 # ----------------------------------------------------------------------------- forward process
@@ -176,6 +178,28 @@ def test_oracle_denoiser_has_zero_loss(diffusion):
     # a wrong variance costs a positive KL (tiny at large t, where beta_t ~ beta~_t)
     worse = diffusion.training_losses(_oracle(noise, v=1.0), x0, t, noise)
     assert (worse["vb"] > 0).all() and (worse["vb"][:3] > 1e-6).all()
+
+
+def test_v_prediction_oracle_has_zero_loss_and_converts_to_eps(diffusion):
+    """v = sqrt(abar) eps - sqrt(1 - abar) x0: the true v gives exactly the eps loss of the
+    true eps, and eps_output inverts the definition."""
+    v_chain = GaussianDiffusion(diffusion.betas, prediction="v")
+    x0 = torch.rand(4, 3, 6, 6, generator=_gen(8), dtype=F64) * 2 - 1
+    noise = torch.randn(x0.shape, generator=_gen(9), dtype=F64)
+    t = torch.tensor([1, 5, 50, 99])  # t = 0 has the decoder NLL, not a KL
+    abar = torch.as_tensor(diffusion.alphas_cumprod, dtype=F64)[t].view(-1, 1, 1, 1)
+    v = abar.sqrt() * noise - (1 - abar).sqrt() * x0
+    x_t = diffusion.q_sample(x0, t, noise)
+    out = torch.cat([v, torch.full_like(v, -1.0)], dim=1)
+    converted = v_chain.eps_output(out, x_t, t)
+    torch.testing.assert_close(converted[:, :3], noise, rtol=0, atol=1e-12)
+    assert torch.equal(converted[:, 3:], out[:, 3:])
+    assert diffusion.eps_output(out, x_t, t) is out  # eps chains pass outputs through
+    losses = v_chain.training_losses(lambda x, tt: torch.cat(
+        [abar.sqrt() * noise - (1 - abar).sqrt() * x0, torch.full_like(x0, -1.0)], 1), x0, t, noise)
+    assert losses["mse"].abs().max() < 1e-20 and losses["vb"].abs().max() < 1e-9
+    with pytest.raises(ValueError, match="prediction='x0'"):
+        GaussianDiffusion(diffusion.betas, prediction="x0")
 
 
 def test_vb_is_nonnegative_and_decoder_nll_at_t0(diffusion):

@@ -54,6 +54,25 @@ def test_deterministic_samplers_recover_x0_exactly(chain, steps, name, opts):
     torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name,opts", [("ddim", {"eta": 0.0}), ("dpmpp2m", {}), ("ddpm", {})])
+def test_v_prediction_oracle_recovers_x0_through_the_respaced_chain(chain, name, opts):
+    """A v network is converted with the TRAINED chain at the original t: samplers see eps."""
+    v_chain = GaussianDiffusion(chain.betas, prediction="v")
+    x0 = known_x0()
+    eps_oracle = oracle(chain, x0)
+    abar_table = torch.as_tensor(chain.alphas_cumprod, dtype=torch.float64)
+
+    def v_fn(x_t, t):
+        eps = eps_oracle(x_t, t).double()
+        abar = abar_table[t].view(-1, 1, 1, 1)
+        v = abar.sqrt() * eps[:, :3] - (1 - abar).sqrt() * x0.double()
+        return torch.cat([v, eps[:, 3:]], dim=1).float()
+
+    x_T = torch.randn(SHAPE, generator=gen(1))
+    out = get_sampler(name)(v_fn, x_T, v_chain, 20, generator=gen(2), **opts)
+    torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("steps", [3, 50])
 def test_stochastic_samplers_with_oracle_end_at_x0(chain, steps):
     # the last step of DDPM is the posterior mean at abar_prev = 1, i.e. x0_hat itself

@@ -214,10 +214,19 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    """The trained Markov chain: ``T = diffusion_steps`` steps of a ``linear``/``cosine`` schedule."""
+    """The trained Markov chain: ``T = diffusion_steps`` steps of a ``linear``/``cosine`` schedule.
+
+    ``prediction`` is what the network's first 3 output channels mean: ``eps`` (the noise, the
+    original's choice) or ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0`` (Salimans & Ho 2022),
+    converted to eps before every loss and sampler, so the hybrid loss (MSE on eps + L_vb) and
+    the samplers are the same for both. ``v`` learns far faster in short runs: an untrained
+    network's zero output means x0 ~ 0 at high noise instead of the huge x0 = x_t / sqrt(abar_t)
+    of eps (see README "Results").
+    """
 
     diffusion_steps: int = 1000
     noise_schedule: Literal["linear", "cosine"] = "linear"
+    prediction: Literal["eps", "v"] = "eps"
 
     def __post_init__(self) -> None:
         if self.diffusion_steps < 2:

@@ -14,4 +14,5 @@ __all__ = ["GaussianDiffusion", "get_betas", "respace", "space_timesteps", "buil
 
 def build_diffusion(diffusion_cfg) -> GaussianDiffusion:
     """The trained chain of a :class:`isdm.config.DiffusionConfig`."""
-    return GaussianDiffusion(get_betas(diffusion_cfg.noise_schedule, diffusion_cfg.diffusion_steps))
+    return GaussianDiffusion(get_betas(diffusion_cfg.noise_schedule, diffusion_cfg.diffusion_steps),
+                             prediction=diffusion_cfg.prediction)

@@ -6,8 +6,12 @@ image tensor on use. The process knows nothing about the network: every method t
 takes either the model OUTPUT tensor or ``model_fn(x_t, t) -> output``.
 
 Model output layout: ``[B, 3, H, W]`` (eps only; fixed "large" variance) or ``[B, 6, H, W]``
-(eps + variance interpolation ``v`` in [-1, 1]):
-    log sigma_t^2 = f log beta_t + (1 - f) log beta~_t,  f = (v + 1) / 2      (improved DDPM eq. 15)
+(eps + variance interpolation ``f'`` in [-1, 1]):
+    log sigma_t^2 = f log beta_t + (1 - f) log beta~_t,  f = (f' + 1) / 2    (improved DDPM eq. 15)
+
+With ``prediction="v"`` the first 3 channels are v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0
+(Salimans & Ho 2022) instead; :meth:`GaussianDiffusion.eps_output` turns a raw network output
+into the eps form above, and everything downstream (losses, posterior, samplers) sees only that.
 """
 
 from __future__ import annotations
@@ -39,7 +43,11 @@ class GaussianDiffusion:
     ``posterior_mean_coef1/2``.
     """
 
-    def __init__(self, betas: np.ndarray, alphas_cumprod: Optional[np.ndarray] = None) -> None:
+    def __init__(self, betas: np.ndarray, alphas_cumprod: Optional[np.ndarray] = None,
+                 prediction: str = "eps") -> None:
+        if prediction not in ("eps", "v"):
+            raise ValueError(f"diffusion.prediction={prediction!r}: use 'eps' or 'v'")
+        self.prediction = prediction
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or len(betas) < 1:
             raise ValueError(f"betas must be a non-empty 1-D array, got shape {betas.shape}")
@@ -72,14 +80,15 @@ class GaussianDiffusion:
         self.log_betas_large = np.log(np.append(pv_clip[0], betas[1:]))
 
     @classmethod
-    def from_alphas_cumprod(cls, alphas_cumprod: np.ndarray) -> "GaussianDiffusion":
+    def from_alphas_cumprod(cls, alphas_cumprod: np.ndarray,
+                            prediction: str = "eps") -> "GaussianDiffusion":
         """The chain whose alpha_bar are exactly ``alphas_cumprod`` (decreasing, in (0, 1])."""
         abar = np.asarray(alphas_cumprod, dtype=np.float64)
         betas = 1.0 - abar / np.append(1.0, abar[:-1])
-        return cls(betas, alphas_cumprod=abar)
+        return cls(betas, alphas_cumprod=abar, prediction=prediction)
 
     def __repr__(self) -> str:
-        return f"GaussianDiffusion(T={self.num_timesteps})"
+        return f"GaussianDiffusion(T={self.num_timesteps}, prediction={self.prediction!r})"
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -127,6 +136,22 @@ class GaussianDiffusion:
         return ((self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0)
                 / self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t))
 
+    def eps_output(self, model_out: torch.Tensor, x_t: torch.Tensor,
+                   t: torch.Tensor) -> torch.Tensor:
+        """A raw network output ``[B, C or 2C, H, W]`` in eps form (variance channels unchanged).
+
+        ``prediction="eps"``: returned as is. ``"v"``: the first C channels are v, and
+        ``eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v`` (from x_t = sqrt(abar_t) x0 +
+        sqrt(1 - abar_t) eps), ``t`` indexing THIS chain's tables.
+        """
+        if self.prediction == "eps":
+            return model_out
+        self._check_t(t, x_t)
+        c = x_t.shape[1]
+        eps = (self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t
+               + self._extract(self.sqrt_alphas_cumprod, t, x_t) * model_out[:, :c])
+        return torch.cat([eps, model_out[:, c:]], dim=1)
+
     # ------------------------------------------------------------------ reverse process
     def model_log_variance(self, model_out: torch.Tensor, x_t: torch.Tensor,
                            t: torch.Tensor) -> torch.Tensor:
@@ -150,7 +175,8 @@ class GaussianDiffusion:
         """Parameters of p(x_{t-1} | x_t) from a model output.
 
         Args:
-            model_out: ``[B, 3 or 6, H, W]``: eps, then (optionally) variance interpolation v.
+            model_out: ``[B, 3 or 6, H, W]`` in eps form (:meth:`eps_output`): eps, then
+                (optionally) the variance interpolation.
             x_t: ``[B, 3, H, W]``; t: ``[B]`` indices into THIS chain's tables.
             clip_denoised: clamp the predicted x0 to [-1, 1] before the posterior mean.
         Returns:
@@ -186,7 +212,8 @@ class GaussianDiffusion:
         """The hybrid loss of improved DDPM for one random ``t`` per sample.
 
         Args:
-            model_fn: ``(x_t [B,3,H,W], t [B]) -> [B, 3 or 6, H, W]``.
+            model_fn: ``(x_t [B,3,H,W], t [B]) -> [B, 3 or 6, H, W]``, the raw network output
+                (eps or v by ``prediction``; the MSE is on eps either way).
             x0: clean images in [-1, 1]; t: ``[B]`` long in [0, T).
             noise: eps ``[B,3,H,W]``; drawn from ``generator`` if None.
         Returns:
@@ -202,6 +229,7 @@ class GaussianDiffusion:
         c = x0.shape[1]
         if out.shape[0] != x0.shape[0] or out.shape[2:] != x0.shape[2:]:
             raise ValueError(f"model output {tuple(out.shape)} does not match x0 {tuple(x0.shape)}")
+        out = self.eps_output(out, x_t, t)
         mse = _mean_flat((noise - out[:, :c]) ** 2)
         if out.shape[1] == 2 * c:
             frozen = torch.cat([out[:, :c].detach(), out[:, c:]], dim=1)

@@ -108,5 +108,6 @@ def respace(diffusion: GaussianDiffusion,
     """
     kept = space_timesteps(diffusion.num_timesteps, list(kept))
     timestep_map = np.asarray(kept, dtype=np.int64)
-    spaced = GaussianDiffusion.from_alphas_cumprod(diffusion.alphas_cumprod[timestep_map])
+    spaced = GaussianDiffusion.from_alphas_cumprod(diffusion.alphas_cumprod[timestep_map],
+                                                   prediction=diffusion.prediction)
     return spaced, timestep_map

@@ -98,14 +98,17 @@ def randn_rows(like: torch.Tensor, generator: GeneratorArg) -> torch.Tensor:
                                   dtype=like.dtype) for g in generator])
 
 
-def call_model(model_fn: ModelFn, x: torch.Tensor, t_orig: int) -> torch.Tensor:
-    """``model_fn(x, t)`` with ``t`` the ORIGINAL index as int64 ``[B]``; output as float32
-    of ``x``'s dtype (the solver math never runs in reduced precision)."""
+def call_model(model_fn: ModelFn, x: torch.Tensor, t_orig: int,
+               diffusion: GaussianDiffusion) -> torch.Tensor:
+    """``model_fn(x, t)`` with ``t`` the ORIGINAL index as int64 ``[B]``, in eps form (a v
+    output is converted with the TRAINED chain ``diffusion`` at ``t``, which has the respaced
+    chain's exact alpha_bar); float32 of ``x``'s dtype (solver math never runs in reduced
+    precision)."""
     t = torch.full((x.shape[0],), int(t_orig), dtype=torch.long, device=x.device)
     out = model_fn(x, t)
     if out.shape[0] != x.shape[0] or out.shape[2:] != x.shape[2:]:
         raise ValueError(f"model output {tuple(out.shape)} does not match x_t {tuple(x.shape)}")
-    return out.to(x.dtype)
+    return diffusion.eps_output(out.to(x.dtype), x, t)
 
 
 def step_indices(num_steps: int, progress: bool, desc: str) -> Iterable[int]:

@@ -42,7 +42,7 @@ def sample_ddim(model_fn: ModelFn, x_T: torch.Tensor, diffusion: GaussianDiffusi
     spaced, timestep_map = respaced_chain(diffusion, steps, spacing)
     x = x_T
     for i in step_indices(spaced.num_timesteps, progress, "ddim"):
-        out = call_model(model_fn, x, timestep_map[i])
+        out = call_model(model_fn, x, timestep_map[i], diffusion)
         t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
         x0 = spaced.predict_xstart_from_eps(x, t, out[:, : x.shape[1]])
         if clip_denoised:

@@ -31,7 +31,8 @@ def sample_ddpm(model_fn: ModelFn, x_T: torch.Tensor, diffusion: GaussianDiffusi
 
     Args:
         model_fn: ``(x_t [B,3,H,W], t [B] int64 ORIGINAL indices) -> [B, 3 or 6, H, W]``
-            (eps, then variance interpolation v in [-1, 1]; 3 channels = fixed large variance).
+            (eps, or v when ``diffusion.prediction == "v"``, then the variance interpolation in
+            [-1, 1]; 3 channels = fixed large variance).
         x_T: initial noise ``[B, 3, H, W]`` (float32).
         diffusion: the TRAINED chain; steps: respaced step count (or a space_timesteps spec).
         generator: one ``torch.Generator`` or a list of B (row i's noise from its own).
@@ -43,7 +44,7 @@ def sample_ddpm(model_fn: ModelFn, x_T: torch.Tensor, diffusion: GaussianDiffusi
     spaced, timestep_map = respaced_chain(diffusion, steps)
     x = x_T
     for i in step_indices(spaced.num_timesteps, progress, "ddpm"):
-        out = call_model(model_fn, x, timestep_map[i])
+        out = call_model(model_fn, x, timestep_map[i], diffusion)
         t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
         p = spaced.p_mean_variance(out, x, t, clip_denoised=clip_denoised)
         if i == 0:

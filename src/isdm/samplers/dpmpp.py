@@ -54,7 +54,7 @@ def sample_dpmpp2m(model_fn: ModelFn, x_T: torch.Tensor, diffusion: GaussianDiff
     x0_prev: Optional[torch.Tensor] = None
     h_prev = 0.0
     for i in step_indices(spaced.num_timesteps, progress, "dpmpp2m"):
-        out = call_model(model_fn, x, timestep_map[i])
+        out = call_model(model_fn, x, timestep_map[i], diffusion)
         t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
         x0 = spaced.predict_xstart_from_eps(x, t, out[:, : x.shape[1]])
         if clip_denoised:

@@ -18,3 +18,11 @@ def test_measure_training_reports_throughput_of_real_steps():
 
 def test_matmul_flops_is_positive_and_finite():
     assert 1e6 < train_bench.matmul_flops(64, repeats=2) < 1e15
+
+
+def test_loss_curves_are_real_deterministic_training_runs():
+    first = train_bench.loss_curves(2, ("fp32",), window=1, batch=2)["fp32"]
+    again = train_bench.loss_curves(2, ("fp32",), window=1, batch=2)["fp32"]
+    assert len(first["curve"]) == 2 and all(0 < x < 10 for x in first["curve"])
+    assert first["curve"] == again["curve"]  # same seed, same batches, t and noise
+    assert first["curve"][0] != first["curve"][1]  # two different steps, not one value twice

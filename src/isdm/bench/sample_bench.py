@@ -7,23 +7,26 @@ learn_sigma, 2 classes; random weights, guidance s = 1.5), seconds per image for
 - (a) the original recipe: 300 respaced DDPM steps, conditional and unconditional forwards run
   separately, SPADE recomputed from the segmap at every forward, fp32. Steps are identical in
   cost, so ``a_steps_timed`` steps of the real 300-step loop are timed and extrapolated;
-- (b) DPM-Solver++(2M) at 10, 20 and 25 steps with SPADE cached once per mask, the faster of
-  batched / separate passes and of fp32 / bf16 autocast (each measured on timed steps of the real
-  loop); 10/20/25 are then run end to end in the best set-up (``end_to_end``), else extrapolated.
+- (b) DPM-Solver++(2M) at 10, 20 and 25 steps with SPADE cached once per mask, the encoder run
+  once for both guidance passes, the channels-last layout, and the fastest of batched / separate
+  decoder passes and of fp32 / bf16 autocast (bf16 only where the CPU runs it natively), each
+  measured on timed steps of the real loop; 10/20/25 are then run end to end in the best set-up
+  (``end_to_end``), else extrapolated. Rows for each speed-up alone show where the time goes.
 
 The ratio (a) / (b @ 20) is measured in the same run. Absolute times on a shared 2-core machine
 are noisy; the ratio is the number to read.
 
 Accuracy: RMSE of each sampler's x0 against a ``reference_steps``-step DDIM eta=0 solution from
 the same x_T and mask, on a trained checkpoint (``$ISDM_BENCH_CHECKPOINT`` or
-``models/sdm/best.pt``) if one exists, else on a random model of ``accuracy_preset`` (noted in
-the output); and, exactly, on Gaussian data whose probability-flow ODE has a closed-form solution.
+``models/sdm_ft/best.pt``, the guidance-finetuned pipeline model) if one exists, else on a
+random model of ``accuracy_preset`` (noted in the output); and, exactly, on Gaussian data whose probability-flow ODE has a closed-form solution.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -45,20 +48,28 @@ class _Stop(Exception):
 
 
 class _StopAfter:
-    """model_fn wrapper that times its calls and stops the loop after ``n`` of them."""
+    """model_fn wrapper that stops the loop after ``n`` calls; ``timed_s`` is the time from the
+    end of the first (warm-up) call to the start of call ``n + 1``: ``n - 1`` whole steps, solver
+    work included, the sampler's set-up (respacing) excluded."""
 
     def __init__(self, model_fn: Callable, n: int) -> None:
-        self.model_fn, self.n, self.calls, self.first_s = model_fn, n, 0, 0.0
+        self.model_fn, self.n, self.calls = model_fn, n, 0
+        self.first_end = self.last_start = 0.0
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        now = time.perf_counter()
         if self.calls == self.n:
+            self.last_start = now
             raise _Stop
-        start = time.perf_counter()
         out = self.model_fn(x, t)
-        if self.calls == 0:
-            self.first_s = time.perf_counter() - start
         self.calls += 1
+        if self.calls == 1:
+            self.first_end = time.perf_counter()
         return out
+
+    @property
+    def timed_s(self) -> float:
+        return max(self.last_start - self.first_end, 0.0)
 
 
 def time_sampler_steps(sampler: Callable, model_fn: Callable, x_T: torch.Tensor, diffusion: Any,
@@ -66,14 +77,12 @@ def time_sampler_steps(sampler: Callable, model_fn: Callable, x_T: torch.Tensor,
     """Seconds per step of ``sampler`` at ``steps`` steps, from its first ``n_timed`` + 1 steps
     (the first is a warm-up and not counted), solver work included."""
     stopper = _StopAfter(model_fn, n_timed + 1)
-    start = time.perf_counter()
     try:
         sampler(stopper, x_T, diffusion, steps, generator=torch.Generator().manual_seed(0),
                 **opts)
     except _Stop:
         pass
-    elapsed = time.perf_counter() - start - stopper.first_s
-    return elapsed / max(stopper.calls - 1, 1)
+    return stopper.timed_s / max(stopper.calls - 1, 1)
 
 
 def binary_mask(batch: int, size: int) -> torch.Tensor:
@@ -96,107 +105,144 @@ def randomize_zero_init(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modul
     return model
 
 
+@dataclass(frozen=True)
+class SetUp:
+    """One way to run the guided network during sampling."""
+
+    precision: str  # "fp32" | "bf16"
+    batched: bool  # conditional + unconditional decoders in one 2B-row pass
+    channels_last: bool = True
+    share_encoder: bool = True
+
+    def label(self) -> str:
+        return (f"{self.precision}, {'channels-last' if self.channels_last else 'NCHW'}, "
+                f"{'shared encoder, ' if self.share_encoder else ''}"
+                f"{'batched' if self.batched else 'separate'} passes")
+
+
+def _bf16_is_native(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Any,
+                    null: Any, fp32_s: float) -> tuple[bool, float]:
+    """bf16 autocast is emulated (dozens of times slower) on CPUs without bf16 instructions:
+    time one guided step before timing the sampler loop with it."""
+    from isdm.samplers import GuidedModel
+
+    fn = GuidedModel(model, cond, null, GUIDANCE_S, batch_passes=False, precision="bf16")
+    fn(x, t)  # warm-up: oneDNN builds its bf16 kernels on first use
+    start = time.perf_counter()
+    fn(x, t)
+    probe = time.perf_counter() - start
+    return probe < 1.5 * fp32_s, probe
+
+
 def _speed(quick: bool, batch: int, end_to_end: bool, n_timed: Optional[int],
            bf16: bool) -> tuple[list[dict], dict, list[str]]:
+    import copy
+
     from isdm.diffusion import GaussianDiffusion, get_betas
-    from isdm.models import build_model, forward_flops
+    from isdm.models import build_model, forward_flops, place
     from isdm.samplers import GuidedModel, get_sampler
 
     size, cfg = (32, ModelConfig(preset="tiny", **MODEL_PRESETS["tiny"])) if quick else \
         (64, ORIGINAL_CPU)
     n_timed = n_timed or (1 if quick else 2)
-    model = randomize_zero_init(build_model(cfg, size, 2).eval())
+    nchw = randomize_zero_init(build_model(cfg, size, 2).eval())
+    nhwc = place(copy.deepcopy(nchw), "cpu", channels_last=True)
     chain = GaussianDiffusion(get_betas("linear", 1000))
     segmap = binary_mask(batch, size)
     null = torch.zeros_like(segmap)
     x_T = torch.randn((batch, 3, size, size), generator=torch.Generator().manual_seed(0))
     flops = forward_flops(cfg, size, 2)
+    dpmpp = get_sampler("dpmpp2m")
     rows, notes = [], []
     with torch.no_grad():
-        # (a) the original recipe
-        orig_fn = GuidedModel(model, segmap, null, GUIDANCE_S, batch_passes=False)
+        # (a) the original recipe: full NCHW forwards, SPADE from the segmap every time
+        orig_fn = GuidedModel(nchw, segmap, null, GUIDANCE_S, batch_passes=False,
+                              share_encoder=False)
         a_step = time_sampler_steps(get_sampler("ddpm"), orig_fn, x_T, chain, 300, n_timed)
         a_total = 300 * a_step / batch
-        rows.append({"recipe": "original: ddpm 300, 2 forwards, no SPADE cache, fp32",
-                     "steps": 300, "s_per_step": a_step, "s_per_image": a_total,
+        rows.append({"recipe": "(a) original: ddpm 300, 2 full forwards, no SPADE cache, fp32, "
+                               "NCHW", "steps": 300, "s_per_step": a_step, "s_per_image": a_total,
                      "how": f"{n_timed} steps timed x 300", "speedup": 1.0})
 
-        # (b) set-up candidates: SPADE cache + batching x precision, timed on dpmpp2m steps
+        # (b) set-ups, each timed on steps of the real dpmpp2m loop; SPADE cached in all
+        def conds(model):
+            return model.precompute_condition(segmap), model.precompute_condition(null)
+
+        def guided(setup: SetUp) -> GuidedModel:
+            model = nhwc if setup.channels_last else nchw
+            return GuidedModel(model, *conds(model), GUIDANCE_S, batch_passes=setup.batched,
+                               precision=setup.precision, share_encoder=setup.share_encoder)
+
         start = time.perf_counter()
-        cond, null_cond = model.precompute_condition(segmap), model.precompute_condition(null)
+        conds(nhwc)
         cache_s = time.perf_counter() - start
-        per_step: dict[tuple[str, bool], float] = {}
-        for batched in (False, True):
-            fn = GuidedModel(model, cond, null_cond, GUIDANCE_S, batch_passes=batched)
-            per_step[("fp32", batched)] = time_sampler_steps(get_sampler("dpmpp2m"), fn, x_T,
-                                                             chain, 20, n_timed)
+        candidates = [SetUp("fp32", False, channels_last=False, share_encoder=False),
+                      SetUp("fp32", False, share_encoder=False)]
+        candidates += [SetUp("fp32", batched) for batched in (False, True)]
+        per_step = {c: time_sampler_steps(dpmpp, guided(c), x_T, chain, 20, n_timed)
+                    for c in candidates}
         fp32_best = min(per_step.values())
-        # bf16 autocast is emulated (very slow) on CPUs without bf16 instructions: probe one
-        # guided step first and time the sampler loop only if it is competitive
-        t = torch.full((batch,), 999, dtype=torch.long)
-        start = time.perf_counter()
         if bf16:
-            GuidedModel(model, cond, null_cond, GUIDANCE_S, batch_passes=False,
-                        precision="bf16")(x_T, t)
-        probe = time.perf_counter() - start if bf16 else float("nan")
-        if not bf16:
-            per_step[("bf16", False)] = probe
-            notes.append("bf16 not measured (bf16=False)")
-        elif probe < 1.5 * fp32_best:
-            for batched in (False, True):
-                fn = GuidedModel(model, cond, null_cond, GUIDANCE_S, batch_passes=batched,
-                                 precision="bf16")
-                per_step[("bf16", batched)] = time_sampler_steps(get_sampler("dpmpp2m"), fn,
-                                                                 x_T, chain, 20, n_timed)
+            t = torch.full((batch,), 999, dtype=torch.long)
+            native, probe = _bf16_is_native(nhwc, x_T, t, *conds(nhwc), fp32_best)
+            if native:
+                for batched in (False, True):
+                    c = SetUp("bf16", batched)
+                    per_step[c] = time_sampler_steps(dpmpp, guided(c), x_T, chain, 20, n_timed)
+            else:
+                notes.append(f"bf16: one guided step took {probe:.3f} s vs {fp32_best:.3f} s in "
+                             "fp32 (emulated, or too small a network to gain); not timed further")
         else:
-            per_step[("bf16", False)] = probe
-            notes.append(f"bf16: one guided step took {probe:.2f} s vs {fp32_best:.2f} s in "
-                         "fp32 (cold, separate passes); bf16 loop not timed further")
-        for (precision, batched), sec in per_step.items():
-            rows.append({"recipe": f"dpmpp2m step, SPADE cache, {precision}, "
-                                   f"{'batched' if batched else 'separate'} passes",
-                         "steps": 1, "s_per_step": sec, "how": "timed steps"})
-        best = min((k for k in per_step if per_step[k] == per_step[k]), key=per_step.get)
-        label = f"{best[0]}, {'batched' if best[1] else 'separate'} passes"
-        for steps in (10, 20, 25):
+            notes.append("bf16 not measured (bf16=False)")
+        for c, sec in per_step.items():
+            rows.append({"recipe": f"dpmpp2m step, SPADE cache, {c.label()}", "steps": 1,
+                         "s_per_step": sec, "how": "timed steps", "speedup": a_step / sec})
+        best = min(per_step, key=per_step.get)
+        best_fp32 = min((c for c in per_step if c.precision == "fp32"), key=per_step.get)
+        finals = [(best, steps) for steps in (10, 20, 25)]
+        if best != best_fp32:
+            finals.append((best_fp32, 20))
+        for setup, steps in finals:
             if end_to_end:
                 start = time.perf_counter()
-                cond_e = model.precompute_condition(segmap)  # once per mask batch, counted
-                null_e = model.precompute_condition(null)
-                fn = GuidedModel(model, cond_e, null_e, GUIDANCE_S, batch_passes=best[1],
-                                 precision=best[0])
-                get_sampler("dpmpp2m")(fn, x_T, chain, steps, generator=torch.Generator())
+                fn = guided(setup)  # SPADE maps once per mask batch: counted
+                dpmpp(fn, x_T, chain, steps, generator=torch.Generator())
                 total, how = (time.perf_counter() - start) / batch, "measured end to end"
             else:
-                total, how = (cache_s + steps * per_step[best]) / batch, "timed steps x steps"
-            rows.append({"recipe": f"dpmpp2m {steps}, SPADE cache, {label}", "steps": steps,
-                         "s_per_image": total, "how": how, "speedup": a_total / total})
+                total, how = (cache_s + steps * per_step[setup]) / batch, "timed steps x steps"
+            rows.append({"recipe": f"(b) dpmpp2m {steps}, SPADE cache, {setup.label()}",
+                         "steps": steps, "s_per_image": total, "how": how,
+                         "speedup": a_total / total})
     b20 = next(r for r in rows if r.get("steps") == 20)
     summary = {"model": "tiny 32 px (quick)" if quick else "original-cpu 64 px", "batch": batch,
                "threads": torch.get_num_threads(), "gflops_forward": flops["flops"] / 1e9,
                "gflops_cached": flops["cached_flops"] / 1e9, "spade_share": flops["spade_share"],
                "a_s_per_image": a_total, "b20_s_per_image": b20["s_per_image"],
-               "speedup_a_over_b20": b20["speedup"], "best_setup": label,
-               "bf16_over_fp32_step": per_step[("bf16", False)] / per_step[("fp32", False)]}
+               "speedup_a_over_b20": b20["speedup"], "best_setup": best.label()}
     notes.append(f"speed-up (a)/(b@20) = {b20['speedup']:.1f}x on {summary['model']}, batch "
-                 f"{batch}, {summary['threads']} threads; best set-up: {label}; bf16/fp32 step "
-                 f"time = {summary['bf16_over_fp32_step']:.2f}")
+                 f"{batch}, {summary['threads']} threads; best set-up: {best.label()}")
     return rows, summary, notes
 
 
-def _accuracy_model(preset: str, size: int) -> tuple[torch.nn.Module, int, int, str]:
-    path = os.environ.get("ISDM_BENCH_CHECKPOINT") or "models/sdm/best.pt"
+def _accuracy_model(preset: str, size: int) -> tuple[torch.nn.Module, Any, int, int, str]:
+    """``(model, trained chain, image_size, num_classes, description)``."""
+    from isdm.diffusion import build_diffusion
+
+    path = os.environ.get("ISDM_BENCH_CHECKPOINT") or "models/sdm_ft/best.pt"
     if Path(path).is_file():
         from isdm.training.checkpoint import load_model
 
         model, cfg, _ = load_model(path, ema_rate=None, device="cpu")
-        return model.eval(), cfg.data.image_size, cfg.data.num_classes, f"trained {path}"
-    from isdm.models import build_model
+        return (model.eval(), build_diffusion(cfg.diffusion), cfg.data.image_size,
+                cfg.data.num_classes, f"trained {path}")
+    from isdm.config import DiffusionConfig
+    from isdm.models import build_model, place
 
     cfg = ModelConfig(preset=preset, **MODEL_PRESETS[preset])
-    model = randomize_zero_init(build_model(cfg, size, 2).eval())
-    return model, size, 2, (f"RANDOMLY INITIALISED {preset} preset at {size} px (no checkpoint "
-                            f"at {path}): a weak proxy for a trained model")
+    model = place(randomize_zero_init(build_model(cfg, size, 2).eval()), "cpu")
+    return model, build_diffusion(DiffusionConfig()), size, 2, (
+        f"RANDOMLY INITIALISED {preset} preset at {size} px (no checkpoint at {path}): a weak "
+        "proxy for a trained model")
 
 
 def _rmse(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -205,11 +251,11 @@ def _rmse(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _accuracy(quick: bool, preset: str, size: int, reference_steps: int
               ) -> tuple[list[dict], list[str]]:
-    from isdm.diffusion import GaussianDiffusion, get_betas
+    import copy
+
     from isdm.samplers import GuidedModel, get_sampler
 
-    model, size, num_classes, what = _accuracy_model(preset, size)
-    chain = GaussianDiffusion(get_betas("linear", 1000))
+    model, chain, size, num_classes, what = _accuracy_model(preset, size)
     segmap = binary_mask(1, size)
     if num_classes > 2:
         segmap = torch.cat([segmap, torch.zeros(1, num_classes - 2, size, size)], dim=1)
@@ -237,6 +283,12 @@ def _accuracy(quick: bool, preset: str, size: int, reference_steps: int
         bf16 = get_sampler("dpmpp2m")(bf16_fn, x_T, chain, 20, generator=gen)
         rows.append({"accuracy": "dpmpp2m 20 bf16 vs fp32", "rmse_vs_reference": _rmse(bf16, fp32),
                      "model": what.split(" (")[0]})
+        nchw = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+        nchw_fn = GuidedModel(nchw, nchw.precompute_condition(segmap),
+                              nchw.precompute_condition(torch.zeros_like(segmap)), GUIDANCE_S)
+        other = get_sampler("dpmpp2m")(nchw_fn, x_T, chain, 20, generator=gen)
+        rows.append({"accuracy": "dpmpp2m 20 NCHW vs channels-last", "model": what.split(" (")[0],
+                     "rmse_vs_reference": _rmse(other, fp32)})
     notes = [f"accuracy reference: {reference_steps}-step DDIM eta=0, s={GUIDANCE_S}, same x_T "
              f"({ref_s:.0f} s); model: {what}"]
     return rows, notes

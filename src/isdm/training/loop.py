@@ -253,10 +253,13 @@ class _Trainer:
             return f"no improvement for patience={self.tcfg.patience} epochs"
         return ""
 
-    def write_reports(self) -> None:
+    def write_reports(self, final: bool = False) -> None:
+        """loss.csv after every epoch (cheap, so a crash loses nothing); the loss.png chart once
+        at the end (matplotlib costs ~0.15 s, 5 % of a 5-step epoch of the embedded pipeline)."""
         plots.write_loss_csv(self.history, self.out_dir / "loss.csv")
-        plots.write_loss_png(self.history, self.out_dir / "loss.png",
-                             title=f"{run_name(self.cfg, self.action, self.tcfg)}")
+        if final:
+            plots.write_loss_png(self.history, self.out_dir / "loss.png",
+                                 title=f"{run_name(self.cfg, self.action, self.tcfg)}")
 
     def run(self, run) -> TrainResult:
         start = time.perf_counter()
@@ -268,6 +271,8 @@ class _Trainer:
                 f", val {row['val_loss']:.5f}" if row["val_loss"] is not None else "")
             _note(self.ctx, f"epoch {self.epoch}: {loss_txt}, {row['images_per_s']:.2f} img/s"
                             + (" (best)" if row["improved"] else ""))
+        if self.ctx.is_main and self.history:
+            self.write_reports(final=True)
         seconds = time.perf_counter() - start
         done = [r for r in self.history if "images" in r]
         images = sum(r["images"] for r in done)
@@ -352,9 +357,6 @@ def train(cfg: Config, data_root: str | Path, out_dir: str | Path, *, action: st
 def _finish(result: TrainResult, run, out_dir: Path) -> None:
     """metrics.json and the MLflow artifacts / checkpoint tags of a finished run."""
     atomic_write_json(out_dir / "metrics.json", result.metrics())
-    if result.history and not (out_dir / "loss.png").exists():
-        plots.write_loss_csv(result.history, out_dir / "loss.csv")
-        plots.write_loss_png(result.history, out_dir / "loss.png")
     if result.best_path:
         run.set_tags({"isdm.checkpoint": result.best_path,
                       "isdm.checkpoint_sha256": checkpoint.checkpoint_hash(result.best_path)})

@@ -58,8 +58,9 @@ class GuidedModel:
             may be None when ``s == 1``.
         s: guidance scale (1 = conditional, 0 = unconditional, 1.5 = the original's default).
         batch_passes: run the two passes as one forward of 2B rows (True), as two forwards
-            (False), or "auto": batched on CUDA, separate on CPU (on 2 CPU cores one batch-2B
-            forward was slower than two batch-B forwards).
+            (False), or "auto": batched on CUDA, separate on CPU (on 2 CPU cores the two were
+            within 2 % of each other with the shared encoder, ``make bench``; without it one
+            batch-2B forward was once measured slower than two batch-B forwards).
         precision: "fp32", or "bf16"/"fp16" autocast around the network (bf16 is the one that
             helps on CPU); the output is always cast to float32 before the guidance math.
         share_encoder: when the model has ``encode(x_t, t)`` and ``decode(encoded, cond)``, run

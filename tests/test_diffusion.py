@@ -56,8 +56,18 @@ def test_build_diffusion_from_config():
     d = build_diffusion(DiffusionConfig(diffusion_steps=20, noise_schedule="cosine"))
     assert d.num_timesteps == 20 and d.prediction == "eps"
     np.testing.assert_array_equal(d.betas, get_betas("cosine", 20))
-    v = build_diffusion(DiffusionConfig(diffusion_steps=20, prediction="v"))
-    assert v.prediction == "v" and respace(v, [0, 9, 19])[0].prediction == "v"
+    v = build_diffusion(DiffusionConfig(diffusion_steps=50, prediction="v"))
+    assert v.prediction == "v" and respace(v, [0, 9, 49])[0].prediction == "v"
+
+
+def test_linear_schedule_refuses_a_chain_whose_last_beta_is_one():
+    from isdm.config import ConfigError
+
+    with pytest.raises(ValueError, match="more than 20 steps"):
+        get_betas("linear", 20)
+    with pytest.raises(ConfigError, match="at least 21 steps or diffusion.noise_schedule=cosine"):
+        DiffusionConfig(diffusion_steps=20)
+    assert get_betas("linear", 21)[-1] < 1
 
 
 # ----------------------------------------------------------------------------- forward process

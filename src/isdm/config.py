@@ -232,6 +232,11 @@ class DiffusionConfig:
     def __post_init__(self) -> None:
         if self.diffusion_steps < 2:
             raise ConfigError(f"diffusion.diffusion_steps={self.diffusion_steps}: need at least 2")
+        if self.noise_schedule == "linear" and self.diffusion_steps <= 20:
+            raise ConfigError(
+                f"diffusion.diffusion_steps={self.diffusion_steps} with the linear schedule makes "
+                "the last beta 0.02 * 1000 / T >= 1 (alpha_bar_T = 0); use at least 21 steps or "
+                "diffusion.noise_schedule=cosine")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,15 @@ __all__ = ["get_betas", "linear_betas", "cosine_betas", "SCHEDULES"]
 
 
 def linear_betas(num_steps: int) -> np.ndarray:
-    """Linear schedule; ``[T]`` float64 from ``1e-4 * 1000/T`` to ``0.02 * 1000/T``."""
+    """Linear schedule; ``[T]`` float64 from ``1e-4 * 1000/T`` to ``0.02 * 1000/T``.
+
+    Raises:
+        ValueError: for T <= 20, where the last beta reaches 1 (alpha_bar_T = 0, so x0 cannot
+            be predicted from x_T).
+    """
+    if num_steps <= 20:
+        raise ValueError(f"the linear schedule needs more than 20 steps (T={num_steps} makes "
+                         f"beta_T = 0.02 * 1000 / T >= 1); use more steps or 'cosine'")
     scale = 1000.0 / num_steps
     return np.linspace(scale * 1e-4, scale * 0.02, num_steps, dtype=np.float64)
 

@@ -19,7 +19,8 @@ are noisy; the ratio is the number to read.
 Accuracy: RMSE of each sampler's x0 against a ``reference_steps``-step DDIM eta=0 solution from
 the same x_T and mask, on a trained checkpoint (``$ISDM_BENCH_CHECKPOINT`` or
 ``models/sdm_ft/best.pt``, the guidance-finetuned pipeline model) if one exists, else on a
-random model of ``accuracy_preset`` (noted in the output); and, exactly, on Gaussian data whose probability-flow ODE has a closed-form solution.
+random model of ``accuracy_preset`` (noted in the output); and, exactly, on Gaussian data whose
+probability-flow ODE has a closed-form solution.
 """
 
 from __future__ import annotations

@@ -218,7 +218,8 @@ class Encoded:
         """The batch repeated ``n`` times (``[e; e; ...]``), for one batched decode of ``n``
         conditions of the same ``x_t``."""
         # cat, not Tensor.repeat: it keeps the channels-last layout of the skips
-        return Encoded(emb=torch.cat([self.emb] * n), skips=[torch.cat([s] * n) for s in self.skips])
+        return Encoded(emb=torch.cat([self.emb] * n),
+                       skips=[torch.cat([s] * n) for s in self.skips])
 
 
 def _sized(block: ResBlock, side: int) -> ResBlock:

@@ -6,9 +6,9 @@ the variance channels come from the conditional pass, unguided (as SDM). ``s = 1
 conditional sampling (one forward), ``s = 0`` unconditional (one forward on the null label).
 Unlike the original (which guided only when s > 1 and ran two full forwards), any s != 0, 1 runs
 the conditional and unconditional passes as ONE batched forward on CUDA (separately on CPU, where
-that was up to 1.4x faster at batch 8), and, for a network with ``encode`` / ``decode`` halves (the SDM UNet, whose
-encoder never sees the mask), the encoder runs ONCE for both passes: only the mask-conditioned
-middle and decoder run twice.
+that was up to 1.4x faster at batch 8), and, for a network with ``encode`` / ``decode`` halves
+(the SDM UNet, whose encoder never sees the mask), the encoder runs ONCE for both passes: only
+the mask-conditioned middle and decoder run twice.
 
 The conditions are built once per mask batch, outside the sampling loop:
 ``model.precompute_condition(segmap)`` gives the SPADE gamma/beta of every layer, so no SPADE conv

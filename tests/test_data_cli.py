@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from isdm.cli import cli
+from isdm.errors import OutputExistsError
 from isdm.config import SynthConfig
 from isdm.data.synth import CLASS_NAMES, write_synthetic_dataset
 
@@ -151,7 +152,7 @@ def test_synth_binary_masks_are_0_255(run, tmp_path):
 def test_synth_refuses_foreign_dataset_and_rewrites_its_own(tmp_path):
     cfg = SynthConfig(seed=0, num_train=3, num_test=1, image_size=32)
     (tmp_path / "foreign" / "train").mkdir(parents=True)
-    with pytest.raises(ValueError, match="not written by"):
+    with pytest.raises(OutputExistsError, match="not written by"):
         write_synthetic_dataset(tmp_path / "foreign", cfg)
     out = tmp_path / "own"
     write_synthetic_dataset(out, cfg)

@@ -146,11 +146,12 @@ def test_bad_requests_fail_before_training_with_a_clear_message(synth_dir, tmp_p
 
 
 def test_pretrained_weights_offline_fail_fast(monkeypatch):
-    from isdm.evaluation.segmenter import SegmenterError, build_segmenter
+    from isdm.errors import EvaluationError
+    from isdm.evaluation.segmenter import build_segmenter
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
-    with pytest.raises(SegmenterError, match="encoder_weights=null"):
+    with pytest.raises(EvaluationError, match="encoder_weights=null"):
         build_segmenter("FPN", "resnet18", "imagenet", 2, seed=0)
     assert time.perf_counter() - t0 < 10
 

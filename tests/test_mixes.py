@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from isdm.evaluation.mixes import Mix, MixError, draw_subset, parse_mix, plan_mix
+from isdm.errors import EvaluationError
+from isdm.evaluation.mixes import Mix, draw_subset, parse_mix, plan_mix
 
 
 @pytest.mark.parametrize("code, real, fake", [
@@ -18,12 +19,12 @@ def test_parse_valid(code, real, fake):
 @pytest.mark.parametrize("code", ["R10F", "RxF2", "r10f0", "R10", "F10R2", "R-1F2", "RALLF 10",
                                   "R1.5F0", "", "RallF0"])
 def test_parse_invalid_says_the_grammar(code):
-    with pytest.raises(MixError, match="R<a>F<b>"):
+    with pytest.raises(EvaluationError, match="R<a>F<b>"):
         parse_mix(code)
 
 
 def test_mix_without_images_is_an_error():
-    with pytest.raises(MixError, match="no images"):
+    with pytest.raises(EvaluationError, match="no images"):
         parse_mix("R000F000")
 
 
@@ -40,7 +41,7 @@ def test_draw_is_seeded_nested_and_independent_of_listing_order():
 
 
 def test_asking_for_more_than_available_is_an_error():
-    with pytest.raises(MixError, match="only 20 are available"):
+    with pytest.raises(EvaluationError, match="only 20 are available"):
         draw_subset(KEYS, 21, seed=0)
 
 
@@ -52,11 +53,11 @@ def test_plan_never_trains_on_validation_images():
         assert set(plan.real_keys) == set(pool) and not set(plan.real_keys) & set(val)
         assert len(plan.synthetic_keys) == 7 and set(plan.synthetic_keys) <= set(synth)
     assert plan_mix("R3F2", pool, val, synth, 1) == plan_mix("R3F2", pool, val, synth, 1)
-    with pytest.raises(MixError, match="R17F000.*after holding out 4"):
+    with pytest.raises(EvaluationError, match="R17F000.*after holding out 4"):
         plan_mix("R17F000", pool, val, synth, 0)
-    with pytest.raises(MixError, match="validation keys also"):
+    with pytest.raises(EvaluationError, match="validation keys also"):
         plan_mix("RALLF000", KEYS, val, synth, 0)
-    with pytest.raises(MixError, match="no training images"):
+    with pytest.raises(EvaluationError, match="no training images"):
         plan_mix("R000FALL", pool, val, [], 0)
 
 
@@ -66,5 +67,5 @@ def test_resolve_mixes_puts_the_baseline_first_and_rejects_duplicates():
     assert resolve_mixes(("RALLFALL", "R000FALL")) == ["RALLF000", "RALLFALL", "R000FALL"]
     assert resolve_mixes(("RALLFALL", "RALLF000")) == ["RALLF000", "RALLFALL"]
     assert resolve_mixes(("RALLFALL",), fidelity_only=True) == ["RALLF000"]
-    with pytest.raises(MixError, match="more than once"):
+    with pytest.raises(EvaluationError, match="more than once"):
         resolve_mixes(("RALLF5", "RALLF5"))

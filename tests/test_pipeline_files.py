@@ -3,7 +3,6 @@ params.yaml, and DVC re-runs exactly the stages a change touches (with a stand-i
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil

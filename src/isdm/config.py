@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional, Sequence, Union, get_args, get_origin
 
+from isdm.errors import ConfigError
+
 __all__ = [
     "ConfigError",
     "Config",
@@ -53,10 +55,6 @@ __all__ = [
     "default_channel_mult",
     "canonical_dataset_mode",
 ]
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key and the fix."""
 
 
 DatasetMode = Literal["binary", "multi-class"]
@@ -331,13 +329,16 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """Sampling. ``steps`` respaced steps of the trained chain; ``s`` the guidance scale
+    """Sampling. ``steps`` respaced steps of the trained chain, placed by ``spacing``
+    (``uniform`` in t, ``logsnr`` uniform in log-SNR, ``auto`` = the sampler's own: logsnr for
+    dpmpp2m, uniform for ddpm / ddim); ``s`` the guidance scale
     (``eps = eps_u + s (eps_c - eps_u)``: s=1 conditional, s=0 unconditional)."""
 
     num_samples: int = 40
     batch_size: int = 8
     sampler: Literal["ddpm", "ddim", "dpmpp2m"] = "dpmpp2m"
     steps: int = 20
+    spacing: Literal["auto", "uniform", "logsnr"] = "auto"
     eta: float = 0.0
     s: float = 1.5
     seed: int = 0

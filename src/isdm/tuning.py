@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from isdm.config import Config, flatten
+from isdm.errors import CheckpointError, ConfigError
 from isdm.utils.io import atomic_write_text
 
 __all__ = ["run_study", "open_study", "resolve_storage", "suggest", "trial_config",
@@ -237,7 +238,7 @@ def validation_miou(cfg: Config, real_train: Any, synthetic_dir: str | Path,
     synth = load_synthetic(synthetic_dir, eval_data_config(cfg.data, e.image_size))
     pool, val_keys = split_keys(real_train.keys, e.val_fraction, t.seed)
     if not val_keys:
-        raise ValueError(f"evaluate.val_fraction={e.val_fraction} leaves no validation image out "
+        raise ConfigError(f"evaluate.val_fraction={e.val_fraction} leaves no validation image out "
                          f"of {len(real_train)}: tuning needs a real validation split")
     plan = plan_mix(t.mix, pool, val_keys, synth.keys, t.seed)
     train = TensorSet.concat([real_train.subset(plan.real_keys), synth.subset(plan.synthetic_keys)])
@@ -324,7 +325,7 @@ def best_params_yaml(study: Any) -> str:
     lines = [f"# Best trial {best.number} of Optuna study {study.study_name!r}: "
              f"validation mIoU {best.value:.4f}.",
              f"# Apply to the pipeline with:  dvc exp run {sets}",
-             f"# or to one command with --set (e.g. isdm sample ... --set sample.s=...)."]
+             "# or to one command with --set (e.g. isdm sample ... --set sample.s=...)."]
     lines += [f"{k}: {v!r}" if isinstance(v, str) else f"{k}: {v}" for k, v in best.params.items()]
     return "\n".join(lines) + "\n"
 
@@ -408,7 +409,7 @@ def run_study(cfg: Config, data_root: str | Path, checkpoint: str | Path, out_di
 
     data_root, checkpoint, out_dir = Path(data_root), Path(checkpoint), Path(out_dir)
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"--checkpoint {checkpoint} does not exist; train one with "
+        raise CheckpointError(f"--checkpoint {checkpoint} does not exist; train one with "
                                 "`isdm train` (models/sdm/best.pt)")
     n_trials = cfg.tune.n_trials if n_trials is None else n_trials
     study_name = study_name or cfg.tune.study_name

@@ -3,6 +3,9 @@
 Each sub-command lives in its own module and is imported only when invoked, so ``isdm --help``
 stays instant (no torch / mlflow / smp import at start-up). A command parses its options, loads
 the config (:func:`isdm.cli.common.load_cli_config`) and calls ONE library function.
+
+Errors: ONE handler (:meth:`LazyGroup.invoke`) prints any :class:`isdm.errors.IsdmError` as
+``Error: <message>`` with exit status 1 and no traceback; commands do not catch errors themselves.
 """
 
 from __future__ import annotations
@@ -32,6 +35,14 @@ class LazyGroup(click.Group):
             return None
         module, attr, _ = _COMMANDS[name]
         return getattr(importlib.import_module(module), attr)
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        from isdm.errors import IsdmError
+
+        try:
+            return super().invoke(ctx)
+        except IsdmError as e:
+            raise click.ClickException(str(e)) from None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):

@@ -1,15 +1,13 @@
-"""Options and helpers shared by the sub-commands (config loading, error reporting)."""
+"""Options and helpers shared by the sub-commands (config loading)."""
 
 from __future__ import annotations
 
-import functools
-import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import click
 
-from isdm.config import Config, ConfigError, load_config
+from isdm.config import Config, load_config
 
 DEFAULT_PARAMS = "params.yaml"
 
@@ -27,27 +25,7 @@ def config_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def load_cli_config(config_path: Optional[str], overrides: Sequence[str],
                     action: Optional[str] = None) -> Config:
-    """Load the config for a command, turning :class:`ConfigError` into a clean CLI error."""
+    """Load the config for a command (``./params.yaml`` when ``-c`` is not given and it exists)."""
     if config_path is None and Path(DEFAULT_PARAMS).exists():
         config_path = DEFAULT_PARAMS
-    try:
-        return load_config(config_path, overrides, action=action)
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from None
-
-
-def friendly_errors(*exc_types: type[BaseException]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Report the given exception types as one clean message with exit code 1 (no traceback)."""
-
-    def deco(f: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(f)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return f(*args, **kwargs)
-            except (ConfigError, *exc_types) as e:  # type: ignore[misc]
-                click.echo(f"Error: {e}", err=True)
-                sys.exit(1)
-
-        return wrapper
-
-    return deco
+    return load_config(config_path, overrides, action=action)

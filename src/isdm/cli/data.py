@@ -9,7 +9,7 @@ from typing import Optional
 
 import click
 
-from isdm.cli.common import config_options, friendly_errors, load_cli_config
+from isdm.cli.common import config_options, load_cli_config
 
 
 @click.group()
@@ -24,7 +24,6 @@ def data() -> None:
               default=None, help="Override data.dataset_mode (binary implies --num-classes 2).")
 @click.option("--num-classes", type=int, default=None, help="Override data.num_classes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@friendly_errors(ValueError)
 def check(directory: str, config_path: Optional[str], overrides: tuple[str, ...],
           mode: Optional[str], num_classes: Optional[int], as_json: bool) -> None:
     """Validate DIR/{train,test}/{images,masks} and print per-class pixel and image counts.
@@ -56,7 +55,6 @@ def check(directory: str, config_path: Optional[str], overrides: tuple[str, ...]
 @click.argument("out_dir", metavar="OUT_DIR", type=click.Path(file_okay=False))
 @config_options
 @click.option("--binary", is_flag=True, help="Write 0/255 masks of 'any defect' (synth.binary=true).")
-@friendly_errors(ValueError, OSError)
 def synth(out_dir: str, config_path: Optional[str], overrides: tuple[str, ...], binary: bool) -> None:
     """Write the embedded procedural dataset (textured surfaces with defects) to OUT_DIR."""
     import time

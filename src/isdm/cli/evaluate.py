@@ -24,18 +24,11 @@ def evaluate(config_path: str | None, overrides: tuple[str, ...], data_root: str
              synthetic_dir: str | None, out_dir: str, device: str, fidelity_only: bool) -> None:
     """Train smp segmenters on R<a>F<b> mixes (several seeds), test once on the real test split,
     and report mean ± std mIoU, the paired-bootstrap gain over RALLF000 and label fidelity."""
-    from isdm.data.layout import DatasetError
-    from isdm.evaluation import EvaluationError, run_evaluation
-    from isdm.evaluation.loading import SyntheticFolderError
-    from isdm.evaluation.mixes import MixError
-    from isdm.evaluation.segmenter import SegmenterError
+    from isdm.evaluation import run_evaluation
 
     cfg = load_cli_config(config_path, overrides)
-    try:
-        result = run_evaluation(cfg, data_root, synthetic_dir, out_dir, device=device,
-                                fidelity_only=fidelity_only)
-    except (EvaluationError, MixError, SegmenterError, SyntheticFolderError, DatasetError) as e:
-        raise click.ClickException(str(e)) from None
+    result = run_evaluation(cfg, data_root, synthetic_dir, out_dir, device=device,
+                            fidelity_only=fidelity_only)
     click.echo("")
     click.echo(result["table"])
     if result["fidelity"]:

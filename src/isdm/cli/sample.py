@@ -54,7 +54,6 @@ def sample(config_path: Optional[str], overrides: tuple[str, ...], data_root: Op
     the same mask and seed, so shards and resumed runs give the bytes of one full run.
     """
     from isdm.sampling.job import parse_shard
-    from isdm.sampling.writer import OutputExistsError
 
     cfg = load_cli_config(config_path, overrides, action="sample")
     checkpoint = checkpoint or _legacy_model_path(config_path)
@@ -72,12 +71,8 @@ def sample(config_path: Optional[str], overrides: tuple[str, ...], data_root: Op
         log.setLevel(logging.INFO)
     from isdm.sampling import run_sampling
 
-    try:
-        summary = run_sampling(cfg, data_root or cfg.data.root, checkpoint, out_dir,
-                               shard=shard_t, overwrite=overwrite, device=device,
-                               max_new=max_new)
-    except (OutputExistsError, FileNotFoundError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+    summary = run_sampling(cfg, data_root or cfg.data.root, checkpoint, out_dir, shard=shard_t,
+                           overwrite=overwrite, device=device, max_new=max_new)
     this = summary["this_run"]
     click.echo(f"{out_dir}: {summary['complete']}/{summary['num_samples']} samples complete; "
                f"generated {this['generated']}, skipped {this['skipped_existing']}"

@@ -32,17 +32,9 @@ def _run(action: str, config_path: Optional[str], overrides: tuple[str, ...], da
          out: str, init: Optional[str], resume: Optional[str], no_progress: bool) -> None:
     cfg = load_cli_config(config_path, overrides, action=action)
     from isdm.training import train as run_training
-    from isdm.training.checkpoint import CheckpointError
 
-    try:
-        from isdm.data import DatasetError
-    except ImportError:  # pragma: no cover - the data layer always provides it
-        DatasetError = CheckpointError  # type: ignore[misc,assignment]
-    try:
-        result = run_training(cfg, data or cfg.data.root, out, action=action, init_from=init,
-                              resume=resume, progress=not no_progress)
-    except (CheckpointError, DatasetError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from None
+    result = run_training(cfg, data or cfg.data.root, out, action=action, init_from=init,
+                          resume=resume, progress=not no_progress)
     if result is not None:
         click.echo(json.dumps({"out": out, "best": result.best_path, **result.metrics()}, indent=2))
 

@@ -40,11 +40,8 @@ def tune(config_path: Optional[str], overrides: tuple[str, ...], data_root: str,
     cfg = load_cli_config(config_path, overrides)
     from isdm.tuning import run_study
 
-    try:
-        summary = run_study(cfg, data_root, checkpoint, out_dir, n_trials=n_trials,
-                            storage=storage or None, study_name=study_name)
-    except (FileNotFoundError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+    summary = run_study(cfg, data_root, checkpoint, out_dir, n_trials=n_trials,
+                        storage=storage or None, study_name=study_name)
     click.echo(json.dumps(summary, indent=2, default=str))
     if summary.get("complete"):
         click.echo(f"best parameters: {out_dir}/best_params.yaml")

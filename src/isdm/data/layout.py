@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+
+from isdm.errors import DatasetError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -29,21 +30,6 @@ __all__ = [
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 MASK_EXTENSIONS = (".png",)
 SPLITS = ("train", "test")
-
-
-class DatasetError(ValueError):
-    """A dataset has problems; ``problems`` lists every one of them (file paths included),
-    ``hints`` the fixes that apply to several of them."""
-
-    def __init__(self, problems: Iterable[str], root: str | Path | None = None,
-                 hints: Iterable[str] = ()) -> None:
-        self.problems = list(problems)
-        self.root = root
-        self.hints = list(hints)
-        where = f" in {root}" if root is not None else ""
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        fixes = "".join(f"\n  fix: {h}" for h in self.hints)
-        super().__init__(f"{len(self.problems)} dataset problem(s){where}:\n{lines}{fixes}")
 
 
 @dataclass(frozen=True)

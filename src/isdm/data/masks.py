@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 
+from isdm.errors import MaskValueError
+
 if TYPE_CHECKING:  # torch is imported inside the functions: `isdm data check` stays fast
     import torch
     from PIL import Image
@@ -43,14 +45,6 @@ __all__ = [
     "IGNORE_COLOR",
     "colorize",
 ]
-
-
-class MaskValueError(ValueError):
-    """A mask holds values outside the valid set; ``values`` lists them (sorted)."""
-
-    def __init__(self, message: str, values: list[int]) -> None:
-        super().__init__(message)
-        self.values = values
 
 
 def read_mask_array(path: str | Path) -> np.ndarray:
@@ -201,7 +195,6 @@ def drop_labels(segmap: "torch.Tensor", drop_rate: float,
     With ``drop_rate == 0`` the input is returned unchanged and no random number is drawn, so
     training without dropout is bit-identical to code that never calls this.
     """
-    import torch
 
     if drop_rate == 0:
         return segmap

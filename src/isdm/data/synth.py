@@ -21,7 +21,6 @@ depend on how many samples are written.
 from __future__ import annotations
 
 import io
-import json
 import shutil
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import numpy as np
 
 from isdm.config import SynthConfig, to_dict
 from isdm.data.synth_render import SURFACES, draw_defect, lighting, render_surface
+from isdm.errors import OutputExistsError
 from isdm.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 __all__ = ["CLASS_NAMES", "render_sample", "write_synthetic_dataset"]
@@ -76,7 +76,7 @@ def _prepare(out: Path) -> None:
     """Refuse to mix with a foreign dataset; clear a previous synthetic one (stale files)."""
     splits = [out / s for s in _SPLIT_IDS if (out / s).exists()]
     if splits and not (out / _MARKER).is_file():
-        raise ValueError(f"{out} already holds {', '.join(p.name for p in splits)}/ not written by "
+        raise OutputExistsError(f"{out} already holds {', '.join(p.name for p in splits)}/ not written by "
                          "`isdm data synth`; choose an empty or new folder")
     for path in splits:
         shutil.rmtree(path)

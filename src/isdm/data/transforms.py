@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 from isdm.data.masks import MaskValueError, decode_mask, read_mask_array
+from isdm.errors import DatasetError
 
 __all__ = ["source_box", "resize_image", "resize_ids", "load_image", "load_mask",
            "to_tensor_image", "random_hflip"]
@@ -92,7 +93,7 @@ def load_mask(
     except MaskValueError as e:
         raise MaskValueError(f"{path}: {e}", e.values) from None
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise DatasetError([f"{path}: {e}"]) from None
     return ids if size is None else resize_ids(ids, size, keep_aspect)
 
 

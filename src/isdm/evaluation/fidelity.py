@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from isdm.errors import EvaluationError
 from isdm.evaluation.metrics import summarize
 from isdm.evaluation.segmenter import TensorSet, predict_counts
 
@@ -31,7 +32,7 @@ def label_fidelity(model: torch.nn.Module, synthetic: TensorSet, *, num_classes:
         (metrics with ``n_images`` added, per-image counts ``[N, C, 3]``).
     """
     if len(synthetic) == 0:
-        raise ValueError("label fidelity needs at least one synthetic sample (samples/ is empty)")
+        raise EvaluationError("label fidelity needs at least one synthetic sample (samples/ is empty)")
     counts = predict_counts(model, synthetic, num_classes, ignore_index, device, batch_size,
                             encoder_weights)
     metrics = summarize(counts)

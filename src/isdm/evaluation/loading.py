@@ -19,15 +19,14 @@ import numpy as np
 import torch
 
 from isdm.config import DataConfig
+from isdm.errors import EvaluationError
 from isdm.evaluation.segmenter import TensorSet
 
-__all__ = ["load_real", "load_synthetic", "eval_data_config", "SyntheticFolderError"]
+__all__ = ["load_real", "load_synthetic", "eval_data_config"]
 
 _IMAGE_EXT = (".png", ".jpg", ".jpeg")
 
 
-class SyntheticFolderError(ValueError):
-    """A synthetic folder that is not ``samples/`` + ``labels/`` with matching names."""
 
 
 def eval_data_config(data_cfg: DataConfig, image_size: int) -> DataConfig:
@@ -55,7 +54,7 @@ def load_real(root: str | Path, split: str, data_cfg: DataConfig) -> TensorSet:
 def _synthetic_pairs(folder: Path) -> list[tuple[str, Path, Path]]:
     samples, labels = folder / "samples", folder / "labels"
     if not samples.is_dir() or not labels.is_dir():
-        raise SyntheticFolderError(
+        raise EvaluationError(
             f"{folder}: a synthetic folder needs samples/ (generated images) and labels/ "
             "(uint8 class-id PNGs) with the same file names, as written by `isdm sample`")
 
@@ -65,7 +64,7 @@ def _synthetic_pairs(folder: Path) -> list[tuple[str, Path, Path]]:
             if p.suffix.lower() in _IMAGE_EXT:
                 key = p.relative_to(d).with_suffix("").as_posix()
                 if key in out:
-                    raise SyntheticFolderError(f"duplicate stem {key!r} in {d}: {out[key]} and {p}")
+                    raise EvaluationError(f"duplicate stem {key!r} in {d}: {out[key]} and {p}")
                 out[key] = p
         return out
 
@@ -73,7 +72,7 @@ def _synthetic_pairs(folder: Path) -> list[tuple[str, Path, Path]]:
     problems = [f"sample without label: {imgs[k]}" for k in sorted(set(imgs) - set(labs))]
     problems += [f"label without sample: {labs[k]}" for k in sorted(set(labs) - set(imgs))]
     if problems:
-        raise SyntheticFolderError(f"{folder}: {len(problems)} unpaired file(s):\n  "
+        raise EvaluationError(f"{folder}: {len(problems)} unpaired file(s):\n  "
                                    + "\n  ".join(problems[:20]))
     return [(k, imgs[k], labs[k]) for k in sorted(imgs)]
 
@@ -93,7 +92,7 @@ def load_synthetic(folder: str | Path, data_cfg: DataConfig) -> TensorSet:
         rgb = transforms.load_image(img_path, None)
         ids = transforms.load_mask(lab_path, cfg.dataset_mode, cfg.num_classes, cfg.ignore_index, None)
         if rgb.size != (ids.shape[1], ids.shape[0]):
-            raise SyntheticFolderError(f"{img_path} is {rgb.size[0]}x{rgb.size[1]} but its label "
+            raise EvaluationError(f"{img_path} is {rgb.size[0]}x{rgb.size[1]} but its label "
                                        f"{lab_path} is {ids.shape[1]}x{ids.shape[0]}")
         rgb = transforms.resize_image(rgb, cfg.image_size, cfg.keep_aspect)
         ids = transforms.resize_ids(ids, cfg.image_size, cfg.keep_aspect)

@@ -24,15 +24,14 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Mix", "MixError", "parse_mix", "draw_subset", "MixPlan", "plan_mix", "BASELINE"]
+from isdm.errors import EvaluationError
+__all__ = ["Mix", "parse_mix", "draw_subset", "MixPlan", "plan_mix", "BASELINE"]
 
 BASELINE = "RALLF000"
 _GRAMMAR = re.compile(r"^R(ALL|\d+)F(ALL|\d+)$")
 _REAL_STREAM, _FAKE_STREAM = 0x5EA1, 0xFA4E  # independent numpy streams per pool
 
 
-class MixError(ValueError):
-    """An invalid mix code, or a mix that asks for more images than exist."""
 
 
 @dataclass(frozen=True)
@@ -52,20 +51,20 @@ def parse_mix(code: str) -> Mix:
     """Parse ``R<a>F<b>`` strictly (``a``, ``b``: digits or ``ALL``, upper case).
 
     Raises:
-        MixError: on anything else (``'R10F'``, ``'RxF2'``, ``'r10f0'``) or a mix with no images
+        EvaluationError: on anything else (``'R10F'``, ``'RxF2'``, ``'r10f0'``) or a mix with no images
             (``R000F000``).
     """
     if not isinstance(code, str):
-        raise MixError(f"mix {code!r}: expected a string like 'RALLF000' or 'R20F100'")
+        raise EvaluationError(f"mix {code!r}: expected a string like 'RALLF000' or 'R20F100'")
     m = _GRAMMAR.match(code)
     if not m:
-        raise MixError(
+        raise EvaluationError(
             f"mix {code!r} is not R<a>F<b>: a and b must each be digits or ALL (upper case), "
             "e.g. RALLF000 (real only), RALLFALL, R20F100, R000FALL (synthetic only)"
         )
     n_real, n_fake = (None if g == "ALL" else int(g) for g in m.groups())
     if n_real == 0 and n_fake == 0:
-        raise MixError(f"mix {code!r} trains on no images at all; give a or b > 0")
+        raise EvaluationError(f"mix {code!r} trains on no images at all; give a or b > 0")
     return Mix(code, n_real, n_fake)
 
 
@@ -77,11 +76,11 @@ def draw_subset(keys: Sequence[str], n: Optional[int], seed: int, stream: int = 
     list, and ``draw_subset(keys, a, s)`` is a prefix of ``draw_subset(keys, b, s)`` for a <= b.
 
     Raises:
-        MixError: if ``n`` exceeds ``len(keys)``.
+        EvaluationError: if ``n`` exceeds ``len(keys)``.
     """
     pool = sorted(keys)
     if n is not None and n > len(pool):
-        raise MixError(f"asked for {n} {what} but only {len(pool)} are available; "
+        raise EvaluationError(f"asked for {n} {what} but only {len(pool)} are available; "
                        f"use a smaller count or ALL")
     order = np.random.default_rng([int(seed), int(stream)]).permutation(len(pool))
     chosen = [pool[i] for i in order]
@@ -111,14 +110,14 @@ def plan_mix(mix: Mix | str, real_pool: Sequence[str], val_keys: Sequence[str],
     mix = parse_mix(mix) if isinstance(mix, str) else mix
     overlap = set(real_pool) & set(val_keys)
     if overlap:
-        raise MixError(f"validation keys also in the real training pool: {sorted(overlap)[:5]}")
+        raise EvaluationError(f"validation keys also in the real training pool: {sorted(overlap)[:5]}")
     try:
         real = draw_subset(real_pool, mix.n_real, seed, _REAL_STREAM, "real training images")
         fake = draw_subset(synthetic_pool, mix.n_fake, seed, _FAKE_STREAM, "synthetic images")
-    except MixError as e:
-        raise MixError(f"mix {mix.code}: {e} (after holding out {len(val_keys)} real images "
+    except EvaluationError as e:
+        raise EvaluationError(f"mix {mix.code}: {e} (after holding out {len(val_keys)} real images "
                        f"for validation; {len(real_pool)} real and {len(synthetic_pool)} synthetic "
                        "remain)") from None
     if not real and not fake:
-        raise MixError(f"mix {mix.code}: no training images (the synthetic folder is empty?)")
+        raise EvaluationError(f"mix {mix.code}: no training images (the synthetic folder is empty?)")
     return MixPlan(mix, seed, tuple(real), tuple(fake), tuple(val_keys))

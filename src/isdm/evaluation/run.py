@@ -22,17 +22,14 @@ from typing import Any, Optional
 import numpy as np
 
 from isdm.config import Config, flatten
+from isdm.errors import EvaluationError
 from isdm.evaluation import report
-from isdm.evaluation.mixes import BASELINE, MixError, parse_mix, plan_mix
+from isdm.evaluation.mixes import BASELINE, parse_mix, plan_mix
 
 __all__ = ["run_evaluation", "EvaluationError", "resolve_mixes"]
 
 # metrics summarised as mean/std over seeds in the tables and metrics.json
 _SUMMARY_KEYS = ("miou", "miou_nobg", "micro_iou", "dice", "dice_nobg", "pixel_acc")
-
-
-class EvaluationError(ValueError):
-    """A request ``isdm evaluate`` cannot run (bad mix, missing synthetic folder, ...)."""
 
 
 def resolve_mixes(mixes: tuple[str, ...], fidelity_only: bool = False) -> list[str]:
@@ -41,7 +38,7 @@ def resolve_mixes(mixes: tuple[str, ...], fidelity_only: bool = False) -> list[s
     parsed = [parse_mix(m).code for m in mixes]
     dupes = sorted({m for m in parsed if parsed.count(m) > 1})
     if dupes:
-        raise MixError(f"evaluate.mixes lists {dupes} more than once")
+        raise EvaluationError(f"evaluate.mixes lists {dupes} more than once")
     if fidelity_only:
         return [BASELINE]
     return [BASELINE] + [m for m in parsed if m != BASELINE]

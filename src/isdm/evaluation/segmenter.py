@@ -25,17 +25,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from isdm.errors import EvaluationError
 from isdm.evaluation.metrics import image_counts, summarize
 
-__all__ = ["SegmenterError", "TensorSet", "build_segmenter", "train_segmenter", "predict_counts",
+__all__ = ["TensorSet", "build_segmenter", "train_segmenter", "predict_counts",
            "predict_labels", "augment_batch", "batch_indices", "TrainResult"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class SegmenterError(ValueError):
-    """An invalid architecture / encoder / weights request, with how to fix it."""
 
 
 @dataclass
@@ -71,7 +70,7 @@ def build_segmenter(arch: str, encoder: str, encoder_weights: Optional[str], num
     The global torch RNG is forked, so building a model does not disturb the caller's stream.
 
     Raises:
-        SegmenterError: unknown architecture or encoder, or pretrained weights that cannot be
+        EvaluationError: unknown architecture or encoder, or pretrained weights that cannot be
             fetched (offline: ``HF_HUB_OFFLINE=1`` makes that immediate instead of a ~50 s hang).
     """
     import segmentation_models_pytorch as smp
@@ -79,10 +78,10 @@ def build_segmenter(arch: str, encoder: str, encoder_weights: Optional[str], num
     valid = smp.MODEL_ARCHITECTURES_MAPPING
     if arch.lower() not in valid:
         names = [m.__name__ for m in valid.values()]
-        raise SegmenterError(f"evaluate.architectures: unknown smp architecture {arch!r}; "
+        raise EvaluationError(f"evaluate.architectures: unknown smp architecture {arch!r}; "
                              f"valid: {', '.join(names)}")
     if encoder not in smp.encoders.get_encoder_names() and not encoder.startswith("tu-"):
-        raise SegmenterError(f"evaluate.encoder: unknown encoder {encoder!r} "
+        raise EvaluationError(f"evaluate.encoder: unknown encoder {encoder!r} "
                              "(e.g. resnet18, resnet34, mobilenet_v2, efficientnet-b0)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -93,7 +92,7 @@ def build_segmenter(arch: str, encoder: str, encoder_weights: Optional[str], num
             if not encoder_weights:
                 raise
             offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-            raise SegmenterError(
+            raise EvaluationError(
                 f"cannot load encoder_weights={encoder_weights!r} for {encoder} "
                 f"({'offline: HF_HUB_OFFLINE=1 and ' if offline else ''}not in the local cache: "
                 f"{type(e).__name__}). Set evaluate.encoder_weights=null to train from scratch, "
@@ -151,7 +150,7 @@ def _loss_fn(kind: str, ignore_index: Optional[int]) -> Callable[[torch.Tensor, 
         return dice
     if kind == "dice_ce":
         return lambda logits, y: dice(logits, y) + F.cross_entropy(logits, y, ignore_index=ce_ignore)
-    raise SegmenterError(f"evaluate.loss={kind!r}: use 'dice' or 'dice_ce'")
+    raise EvaluationError(f"evaluate.loss={kind!r}: use 'dice' or 'dice_ce'")
 
 
 @torch.no_grad()
@@ -197,9 +196,9 @@ def train_segmenter(model: torch.nn.Module, train: TensorSet, val: TensorSet, *,
     ``{"epoch", "train_loss", "val_miou", "seconds"}`` (for MLflow / progress).
     """
     if len(train) < 2:
-        raise SegmenterError(f"a training mix needs at least 2 images, got {len(train)}")
+        raise EvaluationError(f"a training mix needs at least 2 images, got {len(train)}")
     if len(val) == 0:
-        raise SegmenterError("the validation split is empty: raise evaluate.val_fraction")
+        raise EvaluationError("the validation split is empty: raise evaluate.val_fraction")
     # dropout (e.g. FPN's decoder) draws from the global RNG: fork it and seed it for this cell
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):

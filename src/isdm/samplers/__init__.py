@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from isdm.errors import ConfigError
 from isdm.samplers.ddim import sample_ddim
 from isdm.samplers.ddpm import sample_ddpm
 from isdm.samplers.dpmpp import sample_dpmpp2m
@@ -42,5 +43,5 @@ def get_sampler(name: str) -> Callable:
     try:
         return SAMPLERS[name]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"sample.sampler={name!r} is unknown; use one of {sorted(SAMPLERS)}") from None

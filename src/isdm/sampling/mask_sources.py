@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from isdm.config import Config
+from isdm.errors import ConfigError, DatasetError
 
 __all__ = ["MaskEntry", "MaskSet", "load_mask_set", "PLACEHOLDER_GRAY"]
 
@@ -93,7 +94,7 @@ def load_mask_set(cfg: Config, data_root: str | Path, image_size: int) -> MaskSe
     if use_dir:
         folder = Path(sample.mask_dir)
         if not folder.is_dir():
-            raise FileNotFoundError(f"sample.mask_dir={folder} is not a folder of masks")
+            raise ConfigError(f"sample.mask_dir={folder} is not a folder of masks")
         if (folder / "masks").is_dir() and (folder / "images").is_dir():
             entries = _paired(folder)
         else:
@@ -102,12 +103,12 @@ def load_mask_set(cfg: Config, data_root: str | Path, image_size: int) -> MaskSe
     else:
         split = Path(data_root) / "train"
         if not split.is_dir():
-            raise FileNotFoundError(f"{split} does not exist: --data must hold train/images and "
-                                    "train/masks (or set sample.mask_source=folder)")
+            raise DatasetError([f"{split} does not exist: --data must hold train/images and "
+                                    "train/masks (or set sample.mask_source=folder)"])
         entries = _paired(split)
     if not entries:
-        raise ValueError(f"no masks found for sample.mask_source={sample.mask_source!r} "
-                         f"({sample.mask_dir or Path(data_root) / 'train'})")
+        raise DatasetError([f"no masks found for sample.mask_source={sample.mask_source!r} "
+                         f"({sample.mask_dir or Path(data_root) / 'train'})"])
     data = cfg.data
     masks = [_load_mask(str(e.mask_path), image_size, data.keep_aspect, data.dataset_mode,
                         data.num_classes, data.ignore_index) for e in entries]

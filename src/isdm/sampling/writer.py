@@ -30,16 +30,13 @@ from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
+from isdm.errors import OutputExistsError
 from isdm.utils.io import atomic_path, atomic_write_json
 
 __all__ = ["OutputDir", "FOLDERS", "OutputExistsError", "sample_name"]
 
 FOLDERS = ("images", "labels", "colored_labels", "samples")
 _FILES = ("manifest.jsonl", "config.json", "run.json", "summary.json", "grid.png")
-
-
-class OutputExistsError(RuntimeError):
-    """The output folder belongs to a different run configuration or checkpoint."""
 
 
 def sample_name(i: int, key: str) -> str:

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from isdm.config import Config, TrainConfig
+from isdm.errors import ConfigError, DatasetError
 from isdm.training.distributed import DistContext
 
 __all__ = ["Splits", "build_splits", "make_loader", "step_inputs"]
@@ -42,13 +43,13 @@ def build_splits(cfg: Config, tcfg: TrainConfig, data_root: str | Path) -> Split
     full = SegmentationFolder(data_root, "train", cfg.data, augment=False)
     keys = list(full.keys)
     if not keys:
-        raise ValueError(f"{data_root}/train holds no image/mask pairs; check with `isdm data check`")
+        raise DatasetError([f"{data_root}/train holds no image/mask pairs; check with `isdm data check`"])
     val_keys: list[str] = []
     train_keys = keys
     if tcfg.val_fraction > 0:
         train_keys, val_keys = split_keys(keys, tcfg.val_fraction, tcfg.seed)
         if not train_keys or not val_keys:
-            raise ValueError(
+            raise ConfigError(
                 f"val_fraction={tcfg.val_fraction} of {len(keys)} training pairs leaves an empty "
                 "split; use a fraction that keeps at least one pair on each side"
             )

@@ -24,6 +24,7 @@ from typing import Any, Literal, Mapping, Union
 import torch
 
 from isdm.config import Config, ConfigError, config_from_json, flatten
+from isdm.errors import CheckpointError
 from isdm.utils.io import atomic_path, sha256_file
 
 __all__ = [
@@ -40,10 +41,6 @@ __all__ = [
 
 REQUIRED_KEYS = ("model", "ema", "optimizer", "scaler", "step", "epoch", "best_loss",
                  "bad_epochs", "rng", "config", "meta")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable, or does not fit the requested use."""
 
 
 def save(state: Mapping[str, Any], path: str | Path) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from isdm.errors import ConfigError
+
 __all__ = ["resolve_device"]
 
 
@@ -13,6 +15,6 @@ def resolve_device(name: str = "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
     return dev
 

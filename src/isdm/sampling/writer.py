@@ -55,8 +55,8 @@ from isdm.utils.io import atomic_write_bytes, atomic_write_json, sha256_file
 __all__ = ["OutputDir", "FOLDERS", "OutputExistsError", "sample_name"]
 
 FOLDERS = ("images", "labels", "colored_labels", "samples")
-_FILES = ("manifest.jsonl", "config.json", "run.json", "summary.json", "grid.png",
-          "manifest.lock")
+_FILES = ("manifest.jsonl", "config.json", "run.json", "summary.json", "grid.png")
+_LOCK = "manifest.lock"  # empty; only ever locked, so one left by a deleted run is no one's data
 _TEMP = re.compile(r"\.(.+)\.[A-Za-z0-9_]+\.tmp")  # isdm.utils.io.atomic_path's temp of a name
 _SHOWN = 5  # foreign files named in a refusal
 
@@ -98,8 +98,8 @@ class OutputDir:
         if old is None:
             self._make_folders()
             return False
-        foreign = self._foreign()
         if overwrite:
+            foreign = self._foreign()
             if foreign:
                 raise OutputExistsError(
                     f"--overwrite refused, nothing was deleted: {self.root} holds "
@@ -109,12 +109,12 @@ class OutputDir:
         elif old.get("identity") != identity:
             diff = _diff(old.get("identity", {}), identity)
             raise OutputExistsError(f"{self.root} was written by a different run "
-                                    f"({'; '.join(diff[:6])}); {self._fix(foreign)}")
+                                    f"({'; '.join(diff[:6])}); {self._fix()}")
         elif int(old.get("num_samples", 0)) > num_samples:
             raise OutputExistsError(
                 f"{self.root} holds a run of {old['num_samples']} samples; sampling "
                 f"{num_samples} there would leave the extra ones behind: set "
-                f"sample.num_samples >= {old['num_samples']}, or {self._fix(foreign)}")
+                f"sample.num_samples >= {old['num_samples']}, or {self._fix()}")
         atomic_write_json(self.root / "run.json", new)
         self._make_folders()
         return not overwrite
@@ -128,9 +128,9 @@ class OutputDir:
                 return None
             if not run_file.exists():  # not a concurrent isdm run: it creates run.json first
                 raise OutputExistsError(
-                    f"{self.root} holds {_listing(unknown, self.root)} but no run.json, so isdm "
-                    "cannot tell which of them it wrote and never deletes them (not even with "
-                    "--overwrite): use another --out")
+                    f"{self.root} already holds {_listing(unknown, self.root)} and no run.json, "
+                    "so isdm did not write them and never deletes them, not even with "
+                    "--overwrite: use another --out, or move them away")
         try:
             old = json.loads(run_file.read_text())
         except (OSError, ValueError):
@@ -140,8 +140,9 @@ class OutputDir:
                                     "use another --out")
         return old
 
-    def _fix(self, foreign: list[Path]) -> str:
+    def _fix(self) -> str:
         """The way out of a refusal: --overwrite only when it would not be refused too."""
+        foreign = self._foreign()
         if not foreign:
             return "use another --out, or --overwrite to delete this folder's isdm outputs"
         return (f"use another --out (--overwrite would be refused too: {self.root} holds "
@@ -172,7 +173,7 @@ class OutputDir:
         for folder in FOLDERS:
             d = self.root / folder
             for p in sorted(d.iterdir()) if d.is_dir() else []:
-                if _owned(p.relative_to(d), names):
+                if (p.is_symlink() or not p.is_dir()) and _owned(p.relative_to(d), names):
                     p.unlink()
         for name in ("grid.png", "summary.json", "config.json", "manifest.jsonl"):
             (self.root / name).unlink(missing_ok=True)
@@ -226,7 +227,7 @@ class OutputDir:
     def _locked(self) -> Iterator[None]:
         """Hold ``manifest.lock`` exclusively: appends and rewrites of the manifest by
         concurrent shards never interleave, so no line is lost to a rewrite."""
-        fd = os.open(self.root / "manifest.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.root / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -350,8 +351,7 @@ def _owned(rel: Path, names: set[str]) -> bool:
 
 def _listing(paths: list[Path], root: Path) -> str:
     shown = ", ".join(p.relative_to(root).as_posix() for p in paths[:_SHOWN])
-    more = f", ... ({len(paths)} in all)" if len(paths) > _SHOWN else ""
-    return f"{len(paths)} file(s) ({shown}{more})"
+    return f"{len(paths)} file(s) ({shown}{', ...' if len(paths) > _SHOWN else ''})"
 
 
 def _diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:

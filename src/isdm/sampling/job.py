@@ -120,17 +120,17 @@ def run_sampling(
     save_config(cfg, job.out.root / "config.json")
     mine = range(shard_i, sampling.num_samples, shard_n)
     todo = job.incomplete(mine)
-    pending = todo if max_new is None else todo[:max_new]
+    this_run = todo if max_new is None else todo[:max_new]
 
     name = f"sample {sampling.sampler} {sampling.steps} steps s={sampling.s}"
     with tracking.start_run(cfg.tracking, name=name, action="sample", dataset=str(data_root),
                             params=flatten(cfg), tags={"isdm.checkpoint_sha256": ckpt_hash}) as run:
         # 5. generate, one batch at a time
-        seconds = job.generate(engine, pending, desc=f"sample {shard_i}/{shard_n}")
+        seconds = job.generate(engine, this_run, desc=f"sample {shard_i}/{shard_n}")
         # 6. manifest, grid, summary
         done = job.out.finalize_manifest(job.names, job.verified)
         job.out.write_grid([job.names[i] for i in done[:GRID_SAMPLES]])
-        summary = _summary(job, done, distribution, meta, generated=len(pending),
+        summary = _summary(job, done, distribution, meta, generated=len(this_run),
                            skipped=len(mine) - len(todo), seconds=seconds, shard=shard,
                            resumed=resumed)
         atomic_write_json(job.out.root / "summary.json", summary)
@@ -181,8 +181,8 @@ class _Job:
             "precision": sampling.precision, "files": files,
         }
 
-    def generate(self, engine: Any, pending: list[int], desc: str) -> float:
-        """Generate and write the ``pending`` samples batch by batch; return the seconds.
+    def generate(self, engine: Any, indices: list[int], desc: str) -> float:
+        """Generate and write the samples ``indices`` batch by batch; return the seconds.
 
         Each batch's names are first appended as ``pending`` lines (the proof that isdm wrote
         the files, should the run die before their records); each sample's record follows its
@@ -191,8 +191,8 @@ class _Job:
 
         sampling = self.cfg.sample
         t0 = time.perf_counter()
-        with tqdm(total=len(pending), unit="img", desc=desc) as bar:
-            for batch in _batches(pending, sampling.batch_size):
+        with tqdm(total=len(indices), unit="img", desc=desc) as bar:
+            for batch in _batches(indices, sampling.batch_size):
                 self.out.append({"index": i, "file": self.names[i], "pending": True}
                                 for i in batch)
                 items = [materialize(self.plan.choices[i], self.masks, self.cfg) for i in batch]

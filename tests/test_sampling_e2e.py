@@ -75,6 +75,9 @@ def test_exact_count_manifest_and_provenance(full_run, checkpoint):
     recs = [json.loads(x) for x in (full_run / "manifest.jsonl").read_text().splitlines()]
     assert [r["index"] for r in recs] == list(range(10))
     assert {r["checkpoint_sha256"] for r in recs} == {checkpoint_hash(checkpoint)}
+    for r in recs:  # each record names its four files with their sizes and digests
+        assert {rel: (full_run / rel).stat().st_size for rel in r["files"]} == \
+            {f"{f}/{r['file']}": r["files"][f"{f}/{r['file']}"]["size"] for f in FOLDERS}
     assert {(r["sampler"], r["steps"], r["s"], r["precision"]) for r in recs} == \
         {("ddim", 2, 1.0, "fp32")}
     cfg = json.loads((full_run / "config.json").read_text())

@@ -260,3 +260,50 @@ def test_extend_run_and_refuse_shrink(tmp_path, data, ckpt, fake_engine):
     assert files(out) == files(full)  # sample i's plan does not depend on num_samples
     with pytest.raises(OutputExistsError, match="extra ones"):
         job_mod.run_sampling(cfg_for(num_samples=5, balance={"enabled": True}), data, ckpt, out)
+
+
+def test_records_carry_file_digests_and_overwrite_after_kill(tmp_path, data, ckpt, fake_engine):
+    import hashlib
+
+    from isdm.sampling.writer import OutputDir
+
+    out = tmp_path / "out"
+    job_mod.run_sampling(cfg_for(num_samples=4), data, ckpt, out)
+    for rec in map(json.loads, (out / "manifest.jsonl").read_text().splitlines()):
+        assert sorted(rec["files"]) == [f"{f}/{rec['file']}" for f in sorted(FOLDERS)]
+        for rel, meta in rec["files"].items():
+            blob = (out / rel).read_bytes()
+            assert meta == {"sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}
+    # a run killed inside a batch: its names were announced, some files written, no record
+    OutputDir(out).append([{"index": 4, "file": "000004_x.png", "pending": True}])
+    (out / "samples" / "000004_x.png").write_bytes(b"half")
+    (out / "labels" / ".000004_x.png.k3j_9x.tmp").write_bytes(b"temp of an atomic write")
+    s = job_mod.run_sampling(cfg_for(num_samples=3, s=3.0), data, ckpt, out, overwrite=True)
+    assert s["complete"] == 3
+    assert sorted(p.name for f in FOLDERS for p in (out / f).iterdir()) == \
+        sorted(json.loads(x)["file"] for x in (out / "manifest.jsonl").read_text().splitlines()
+               for _ in FOLDERS)
+
+
+def test_refuses_a_run_json_isdm_did_not_write(tmp_path, data, ckpt, fake_engine):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").write_text("[1, 2]")
+    with pytest.raises(OutputExistsError, match="not a run.json written by isdm"):
+        job_mod.run_sampling(cfg_for(num_samples=2), data, ckpt, out, overwrite=True)
+    assert (out / "run.json").read_text() == "[1, 2]"
+
+
+def test_rerun_after_dvc_removed_the_outputs(tmp_path, data, ckpt, fake_engine):
+    """`dvc repro` deletes a stage's outs (not manifest.lock) before running it again."""
+    import shutil
+
+    out = tmp_path / "out"
+    job_mod.run_sampling(cfg_for(num_samples=4), data, ckpt, out)
+    for folder in FOLDERS:
+        shutil.rmtree(out / folder)
+    for name in ("manifest.jsonl", "config.json", "run.json", "summary.json", "grid.png"):
+        (out / name).unlink()
+    assert [p.name for p in out.iterdir()] == ["manifest.lock"]
+    s = job_mod.run_sampling(cfg_for(num_samples=4, s=2.0), data, ckpt, out, overwrite=True)
+    assert s["complete"] == 4 and s["this_run"]["generated"] == 4

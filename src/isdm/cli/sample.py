@@ -41,7 +41,9 @@ def _legacy_model_path(config_path: Optional[str]) -> Optional[str]:
 @click.option("--shard", default="0/1", show_default=True,
               help="Generate only samples with index % N == i (i/N), for parallel workers.")
 @click.option("--overwrite", is_flag=True,
-              help="Clear an output folder written by another config or checkpoint.")
+              help="Delete the files isdm recorded writing in --out (a run of another config or "
+                   "checkpoint) and start afresh; refused, before anything is deleted, when "
+                   "images/ labels/ colored_labels/ samples/ hold any other file.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--max-new", type=int, default=None,
               help="Stop after this many new samples (a later run resumes).")
@@ -50,8 +52,9 @@ def sample(config_path: Optional[str], overrides: tuple[str, ...], data_root: Op
            max_new: Optional[int]) -> None:
     """Generate exactly sample.num_samples synthetic image/mask pairs into --out.
 
-    Reruns resume: samples whose files all exist are skipped; sample i is always generated from
-    the same mask and seed, so shards and resumed runs give the bytes of one full run.
+    Reruns resume: a sample whose four files match the sizes and digests of its manifest record
+    is skipped, any other is (re)generated; sample i is always generated from the same mask and
+    seed, so shards and resumed runs give the bytes of one full run.
     """
     from isdm.sampling.job import parse_shard
 

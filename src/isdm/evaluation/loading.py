@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
 
 from isdm.config import DataConfig
-from isdm.errors import EvaluationError
+from isdm.errors import EvaluationError, MaskValueError
 from isdm.evaluation.segmenter import TensorSet
 
 __all__ = ["load_real", "load_synthetic", "eval_data_config"]
 
 _IMAGE_EXT = (".png", ".jpg", ".jpeg")
-
-
+T = TypeVar("T")
 
 
 def eval_data_config(data_cfg: DataConfig, image_size: int) -> DataConfig:
@@ -77,6 +77,21 @@ def _synthetic_pairs(folder: Path) -> list[tuple[str, Path, Path]]:
     return [(k, imgs[k], labs[k]) for k in sorted(imgs)]
 
 
+def _read(path: Path, folder: str | Path, read: Callable[[Path], T]) -> T:
+    """``read(path)``, with a broken file (zero-byte, truncated, not an image) named; label
+    values outside the config's classes stay a :class:`MaskValueError` (a config problem)."""
+    try:
+        return read(path)
+    except MaskValueError:
+        raise
+    except Exception as e:  # PIL: OSError, SyntaxError, ValueError (as DatasetError), ...
+        size = path.stat().st_size if path.exists() else 0
+        raise EvaluationError(
+            f"synthetic file {path} is broken ({size} bytes; {type(e).__name__}: {e}): re-run "
+            f"`isdm sample` with --out {folder} and the same config; it checks every sample "
+            "against the manifest's sizes and digests and regenerates the broken ones") from None
+
+
 def load_synthetic(folder: str | Path, data_cfg: DataConfig) -> TensorSet:
     """The ``samples/`` + ``labels/`` pairs of a sampling output folder, resized like real data.
 
@@ -89,8 +104,9 @@ def load_synthetic(folder: str | Path, data_cfg: DataConfig) -> TensorSet:
     cfg = data_cfg
     items = []
     for key, img_path, lab_path in _synthetic_pairs(Path(folder)):
-        rgb = transforms.load_image(img_path, None)
-        ids = transforms.load_mask(lab_path, cfg.dataset_mode, cfg.num_classes, cfg.ignore_index, None)
+        rgb = _read(img_path, folder, lambda p: transforms.load_image(p, None))
+        ids = _read(lab_path, folder, lambda p: transforms.load_mask(
+            p, cfg.dataset_mode, cfg.num_classes, cfg.ignore_index, None))
         if rgb.size != (ids.shape[1], ids.shape[0]):
             raise EvaluationError(f"{img_path} is {rgb.size[0]}x{rgb.size[1]} but its label "
                                        f"{lab_path} is {ids.shape[1]}x{ids.shape[0]}")

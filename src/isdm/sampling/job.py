@@ -2,14 +2,16 @@
 
 Steps of :func:`run_sampling`:
 
-1. Load the checkpoint (EMA weights; the model, chain and image size come from its own config).
-2. Load the source masks and plan every sample (:mod:`isdm.sampling.plan`): sample i's mask,
+1. Validate every file the mask source reads (all problems at once, before any work).
+2. Load the checkpoint (EMA weights; the model, chain and image size come from its own config).
+3. Load the source masks and plan every sample (:mod:`isdm.sampling.plan`): sample i's mask,
    augmentation and seed are pure functions of ``(sample.seed, i, masks, config)``.
-3. Claim the output folder (:class:`isdm.sampling.writer.OutputDir`): a folder written by a
+4. Claim the output folder (:class:`isdm.sampling.writer.OutputDir`): a folder written by a
    different config or checkpoint is refused unless ``overwrite``.
-4. Generate the samples of this shard (``i % N == shard_index``) whose four files do not all
-   exist yet, batch by batch, writing each batch at once (memory flat in ``num_samples``).
-5. Rewrite the manifest, write ``grid.png`` and ``summary.json``, log to MLflow.
+5. Generate the samples of this shard (``i % N == shard_index``) that are not complete (a
+   manifest record whose four files have the recorded sizes and digests), batch by batch,
+   writing each batch at once (memory flat in ``num_samples``).
+6. Rewrite the manifest, write ``grid.png`` and ``summary.json``, log to MLflow.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from isdm.config import Config, flatten, save_config, to_dict
-from isdm.sampling.mask_sources import MaskSet
+from isdm.sampling.mask_sources import MaskSet, validate_mask_source
 from isdm.sampling.plan import Plan, make_plan, materialize, sample_seed
 from isdm.sampling.writer import OutputDir, sample_name
 
@@ -78,7 +80,9 @@ def run_sampling(
         checkpoint: ``best.pt`` of ``isdm train`` / ``isdm finetune``.
         out_dir: output folder (see :mod:`isdm.sampling.writer` for its layout).
         shard: ``(i, N)``: generate only samples with ``index % N == i``.
-        overwrite: clear a folder written by another run instead of refusing.
+        overwrite: delete the files isdm recorded writing in ``out_dir`` (a run of another
+            config or checkpoint, or this one's) and start afresh; refused before anything is
+            deleted when its per-sample folders hold other files.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
         max_new: stop after generating this many new samples (time-boxed runs; the next run
             resumes). None = no limit.
@@ -96,37 +100,37 @@ def run_sampling(
     shard_i, shard_n = shard
     if not 0 <= shard_i < shard_n:
         raise ValueError(f"shard={shard}: need 0 <= i < N")
-    # 1. checkpoint (the network, chain and image size come from it)
+    # 1. the source files, before the checkpoint is loaded
+    validate_mask_source(cfg, data_root)
+    # 2. checkpoint (the network, chain and image size come from it)
     ckpt_hash = checkpoint_hash(checkpoint)
     engine, cfg, meta = load_engine(cfg, checkpoint, resolve_device(device))
-    s = cfg.sample
-    # 2. masks and plan
+    sampling = cfg.sample
+    # 3. masks and plan
     masks = load_mask_set(cfg, data_root, cfg.data.image_size)
     plan = make_plan(cfg, masks)
     distribution = plan.distribution.report()
     _log_distribution(distribution)
-    # 3. output folder
+    # 4. output folder
     job = _Job(cfg, masks, plan, OutputDir(out_dir), ckpt_hash)
     resumed = job.out.prepare(run_identity(cfg, ckpt_hash),
                               {"checkpoint": str(checkpoint), "data_root": str(data_root),
                                "class_distribution": distribution},
-                              num_samples=s.num_samples, overwrite=overwrite)
+                              num_samples=sampling.num_samples, overwrite=overwrite)
     save_config(cfg, job.out.root / "config.json")
-    if resumed:
-        job.drop_torn_lines()
-    mine = range(shard_i, s.num_samples, shard_n)
-    todo = [i for i in mine if not job.complete(i)]
-    pending = todo if max_new is None else todo[:max_new]
+    mine = range(shard_i, sampling.num_samples, shard_n)
+    todo = job.incomplete(mine)
+    this_run = todo if max_new is None else todo[:max_new]
 
-    with tracking.start_run(cfg.tracking, name=f"sample {s.sampler} {s.steps} steps s={s.s}",
-                            action="sample", dataset=str(data_root), params=flatten(cfg),
-                            tags={"isdm.checkpoint_sha256": ckpt_hash}) as run:
-        # 4. generate, one batch at a time
-        seconds = job.generate(engine, pending, desc=f"sample {shard_i}/{shard_n}")
-        # 5. manifest, grid, summary
-        done = job.finish_manifest()
+    name = f"sample {sampling.sampler} {sampling.steps} steps s={sampling.s}"
+    with tracking.start_run(cfg.tracking, name=name, action="sample", dataset=str(data_root),
+                            params=flatten(cfg), tags={"isdm.checkpoint_sha256": ckpt_hash}) as run:
+        # 5. generate, one batch at a time
+        seconds = job.generate(engine, this_run, desc=f"sample {shard_i}/{shard_n}")
+        # 6. manifest, grid, summary
+        done = job.out.finalize_manifest(job.names, job.verified)
         job.out.write_grid([job.names[i] for i in done[:GRID_SAMPLES]])
-        summary = _summary(job, done, distribution, meta, generated=len(pending),
+        summary = _summary(job, done, distribution, meta, generated=len(this_run),
                            skipped=len(mine) - len(todo), seconds=seconds, shard=shard,
                            resumed=resumed)
         atomic_write_json(job.out.root / "summary.json", summary)
@@ -144,73 +148,72 @@ class _Job:
     out: OutputDir
     ckpt_hash: str
     names: list[str] = field(init=False)
+    verified: dict[int, dict] = field(init=False, default_factory=dict)  # complete, checked here
 
     def __post_init__(self) -> None:
         self.names = [sample_name(i, self.masks.entries[c.source].key)
                       for i, c in enumerate(self.plan.choices)]
 
-    def complete(self, i: int) -> bool:
-        return self.out.is_complete(self.names[i])
+    def incomplete(self, indices: Sequence[int]) -> list[int]:
+        """The ``indices`` without a record of their planned file whose four files verify;
+        the others go to :attr:`verified`."""
+        records = self.out.read_records()
+        todo = []
+        for i in indices:
+            rec = records.get(i)
+            if rec is not None and rec["file"] == self.names[i] and self.out.verify(rec):
+                self.verified[i] = rec
+            else:
+                todo.append(i)
+        return todo
 
-    def record(self, i: int, ops: Sequence[str]) -> dict[str, Any]:
-        """Sample i's manifest line: a pure function of the plan (no times), so reruns,
-        resumes and shards write identical manifests."""
-        s, choice = self.cfg.sample, self.plan.choices[i]
+    def record(self, i: int, ops: Sequence[str], files: dict[str, Any]) -> dict[str, Any]:
+        """Sample i's manifest line: a pure function of the plan (no times; the files' sizes
+        and digests are of deterministic PNG bytes), so reruns, resumes and shards write
+        identical manifests."""
+        sampling, choice = self.cfg.sample, self.plan.choices[i]
         return {
             "index": i, "file": self.names[i], "source_mask": self.masks.entries[choice.source].key,
             "source_index": choice.source, "augmentation": list(ops), "aug_seed": choice.aug_seed,
-            "seed": s.seed, "sample_seed": sample_seed(s.seed, i),
-            "checkpoint_sha256": self.ckpt_hash, "sampler": s.sampler, "steps": s.steps,
-            "eta": s.eta, "s": s.s, "precision": s.precision,
+            "seed": sampling.seed, "sample_seed": sample_seed(sampling.seed, i),
+            "checkpoint_sha256": self.ckpt_hash, "sampler": sampling.sampler,
+            "steps": sampling.steps, "eta": sampling.eta, "s": sampling.s,
+            "precision": sampling.precision, "files": files,
         }
 
-    def drop_torn_lines(self) -> None:
-        """Rewrite a resumed run's manifest with its complete, parsable lines only."""
-        recs, n = self.out.read_records(), self.cfg.sample.num_samples
-        self.out.finalize_manifest(r for i, r in recs.items()
-                                   if 0 <= i < n and r.get("file") == self.names[i]
-                                   and self.complete(i))
+    def generate(self, engine: Any, indices: list[int], desc: str) -> float:
+        """Generate and write the samples ``indices`` batch by batch; return the seconds.
 
-    def generate(self, engine: Any, pending: list[int], desc: str) -> float:
-        """Generate and write the ``pending`` samples batch by batch; return the seconds."""
+        Each batch's names are first appended as ``pending`` lines (the proof that isdm wrote
+        the files, should the run die before their records); each sample's record follows its
+        four files."""
         from tqdm.auto import tqdm
 
-        s = self.cfg.sample
+        sampling = self.cfg.sample
         t0 = time.perf_counter()
-        with tqdm(total=len(pending), unit="img", desc=desc) as bar:
-            for batch in _batches(pending, s.batch_size):
+        with tqdm(total=len(indices), unit="img", desc=desc) as bar:
+            for batch in _batches(indices, sampling.batch_size):
+                self.out.append({"index": i, "file": self.names[i], "pending": True}
+                                for i in batch)
                 items = [materialize(self.plan.choices[i], self.masks, self.cfg) for i in batch]
-                images = engine(np.stack([m for m, _, _ in items]),
-                                [sample_seed(s.seed, i) for i in batch])
-                for i, (mask, real, ops), gen in zip(batch, items, images):
-                    self.out.write_sample(self.names[i], real, mask, gen)
-                    self.out.append_record(self.record(i, ops))
+                images = engine(np.stack([c.mask for c in items]),
+                                [sample_seed(sampling.seed, i) for i in batch])
+                for i, cond, gen in zip(batch, items, images):
+                    files = self.out.write_sample(self.names[i], cond.image, cond.mask, gen)
+                    rec = self.record(i, cond.ops, files)
+                    self.out.append([rec])
+                    self.verified[i] = rec
                 bar.update(len(batch))
         return time.perf_counter() - t0
-
-    def finish_manifest(self) -> list[int]:
-        """Rewrite the manifest from every finished sample; return their indices. A sample
-        finished by a concurrent shard after our read gets its line rebuilt from the plan."""
-        recs = self.out.read_records()
-        done = [i for i in range(self.cfg.sample.num_samples) if self.complete(i)]
-        final = []
-        for i in done:
-            rec = recs.get(i)
-            if rec is None or rec.get("file") != self.names[i]:
-                ops = materialize(self.plan.choices[i], self.masks, self.cfg, with_image=False)[2]
-                rec = self.record(i, ops)
-            final.append(rec)
-        self.out.finalize_manifest(final)
-        return done
 
 
 def _summary(job: _Job, done: list[int], distribution: dict, meta: dict, *, generated: int,
              skipped: int, seconds: float, shard: tuple[int, int], resumed: bool) -> dict:
-    s = job.cfg.sample
+    sampling = job.cfg.sample
     return {
-        "num_samples": s.num_samples,
+        "num_samples": sampling.num_samples,
         "complete": len(done),
-        "missing": s.num_samples - len(done),
+        "missing": sampling.num_samples - len(done),
         "shard": f"{shard[0]}/{shard[1]}",
         "this_run": {
             "generated": generated,
@@ -220,8 +223,9 @@ def _summary(job: _Job, done: list[int], distribution: dict, meta: dict, *, gene
             "seconds_per_image": round(seconds / generated, 4) if generated else None,
             "images_per_s": round(generated / seconds, 4) if generated and seconds > 0 else None,
         },
-        "sampler": s.sampler, "steps": s.steps, "s": s.s, "precision": s.precision,
-        "mask_source": s.mask_source, "balanced": job.plan.balanced,
+        "sampler": sampling.sampler, "steps": sampling.steps, "s": sampling.s,
+        "precision": sampling.precision, "mask_source": sampling.mask_source,
+        "balanced": job.plan.balanced,
         "distinct_layouts": len(set(job.plan.choices)),
         "checkpoint_sha256": job.ckpt_hash, "weights": meta.get("weights"),
         "class_distribution": distribution,

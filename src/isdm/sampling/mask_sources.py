@@ -25,9 +25,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from isdm.config import Config
-from isdm.errors import ConfigError, DatasetError
+from isdm.errors import ConfigError, DatasetError, MaskValueError
 
-__all__ = ["MaskEntry", "MaskSet", "load_mask_set", "PLACEHOLDER_GRAY"]
+__all__ = ["MaskEntry", "MaskSet", "load_mask_set", "validate_mask_source", "PLACEHOLDER_GRAY"]
 
 PLACEHOLDER_GRAY = 128
 
@@ -82,38 +82,78 @@ class LazyImages(Sequence):
         return self._set.image(j)
 
 
+def _source(cfg: Config, data_root: str | Path) -> tuple[Path, bool]:
+    """The folder the masks come from and whether it is a split (``images/`` + ``masks/``)."""
+    sample = cfg.sample
+    if sample.mask_source == "folder" or (sample.mask_source == "augment" and sample.mask_dir):
+        folder = Path(sample.mask_dir)
+        if not folder.is_dir():
+            raise ConfigError(f"sample.mask_dir={folder} is not a folder of masks")
+        return folder, (folder / "masks").is_dir() and (folder / "images").is_dir()
+    return Path(data_root) / "train", True
+
+
+def validate_mask_source(cfg: Config, data_root: str | Path) -> None:
+    """Check every file the mask source reads, before any work, like ``isdm train`` does.
+
+    A split (``train``, or a ``mask_dir`` with ``images/`` and ``masks/``) goes through
+    :func:`isdm.data.validate.validate_dataset` (pairing, unreadable or truncated files,
+    image/mask size mismatch, mask values); a folder of masks alone is decoded mask by mask.
+
+    Raises:
+        DatasetError: listing every problem found, with the files named.
+    """
+    from isdm.data.validate import validate_dataset
+
+    folder, split = _source(cfg, data_root)
+    if split:
+        folder = folder.resolve()
+        validate_dataset(folder.parent, cfg.data, splits=(folder.name,))
+        return
+    paths = _mask_files(folder)
+    problems = [] if paths else [f"no *.png mask below {folder} (sample.mask_dir)"]
+    for path in paths:
+        try:
+            _load_mask(str(path), None, False, cfg.data.dataset_mode, cfg.data.num_classes,
+                       cfg.data.ignore_index)
+        except DatasetError as e:
+            problems += e.problems
+        except MaskValueError as e:
+            problems.append(str(e))
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
+            problems.append(f"unreadable mask {path}: {type(e).__name__}: {e} (re-export or "
+                            "remove it)")
+    if problems:
+        raise DatasetError(problems, root=folder)
+
+
 def load_mask_set(cfg: Config, data_root: str | Path, image_size: int) -> MaskSet:
     """The masks named by ``cfg.sample.mask_source`` / ``mask_dir``, resized to ``image_size``.
 
     Raises:
-        FileNotFoundError / ValueError naming the folder when no mask is found, and the data
+        ConfigError / DatasetError naming the folder when no mask is found, and the data
         layer's :class:`DatasetError` for unpaired or invalid files.
     """
-    sample = cfg.sample
-    use_dir = sample.mask_source == "folder" or (sample.mask_source == "augment" and sample.mask_dir)
-    if use_dir:
-        folder = Path(sample.mask_dir)
+    folder, split = _source(cfg, data_root)
+    if split:
         if not folder.is_dir():
-            raise ConfigError(f"sample.mask_dir={folder} is not a folder of masks")
-        if (folder / "masks").is_dir() and (folder / "images").is_dir():
-            entries = _paired(folder)
-        else:
-            paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".png")
-            entries = [MaskEntry(_key(p, folder), p, None) for p in paths]
+            raise DatasetError([f"{folder} does not exist: --data must hold train/images and "
+                                "train/masks (or set sample.mask_source=folder)"])
+        entries = _paired(folder)
     else:
-        split = Path(data_root) / "train"
-        if not split.is_dir():
-            raise DatasetError([f"{split} does not exist: --data must hold train/images and "
-                                    "train/masks (or set sample.mask_source=folder)"])
-        entries = _paired(split)
+        entries = [MaskEntry(_key(p, folder), p, None) for p in _mask_files(folder)]
     if not entries:
-        raise DatasetError([f"no masks found for sample.mask_source={sample.mask_source!r} "
-                         f"({sample.mask_dir or Path(data_root) / 'train'})"])
+        raise DatasetError([f"no masks found for sample.mask_source="
+                            f"{cfg.sample.mask_source!r} ({folder})"])
     data = cfg.data
     masks = [_load_mask(str(e.mask_path), image_size, data.keep_aspect, data.dataset_mode,
                         data.num_classes, data.ignore_index) for e in entries]
     return MaskSet(entries=entries, masks=masks, image_size=image_size,
                    keep_aspect=data.keep_aspect, ignore_index=data.ignore_index)
+
+
+def _mask_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".png")
 
 
 def _key(path: Path, root: Path) -> str:
@@ -126,7 +166,7 @@ def _paired(split_dir: Path) -> list[MaskEntry]:
     return [MaskEntry(p.key, Path(p.mask), Path(p.image)) for p in find_pairs(split_dir)]
 
 
-def _load_mask(path: str, size: int, keep_aspect: bool, mode: str, num_classes: int,
+def _load_mask(path: str, size: Optional[int], keep_aspect: bool, mode: str, num_classes: int,
                ignore_index: Optional[int]) -> np.ndarray:
     from isdm.data.transforms import load_mask
 

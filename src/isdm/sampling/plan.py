@@ -16,7 +16,7 @@ subset of samples (a shard, a resumed run) is planned identically to the full ru
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from isdm.sampling.augment import AugmentResult, augment_mask
 from isdm.sampling.balance import BalanceResult, Choice, balance, class_counts, counted_classes
 from isdm.sampling.mask_sources import LazyImages, MaskSet
 
-__all__ = ["Plan", "sample_seed", "aug_seed", "make_plan", "materialize"]
+__all__ = ["Plan", "Conditioning", "sample_seed", "aug_seed", "make_plan", "materialize"]
 
 _PLAN_TAG, _AUG_TAG, _VARIANT_TAG = 0x504C, 0xA06, 0x5A1
 
@@ -56,19 +56,27 @@ def _augmenting(cfg: Config) -> bool:
     return cfg.sample.mask_source == "augment"
 
 
+class Conditioning(NamedTuple):
+    """What a planned sample is conditioned on."""
+
+    mask: np.ndarray  # uint8 [S, S] class ids
+    image: Optional[np.ndarray]  # uint8 [S, S, 3] real image (augmented with the mask), or None
+    ops: tuple[str, ...]  # augmentation ops applied, () without augmentation
+
+
 def materialize(choice: Choice, masks: MaskSet, cfg: Config, *,
-                with_image: bool = True) -> tuple[np.ndarray, Optional[np.ndarray], tuple[str, ...]]:
-    """The mask (uint8 [S, S]), real image (uint8 [S, S, 3] or None) and augmentation ops of a
-    planned sample."""
+                with_image: bool = True) -> Conditioning:
+    """The mask, real image (None when ``with_image`` is False or the mask has none) and
+    augmentation ops of a planned sample."""
     base = masks.masks[choice.source]
     image = masks.image(choice.source) if with_image else None
     if choice.aug_seed is None:
-        return base, image, ()
+        return Conditioning(base, image, ())
     r: AugmentResult = augment_mask(
         base, choice.aug_seed, cfg.sample.augment, masks.masks, image=image,
         donor_images=LazyImages(masks) if with_image else None,
         ignore_index=cfg.data.ignore_index, donor_instances=masks.instances)
-    return r.mask, r.image, r.ops
+    return Conditioning(r.mask, r.image, r.ops)
 
 
 def make_plan(cfg: Config, masks: MaskSet) -> Plan:
@@ -94,7 +102,7 @@ def make_plan(cfg: Config, masks: MaskSet) -> Plan:
     generated = np.zeros(num_classes, dtype=np.int64)
     if _augmenting(cfg):
         for c in choices:  # one augmented mask at a time: memory stays flat
-            generated += class_counts(materialize(c, masks, cfg, with_image=False)[0],
+            generated += class_counts(materialize(c, masks, cfg, with_image=False).mask,
                                       num_classes, pixels=True)
     else:
         generated = base_counts[[c.source for c in choices]].sum(0)
@@ -105,6 +113,6 @@ def make_plan(cfg: Config, masks: MaskSet) -> Plan:
 
 
 def _counts(pool: list[Choice], masks: MaskSet, cfg: Config, pixels: bool) -> np.ndarray:
-    rows = [class_counts(materialize(c, masks, cfg, with_image=False)[0], cfg.data.num_classes,
-                         pixels=pixels) for c in pool]
+    rows = [class_counts(materialize(c, masks, cfg, with_image=False).mask,
+                         cfg.data.num_classes, pixels=pixels) for c in pool]
     return np.stack(rows) if rows else np.zeros((0, cfg.data.num_classes), dtype=np.int64)

@@ -1,5 +1,6 @@
 """Classifier-free guidance wrapper: pass counts, batched == separate, the guidance formula by
-hand, variance from the conditional pass, SPADE caching bit-identical, precision."""
+hand, variance from the conditional pass, SPADE caching bit-identical, precision (the one autocast
+helper); the sampling engine's schedule."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import pytest
 import torch
 
 from isdm.diffusion import GaussianDiffusion, get_betas
-from isdm.samplers import GuidedModel, get_sampler
+from isdm.sampling.guidance import GuidedModel
+from isdm.solvers import get_sampler, make_schedule
 
 B, C, H = 2, 3, 8
 
@@ -112,14 +114,14 @@ def tiny_inputs():
                                             (0.0, False)])
 def test_cached_spade_sampling_is_bit_identical_to_uncached(tiny_net, s, batch_passes):
     segmap, null, x_T = tiny_inputs()
-    chain = GaussianDiffusion(get_betas("linear", 100))
+    schedule = make_schedule(GaussianDiffusion(get_betas("linear", 100)), 3, "logsnr")
     sample = get_sampler("dpmpp2m")
     with torch.no_grad():
         cached = GuidedModel(tiny_net, tiny_net.precompute_condition(segmap),
                              tiny_net.precompute_condition(null), s, batch_passes=batch_passes)
         uncached = GuidedModel(tiny_net, segmap, null, s, batch_passes=batch_passes)
-        a = sample(cached, x_T, chain, 3, generator=torch.Generator())
-        b = sample(uncached, x_T, chain, 3, generator=torch.Generator())
+        a = sample(cached, x_T, schedule, generator=torch.Generator())
+        b = sample(uncached, x_T, schedule, generator=torch.Generator())
     assert torch.equal(a, b) and a.std() > 0.1
     assert cached.forwards == (6 if s not in (0, 1) and not batch_passes else 3)
 
@@ -139,15 +141,15 @@ def test_bf16_autocast_is_close_to_fp32_and_returns_float32(tiny_net):
 def test_shared_encoder_matches_two_full_forwards(tiny_net, batch_passes):
     """The encoder never sees the mask: one encoder pass serves both guidance passes."""
     segmap, null, x_T = tiny_inputs()
-    chain = GaussianDiffusion(get_betas("linear", 100))
+    schedule = make_schedule(GaussianDiffusion(get_betas("linear", 100)), 3, "logsnr")
     sample = get_sampler("dpmpp2m")
     with torch.no_grad():
         cond, null_cond = tiny_net.precompute_condition(segmap), tiny_net.precompute_condition(null)
         shared = GuidedModel(tiny_net, cond, null_cond, 2.0, batch_passes=batch_passes)
         full = GuidedModel(tiny_net, cond, null_cond, 2.0, batch_passes=False,
                            share_encoder=False)
-        a = sample(shared, x_T, chain, 3, generator=torch.Generator())
-        b = sample(full, x_T, chain, 3, generator=torch.Generator())
+        a = sample(shared, x_T, schedule, generator=torch.Generator())
+        b = sample(full, x_T, schedule, generator=torch.Generator())
     if batch_passes:  # a 2B-row decode may pick other kernels than two B-row decodes
         torch.testing.assert_close(a, b, rtol=0, atol=2e-4)
     else:
@@ -163,3 +165,45 @@ def test_models_without_encode_decode_get_full_forwards():
     model = GuidedModel(net, segmap, null, 2.0, batch_passes=False)
     model(x, t)
     assert not model.share_encoder and len(net.calls) == 2 and model.encoder_passes == 2
+
+
+def test_one_autocast_helper_for_training_and_sampling():
+    from isdm.sampling import guidance
+    from isdm.training import step
+    from isdm.utils.precision import autocast
+
+    assert step.autocast is autocast and guidance.autocast is autocast
+    x = torch.randn(4, 4)
+    with autocast("fp32", x.device):
+        assert (x @ x).dtype == torch.float32
+    with autocast("bf16", x.device):
+        assert (x @ x).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="precision='int8'"):
+        autocast("int8", x.device)
+
+
+class RecordingSDM(FakeNet):
+    """FakeNet with the SDM's ``precompute_condition`` (here the segmap itself)."""
+
+    def precompute_condition(self, segmap):
+        return segmap
+
+
+@pytest.mark.parametrize("sampler,spacing,placed_by", [
+    ("ddim", "auto", "uniform"), ("ddim", "logsnr", "logsnr"),
+    ("dpmpp2m", "auto", "logsnr"), ("dpmpp2m", "uniform", "uniform")])
+def test_engine_builds_the_schedule_from_sample_spacing(sampler, spacing, placed_by):
+    from isdm.config import Config, from_dict
+    from isdm.sampling.engine import SampleEngine
+
+    chain = GaussianDiffusion(get_betas("linear", 100))
+    cfg = from_dict(Config, {"data": {"num_classes": C}, "sample": {
+        "sampler": sampler, "steps": 6, "spacing": spacing, "s": 1.0}})
+    net = RecordingSDM()
+    engine = SampleEngine(net, chain, cfg, torch.device("cpu"), batch_size=2)
+    out = engine(torch.randint(0, C, (2, H, H), generator=torch.Generator()).byte().numpy(), [1, 2])
+    assert out.shape == (2, H, H, 3)
+    want = make_schedule(chain, 6, placed_by).timestep_map.tolist()[::-1]
+    assert [int(t[0]) for _, t, _ in net.calls] == want
+    other = make_schedule(chain, 6, "logsnr" if placed_by == "uniform" else "uniform")
+    assert want != other.timestep_map.tolist()[::-1]

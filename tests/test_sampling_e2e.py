@@ -14,7 +14,6 @@ from isdm.cli import cli
 from isdm.sampling.writer import FOLDERS
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("isdm.samplers.guidance", reason="samplers not available yet")
 
 # s = 1 (one forward per step) keeps these runs cheap; guidance (s = 1.5, two passes) runs in
 # test_original_config_with_model_path.

@@ -239,7 +239,7 @@ def test_two_worker_processes_share_one_study(tmp_path, synth_dir, mlflow_uri, s
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory, synth_dir) -> Path:
-    pytest.importorskip("isdm.samplers")
+    pytest.importorskip("isdm.solvers")
     from isdm.training import train
 
     out = tmp_path_factory.mktemp("sdm")

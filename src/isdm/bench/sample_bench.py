@@ -51,7 +51,7 @@ class _Stop(Exception):
 class _StopAfter:
     """model_fn wrapper that stops the loop after ``n`` calls; ``timed_s`` is the time from the
     end of the first (warm-up) call to the start of call ``n + 1``: ``n - 1`` whole steps, solver
-    work included, the sampler's set-up (respacing) excluded."""
+    work included."""
 
     def __init__(self, model_fn: Callable, n: int) -> None:
         self.model_fn, self.n, self.calls = model_fn, n, 0
@@ -73,14 +73,13 @@ class _StopAfter:
         return max(self.last_start - self.first_end, 0.0)
 
 
-def time_sampler_steps(sampler: Callable, model_fn: Callable, x_T: torch.Tensor, diffusion: Any,
-                       steps: int, n_timed: int, **opts: Any) -> float:
-    """Seconds per step of ``sampler`` at ``steps`` steps, from its first ``n_timed`` + 1 steps
-    (the first is a warm-up and not counted), solver work included."""
+def time_sampler_steps(sampler: Callable, model_fn: Callable, x_T: torch.Tensor, schedule: Any,
+                       n_timed: int, **opts: Any) -> float:
+    """Seconds per step of ``sampler`` on ``schedule`` (built beforehand, so not timed), from its
+    first ``n_timed`` + 1 steps (the first is a warm-up and not counted), solver work included."""
     stopper = _StopAfter(model_fn, n_timed + 1)
     try:
-        sampler(stopper, x_T, diffusion, steps, generator=torch.Generator().manual_seed(0),
-                **opts)
+        sampler(stopper, x_T, schedule, generator=torch.Generator().manual_seed(0), **opts)
     except _Stop:
         pass
     return stopper.timed_s / max(stopper.calls - 1, 1)
@@ -125,7 +124,7 @@ def _bf16_is_native(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, co
                     null: Any, fp32_s: float) -> tuple[bool, float]:
     """bf16 autocast is emulated (dozens of times slower) on CPUs without bf16 instructions:
     time one guided step before timing the sampler loop with it."""
-    from isdm.samplers import GuidedModel
+    from isdm.sampling.guidance import GuidedModel
 
     fn = GuidedModel(model, cond, null, GUIDANCE_S, batch_passes=False, precision="bf16")
     fn(x, t)  # warm-up: oneDNN builds its bf16 kernels on first use
@@ -141,7 +140,8 @@ def _speed(quick: bool, batch: int, end_to_end: bool, n_timed: Optional[int],
 
     from isdm.diffusion import GaussianDiffusion, get_betas
     from isdm.models import build_model, forward_flops, place
-    from isdm.samplers import GuidedModel, get_sampler
+    from isdm.sampling.guidance import GuidedModel
+    from isdm.solvers import get_sampler, make_schedule
 
     size, cfg = (32, ModelConfig(preset="tiny", **MODEL_PRESETS["tiny"])) if quick else \
         (64, ORIGINAL_CPU)
@@ -154,12 +154,14 @@ def _speed(quick: bool, batch: int, end_to_end: bool, n_timed: Optional[int],
     x_T = torch.randn((batch, 3, size, size), generator=torch.Generator().manual_seed(0))
     flops = forward_flops(cfg, size, 2)
     dpmpp = get_sampler("dpmpp2m")
+    dpmpp_20 = make_schedule(chain, 20, "logsnr")
     rows, notes = [], []
     with torch.no_grad():
         # (a) the original recipe: full NCHW forwards, SPADE from the segmap every time
         orig_fn = GuidedModel(nchw, segmap, null, GUIDANCE_S, batch_passes=False,
                               share_encoder=False)
-        a_step = time_sampler_steps(get_sampler("ddpm"), orig_fn, x_T, chain, 300, n_timed)
+        a_step = time_sampler_steps(get_sampler("ddpm"), orig_fn, x_T,
+                                    make_schedule(chain, 300, "uniform"), n_timed)
         a_total = 300 * a_step / batch
         rows.append({"recipe": "(a) original: ddpm 300, 2 full forwards, no SPADE cache, fp32, "
                                "NCHW", "steps": 300, "s_per_step": a_step, "s_per_image": a_total,
@@ -180,7 +182,7 @@ def _speed(quick: bool, batch: int, end_to_end: bool, n_timed: Optional[int],
         candidates = [SetUp("fp32", False, channels_last=False, share_encoder=False),
                       SetUp("fp32", False, share_encoder=False)]
         candidates += [SetUp("fp32", batched) for batched in (False, True)]
-        per_step = {c: time_sampler_steps(dpmpp, guided(c), x_T, chain, 20, n_timed)
+        per_step = {c: time_sampler_steps(dpmpp, guided(c), x_T, dpmpp_20, n_timed)
                     for c in candidates}
         fp32_best = min(per_step.values())
         if bf16:
@@ -189,7 +191,7 @@ def _speed(quick: bool, batch: int, end_to_end: bool, n_timed: Optional[int],
             if native:
                 for batched in (False, True):
                     c = SetUp("bf16", batched)
-                    per_step[c] = time_sampler_steps(dpmpp, guided(c), x_T, chain, 20, n_timed)
+                    per_step[c] = time_sampler_steps(dpmpp, guided(c), x_T, dpmpp_20, n_timed)
             else:
                 notes.append(f"bf16: one guided step took {probe:.3f} s vs {fp32_best:.3f} s in "
                              "fp32 (emulated, or too small a network to gain); not timed further")
@@ -206,8 +208,8 @@ def _speed(quick: bool, batch: int, end_to_end: bool, n_timed: Optional[int],
         for setup, steps in finals:
             if end_to_end:
                 start = time.perf_counter()
-                fn = guided(setup)  # SPADE maps once per mask batch: counted
-                dpmpp(fn, x_T, chain, steps, generator=torch.Generator())
+                fn = guided(setup)  # SPADE maps once per mask batch and the schedule: counted
+                dpmpp(fn, x_T, make_schedule(chain, steps, "logsnr"), generator=torch.Generator())
                 total, how = (time.perf_counter() - start) / batch, "measured end to end"
             else:
                 total, how = (cache_s + steps * per_step[setup]) / batch, "timed steps x steps"
@@ -254,7 +256,8 @@ def _accuracy(quick: bool, preset: str, size: int, reference_steps: int
               ) -> tuple[list[dict], list[str]]:
     import copy
 
-    from isdm.samplers import GuidedModel, get_sampler
+    from isdm.sampling.guidance import GuidedModel
+    from isdm.solvers import get_sampler, make_schedule, resolve_spacing
 
     model, chain, size, num_classes, what = _accuracy_model(preset, size)
     segmap = binary_mask(1, size)
@@ -262,32 +265,38 @@ def _accuracy(quick: bool, preset: str, size: int, reference_steps: int
         segmap = torch.cat([segmap, torch.zeros(1, num_classes - 2, size, size)], dim=1)
     x_T = torch.randn((1, 3, size, size), generator=torch.Generator().manual_seed(1))
     gen = torch.Generator()
+
+    def sample(name: str, fn: Callable, steps: int, spacing: str = "auto", **opts: Any
+               ) -> torch.Tensor:
+        schedule = make_schedule(chain, steps, resolve_spacing(name, spacing))
+        return get_sampler(name)(fn, x_T, schedule, generator=gen, **opts)
+
     rows = []
     with torch.no_grad():
         cond = model.precompute_condition(segmap)
         null = model.precompute_condition(torch.zeros_like(segmap))
         fn = GuidedModel(model, cond, null, GUIDANCE_S)
         start = time.perf_counter()
-        ref = get_sampler("ddim")(fn, x_T, chain, reference_steps, generator=gen)
+        ref = sample("ddim", fn, reference_steps)
         ref_s = time.perf_counter() - start
         runs = [("dpmpp2m", n, {}) for n in (10, 20, 25)]
         runs += [("dpmpp2m", 20, {"spacing": "uniform"}), ("ddim", 20, {}), ("ddim", 25, {})]
         if not quick:
             runs.append(("ddim", 300, {}))
         for name, steps, opts in runs:
-            out = get_sampler(name)(fn, x_T, chain, steps, generator=gen, **opts)
+            out = sample(name, fn, steps, **opts)
             rows.append({"accuracy": f"{name} {steps}" + "".join(f" {k}={v}" for k, v in
                                                                   opts.items()),
                          "rmse_vs_reference": _rmse(out, ref), "model": what.split(" (")[0]})
-        fp32 = get_sampler("dpmpp2m")(fn, x_T, chain, 20, generator=gen)
+        fp32 = sample("dpmpp2m", fn, 20)
         bf16_fn = GuidedModel(model, cond, null, GUIDANCE_S, precision="bf16")
-        bf16 = get_sampler("dpmpp2m")(bf16_fn, x_T, chain, 20, generator=gen)
+        bf16 = sample("dpmpp2m", bf16_fn, 20)
         rows.append({"accuracy": "dpmpp2m 20 bf16 vs fp32", "rmse_vs_reference": _rmse(bf16, fp32),
                      "model": what.split(" (")[0]})
         nchw = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
         nchw_fn = GuidedModel(nchw, nchw.precompute_condition(segmap),
                               nchw.precompute_condition(torch.zeros_like(segmap)), GUIDANCE_S)
-        other = get_sampler("dpmpp2m")(nchw_fn, x_T, chain, 20, generator=gen)
+        other = sample("dpmpp2m", nchw_fn, 20)
         rows.append({"accuracy": "dpmpp2m 20 NCHW vs channels-last", "model": what.split(" (")[0],
                      "rmse_vs_reference": _rmse(other, fp32)})
     notes = [f"accuracy reference: {reference_steps}-step DDIM eta=0, s={GUIDANCE_S}, same x_T "
@@ -299,7 +308,7 @@ def _gaussian_accuracy() -> list[dict]:
     """Exact ODE error on Gaussian data x0 ~ N(0.3, 0.5^2), where the optimal eps is known and
     the probability-flow ODE keeps z = (x_t - a mu) / sqrt(a^2 s0^2 + sigma^2) constant."""
     from isdm.diffusion import GaussianDiffusion, get_betas
-    from isdm.samplers import get_sampler
+    from isdm.solvers import get_sampler, make_schedule, resolve_spacing
 
     chain = GaussianDiffusion(get_betas("linear", 1000))
     mu, s0 = 0.3, 0.5
@@ -317,7 +326,8 @@ def _gaussian_accuracy() -> list[dict]:
     rows = []
     for name, steps in [("dpmpp2m", 10), ("dpmpp2m", 20), ("dpmpp2m", 25), ("ddim", 20),
                         ("ddim", 300), ("ddim", 1000)]:
-        out = get_sampler(name)(eps_fn, x_T, chain, steps, generator=torch.Generator(),
+        schedule = make_schedule(chain, steps, resolve_spacing(name))
+        out = get_sampler(name)(eps_fn, x_T, schedule, generator=torch.Generator(),
                                 clip_denoised=False)
         rows.append({"accuracy": f"{name} {steps}", "rmse_vs_reference": _rmse(out, exact),
                      "model": "Gaussian data, exact ODE solution"})

@@ -174,7 +174,7 @@ def loss_curves(steps: int, precisions: tuple[str, ...] = ("fp32", "bf16"), wind
 
 def conv_gflops(precision: str, repeats: int = 3) -> float:
     """Achieved GFLOP/s of a 3x3 conv (128 -> 128 channels, 4 x 32 x 32) under ``precision``."""
-    from isdm.training.step import autocast
+    from isdm.utils.precision import autocast
 
     conv = torch.nn.Conv2d(128, 128, 3, padding=1)
     x = torch.randn(4, 128, 32, 32)

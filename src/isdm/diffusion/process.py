@@ -11,7 +11,7 @@ Model output layout: ``[B, 3, H, W]`` (eps only; fixed "large" variance) or ``[B
 
 With ``prediction="v"`` the first 3 channels are v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0
 (Salimans & Ho 2022) instead; :meth:`GaussianDiffusion.eps_output` turns a raw network output
-into the eps form above, and everything downstream (losses, posterior, samplers) sees only that.
+into the eps form above, and everything downstream (losses, posterior, solvers) sees only that.
 """
 
 from __future__ import annotations
@@ -107,12 +107,6 @@ class GaussianDiffusion:
         self._check_t(t, x0)
         return (self._extract(self.sqrt_alphas_cumprod, t, x0) * x0
                 + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
-
-    def q_mean_variance(self, x0: torch.Tensor, t: torch.Tensor):
-        """Mean, variance, log-variance of q(x_t | x0)."""
-        mean = self._extract(self.sqrt_alphas_cumprod, t, x0) * x0
-        var = self._extract(1.0 - self.alphas_cumprod, t, x0)
-        return mean, var, torch.log(var)
 
     def q_posterior_mean_variance(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
         """Mean ``[B,C,H,W]``, variance and clipped log-variance ``[B,1,1,1]`` of

@@ -57,49 +57,57 @@ def resolve_config(cfg: Config, ckpt_cfg: Config) -> Config:
 class SampleEngine:
     """Generate images conditioned on label maps with classifier-free guidance.
 
+    The solver's schedule (``sample.steps`` respaced steps of the trained chain, placed by
+    ``sample.spacing``) is built once here; per batch the engine builds the guided model
+    (:class:`isdm.sampling.guidance.GuidedModel`), the generators and ``x_T``.
+
     Args:
         model: the SDM UNet (``forward(x_t, t, cond)``, ``precompute_condition(segmap)``).
         diffusion: the TRAINED chain (:class:`isdm.diffusion.GaussianDiffusion`).
-        cfg: the resolved config (sample.sampler / steps / eta / s / precision / clip_denoised,
-            data.num_classes / ignore_index).
+        cfg: the resolved config (sample.sampler / steps / spacing / eta / s / precision /
+            clip_denoised, data.num_classes / ignore_index).
         device: torch device.
         batch_size: rows per forward; smaller batches are padded to it.
     """
 
     def __init__(self, model: Any, diffusion: Any, cfg: Config, device: Any, batch_size: int) -> None:
-        from isdm.samplers import get_sampler
+        from isdm.solvers import get_sampler, make_schedule, resolve_spacing
 
-        self.model, self.diffusion, self.cfg, self.device = model, diffusion, cfg, device
+        self.model, self.cfg, self.device = model, cfg, device
         self.batch_size = batch_size
-        self.sampler = get_sampler(cfg.sample.sampler)
+        sample_cfg = cfg.sample
+        self.sampler = get_sampler(sample_cfg.sampler)
+        self.schedule = make_schedule(diffusion, sample_cfg.steps,
+                                      resolve_spacing(sample_cfg.sampler, sample_cfg.spacing))
 
     def __call__(self, labels: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
         """labels uint8 [B, H, W] class ids, ``seeds`` B ints -> uint8 [B, H, W, 3] samples."""
         import torch
 
         from isdm.data.masks import null_label, one_hot
-        from isdm.samplers.guidance import GuidedModel
+        from isdm.sampling.guidance import GuidedModel
 
         n = len(seeds)
         pad = max(self.batch_size - n, 0)
         labels = np.concatenate([labels, np.repeat(labels[-1:], pad, 0)]) if pad else labels
         seeds = list(seeds) + [seeds[-1]] * pad
-        s = self.cfg.sample
+        sample_cfg = self.cfg.sample
         with torch.no_grad():
             y = torch.from_numpy(np.ascontiguousarray(labels)).long().to(self.device)
             segmap = one_hot(y, self.cfg.data.num_classes, self.cfg.data.ignore_index)
             # SPADE maps once per batch (and once for the null label, broadcast over rows)
             cond = self.model.precompute_condition(segmap)
-            null = self.model.precompute_condition(null_label(segmap[:1])) if s.s != 1 else None
-            model_fn = GuidedModel(self.model, cond, null, s.s, batch_passes="auto",
-                                   precision=s.precision)
+            null = (self.model.precompute_condition(null_label(segmap[:1]))
+                    if sample_cfg.s != 1 else None)
+            model_fn = GuidedModel(self.model, cond, null, sample_cfg.s, batch_passes="auto",
+                                   precision=sample_cfg.precision)
             gens = [torch.Generator(self.device).manual_seed(int(sd)) for sd in seeds]
             h, w = labels.shape[1:]
             x_T = torch.cat([torch.randn((1, 3, h, w), generator=g, device=self.device)
                              for g in gens])
-            opts = {"eta": s.eta} if s.sampler == "ddim" else {}
-            x0 = self.sampler(model_fn, x_T, self.diffusion, s.steps, generator=gens,
-                              clip_denoised=s.clip_denoised, progress=False, **opts)
+            opts = {"eta": sample_cfg.eta} if sample_cfg.sampler == "ddim" else {}
+            x0 = self.sampler(model_fn, x_T, self.schedule, generator=gens,
+                              clip_denoised=sample_cfg.clip_denoised, progress=False, **opts)
         return to_uint8(x0[:n])
 
 

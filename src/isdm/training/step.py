@@ -1,21 +1,22 @@
-"""One optimisation step of the SDM and its mixed-precision context.
+"""One optimisation step of the SDM and its mixed precision.
 
 Mixed precision (``precision``): ``fp32`` (default); ``bf16`` autocast (CPU and CUDA, no loss
 scaling); ``fp16`` autocast with ``torch.amp.GradScaler`` loss scaling (CUDA only; on CPU it falls
-back to fp32). Only the network's forward runs under autocast; the diffusion loss is fp32.
+back to fp32). Only the network's forward runs under autocast (the helper sampling uses too,
+:func:`isdm.utils.precision.autocast`); the diffusion loss is fp32.
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from isdm.training.ema import EMA
+from isdm.utils.precision import autocast
 
-__all__ = ["resolve_precision", "autocast", "make_model_fn", "optimisation_step"]
+__all__ = ["resolve_precision", "make_model_fn", "optimisation_step"]
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -23,14 +24,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "fp16" and device.type != "cuda":
         return "fp32"
     return precision
-
-
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """Mixed-precision context for the network's forward pass (the loss stays fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def make_model_fn(net: nn.Module, segmap: torch.Tensor, precision: str

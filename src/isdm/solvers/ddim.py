@@ -3,23 +3,20 @@ with x0 clipped and eps re-derived from the clipped x0 as in guided-diffusion's 
 
 from __future__ import annotations
 
-from typing import Sequence, Union
-
 import torch
 
-from isdm.diffusion import GaussianDiffusion
-from isdm.samplers.common import (GeneratorArg, ModelFn, call_model, check_inputs, randn_rows,
-                                  respaced_chain, step_indices)
+from isdm.solvers.denoiser import (Denoiser, GeneratorArg, ModelFn, check_inputs, randn_rows,
+                                   step_indices)
+from isdm.solvers.schedule import Schedule
 
 __all__ = ["sample_ddim"]
 
 
 @torch.no_grad()
-def sample_ddim(model_fn: ModelFn, x_T: torch.Tensor, diffusion: GaussianDiffusion,
-                steps: Union[int, str, Sequence[int]], *, generator: GeneratorArg,
-                clip_denoised: bool = True, progress: bool = False,
-                eta: float = 0.0, spacing: str = "uniform") -> torch.Tensor:
-    """DDIM through ``steps`` respaced steps of the trained chain.
+def sample_ddim(model_fn: ModelFn, x_T: torch.Tensor, schedule: Schedule, *,
+                generator: GeneratorArg, clip_denoised: bool = True, progress: bool = False,
+                eta: float = 0.0) -> torch.Tensor:
+    """DDIM through the N steps of ``schedule``.
 
     For respaced i = N-1 .. 0 (abar_prev = 1 at i = 0):
 
@@ -31,22 +28,16 @@ def sample_ddim(model_fn: ModelFn, x_T: torch.Tensor, diffusion: GaussianDiffusi
     eta = 0 is deterministic (noise is drawn only when eta > 0); eta = 1 is DDPM-like with the
     fixed small variance. With an exact denoiser and eta = 0 the result is x0 exactly.
 
-    Args: as :func:`isdm.samplers.ddpm.sample_ddpm`, plus ``eta`` >= 0 and ``spacing`` of an
-    int ``steps`` ("uniform" in t, guided-diffusion's; or "logsnr", see
-    :func:`isdm.samplers.common.logsnr_timesteps`). Only the eps channels of the model output
-    are used. Returns x0 ``[B, 3, H, W]``.
+    Args: as :func:`isdm.solvers.ddpm.sample_ddpm`, plus ``eta`` >= 0. Only the eps channels of
+    the model output are used. Returns x0 ``[B, 3, H, W]``.
     """
     if eta < 0:
         raise ValueError(f"sample.eta={eta}: must be >= 0 (0 = deterministic DDIM)")
     check_inputs(x_T, generator)
-    spaced, timestep_map = respaced_chain(diffusion, steps, spacing)
+    denoise, spaced = Denoiser(model_fn, schedule, clip_denoised), schedule.spaced
     x = x_T
-    for i in step_indices(spaced.num_timesteps, progress, "ddim"):
-        out = call_model(model_fn, x, timestep_map[i], diffusion)
-        t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-        x0 = spaced.predict_xstart_from_eps(x, t, out[:, : x.shape[1]])
-        if clip_denoised:
-            x0 = x0.clamp(-1.0, 1.0)
+    for i in step_indices(schedule.num_steps, progress, "ddim"):
+        x0, _, t = denoise(x, i)
         eps = spaced.predict_eps_from_xstart(x, t, x0)
         abar = float(spaced.alphas_cumprod[i])
         abar_prev = float(spaced.alphas_cumprod_prev[i])

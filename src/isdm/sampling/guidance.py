@@ -1,4 +1,5 @@
-"""Classifier-free guidance as a model wrapper (Ho & Salimans 2022; SDM, Wang et al. 2022 eq. 9):
+"""Classifier-free guidance of the SDM as a model wrapper, built by the sampling engine per mask
+batch and handed to a solver as its ``model_fn`` (Ho & Salimans 2022; SDM, Wang et al. 2022 eq. 9):
 
     eps_hat = eps_u + s (eps_c - eps_u)        on the eps channels (the first 3)
 
@@ -17,15 +18,15 @@ runs at any step. Raw one-hot segmaps are accepted too (the original recipe, no 
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Literal, Optional, Union
 
 import torch
 
+from isdm.utils.precision import PRECISIONS, autocast
+
 __all__ = ["GuidedModel"]
 
 Precision = Literal["fp32", "bf16", "fp16"]
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _batch(cond: Any) -> int:
@@ -78,7 +79,7 @@ class GuidedModel:
                  precision: Precision = "fp32", share_encoder: bool = True) -> None:
         if batch_passes not in (True, False, "auto"):
             raise ValueError(f"batch_passes={batch_passes!r}: use True, False or 'auto'")
-        if precision not in ("fp32", *_DTYPES):
+        if precision not in PRECISIONS:
             raise ValueError(f"sample.precision={precision!r}: use 'fp32', 'bf16' or 'fp16'")
         s = float(s)
         if s != 1.0 and null_cond is None:
@@ -97,15 +98,10 @@ class GuidedModel:
             callable(getattr(model, name, None)) for name in ("encode", "decode"))
         self.forwards = self.encoder_passes = 0
 
-    def _autocast(self, device: torch.device):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=_DTYPES[self.precision])
-
     def _forward(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         self.forwards += 1
         self.encoder_passes += 1
-        with self._autocast(x.device):
+        with autocast(self.precision, x.device):
             out = self.model(x, t, cond)
         return out.float()
 
@@ -119,7 +115,7 @@ class GuidedModel:
                 return self._forward(torch.cat([x_t, x_t]), torch.cat([t, t]),
                                      self._both).chunk(2)
             return self._forward(x_t, t, self.cond), self._forward(x_t, t, self.null_cond)
-        with self._autocast(x_t.device):
+        with autocast(self.precision, x_t.device):
             enc = self.model.encode(x_t, t)  # mask-free: the same for both passes
             self.encoder_passes += 1
             if batched:

@@ -209,7 +209,8 @@ def test_every_numeric_key_has_a_range(key, default):
 
 def test_all_invalid_values_of_a_file_are_listed_at_once(tmp_path):
     p = tmp_path / "p.yaml"
-    p.write_text("train:\n  lr: -1\n  batch_size: 0\nsample:\n  balance:\n    augment_variants: -2\n")
+    p.write_text("train:\n  lr: -1\n  batch_size: 0\n"
+                 "sample:\n  balance:\n    augment_variants: -2\n")
     with pytest.raises(ConfigError, match=r"p\.yaml: 3 invalid values:\n  train\.lr=-1\.0: must "
                                           r"be > 0\n  train\.batch_size=0: must be >= 1\n  "
                                           r"sample\.balance\.augment_variants=-2: must be >= 0$"):

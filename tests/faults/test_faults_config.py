@@ -54,8 +54,12 @@ def test_case_03_non_finite_values_are_rejected_at_load(tmp_path):
     with pytest.raises(ConfigError, match=r"sample\.s=inf: must be a finite number"):
         load_config(yaml_file)
     json_file = _write(tmp_path, "c.json", json.dumps({**ORIGINAL_SAMPLE, "s": float("nan")}))
-    with pytest.raises(ConfigError, match=r"sample\.s=nan: must be a finite number"):
+    with pytest.raises(ConfigError, match=r"c\.json: s=nan: must be a finite number"):
         load_config(json_file)
+    # anywhere: also under a key the original's mapping ignores
+    ignored = _write(tmp_path, "i.json", {**ORIGINAL_SAMPLE, "fp16_scale_growth": 1e999})
+    with pytest.raises(ConfigError, match=r"fp16_scale_growth=inf: must be a finite number"):
+        load_config(ignored)
     with pytest.raises(ConfigError, match="finite"):
         SampleConfig(s=float("inf"))
 

@@ -179,7 +179,8 @@ _MAP: dict[str, _Mapper] = {
     "num_head_channels": _to("model.num_head_channels"),
     "num_res_blocks": _to("model.num_res_blocks"),
     # The original's "32,16,8" are feature-map sizes, the same meaning isdm uses.
-    "attention_resolutions": _to("model.attention_resolutions", lambda v: [int(x) for x in _floats(v)]),
+    "attention_resolutions": _to("model.attention_resolutions",
+                                 lambda v: [int(x) for x in _floats(v)]),
     "channel_mult": _to("model.channel_mult", lambda v: _floats(v) if v else []),
     "dropout": _to("model.dropout"),
     "resblock_updown": _to("model.resblock_updown"),
@@ -197,7 +198,8 @@ def _resume(v: Any, raw: Mapping[str, Any], action: str) -> Optional[str]:
     if not v or action == "sample":
         return None
     if action == "finetune":
-        return f"isdm takes it on the command line: `isdm finetune --init {v} ...` (start from its weights)"
+        return (f"isdm takes it on the command line: `isdm finetune --init {v} ...` (start from "
+                "its weights)")
     return f"isdm takes it on the command line: `isdm train --resume {v} ...` (continue that run)"
 
 
@@ -223,7 +225,7 @@ _WARNINGS: dict[str, Callable[[Any, Mapping[str, Any], str], Optional[str]]] = {
         "the original tool ignored this misspelt key (it reads weight_decay) and trained without "
         f"weight decay; isdm does the same ({_train_section(a)}.weight_decay stays "
         f"{raw.get('weight_decay', 0.0)}). Write weight_decay to use weight decay"),
-    "s": lambda v, raw, a: None if _number(v, 1.0) >= 1 else (
+    "s": lambda v, raw, a: None if not _number(v, 1.0) < 1 else (
         "the original sampled the conditional model for every s <= 1; isdm interpolates "
         f"eps_u + s (eps_c - eps_u), so s={v} is part-way to unconditional (s=0). Set s: 1 for "
         "the original's output"),
@@ -236,10 +238,10 @@ _WARNINGS: dict[str, Callable[[Any, Mapping[str, Any], str], Optional[str]]] = {
     "rescale_learned_sigmas": _rescaled_vb,
     "schedule_sampler": lambda v, raw, a: None if v == "uniform" else (
         "isdm draws training timesteps uniformly (the original's 'uniform')"),
-    "lr_anneal_steps": lambda v, raw, a: None if _number(v) <= 0 else (
+    "lr_anneal_steps": lambda v, raw, a: None if not _number(v) > 0 else (
         f"the original decayed the learning rate linearly to 0 over {v} steps; isdm keeps "
         f"{_train_section(a)}.lr constant"),
-    "microbatch": lambda v, raw, a: None if _number(v) <= 0 or v == raw.get("batch_size") else (
+    "microbatch": lambda v, raw, a: None if not _number(v) > 0 or v == raw.get("batch_size") else (
         "isdm does not split batches: each optimiser step is one forward/backward pass over "
         "batch_size samples"),
     "num_heads": _heads,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -34,6 +35,17 @@ def is_sectioned(data: Mapping[str, Any]) -> bool:
     if not data or any(k in SECTIONS for k in data):
         return True
     return 2 * sum(_section_like(str(k), v) for k, v in data.items()) > len(data)
+
+
+def _non_finite(data: Any, prefix: str = "") -> list[str]:
+    """``key=value`` of every nan / inf anywhere in a parsed file, keys as the file writes them
+    (also keys an original config's mapping would ignore)."""
+    if isinstance(data, Mapping):
+        return [x for k, v in data.items()
+                for x in _non_finite(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(data, list):
+        return [x for i, v in enumerate(data) for x in _non_finite(v, f"{prefix}[{i}]")]
+    return [f"{prefix}={data}"] if isinstance(data, float) and not math.isfinite(data) else []
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -91,6 +103,9 @@ def load_config(
     tree: dict[str, Any] = {}
     if path is not None:
         data = read_file(Path(path))
+        bad = _non_finite(data)
+        if bad:
+            raise ConfigError(f"{path}: {', '.join(bad)}: must be a finite number (not nan or inf)")
         tree = data if is_sectioned(data) else legacy_to_tree(data, action=action, source=str(path))
     tree = apply_overrides(json.loads(json.dumps(tree)), overrides)
     try:

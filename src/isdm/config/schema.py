@@ -69,7 +69,8 @@ class DataConfig(Section):
     RULES = {
         "root": (TEXT,),
         "num_classes": (in_range(2, 255),),
-        "image_size": (Rule(lambda v: v >= 8 and v % 8 == 0, "must be a multiple of 8, at least 8"),),
+        "image_size": (Rule(lambda v: v >= 8 and v % 8 == 0,
+                            "must be a multiple of 8, at least 8"),),
         "num_workers": (at_least(0),),
     }
 

@@ -103,7 +103,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is tuple:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             # "32,16,8" (the original's string lists) or a single scalar
-            value = [v for v in str(value).split(",") if v.strip()] if isinstance(value, str) else [value]
+            value = ([v for v in value.split(",") if v.strip()] if isinstance(value, str)
+                     else [value])
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         (elem,) = get_args(tp)[:1] or (Any,)

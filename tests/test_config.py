@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from isdm.config import (
+    MODEL_PRESETS,
     Config,
     ConfigError,
-    MODEL_PRESETS,
+    DataConfig,
+    ModelConfig,
     TrainConfig,
     config_from_json,
+    default_channel_mult,
     flatten,
     load_config,
     to_dict,
@@ -22,7 +27,7 @@ from isdm.config import (
 REPO = Path(__file__).resolve().parents[1]
 
 # The original tool's config_train.json, as committed upstream (paths aside): note the
-# `weights_decay` typo that silently disabled weight decay there.
+# `weights_decay` typo that silently disabled weight decay there (tests/faults, case 18).
 ORIGINAL_TRAIN = {
     "root_log_dir": "OUTPUT/", "data_dir": "data/synth", "dataset_mode": "lemon-multi-class",
     "lr": 0.0001, "batch_size": 32, "diffusion_steps": 1000, "image_size": 256,
@@ -66,10 +71,47 @@ def test_overrides_parse_yaml_values():
     assert cfg.data.ignore_index is None
 
 
-def test_model_preset_then_explicit_keys():
-    cfg = load_config(None, ["model.preset=tiny", "model.num_channels=64"])
-    assert cfg.model.num_channels == 64
-    assert cfg.model.channel_mult == tuple(MODEL_PRESETS["tiny"]["channel_mult"])
+def test_preset_contradicted_by_an_explicit_key_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.num_channels=64: contradicts "
+                                          r"model\.preset='tiny', which sets 32: drop the key"):
+        load_config(None, ["model.preset=tiny", "model.num_channels=64"])
+    # a params file that repeats the preset's values (as params.yaml does) is fine
+    p = tmp_path / "p.yaml"
+    p.write_text("model:\n  preset: tiny\n  channel_mult: [1, 1]\n  spade_hidden: 16\n")
+    assert load_config(p).model == ModelConfig(preset="tiny")
+    # no preset: every size may be chosen; the keys not given are the default preset's
+    cfg = load_config(None, ["model.preset=''", "model.num_channels=64"])
+    assert cfg.model.num_channels == 64 and cfg.model.preset == ""
+    assert cfg.model.channel_mult == MODEL_PRESETS["default"]["channel_mult"]
+
+
+@pytest.mark.parametrize("name", list(MODEL_PRESETS))
+def test_model_config_applies_its_preset(name):
+    model = ModelConfig(preset=name)
+    fields = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "preset"]
+    assert sorted(MODEL_PRESETS[name]) == sorted(fields)  # a preset names every key
+    assert {k: getattr(model, k) for k in fields} == MODEL_PRESETS[name]
+    # the training knobs may differ from the preset: they do not change the weights
+    assert ModelConfig(preset=name, dropout=0.1, use_checkpoint=True).dropout == 0.1
+
+
+def test_model_config_defaults_are_the_default_preset():
+    assert ModelConfig() == ModelConfig(preset="default")
+    assert ModelConfig().preset == "default" and Config().model.spade_hidden == 16
+    # sizes that differ from the default preset do not claim it
+    assert ModelConfig(num_channels=64).preset == ""
+    assert ModelConfig(spade_hidden=16, num_channels=32).preset == "default"
+    with pytest.raises(ConfigError, match="unknown preset; did you mean 'tiny'"):
+        ModelConfig(preset="tinny")
+
+
+def test_stored_config_with_a_contradicting_preset_still_loads():
+    """Checkpoints written before presets were enforced may hold such a config."""
+    stored = to_dict(Config())
+    stored["model"].update(preset="tiny", num_channels=64)
+    cfg = config_from_json(json.dumps(stored))
+    assert cfg.model.preset == "" and cfg.model.num_channels == 64
+    assert cfg.model.spade_hidden == 16
 
 
 def test_dataset_mode_aliases_and_binary_classes():
@@ -95,13 +137,6 @@ def test_finetune_section_defaults_differ_from_train():
 def test_val_loss_selection_needs_split():
     with pytest.raises(ConfigError, match="val_fraction"):
         TrainConfig(select_on="val_loss")
-
-
-def test_original_train_config_rejects_weights_decay(tmp_path):
-    p = tmp_path / "config_train.json"
-    p.write_text(json.dumps(ORIGINAL_TRAIN))
-    with pytest.raises(ConfigError, match=r"'weights_decay'; did you mean weight_decay\?"):
-        load_config(p, action="train")
 
 
 def test_original_train_config_maps_onto_tree(tmp_path):
@@ -146,7 +181,98 @@ def test_cli_config_show(tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["train"]["weight_decay"] == 1e-5
     p = tmp_path / "bad.json"
-    p.write_text(json.dumps(ORIGINAL_TRAIN))
+    p.write_text(json.dumps({**ORIGINAL_TRAIN, "weight_decy": 0.1}))
     res = runner.invoke(cli, ["config", "show", "-c", str(p)])
-    assert res.exit_code != 0
-    assert "did you mean weight_decay?" in res.output
+    assert res.exit_code == 1
+    assert "unknown key 'weight_decy'; did you mean weight_decay?" in res.output
+
+
+def _numeric_leaves() -> list[tuple[str, object]]:
+    """Every number and list-of-numbers key of the tree, with its default."""
+    def numeric(v: object) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    return [(k, v) for k, v in flatten(Config()).items()
+            if numeric(v) or isinstance(v, list) and v and all(numeric(x) for x in v)]
+
+
+@pytest.mark.parametrize("key, default", _numeric_leaves())
+def test_every_numeric_key_has_a_range(key, default):
+    """-1 (or [-1]) is out of range for every number of the tree, nan for every float."""
+    bad = "[-1]" if isinstance(default, list) else "-1"
+    with pytest.raises(ConfigError, match=rf"(^|\s){key}=\[?-1(\.0)?\]?: "):
+        load_config(None, [f"{key}={bad}"])
+    if isinstance(default, float) or isinstance(default, list) and isinstance(default[0], float):
+        with pytest.raises(ConfigError, match=rf"{key}=\[?nan\]?: must be a finite number"):
+            load_config(None, [f"{key}={'[.nan]' if isinstance(default, list) else '.nan'}"])
+
+
+def test_all_invalid_values_of_a_file_are_listed_at_once(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("train:\n  lr: -1\n  batch_size: 0\n"
+                 "sample:\n  balance:\n    augment_variants: -2\n")
+    with pytest.raises(ConfigError, match=r"p\.yaml: 3 invalid values:\n  train\.lr=-1\.0: must "
+                                          r"be > 0\n  train\.batch_size=0: must be >= 1\n  "
+                                          r"sample\.balance\.augment_variants=-2: must be >= 0$"):
+        load_config(p)
+
+
+_MODELS = {
+    "tiny": dict(preset="tiny"),
+    "default": dict(preset="default"),
+    "by-size": dict(preset="", channel_mult=(), attention_resolutions=(16, 8),
+                    num_head_channels=64),
+    "3-levels": dict(preset="", channel_mult=(1, 2, 2), attention_resolutions=(16,)),
+    "5-levels": dict(preset="", channel_mult=(1, 1, 2, 2, 4), attention_resolutions=(8,)),
+    "heads-64": dict(preset="", num_channels=96, channel_mult=(1, 2), num_head_channels=64,
+                     attention_resolutions=()),
+    "half": dict(preset="", num_channels=64, channel_mult=(0.5, 1), attention_resolutions=()),
+}
+
+
+@pytest.mark.parametrize("name", list(_MODELS))
+def test_config_size_rule_is_exactly_the_unets(name):
+    """A model/image-size pair loads iff SDMUNet accepts it (isdm.models.unet._validate)."""
+    from isdm.models.unet import _validate
+
+    model = ModelConfig(**_MODELS[name])
+    for size in range(8, 264, 8):
+        try:
+            Config(data=DataConfig(image_size=size), model=model)
+            config_ok = True
+        except ConfigError:
+            config_ok = False
+        try:
+            mult = model.channel_mult or default_channel_mult(size)
+            _validate(size, 5, model.num_channels, mult, model.num_res_blocks,
+                      model.attention_resolutions, model.num_head_channels, model.spade_hidden)
+            unet_ok = True
+        except ValueError:
+            unet_ok = False
+        assert config_ok == unet_ok, (name, size, config_ok)
+
+
+def test_mix_rule_is_exactly_parse_mix():
+    from isdm.errors import EvaluationError
+    from isdm.evaluation.mixes import parse_mix
+
+    for code in ["RALLF000", "RALLFALL", "R20F100", "R000FALL", "R0F0", "R000F000", "R10F",
+                 "rallf000", "R1F1x", "RF1", "R-1F2", "R01F0"]:
+        try:
+            parse_mix(code)
+            parsed = True
+        except EvaluationError:
+            parsed = False
+        try:
+            load_config(None, [f"tune.mix={code}"])
+            loaded = True
+        except ConfigError:
+            loaded = False
+        assert parsed == loaded, code
+
+
+def test_empty_file_is_the_defaults(tmp_path):
+    p = tmp_path / "empty.yaml"
+    p.write_text("# nothing set\n")
+    assert load_config(p) == Config()
+    assert math.isfinite(load_config(p).sample.s)

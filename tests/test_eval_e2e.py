@@ -133,7 +133,7 @@ def test_batches_never_end_with_a_single_sample_and_augment_flips_jointly():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("evaluate.mixes=[R10F]", "is not R<a>F<b>"),
+    ("evaluate.mixes=[R10F]", "R<a>F<b>"),
     ("evaluate.mixes=[R99F000]", "asked for 99 real training images"),
     ("evaluate.image_size=48", "multiple of 32"),
     ("evaluate.architectures=[Unet3]", "unknown smp architecture"),

@@ -50,7 +50,7 @@ def tiny() -> SDMUNet:
      (2, 6, 32, 32)),  # empty channel_mult -> (1, 2, 2) at 32 px
 ])
 def test_output_shapes(changes, size, classes, expected):
-    model = build_model(dataclasses.replace(TINY, **changes), size, classes)
+    model = build_model(dataclasses.replace(TINY, preset="", **changes), size, classes)
     x, t, segmap = _inputs(2, size, classes)
     with torch.no_grad():
         out = model(x, t, segmap)
@@ -60,7 +60,7 @@ def test_output_shapes(changes, size, classes, expected):
 
 
 def test_default_channel_mult_by_image_size():
-    model = build_model(dataclasses.replace(TINY, channel_mult=()), 64, 2)
+    model = build_model(dataclasses.replace(TINY, preset="", channel_mult=()), 64, 2)
     # 64 px -> (1, 2, 3, 4): 4 levels, 3 down-samplings in the encoder
     downs = [b for b in model.input_blocks if getattr(b[0], "down", False)]
     assert len(downs) == 3 and model.out[2].in_channels == 32
@@ -252,7 +252,7 @@ def test_original_preset_size_and_cost():
 ])
 def test_construction_errors_say_what_to_change(changes, size, match):
     with pytest.raises(ValueError, match=match):
-        build_model(dataclasses.replace(TINY, **changes), size, 3)
+        build_model(dataclasses.replace(TINY, preset="", **changes), size, 3)
 
 
 def test_forward_errors_name_the_expected_shape(tiny):

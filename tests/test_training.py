@@ -160,7 +160,7 @@ def test_checkpoint_holds_every_key(tiny_ckpt):
 
 
 def test_resume_with_other_sizes_names_every_mismatch(tiny_ckpt, synth_dir, tmp_path):
-    cfg = tiny_cfg("model.num_channels=64", "data.image_size=64")
+    cfg = tiny_cfg("model.preset=''", "model.num_channels=64", "data.image_size=64")
     with pytest.raises(checkpoint.CheckpointError) as e:
         train(cfg, synth_dir, tmp_path, resume=tiny_ckpt, progress=False)
     msg = str(e.value)
@@ -170,7 +170,8 @@ def test_resume_with_other_sizes_names_every_mismatch(tiny_ckpt, synth_dir, tmp_
 
 
 def test_finetune_adopts_the_checkpoint_sizes(tiny_ckpt, synth_dir, tmp_path, capsys):
-    cfg = tiny_cfg("model.num_channels=64", "finetune.max_steps=1", "finetune.max_epochs=1")
+    cfg = tiny_cfg("model.preset=''", "model.num_channels=64", "finetune.max_steps=1",
+                   "finetune.max_epochs=1")
     res = train(cfg, synth_dir, tmp_path, action="finetune", init_from=tiny_ckpt, progress=False)
     assert "model.num_channels: checkpoint 32, config 64" in capsys.readouterr().err
     state = torch.load(res.best_path, weights_only=True)

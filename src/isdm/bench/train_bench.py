@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from isdm.config import ModelConfig, DiffusionConfig, MODEL_PRESETS
+from isdm.config import DiffusionConfig, ModelConfig
 
 __all__ = ["run", "matmul_flops", "measure_training"]
 
@@ -31,7 +31,7 @@ ORIGINAL_CPU = ModelConfig(num_channels=64, channel_mult=(1, 2, 3, 4), num_res_b
                            resblock_updown=True, learn_sigma=True, spade_hidden=128,
                            use_checkpoint=False)
 CONFIGS = {
-    "default": (ModelConfig(preset="default", **MODEL_PRESETS["default"]), 64, 5, 8),
+    "default": (ModelConfig(preset="default"), 64, 5, 8),
     "original-cpu": (ORIGINAL_CPU, 64, 2, 4),
 }
 
@@ -127,7 +127,7 @@ def loss_curves(steps: int, precisions: tuple[str, ...] = ("fp32", "bf16"), wind
     from isdm.training.step import optimisation_step
 
     data_cfg = DataConfig()
-    model_cfg = ModelConfig(preset="default", **MODEL_PRESETS["default"])
+    model_cfg = ModelConfig(preset="default")
     diffusion = build_diffusion(DiffusionConfig(prediction="v"))  # as the embedded pipeline
     curves: dict[str, list[float]] = {}
     seconds: dict[str, float] = {}

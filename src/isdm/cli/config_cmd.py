@@ -21,7 +21,10 @@ def config() -> None:
                    "(inferred when omitted).")
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml")
 def show(config_path: str | None, overrides: tuple[str, ...], action: str | None, fmt: str) -> None:
-    """Print the config after defaults, the file and --set overrides are merged."""
+    """Print the config after defaults, the file and --set overrides are merged.
+
+    Every invalid value is an error; an original ISDM config's keys that isdm does not reproduce
+    are printed as warnings on stderr (stdout holds only the config)."""
     from isdm.config import to_dict
 
     cfg = load_cli_config(config_path, overrides, action=action)

@@ -17,7 +17,7 @@ def _legacy_model_path(config_path: Optional[str]) -> Optional[str]:
     if not config_path or not config_path.endswith(".json"):
         return None
     from isdm.config import is_sectioned
-    from isdm.legacy import legacy_paths
+    from isdm.config import legacy_paths
 
     try:
         raw = json.loads(Path(config_path).read_text())

@@ -55,11 +55,11 @@ def forward_flops(model_cfg: Any, image_size: int, num_classes: int,
 def preset_report(num_classes: int = 5) -> list[dict[str, Any]]:
     """Params and forward GFLOPs of the ``tiny`` (32 px), ``default`` (64 px) and ``original``
     (256 px) presets: one row per preset."""
-    from isdm.config import MODEL_PRESETS, ModelConfig
+    from isdm.config import ModelConfig
 
     rows = []
     for name, size in (("tiny", 32), ("default", 64), ("original", 256)):
-        cfg = ModelConfig(preset=name, **MODEL_PRESETS[name])
+        cfg = ModelConfig(preset=name)
         r = forward_flops(cfg, size, num_classes)
         rows.append({"preset": name, "image_size": size, "num_classes": num_classes,
                      "params_M": round(r["params"] / 1e6, 3),

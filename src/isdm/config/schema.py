@@ -1,0 +1,378 @@
+"""The config sections other than ``model``: one frozen dataclass per ``params.yaml`` section.
+
+Each field's valid range is in the class's ``RULES`` (checked on construction, see
+:mod:`isdm.config.checks`); rules that tie several fields together are in ``_problems``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Literal, Optional
+
+from isdm.config.checks import (
+    DEVICE,
+    GREATER_0,
+    NON_EMPTY,
+    Problem,
+    Rule,
+    Section,
+    at_least,
+    each,
+    in_range,
+)
+from isdm.errors import ConfigError
+
+__all__ = ["DataConfig", "SynthConfig", "DiffusionConfig", "TrainConfig", "FINETUNE_DEFAULTS",
+           "BalanceConfig", "AugmentConfig", "SampleConfig", "EvaluateConfig", "TuneConfig",
+           "TrackingConfig", "canonical_dataset_mode"]
+
+_MODE_ALIASES = {
+    "binary": "binary",
+    "lemon-binary": "binary",
+    "multi-class": "multi-class",
+    "multiclass": "multi-class",
+    "lemon-multi-class": "multi-class",
+}
+
+
+def canonical_dataset_mode(mode: str) -> str:
+    """Map ``lemon-binary`` / ``lemon-multi-class`` aliases onto ``binary`` / ``multi-class``."""
+    try:
+        return _MODE_ALIASES[mode]
+    except KeyError:
+        raise ConfigError(
+            f"data.dataset_mode: unknown mode {mode!r}; use one of 'binary', 'multi-class' "
+            "(aliases 'lemon-binary', 'lemon-multi-class')"
+        ) from None
+
+
+SEED = at_least(0)
+PROBABILITY = in_range(0, 1)
+TEXT = Rule(lambda v: bool(v.strip()), "must not be empty")
+# The grammar of isdm.evaluation.mixes.parse_mix, checked here so that a typo fails at load.
+MIX = Rule(lambda v: re.fullmatch(r"R(ALL|\d+)F(ALL|\d+)", v) is not None
+           and re.fullmatch(r"R0+F0+", v) is None,
+           "must be R<a>F<b> with a, b digits or ALL (e.g. RALLF000, R20F100), not both 0")
+
+
+@dataclass(frozen=True)
+class DataConfig(Section):
+    """Dataset layout ``<root>/{train,test}/{images,masks}`` and preprocessing.
+
+    Binary masks: any value > 0 is the defect class 1 (so {0,1} and {0,255} both work).
+    Multi-class masks: 8-bit gray or palette PNG holding class ids ``0..num_classes-1``;
+    ``ignore_index`` pixels are excluded from losses and metrics.
+    """
+
+    SECTION = "data"
+    RULES = {
+        "root": (TEXT,),
+        "num_classes": (in_range(2, 255),),
+        "image_size": (Rule(lambda v: v >= 8 and v % 8 == 0,
+                            "must be a multiple of 8, at least 8"),),
+        "num_workers": (at_least(0),),
+    }
+
+    root: str = "data/synth"
+    dataset_mode: str = "multi-class"
+    num_classes: int = 5
+    ignore_index: Optional[int] = 255
+    image_size: int = 64
+    keep_aspect: bool = False
+    hflip: bool = True
+    num_workers: int = 0
+
+    def _resolve(self) -> None:
+        if self.dataset_mode in _MODE_ALIASES:
+            object.__setattr__(self, "dataset_mode", _MODE_ALIASES[self.dataset_mode])
+
+    def _problems(self) -> Iterable[Problem]:
+        if self.dataset_mode not in _MODE_ALIASES:
+            yield Problem("dataset_mode", self.dataset_mode, "must be 'binary' or 'multi-class' "
+                          "(aliases 'lemon-binary', 'lemon-multi-class')")
+        if self.dataset_mode == "binary" and self.num_classes != 2:
+            yield Problem("num_classes", self.num_classes, "data.dataset_mode='binary' needs 2; "
+                          "set data.num_classes=2 or dataset_mode='multi-class'")
+        if self.ignore_index is not None and not self.num_classes <= self.ignore_index <= 255:
+            yield Problem("ignore_index", self.ignore_index,
+                          f"must be in {self.num_classes}..255 (uint8 label maps, not a class id "
+                          f"0..{self.num_classes - 1}) or null; use 255")
+
+
+@dataclass(frozen=True)
+class SynthConfig(Section):
+    """The embedded procedural dataset written by ``isdm data synth``."""
+
+    SECTION = "synth"
+    RULES = {"seed": (SEED,), "num_train": (at_least(1),), "num_test": (at_least(1),),
+             "image_size": (at_least(16),)}
+
+    seed: int = 0
+    num_train: int = 40
+    num_test: int = 20
+    image_size: int = 64
+    binary: bool = False
+
+
+@dataclass(frozen=True)
+class DiffusionConfig(Section):
+    """The trained Markov chain: ``T = diffusion_steps`` steps of a ``linear``/``cosine`` schedule.
+
+    ``prediction`` is what the network's first 3 output channels mean: ``eps`` (the noise, the
+    original's choice) or ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0`` (Salimans & Ho 2022),
+    converted to eps before every loss and sampler, so the hybrid loss (MSE on eps + L_vb) and
+    the samplers are the same for both. ``v`` learns far faster in short runs: an untrained
+    network's zero output means x0 ~ 0 at high noise instead of the huge x0 = x_t / sqrt(abar_t)
+    of eps (see README "Results").
+    """
+
+    SECTION = "diffusion"
+    RULES = {"diffusion_steps": (at_least(2),)}
+
+    diffusion_steps: int = 1000
+    noise_schedule: Literal["linear", "cosine"] = "linear"
+    prediction: Literal["eps", "v"] = "eps"
+
+    def _problems(self) -> Iterable[Problem]:
+        if self.noise_schedule == "linear" and self.diffusion_steps <= 20:
+            yield Problem("diffusion_steps", self.diffusion_steps, (
+                "with the linear schedule the last beta 0.02 * 1000 / T is >= 1 (alpha_bar_T = 0);"
+                " use at least 21 steps or diffusion.noise_schedule=cosine"))
+
+
+@dataclass(frozen=True)
+class TrainConfig(Section):
+    """Training / finetuning. ``drop_rate`` > 0 replaces a sample's mask by the null label.
+
+    Checkpoint rule: after each epoch, if the epoch's mean loss (``select_on``) improved on the
+    best, write the ``best`` checkpoint atomically and remove the previous one; stop after
+    ``max_epochs`` epochs or ``patience`` epochs without improvement (0 = never stop early).
+    ``max_steps`` > 0 ends the run after that many optimiser steps (the partial epoch counts).
+    ``grad_clip`` 0 = no clipping. ``ema_warmup``: EMA decay ``min(rate, (1+n)/(10+n))`` after
+    n updates, so short runs get a useful average. ``precision``: fp16 needs CUDA (falls back to
+    fp32 on CPU); bf16 runs on both. ``device``: ``auto`` / ``cpu`` / ``cuda`` (under torchrun
+    each process takes its LOCAL_RANK GPU).
+    """
+
+    SECTION = "train"  # also the finetune section: from_dict puts its keys under "finetune"
+    RULES = {
+        "lr": (GREATER_0,),
+        "weight_decay": (at_least(0),),
+        "batch_size": (at_least(1),),
+        "max_epochs": (at_least(1),),
+        "patience": (at_least(0),),
+        "grad_clip": (at_least(0),),
+        "ema_rates": (NON_EMPTY, each(in_range(0, 1, open_lo=True, open_hi=True))),
+        "drop_rate": (in_range(0, 1, open_hi=True),),
+        "seed": (SEED,),
+        "val_fraction": (in_range(0, 1, open_hi=True),),
+        "max_steps": (at_least(0),),
+        "log_every": (at_least(1),),
+        "device": (DEVICE,),
+    }
+
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    batch_size: int = 8
+    max_epochs: int = 30
+    patience: int = 10
+    grad_clip: float = 1.0
+    ema_rates: tuple[float, ...] = (0.999,)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    drop_rate: float = 0.0
+    seed: int = 0
+    save_last: bool = True
+    select_on: Literal["train_loss", "val_loss"] = "train_loss"
+    val_fraction: float = 0.0
+    max_steps: int = 0
+    log_every: int = 10
+    ema_warmup: bool = True
+    device: str = "auto"
+
+    def _problems(self) -> Iterable[Problem]:
+        if self.select_on == "val_loss" and not 0.0 < self.val_fraction < 1.0:
+            yield Problem("val_fraction", self.val_fraction, "select_on='val_loss' needs a "
+                          "held-out split: set val_fraction in (0, 1), e.g. 0.2")
+
+
+FINETUNE_DEFAULTS = dict(lr=1e-4, max_epochs=10, patience=5, drop_rate=0.2)
+
+
+@dataclass(frozen=True)
+class BalanceConfig(Section):
+    """Class-pixel balancing of the conditioning masks (the original's ``balance_args``).
+
+    ``augment_variants``: augmented variants of each mask added to the candidate pool when
+    ``use_mask_augmentation`` (see :mod:`isdm.sampling.balance` for the algorithm)."""
+
+    SECTION = "sample.balance"
+    RULES = {"max_class_dif": (at_least(0),), "ejection_classes": (each(at_least(0)),),
+             "augment_variants": (at_least(0),)}
+
+    enabled: bool = False
+    max_class_dif: float = 0.1
+    based_on_generated_data_only: bool = False
+    based_on_pixel_count: bool = True
+    ejection_classes: tuple[int, ...] = (0,)
+    use_mask_augmentation: bool = False
+    augment_variants: int = 4
+
+
+@dataclass(frozen=True)
+class AugmentConfig(Section):
+    """Mask augmentation that creates new layouts: flips, 90-degree rotations, translations and
+    copy-paste of defect instances between masks (each applied with its probability);
+    ``max_shift`` is the largest translation as a fraction of the image side."""
+
+    SECTION = "sample.augment"
+    RULES = {name: (PROBABILITY,)
+             for name in ("hflip", "vflip", "rot90", "translate", "max_shift", "copy_paste")}
+
+    hflip: float = 0.5
+    vflip: float = 0.5
+    rot90: float = 0.5
+    translate: float = 0.5
+    max_shift: float = 0.25
+    copy_paste: float = 0.5
+
+
+@dataclass(frozen=True)
+class SampleConfig(Section):
+    """Sampling. ``steps`` respaced steps of the trained chain, placed by ``spacing``
+    (``uniform`` in t, ``logsnr`` uniform in log-SNR, ``auto`` = the sampler's own: logsnr for
+    dpmpp2m, uniform for ddpm / ddim); ``s`` the guidance scale
+    (``eps = eps_u + s (eps_c - eps_u)``: s=1 conditional, s=0 unconditional)."""
+
+    SECTION = "sample"
+    RULES = {"num_samples": (at_least(1),), "batch_size": (at_least(1),),
+             "steps": (at_least(1),), "eta": (at_least(0),), "s": (at_least(0),),
+             "seed": (SEED,)}
+
+    num_samples: int = 40
+    batch_size: int = 8
+    sampler: Literal["ddpm", "ddim", "dpmpp2m"] = "dpmpp2m"
+    steps: int = 20
+    spacing: Literal["auto", "uniform", "logsnr"] = "auto"
+    eta: float = 0.0
+    s: float = 1.5
+    seed: int = 0
+    clip_denoised: bool = True
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    mask_source: Literal["train", "folder", "augment"] = "train"
+    mask_dir: str = ""
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def _problems(self) -> Iterable[Problem]:
+        if self.mask_source == "folder" and not self.mask_dir:
+            yield Problem("mask_dir", self.mask_dir,
+                          "sample.mask_source='folder' needs sample.mask_dir=<folder of masks>")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(Section):
+    """Downstream segmentation: smp models trained on ``R<a>F<b>`` mixes, tested on real test.
+    ``batch_size`` >= 2 because of BatchNorm; ``image_size`` a multiple of 32 because the smp
+    encoders downsample by 32; ``val_fraction`` of the real train split selects the epoch."""
+
+    SECTION = "evaluate"
+    RULES = {
+        "architectures": (NON_EMPTY, each(TEXT)),
+        "encoder": (TEXT,),
+        "encoder_weights": (Rule(lambda v: v is None or bool(v.strip()),
+                                 "must be a weights name (e.g. imagenet) or null"),),
+        "mixes": (NON_EMPTY, each(MIX)),
+        "seeds": (NON_EMPTY, each(SEED)),
+        "epochs": (at_least(1),),
+        "lr": (GREATER_0,),
+        "batch_size": (at_least(2),),
+        "image_size": (Rule(lambda v: v >= 32 and v % 32 == 0,
+                            "smp encoders downsample by 32: use a multiple of 32"),),
+        "val_fraction": (in_range(0, 1, open_lo=True, open_hi=True),),
+        "bootstrap": (at_least(0),),
+        "device": (DEVICE,),
+    }
+
+    architectures: tuple[str, ...] = ("UnetPlusPlus", "FPN", "DeepLabV3Plus")
+    encoder: str = "resnet18"
+    encoder_weights: Optional[str] = None
+    mixes: tuple[str, ...] = ("RALLF000", "RALLFALL")
+    seeds: tuple[int, ...] = (0, 1)
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 8
+    image_size: int = 64
+    loss: Literal["dice", "dice_ce"] = "dice_ce"
+    augment: bool = True
+    val_fraction: float = 0.2
+    bootstrap: int = 1000
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class TuneConfig(Section):
+    """Optuna search over the generator's knobs against validation mIoU.
+
+    Each trial finetunes with a ``drop_rates`` choice (cached per rate for ``finetune_epochs``),
+    samples ``num_samples`` pairs with guidance ``s`` in ``[s_low, s_high]`` and a ``steps`` /
+    ``samplers`` choice, trains ``architecture`` on mix ``mix`` for ``eval_epochs`` and returns its
+    validation mIoU (never the test split). ``storage`` '' = a journal file under ``--out``.
+    With ``pruning``, a MedianPruner stops a trial whose per-epoch validation mIoU falls below the
+    median of earlier trials, after ``pruning_startup_trials`` complete trials. TPE samples at
+    random for the first ``sampler_startup_trials`` trials. ``n_trials`` 0 only creates the study
+    (and its MLflow run) for workers to join.
+    """
+
+    SECTION = "tune"
+    RULES = {
+        "n_trials": (at_least(0),),
+        "study_name": (TEXT,),
+        "s_low": (at_least(0),),
+        "drop_rates": (NON_EMPTY, each(in_range(0, 1, open_hi=True))),
+        "steps": (NON_EMPTY, each(at_least(1))),
+        "samplers": (NON_EMPTY, each(Rule(lambda v: v in ("ddpm", "ddim", "dpmpp2m"),
+                                          "must be ddpm, ddim or dpmpp2m"))),
+        "num_samples": (at_least(1),),
+        "finetune_epochs": (at_least(1),),
+        "eval_epochs": (at_least(1),),
+        "architecture": (TEXT,),
+        "mix": (MIX,),
+        "seed": (SEED,),
+        "pruning_startup_trials": (at_least(0),),
+        "sampler_startup_trials": (at_least(0),),
+    }
+
+    n_trials: int = 10
+    study_name: str = "isdm"
+    storage: str = ""
+    s_low: float = 0.0
+    s_high: float = 5.0
+    drop_rates: tuple[float, ...] = (0.1, 0.2, 0.3)
+    steps: tuple[int, ...] = (10, 20, 30)
+    samplers: tuple[str, ...] = ("dpmpp2m", "ddim")
+    num_samples: int = 16
+    finetune_epochs: int = 2
+    eval_epochs: int = 5
+    architecture: str = "FPN"
+    mix: str = "RALLFALL"
+    seed: int = 0
+    pruning: bool = True
+    pruning_startup_trials: int = 2
+    sampler_startup_trials: int = 5
+
+    def _problems(self) -> Iterable[Problem]:
+        if self.s_high < self.s_low:
+            yield Problem("s_high", self.s_high, f"must be >= tune.s_low={self.s_low}")
+
+
+@dataclass(frozen=True)
+class TrackingConfig(Section):
+    """MLflow. Empty ``tracking_uri`` = ``$MLFLOW_TRACKING_URI`` or the embedded local store;
+    empty ``experiment`` = ``isdm-<dataset folder name>``."""
+
+    SECTION = "tracking"
+
+    enabled: bool = True
+    tracking_uri: str = ""
+    experiment: str = ""

@@ -1,0 +1,216 @@
+"""The whole config tree and its strict conversion from / to nested dicts.
+
+:func:`from_dict` builds a section from a mapping: an unknown key is an error that suggests the
+closest valid key, a value of the wrong type is an error naming the dotted key, and every value
+is range-checked by the section's constructor (:mod:`isdm.config.checks`). :class:`Config` adds
+the rules that tie sections together (the UNet's sizes against ``data.image_size``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal, Mapping, Union, get_args, get_origin
+
+from isdm.config.checks import Problem, Section, SectionError, type_hints, unknown_key
+from isdm.config.model import (
+    MODEL_PRESETS,
+    ModelConfig,
+    default_channel_mult,
+    preset_clashes,
+    unet_problems,
+)
+from isdm.config.schema import (
+    FINETUNE_DEFAULTS,
+    DataConfig,
+    DiffusionConfig,
+    EvaluateConfig,
+    SampleConfig,
+    SynthConfig,
+    TrackingConfig,
+    TrainConfig,
+    TuneConfig,
+)
+from isdm.errors import ConfigError
+
+__all__ = ["Config", "SECTIONS", "from_dict", "to_dict", "flatten", "config_from_json"]
+
+
+@dataclass(frozen=True)
+class Config(Section):
+    """Every hyperparameter of isdm, one field per ``params.yaml`` section (in that order)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(**FINETUNE_DEFAULTS))
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def _problems(self) -> Iterable[Problem]:
+        yield from unet_problems(self.model, self.data.image_size)
+        n = self.data.num_classes
+        bad = [c for c in self.sample.balance.ejection_classes if c >= n]
+        if bad:
+            yield Problem("sample.balance.ejection_classes", self.sample.balance.ejection_classes,
+                          f"ids {bad} are not classes 0..{n - 1} (data.num_classes={n})")
+
+    def channel_mult(self) -> tuple[float, ...]:
+        """The resolved channel multipliers (empty config value = chosen by image size)."""
+        return tuple(self.model.channel_mult) or default_channel_mult(self.data.image_size)
+
+    def replace(self, **sections: Any) -> "Config":
+        return dataclasses.replace(self, **sections)
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def _scalar(text: str) -> Any:
+    """One element of a comma-separated list such as the original's ``"32,16,8"``."""
+    import yaml
+
+    return yaml.safe_load(text.strip())
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert lists to tuples and ints to floats."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
+        return value
+    if origin is tuple:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            # "32,16,8" (the original's string lists) or a single scalar
+            value = ([v for v in value.split(",") if v.strip()] if isinstance(value, str)
+                     else [value])
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (elem,) = get_args(tp)[:1] or (Any,)
+        return tuple(_coerce(_scalar(v) if isinstance(v, str) else v, elem, f"{key}[{i}]")
+                     for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} keys, got {value!r}")
+        return from_dict(tp, value, prefix=key)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {getattr(tp, '__name__', tp)}")
+
+
+def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data`` strictly: unknown keys, wrong types and values out
+    of range raise :class:`ConfigError` with the dotted key (under ``prefix``).
+
+    ``Config.finetune`` starts from the finetune defaults (drop_rate 0.2, lr 1e-4, ...).
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    invalid: list[SectionError] = []  # of every sub-section, to report them all at once
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            what = "section" if cls is Config else "key"
+            raise ConfigError(unknown_key(dotted, str(key), names, what=what))
+        if cls is Config and key == "finetune" and isinstance(value, Mapping):
+            value = {**FINETUNE_DEFAULTS, **value}
+        try:
+            kwargs[key] = _coerce(value, hints[key], dotted)
+        except SectionError as e:
+            invalid.append(e)
+    if invalid:
+        raise SectionError("", [p._replace(key=f"{e.section}.{p.key}" if e.section else p.key)
+                                for e in invalid for p in e.problems])
+    try:
+        return cls(**kwargs)
+    except SectionError as e:
+        raise e.under(prefix) if prefix else e from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON/YAML-ready nested dict (tuples become lists)."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys exactly as in params.yaml (``train.lr``, ``sample.balance.max_class_dif``)."""
+    out: dict[str, Any] = {}
+    for key, value in (to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg).items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted))
+        else:
+            out[dotted] = value
+    return out
+
+
+def config_from_json(text_or_dict: str | Mapping[str, Any]) -> Config:
+    """Rebuild a :class:`Config` from its JSON form (e.g. the copy stored in a checkpoint).
+
+    A stored config is resolved: its model sizes are the truth. A preset name those sizes
+    contradict (a run that overrode a preset's size before presets were enforced) is replaced
+    by ``''``, so such a checkpoint still loads.
+    """
+    data = json.loads(text_or_dict) if isinstance(text_or_dict, str) else dict(text_or_dict)
+    model = data.get("model")
+    if isinstance(model, Mapping) and model.get("preset") in MODEL_PRESETS \
+            and preset_clashes(model["preset"], model):
+        data["model"] = {**model, "preset": ""}
+    return from_dict(Config, data)

@@ -110,6 +110,11 @@ class DataConfig:
             )
         if self.num_classes < 2:
             raise ConfigError(f"data.num_classes={self.num_classes}: need at least 2 (background + 1)")
+        if self.num_classes > 255:
+            raise ConfigError(
+                f"data.num_classes={self.num_classes}: class ids live in 8-bit label maps, so at "
+                "most 255; masks holding larger values (16-bit PNGs) must be re-saved as 8-bit "
+                "class ids (`isdm data check` says how)")
         if self.image_size < 8 or self.image_size % 8:
             raise ConfigError(f"data.image_size={self.image_size}: use a multiple of 8, at least 8")
         if self.ignore_index is not None and 0 <= self.ignore_index < self.num_classes:

@@ -18,7 +18,6 @@ weights onto it (:mod:`isdm.models.original_keys`) and writes a normal isdm chec
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from pathlib import Path
@@ -31,7 +30,7 @@ from isdm.errors import CheckpointError, ConfigError, OutputExistsError
 from isdm.training import checkpoint
 from isdm.utils.io import sha256_file
 
-__all__ = ["import_original", "original_head_channels"]
+__all__ = ["import_original"]
 
 _EMA_NAME = re.compile(r"ema_(\d*\.?\d+)_(\d+)\.pt")
 _MODEL_NAME = re.compile(r"model(\d+)\.pt")
@@ -111,21 +110,32 @@ def _load_original_config(path: Path, overrides: Sequence[str]) -> tuple[dict[st
             f"--config {path} is a sampling config: its diffusion_steps="
             f"{raw['diffusion_steps']} is the sampling chain, not the trained one; pass the "
             "training config, or add --set diffusion.diffusion_steps=<trained T, usually 1000>")
-    cfg = load_config(path, overrides, action="train")
-    # the original attends where image_size // r is a level's down-sampling factor, silently
-    # skipping other r; isdm rejects those, so keep the feature sizes that took effect
-    factors = {2 ** level for level in range(len(cfg.channel_mult()))}
-    size = cfg.data.image_size
-    attention = tuple(sorted({size // (size // r) for r in cfg.model.attention_resolutions
-                              if 0 < r <= size and size // r in factors}, reverse=True))
-    cfg = cfg.replace(model=dataclasses.replace(cfg.model, attention_resolutions=attention))
-    if not any(o.startswith("model.num_head_channels=") for o in overrides):
-        heads = original_head_channels(raw, cfg)
-        cfg = cfg.replace(model=dataclasses.replace(cfg.model, num_head_channels=heads))
-    return raw, cfg
+    # The original accepted two settings isdm's config rejects: attention sizes no level has
+    # (it skipped them) and, without num_head_channels, a fixed head count. Read the sizes with
+    # neutral values, then load with the values that took effect there (--set still wins).
+    probe = load_config(path, [*_NEUTRAL, *overrides], action="train")
+    attention = _effective_attention(raw.get("attention_resolutions", "16,8"), probe)
+    fixed = [f"model.attention_resolutions=[{', '.join(map(str, attention))}]",
+             f"model.num_head_channels={_head_channels(raw, probe, attention)}"]
+    return raw, load_config(path, [*fixed, *overrides], action="train")
 
 
-def original_head_channels(raw: Mapping[str, Any], cfg: Config) -> int:
+# every width is a multiple of 32 and an empty attention list fits any network
+_NEUTRAL = ("model.attention_resolutions=[]", "model.num_head_channels=32")
+
+
+def _effective_attention(value: Any, cfg: Config) -> list[int]:
+    """The feature sizes the original attended at: it adds attention where ``image_size // r``
+    is a level's down-sampling factor and skips any other ``r`` of ``attention_resolutions``."""
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    values = [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+    size, factors = cfg.data.image_size, {2 ** lv for lv in range(len(cfg.channel_mult()))}
+    return sorted({size // (size // r) for r in values if 0 < r <= size and size // r in factors},
+                  reverse=True)
+
+
+def _head_channels(raw: Mapping[str, Any], cfg: Config, attention: Sequence[int]) -> int:
     """isdm's ``model.num_head_channels`` that gives every attention layer the original's heads.
 
     The original's rule (guided-diffusion): ``num_head_channels != -1`` -> ``width /
@@ -140,8 +150,7 @@ def original_head_channels(raw: Mapping[str, Any], cfg: Config) -> int:
     up = int(raw.get("num_heads_upsample", -1))
     up = heads if up == -1 else up
     widths = [int(m * cfg.model.num_channels) for m in cfg.channel_mult()]
-    attn = [w for lv, w in enumerate(widths)
-            if cfg.data.image_size // 2 ** lv in cfg.model.attention_resolutions]
+    attn = [w for lv, w in enumerate(widths) if cfg.data.image_size // 2 ** lv in attention]
     layers = [(w, heads) for w in attn + [widths[-1]]] + [(w, up) for w in attn]
     dims = {w / h for w, h in layers}
     if len(dims) != 1 or not next(iter(dims)).is_integer():

@@ -188,3 +188,26 @@ def test_validation_runs_once_per_unchanged_split(tmp_path, monkeypatch):
     os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     SegmentationFolder(tmp_path, "train", MULTI)
     assert len(calls) == 2
+
+
+def test_value_hints_one_per_kind_of_value(tmp_path):
+    """Class-id-like values, 255 and 16-bit values each get the fix that is true for them."""
+    _valid(tmp_path)
+    _mask(tmp_path / "train" / "masks" / "ok.png", (0, 7))
+    wide = np.zeros((4, 6), np.uint16)
+    wide.flat[:3] = (0, 514, 1028)
+    Image.fromarray(wide).save(tmp_path / "test" / "masks" / "ok.png")
+    no_ignore = DataConfig(dataset_mode="multi-class", num_classes=3, ignore_index=None, image_size=8)
+    _mask(tmp_path / "test" / "masks" / "extra.png", (255,))
+    _img(tmp_path / "test" / "images" / "extra.png")
+    report = scan_dataset(tmp_path, no_ignore)
+    assert report.hints == [
+        "1 mask(s) hold values [7] >= data.num_classes=3: if these are class ids, set "
+        "data.num_classes >= 8 (--num-classes 8); otherwise remap the masks to 0..C-1",
+        "1 mask(s) hold 255, the usual unlabeled value: if it marks unlabeled pixels, set "
+        "data.ignore_index=255 (--set data.ignore_index=255)",
+        "1 mask(s) hold values above 255 ([514, 1028]): 16-bit masks; class ids must fit 8 bits "
+        "(data.num_classes <= 255), so re-save them as 8-bit gray or palette PNGs of class ids; "
+        "these values are 257 x [2, 4], i.e. 8-bit values stretched to 16 bits: divide them by 257",
+        "use --mode binary if every value > 0 means defect",
+    ]

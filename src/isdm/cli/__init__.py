@@ -23,6 +23,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "sample": ("isdm.cli.sample", "sample", "Generate synthetic image/mask pairs."),
     "evaluate": ("isdm.cli.evaluate", "evaluate", "Downstream mIoU of real vs synthetic mixes."),
     "tune": ("isdm.cli.tune", "tune", "Optuna search of s, drop rate and sampler steps."),
+    "import-checkpoint": ("isdm.cli.import_checkpoint", "import_checkpoint",
+                          "Use a model*.pt / ema_*.pt of the original ISDM tool."),
 }
 
 

@@ -94,7 +94,9 @@ class DataConfig(Section):
         if self.dataset_mode == "binary" and self.num_classes != 2:
             yield Problem("num_classes", self.num_classes, "data.dataset_mode='binary' needs 2; "
                           "set data.num_classes=2 or dataset_mode='multi-class'")
-        if self.ignore_index is not None and not self.num_classes <= self.ignore_index <= 255:
+        # (num_classes > 255 is its own problem: no ignore_index could fit, so no hint here)
+        if (self.ignore_index is not None and self.num_classes <= 255
+                and not self.num_classes <= self.ignore_index <= 255):
             yield Problem("ignore_index", self.ignore_index,
                           f"must be in {self.num_classes}..255 (uint8 label maps, not a class id "
                           f"0..{self.num_classes - 1}) or null; use 255")

@@ -76,7 +76,9 @@ def format_report(report: DatasetReport, names: Optional[list[str]] = None) -> s
     for s in splits:
         sizes = _size(s.min_size) if s.min_size == s.max_size else f"{_size(s.min_size)}..{_size(s.max_size)}"
         values = ",".join(map(str, s.raw_values)) + ("..." if len(s.raw_values) >= 32 else "")
-        lines.append(f"{s.split:<8}{s.num_pairs:>7}  {sizes if s.num_pairs else '-':<22}{values}")
+        # sizes are recorded for pairs whose mask decodes: none -> "-", not "0x0"
+        sized = s.num_pairs and s.max_size != (0, 0)
+        lines.append(f"{s.split:<8}{s.num_pairs:>7}  {sizes if sized else '-':<22}{values}")
     lines.append("")
     head = f"{'class':<22}" + "".join(f"{s.split + ' pixels':>16}{s.split + ' images':>15}" for s in splits)
     lines.append(head)

@@ -164,12 +164,53 @@ def _value_problems(bad_values: dict[Path, list[int]], cfg: DataConfig) -> tuple
         allowed += f" and {cfg.ignore_index} (ignore_index)"
     problems = [f"mask values {vals} outside the valid set ({allowed}): {path}"
                 for path, vals in bad_values.items()]
-    top = max(v for vals in bad_values.values() for v in vals)
-    hint = (f"{len(bad_values)} mask(s) hold values >= data.num_classes={cfg.num_classes}: set "
-            f"data.num_classes >= {top + 1} (--num-classes {top + 1}) if these are class ids, remap "
-            "the masks to 0..C-1, set data.ignore_index for an unlabeled value, or use "
-            "--mode binary if every value > 0 means defect")
-    return problems, [hint]
+    return problems, _value_hints(bad_values, cfg)
+
+
+def _value_hints(bad_values: dict[Path, list[int]], cfg: DataConfig) -> list[str]:
+    """Fixes for out-of-range mask values, each true for the values it names.
+
+    Three kinds of value call for different fixes: 0..254 may be class ids (raise
+    ``num_classes``, which must stay below ``ignore_index``); 255 is the usual unlabeled value;
+    above 255 (16-bit masks) no 8-bit label map can hold the value, whatever ``num_classes``.
+    """
+    def masks_with(pred) -> int:
+        return sum(any(pred(v) for v in vals) for vals in bad_values.values())
+
+    values = sorted({v for vals in bad_values.values() for v in vals})
+    ids, wide = [v for v in values if v < 255], [v for v in values if v > 255]
+    hints = []
+    if ids:
+        need = ids[-1] + 1
+        hint = (f"{masks_with(lambda v: v < 255)} mask(s) hold values {_listed(ids)} >= "
+                f"data.num_classes={cfg.num_classes}: if these are class ids, set "
+                f"data.num_classes >= {need} (--num-classes {need})")
+        if cfg.ignore_index is not None and cfg.ignore_index < need:
+            hint += (f" together with data.ignore_index=null or a value in {need}..255 (now "
+                     f"{cfg.ignore_index}, which would become a class id)")
+        hints.append(hint + "; otherwise remap the masks to 0..C-1")
+    if 255 in values:
+        hints.append(f"{masks_with(lambda v: v == 255)} mask(s) hold 255, the usual unlabeled "
+                     "value: if it marks unlabeled pixels, set data.ignore_index=255 "
+                     "(--set data.ignore_index=255)")
+    if wide:
+        hint = (f"{masks_with(lambda v: v > 255)} mask(s) hold values above 255 "
+                f"({_listed(wide)}): 16-bit masks; class ids must fit 8 bits "
+                "(data.num_classes <= 255), so re-save them as 8-bit gray or palette PNGs of "
+                "class ids")
+        if all(v % 257 == 0 for v in wide):
+            hint += (f"; these values are 257 x {_listed([v // 257 for v in wide])}, i.e. 8-bit "
+                     "values stretched to 16 bits: divide them by 257")
+        hints.append(hint)
+    hints.append("use --mode binary if every value > 0 means defect")
+    return hints
+
+
+def _listed(values: list[int], limit: int = 6) -> str:
+    """``[3, 7, 9]`` or ``[3, 7, ..., 1028]`` (first values and the largest)."""
+    if len(values) <= limit:
+        return str(values)
+    return "[" + ", ".join(map(str, values[:limit - 1])) + f", ..., {values[-1]}]"
 
 
 def scan_dataset(root: str | Path, data_cfg: DataConfig, splits: Sequence[str] = SPLITS,

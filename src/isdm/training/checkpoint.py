@@ -69,7 +69,8 @@ def load(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     if missing:
         raise CheckpointError(
             f"checkpoint {path} lacks {', '.join(missing)}: not written by `isdm train` "
-            "(original ISDM model*.pt / ema_*.pt files hold bare weights and no config)"
+            "(original ISDM model*.pt / ema_*.pt files hold bare weights and no config: convert "
+            "one with `isdm import-checkpoint`)"
         )
     return state
 

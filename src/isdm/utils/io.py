@@ -9,8 +9,9 @@ atomic write of a process into a folder removes the leftovers there (:func:`remo
 A temp is stale when
 
 - it names this host and a process id that is no longer running, or
-- it was last modified more than ``STALE_AFTER_S`` (24 h) ago: temps of other hosts sharing the
-  folder, and ``.<name>.<random>.tmp`` temps of isdm versions without the pid in the name.
+- it was last modified more than ``STALE_AFTER_S`` (24 h) ago, whoever wrote it: this covers
+  temps of other hosts sharing the folder, a dead writer's pid taken by a new process, and the
+  ``.<name>.<random>.tmp`` temps of isdm versions without host and pid in the name.
 
 Temps of live writers (a parallel sampling shard, another run on this host) are left alone.
 
@@ -83,7 +84,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except OSError as e:
         raise _write_error(path, e) from e
     except RuntimeError as e:
-        if not any(s in str(e) for s in _TORCH_WRITE_FAILURES):
+        if _os_error(e) is None and not any(s in str(e) for s in _TORCH_WRITE_FAILURES):
             raise
         raise _write_error(path, e) from e
     finally:
@@ -146,9 +147,21 @@ def _running(pid: int) -> bool:
     return True
 
 
+def _os_error(error: BaseException) -> OSError | None:
+    """The OSError behind ``error``: itself, or what torch's writer was handling when it failed
+    (torch.save to a file object turns the file's OSError into a RuntimeError)."""
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, OSError):
+            return error
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
+
+
 def _write_error(path: Path, error: Exception) -> WriteError:
-    if isinstance(error, OSError):
-        reason = error.strerror or str(error)
+    cause = _os_error(error)
+    if cause is not None:
+        reason = cause.strerror or str(cause)
     else:
         reason = f"the write failed (torch: {str(error).strip().splitlines()[0]})"
     try:

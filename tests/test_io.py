@@ -27,7 +27,8 @@ def test_a_sweep_removes_only_temps_of_dead_or_long_gone_writers(tmp_path):
             os.utime(tmp_path / name, (mtime, mtime))
     (tmp_path / ".d.png.abcdefgh.tmp").mkdir()  # folders are never touched
     removed = io.remove_stale_temps(tmp_path)
-    assert sorted(p.name for p in removed) == sorted(n for n, (_, keep) in names.items() if not keep)
+    stale = sorted(n for n, (_, keep) in names.items() if not keep)
+    assert sorted(p.name for p in removed) == stale
     left = {p.name for p in tmp_path.iterdir()}
     assert left == {n for n, (_, keep) in names.items() if keep} | {".d.png.abcdefgh.tmp"}
 

@@ -53,7 +53,8 @@ def test_case_02_an_earlier_runs_folder_is_not_replaced_silently(synth_dir, tmp_
     assert (out / "best.pt").read_bytes() == before
 
     # --overwrite starts over, replacing isdm's files only; a stale last.pt does not survive
-    assert train_tiny(synth_dir, out, "--overwrite", "--set", "train.save_last=false").exit_code == 0
+    fresh = train_tiny(synth_dir, out, "--overwrite", "--set", "train.save_last=false")
+    assert fresh.exit_code == 0, fresh.output
     assert (out / "best.pt").read_bytes() != before
     assert not (out / "last.pt").exists() and (out / "notes.txt").read_text() == "mine"
     resumed = train_tiny(synth_dir, out, "--resume", str(out / "best.pt"),
@@ -108,7 +109,8 @@ def test_case_10_a_full_disk_names_the_file_the_space_and_what_is_intact(synth_d
     msg = " ".join(res.output.split())
     assert f"cannot write {out / 'best.pt'}: No space left on device" in msg
     assert "free on its file system" in msg
-    assert "the previous best.pt is intact" in msg and "every file written before it is intact" in msg
+    assert "the previous best.pt is intact" in msg
+    assert "every file written before it is intact" in msg
     assert torch.load(out / "best.pt", weights_only=True)["epoch"] == 1
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     monkeypatch.undo()

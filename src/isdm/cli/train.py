@@ -115,7 +115,8 @@ def train(config_path: Optional[str], overrides: tuple[str, ...], data: Optional
                    "sizes come from it). Required unless --resume is given or the original "
                    "config names a resume_checkpoint.")
 def finetune(config_path: Optional[str], overrides: tuple[str, ...], data: Optional[str], out: str,
-             resume: Optional[str], overwrite: bool, no_progress: bool, init: Optional[str]) -> None:
+             resume: Optional[str], overwrite: bool, no_progress: bool,
+             init: Optional[str]) -> None:
     """Finetune a trained SDM with mask dropout (config section `finetune`, drop_rate > 0) so
     that it also models the unconditional case needed for classifier-free guidance.
 

@@ -42,7 +42,8 @@ def build_splits(cfg: Config, tcfg: TrainConfig, data_root: str | Path) -> Split
     """
     from isdm.data import SegmentationFolder, split_keys
 
-    keys = SegmentationFolder(data_root, "train", cfg.data, augment=False).keys  # validated: not empty
+    # validates the split (an empty one is a DatasetError), so keys is never empty
+    keys = SegmentationFolder(data_root, "train", cfg.data, augment=False).keys
     val_keys: list[str] = []
     train_keys = keys
     if tcfg.val_fraction > 0:

@@ -8,8 +8,10 @@ One optimiser step (Ho et al. 2020, Alg. 1, with Nichol & Dhariwal's hybrid loss
     AdamW step (optional grad clipping, fp16 loss scaling on CUDA);  EMA update
 
 The epoch's loss is the mean of the training steps' own losses (no extra forward pass), or the
-held-out diffusion loss with ``select_on=val_loss``. After each epoch: improved -> write ``best.pt`` (atomic replace of the
-previous best); no improvement for ``patience`` epochs, ``max_epochs`` or ``max_steps`` -> stop.
+held-out diffusion loss with ``select_on=val_loss``. After each epoch: improved -> write
+``best.pt`` (atomic replace of the previous best); no improvement for ``patience`` epochs,
+``max_epochs`` or ``max_steps`` -> stop. How a run starts (folder, checkpoint, config):
+:mod:`isdm.training.start`.
 """
 
 from __future__ import annotations
@@ -119,7 +121,8 @@ class _Trainer:
             self.model.load_state_dict(state["model"])
             if state.get("ema"):
                 self.ema.load_state_dict(state["ema"])
-            self.init_meta = {"init_from": str(path), "init_sha256": checkpoint.checkpoint_hash(path),
+            self.init_meta = {"init_from": str(path),
+                              "init_sha256": checkpoint.checkpoint_hash(path),
                               "init_epoch": state.get("epoch"), "init_step": state.get("step")}
             _note(self.ctx, f"finetuning from {path} (epoch {state.get('epoch')}, step "
                             f"{state.get('step')}, loss {state.get('best_loss')})")
@@ -134,8 +137,8 @@ class _Trainer:
             self.history = list(state.get("history", []))
             self.init_meta = {k: v for k, v in state["meta"].items() if k.startswith("init_")}
             rng.restore(state["rng"])
-            _note(self.ctx, f"resumed {path} at epoch {self.epoch}, step {self.step}, "
-                            f"best {self.best_loss:.5g}, {self.bad_epochs} epochs without improvement")
+            _note(self.ctx, f"resumed {path} at epoch {self.epoch}, step {self.step}, best "
+                            f"{self.best_loss:.5g}, {self.bad_epochs} epochs without improvement")
 
     def state(self) -> dict[str, Any]:
         return {

@@ -54,19 +54,18 @@ REQUIRED_KEYS = ("model", "ema", "optimizer", "scaler", "step", "epoch", "best_l
                  "bad_epochs", "rng", "config", "meta")
 
 
-def save(state: Mapping[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically (temp file beside it + rename), with
-    ``meta["weights_sha256"]`` set to :func:`weights_digest` of ``state``.
+def save(state: Mapping[str, Any], *paths: str | Path) -> None:
+    """Write ``state`` to each of ``paths`` atomically (temp file beside it + rename), with
+    ``meta["weights_sha256"]`` set to :func:`weights_digest` of ``state`` (computed once).
 
     Raises:
-        WriteError: the file could not be written (disk full, ...); the previous file is intact.
+        WriteError: a file could not be written (disk full, ...); its previous version is intact.
     """
-    path = Path(path)
     state = {**state, "meta": {**state.get("meta", {}), "weights_sha256": weights_digest(state)}}
-    # through a Python file object, so a failed write raises OSError with its errno
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(state, f)
-    return path
+    for path in paths:
+        # through a Python file object, so a failed write raises OSError with its errno
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(state, f)
 
 
 def load(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:

@@ -232,11 +232,10 @@ class _Trainer:
             self.bad_epochs += 1
         self.history.append(row)
         if self.ctx.is_main:
-            state = self.state()
-            if row["improved"]:
-                checkpoint.save(state, self.out_dir / "best.pt")
-            if self.tcfg.save_last:
-                checkpoint.save(state, self.out_dir / "last.pt")
+            paths = [self.out_dir / name for name, due in
+                     (("best.pt", row["improved"]), ("last.pt", self.tcfg.save_last)) if due]
+            if paths:
+                checkpoint.save(self.state(), *paths)
             self.write_reports()
         run.log_metrics({k: v for k, v in {
             "train/epoch_loss": row["train_loss"], "val/loss": row["val_loss"],

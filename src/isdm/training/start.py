@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+
 from isdm.config import Config, TrainConfig
 from isdm.errors import CheckpointError, OutputExistsError
 from isdm.training import checkpoint
@@ -102,8 +104,6 @@ def clear_outputs(out_dir: str | Path) -> None:
 
 def _describe(path: Path) -> str:
     """``"epoch 16, step 80"`` of a checkpoint, read without loading its tensors."""
-    import torch
-
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return f"epoch {state['epoch']}, step {state['step']}"

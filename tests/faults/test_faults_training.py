@@ -49,7 +49,7 @@ def test_case_02_an_earlier_runs_folder_is_not_replaced_silently(synth_dir, tmp_
 
     ft = isdm("finetune", "-c", TINY, "--data", str(synth_dir), "--out", str(out),
               "--init", str(out / "best.pt"), *QUICK)
-    assert ft.exit_code == 1 and "isdm finetune ... --resume" in ft.output
+    assert ft.exit_code == 1 and f"`isdm train ... --resume {out / 'last.pt'}`" in ft.output
     assert (out / "best.pt").read_bytes() == before
 
     # --overwrite starts over, replacing isdm's files only; a stale last.pt does not survive

@@ -78,18 +78,21 @@ def check_out_dir(out_dir: str | Path, action: str, *, resuming: bool, overwrite
     ``overwrite`` is set.
 
     Raises:
-        OutputExistsError: naming the files found (with the epoch and step of ``best.pt``) and
-            the two ways on: ``--resume`` and ``--overwrite``.
+        OutputExistsError: naming the files found (with epoch and step of the checkpoints), the
+            command that continues the run (``--resume``) and ``--overwrite``.
     """
     out_dir = Path(out_dir)
     found = [name for name in OUTPUTS if (out_dir / name).is_file()]
     if not found or resuming or overwrite:
         return
-    listed = ", ".join(f"{n} ({_describe(out_dir / n)})" if n.endswith(".pt") else n
-                       for n in found)
-    last = out_dir / ("last.pt" if "last.pt" in found else "best.pt")
-    continue_with = (f"continue that run with `isdm {action} ... --resume {last}`, or "
-                     if last.name in found else "")
+    runs = {n: _peek(out_dir / n) for n in found if n.endswith(".pt")}
+    listed = ", ".join(f"{n} ({runs[n][0]})" if n in runs else n for n in found)
+    continue_with = ""
+    if runs:
+        last = "last.pt" if "last.pt" in runs else "best.pt"
+        written_by = runs[last][1] or action
+        continue_with = (f"continue that run with `isdm {written_by} ... --resume "
+                         f"{out_dir / last}`, or ")
     raise OutputExistsError(
         f"{out_dir} already holds the outputs of an earlier training run: {listed}. This run "
         f"would replace them; {continue_with}start over with `--overwrite` (replaces only "
@@ -102,10 +105,11 @@ def clear_outputs(out_dir: str | Path) -> None:
         (Path(out_dir) / name).unlink(missing_ok=True)
 
 
-def _describe(path: Path) -> str:
-    """``"epoch 16, step 80"`` of a checkpoint, read without loading its tensors."""
+def _peek(path: Path) -> tuple[str, Optional[str]]:
+    """``("epoch 16, step 80", "train")``: where a checkpoint stands and the command that wrote
+    it, read without loading its tensors (``("unreadable", None)`` when it cannot be read)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return f"epoch {state['epoch']}, step {state['step']}"
+        return f"epoch {state['epoch']}, step {state['step']}", state["meta"].get("action")
     except Exception:  # only describes the refusal: any unreadable file is just "unreadable"
-        return "unreadable"
+        return "unreadable", None

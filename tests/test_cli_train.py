@@ -13,7 +13,6 @@ import torch
 from click.testing import CliRunner
 
 from isdm.cli import cli
-from isdm.training.checkpoint import REQUIRED_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -43,7 +42,8 @@ def test_train_writes_every_output_in_under_a_minute(trained):
     for name in ("best.pt", "last.pt", "metrics.json", "loss.csv", "loss.png", "config.json"):
         assert (out / name).is_file(), name
     state = torch.load(out / "best.pt", weights_only=True)
-    assert set(REQUIRED_KEYS) <= set(state)
+    assert set(state) == {"model", "ema", "optimizer", "scaler", "step", "epoch", "best_loss",
+                          "bad_epochs", "rng", "history", "config", "meta"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["steps"] == 4 and metrics["images_per_s"] > 0
     assert len((out / "loss.csv").read_text().splitlines()) == 3
@@ -104,6 +104,49 @@ def test_finetune_with_the_original_json_config(trained, synth_dir, tmp_path):
     state = torch.load(ft / "best.pt", weights_only=True)
     assert state["config"]["data"]["image_size"] == 32
     assert state["config"]["finetune"]["drop_rate"] == 0.2
+
+
+@pytest.mark.slow
+def test_explicit_init_wins_over_resume_checkpoint_with_a_note(trained, synth_dir, tmp_path):
+    out, _ = trained
+    flat = json.loads((REPO / "configs" / "config_finetune.json").read_text())
+    config = tmp_path / "config_finetune.json"
+    config.write_text(json.dumps({**flat, "resume_checkpoint": str(tmp_path / "absent.pt")}))
+    result = CliRunner().invoke(
+        cli, ["finetune", "-c", str(config), "--data", str(synth_dir), "--init",
+              str(out / "best.pt"), "--out", str(tmp_path / "ft"), "--no-progress",
+              "--set", "finetune.max_steps=1", "--set", "tracking.enabled=false"],
+        catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert (f"--init {out / 'best.pt'} given: resume_checkpoint {tmp_path / 'absent.pt'} of "
+            f"{config} is not used") in result.output
+
+
+def test_resume_and_overwrite_exclude_each_other(tmp_path):
+    result = CliRunner().invoke(cli, ["train", "-c", TINY, "--out", str(tmp_path), "--resume",
+                                      str(tmp_path / "last.pt"), "--overwrite"])
+    assert result.exit_code == 2 and "give one of them" in result.output
+
+
+def test_dvc_stages_declare_every_training_output():
+    """DVC deletes a stage's declared outputs before running it, so `dvc repro` never meets the
+    refusal of a folder holding an earlier run: every file of start.OUTPUTS must be declared
+    (outs, metrics or plots, not persistent) by the train and finetune stages."""
+    import yaml
+
+    from isdm.training.start import OUTPUTS
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for stage, folder in (("train", "models/sdm"), ("finetune", "models/sdm_ft")):
+        declared = {}
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stages[stage].get(kind, []):
+                path, opts = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
+                declared[path] = opts
+        assert f"--out {folder}" in stages[stage]["cmd"]
+        for name in OUTPUTS:
+            assert f"{folder}/{name}" in declared, (stage, name)
+            assert not declared[f"{folder}/{name}"].get("persist", False), (stage, name)
 
 
 def test_finetune_without_init_is_a_usage_error(tmp_path):

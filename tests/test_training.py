@@ -3,6 +3,7 @@ checkpoints, config/checkpoint mismatch, load_model, small-data batching, precis
 
 from __future__ import annotations
 
+import errno
 import math
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from isdm.config import load_config
+from isdm.errors import WriteError
 from isdm.training import checkpoint, train
 from isdm.training.ema import EMA
 from isdm.training.loop import _Trainer
@@ -128,12 +130,12 @@ def test_failed_save_keeps_previous_best_and_leaves_no_temp_file(synth_dir, tmp_
     def flaky_save(obj, f, *a, **k):
         calls["n"] += 1
         if calls["n"] == 3:  # epoch 2's best.pt: half a file, then a crash
-            Path(f).write_bytes(b"PK\x03\x04 partial")
-            raise OSError("disk full")
+            f.write(b"PK\x03\x04 partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *a, **k)
 
     monkeypatch.setattr(torch, "save", flaky_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteError, match="No space left on device"):
         train(tiny_cfg("train.max_epochs=2"), synth_dir, tmp_path, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     best = torch.load(tmp_path / "best.pt", weights_only=True)
@@ -148,15 +150,45 @@ def tiny_ckpt(synth_dir, tmp_path_factory) -> Path:
     return out / "best.pt"
 
 
-def test_checkpoint_holds_every_key(tiny_ckpt):
+def test_checkpoint_holds_exactly_these_keys(tiny_ckpt):
     state = torch.load(tiny_ckpt, weights_only=True)
-    for key in checkpoint.REQUIRED_KEYS + ("history",):
-        assert key in state, key
+    assert set(state) == {"model", "ema", "optimizer", "scaler", "step", "epoch", "best_loss",
+                          "bad_epochs", "rng", "history", "config", "meta"}
+    assert set(state["ema"]) == {"rates", "num_updates", "warmup", "shadows"}
+    assert state["ema"]["rates"] == [0.999] and state["ema"]["num_updates"] == 1
+    assert list(state["ema"]["shadows"]) == ["0.999"]
+    assert set(state["ema"]["shadows"]["0.999"]) == set(state["model"])
     assert set(state["rng"]) == {"python", "numpy", "torch", "cuda"}
+    assert set(state["meta"]) == {"image_size", "num_classes", "num_params", "dataset", "action",
+                                  "world_size", "precision", "torch", "weights_sha256"}
     assert state["meta"]["image_size"] == 32 and state["meta"]["num_classes"] == 5
     assert state["meta"]["num_params"] == sum(v.numel() for v in state["model"].values())
+    assert state["meta"]["weights_sha256"] == checkpoint.weights_digest(state)
+    assert (state["step"], state["epoch"], state["scaler"]) == (1, 1, None)
     assert state["config"]["model"]["num_channels"] == 32
-    assert list(state["ema"]["shadows"]) == ["0.999"]
+
+
+def test_weights_digest_covers_values_not_layout(tiny_ckpt):
+    state = torch.load(tiny_ckpt, weights_only=True)
+    digest = checkpoint.weights_digest(state)
+    name = next(k for k, v in state["model"].items() if v.dim() == 4)
+    assert not state["model"][name].is_contiguous()  # stored channels-last, as trained on CPU
+    as_nchw = {**state, "model": {**state["model"], name: state["model"][name].contiguous()}}
+    assert checkpoint.weights_digest(as_nchw) == digest  # channels-last or not: same values
+    shadow = dict(state["ema"]["shadows"]["0.999"])
+    shadow[name] = shadow[name].clone()
+    shadow[name][0, 0, 0, 0] += 1e-3
+    changed = {**state, "ema": {**state["ema"], "shadows": {"0.999": shadow}}}
+    assert checkpoint.weights_digest(changed) != digest  # the EMA weights are covered
+
+
+def test_checkpoint_without_digest_still_loads(tiny_ckpt, tmp_path):
+    """Files written before the digest existed load unchecked."""
+    state = torch.load(tiny_ckpt, weights_only=True)
+    del state["meta"]["weights_sha256"]
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    assert checkpoint.load(old)["step"] == 1
 
 
 def test_resume_with_other_sizes_names_every_mismatch(tiny_ckpt, synth_dir, tmp_path):

@@ -123,10 +123,10 @@ def test_case_16_original_resume_checkpoint_is_not_dropped_silently(tmp_path, ca
         load_config(path, action="train")
         load_config(path, action="finetune")
     assert _warnings(caplog) == [
-        f"warning: {path}: resume_checkpoint='runs/model010000.pt': isdm takes it on the command "
-        "line: `isdm train --resume runs/model010000.pt ...` (continue that run)",
-        f"warning: {path}: resume_checkpoint='runs/model010000.pt': isdm takes it on the command "
-        "line: `isdm finetune --init runs/model010000.pt ...` (start from its weights)",
+        f"warning: {path}: resume_checkpoint='runs/model010000.pt': `isdm train` continues that "
+        "run (as `--resume runs/model010000.pt`) unless --resume is given",
+        f"warning: {path}: resume_checkpoint='runs/model010000.pt': `isdm finetune` starts from "
+        "its weights (as `--init runs/model010000.pt`) unless --init or --resume is given",
     ]
     from isdm.config import legacy_paths
 
@@ -138,7 +138,7 @@ def test_case_16_original_resume_checkpoint_is_not_dropped_silently(tmp_path, ca
                           "show", "-c", "configs/config_finetune.json"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert "`isdm finetune --init models/sdm/best.pt ...`" in res.stderr
+    assert "(as `--init models/sdm/best.pt`)" in res.stderr
     assert res.stderr.count("warning:") == 1 and "warning" not in res.stdout
 
 

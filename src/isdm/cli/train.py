@@ -1,11 +1,17 @@
 """``isdm train`` and ``isdm finetune``: parse, load the config, call :func:`isdm.training.train`.
 
 Both run under ``torchrun --nproc_per_node N`` unchanged (DDP; only rank 0 writes).
+
+An original ISDM config (``-c config_train.json`` / ``config_finetune.json``) may name a
+``resume_checkpoint``; it is honoured as the original did: ``train`` resumes that run
+(``--resume``), ``finetune`` starts from its network (``--init``). ``--resume`` / ``--init`` given
+on the command line win, with a note.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Optional
 
 import click
@@ -21,6 +27,9 @@ def _data_option(f):
 
 def _common(f):
     f = click.option("--no-progress", is_flag=True, help="No progress bars.")(f)
+    f = click.option("--overwrite", is_flag=True,
+                     help="Start over in an --out folder holding an earlier run: deletes its "
+                          "best.pt, last.pt, metrics.json, loss.csv/png, config.json first.")(f)
     f = click.option("--resume", type=click.Path(dir_okay=False), default=None,
                      help="Continue a run from its best.pt / last.pt (restores everything).")(f)
     f = click.option("--out", required=True, type=click.Path(file_okay=False),
@@ -28,13 +37,52 @@ def _common(f):
     return _data_option(config_options(f))
 
 
+def _legacy_resume_checkpoint(config_path: Optional[str]) -> Optional[str]:
+    """``resume_checkpoint`` of an original ISDM flat JSON config, if that is what ``-c`` names
+    (the file was parsed by :func:`load_cli_config` already)."""
+    if not config_path or not config_path.endswith(".json"):
+        return None
+    from isdm.config import is_sectioned, legacy_paths
+
+    raw = json.loads(Path(config_path).read_text())
+    return None if is_sectioned(raw) else legacy_paths(raw).get("resume_checkpoint")
+
+
+def _start_flags(action: str, config_path: Optional[str], init: Optional[str],
+                 resume: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+    """``(init, resume)`` after honouring an original config's ``resume_checkpoint``."""
+    legacy = _legacy_resume_checkpoint(config_path)
+    if legacy is None:
+        return init, resume
+    given = [f"{flag} {value}" for flag, value in (("--init", init), ("--resume", resume)) if value]
+    if given:
+        click.echo(f"[isdm] note: {' and '.join(given)} given: resume_checkpoint {legacy} of "
+                   f"{config_path} is not used", err=True)
+        return init, resume
+    if action == "train":
+        click.echo(f"[isdm] note: resume_checkpoint of {config_path}: resuming the run of "
+                   f"{legacy} (as --resume {legacy})", err=True)
+        return None, legacy
+    click.echo(f"[isdm] note: resume_checkpoint of {config_path}: finetuning from {legacy} "
+               f"(as --init {legacy})", err=True)
+    return legacy, None
+
+
 def _run(action: str, config_path: Optional[str], overrides: tuple[str, ...], data: Optional[str],
-         out: str, init: Optional[str], resume: Optional[str], no_progress: bool) -> None:
+         out: str, init: Optional[str], resume: Optional[str], overwrite: bool,
+         no_progress: bool) -> None:
     cfg = load_cli_config(config_path, overrides, action=action)
+    init, resume = _start_flags(action, config_path, init, resume)
+    if action == "finetune" and init is None and resume is None:
+        raise click.UsageError("finetune needs --init CKPT (a checkpoint of `isdm train`), "
+                               "--resume, or an original config with resume_checkpoint")
+    if resume is not None and overwrite:
+        raise click.UsageError("--resume continues the run in --out, --overwrite starts over: "
+                               "give one of them")
     from isdm.training import train as run_training
 
     result = run_training(cfg, data or cfg.data.root, out, action=action, init_from=init,
-                          resume=resume, progress=not no_progress)
+                          resume=resume, overwrite=overwrite, progress=not no_progress)
     if result is not None:
         click.echo(json.dumps({"out": out, "best": result.best_path, **result.metrics()}, indent=2))
 
@@ -42,24 +90,28 @@ def _run(action: str, config_path: Optional[str], overrides: tuple[str, ...], da
 @click.command()
 @_common
 def train(config_path: Optional[str], overrides: tuple[str, ...], data: Optional[str], out: str,
-          resume: Optional[str], no_progress: bool) -> None:
+          resume: Optional[str], overwrite: bool, no_progress: bool) -> None:
     """Train an SDM from scratch on DATA/train (config section `train`).
+
+    An --out folder holding an earlier run is refused unless --resume or --overwrite.
 
     \b
     isdm train -c params.yaml --data data/synth --out models/sdm
     isdm train -c params.yaml --data data/synth --out models/sdm --resume models/sdm/last.pt
     torchrun --nproc_per_node 2 $(which isdm) train -c params.yaml --data data/synth --out models/sdm
     """
-    _run("train", config_path, overrides, data, out, None, resume, no_progress)
+    _run("train", config_path, overrides, data, out, None, resume, overwrite, no_progress)
 
 
 @click.command()
 @_common
 @click.option("--init", "init", type=click.Path(dir_okay=False), default=None,
               help="Checkpoint of `isdm train` to start from (model + EMA weights; the network "
-                   "sizes come from it). Required unless --resume is given.")
+                   "sizes come from it). Required unless --resume is given or the original "
+                   "config names a resume_checkpoint.")
 def finetune(config_path: Optional[str], overrides: tuple[str, ...], data: Optional[str], out: str,
-             resume: Optional[str], no_progress: bool, init: Optional[str]) -> None:
+             resume: Optional[str], overwrite: bool, no_progress: bool,
+             init: Optional[str]) -> None:
     """Finetune a trained SDM with mask dropout (config section `finetune`, drop_rate > 0) so
     that it also models the unconditional case needed for classifier-free guidance.
 
@@ -67,6 +119,4 @@ def finetune(config_path: Optional[str], overrides: tuple[str, ...], data: Optio
     isdm finetune -c params.yaml --data data/synth --init models/sdm/best.pt --out models/sdm_ft
     isdm finetune -c configs/config_finetune.json --init models/sdm/best.pt --out models/sdm_ft
     """
-    if init is None and resume is None:
-        raise click.UsageError("finetune needs --init CKPT (a checkpoint of `isdm train`) or --resume")
-    _run("finetune", config_path, overrides, data, out, init, resume, no_progress)
+    _run("finetune", config_path, overrides, data, out, init, resume, overwrite, no_progress)

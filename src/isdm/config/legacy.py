@@ -198,9 +198,9 @@ def _resume(v: Any, raw: Mapping[str, Any], action: str) -> Optional[str]:
     if not v or action == "sample":
         return None
     if action == "finetune":
-        return (f"isdm takes it on the command line: `isdm finetune --init {v} ...` (start from "
-                "its weights)")
-    return f"isdm takes it on the command line: `isdm train --resume {v} ...` (continue that run)"
+        return (f"`isdm finetune` starts from its weights (as `--init {v}`) unless --init or "
+                "--resume is given")
+    return f"`isdm train` continues that run (as `--resume {v}`) unless --resume is given"
 
 
 def _rescaled_vb(v: Any, raw: Mapping[str, Any], action: str) -> Optional[str]:

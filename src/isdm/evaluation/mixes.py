@@ -22,14 +22,13 @@ import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-import numpy as np
-
 from isdm.errors import EvaluationError
+from isdm.seeds import Stream, generator
+
 __all__ = ["Mix", "parse_mix", "draw_subset", "MixPlan", "plan_mix", "BASELINE"]
 
 BASELINE = "RALLF000"
 _GRAMMAR = re.compile(r"^R(ALL|\d+)F(ALL|\d+)$")
-_REAL_STREAM, _FAKE_STREAM = 0x5EA1, 0xFA4E  # independent numpy streams per pool
 
 
 
@@ -68,8 +67,8 @@ def parse_mix(code: str) -> Mix:
     return Mix(code, n_real, n_fake)
 
 
-def draw_subset(keys: Sequence[str], n: Optional[int], seed: int, stream: int = 0,
-                what: str = "images") -> list[str]:
+def draw_subset(keys: Sequence[str], n: Optional[int], seed: int,
+                stream: Stream = Stream.MIX_REAL, what: str = "images") -> list[str]:
     """A seeded random draw of ``n`` keys (None = all, in permuted order).
 
     The draw depends only on ``(sorted(keys), seed, stream)``: the same call returns the same
@@ -82,7 +81,7 @@ def draw_subset(keys: Sequence[str], n: Optional[int], seed: int, stream: int = 
     if n is not None and n > len(pool):
         raise EvaluationError(f"asked for {n} {what} but only {len(pool)} are available; "
                        f"use a smaller count or ALL")
-    order = np.random.default_rng([int(seed), int(stream)]).permutation(len(pool))
+    order = generator(stream, seed).permutation(len(pool))
     chosen = [pool[i] for i in order]
     return chosen if n is None else chosen[:n]
 
@@ -112,8 +111,8 @@ def plan_mix(mix: Mix | str, real_pool: Sequence[str], val_keys: Sequence[str],
     if overlap:
         raise EvaluationError(f"validation keys also in the real training pool: {sorted(overlap)[:5]}")
     try:
-        real = draw_subset(real_pool, mix.n_real, seed, _REAL_STREAM, "real training images")
-        fake = draw_subset(synthetic_pool, mix.n_fake, seed, _FAKE_STREAM, "synthetic images")
+        real = draw_subset(real_pool, mix.n_real, seed, Stream.MIX_REAL, "real training images")
+        fake = draw_subset(synthetic_pool, mix.n_fake, seed, Stream.MIX_FAKE, "synthetic images")
     except EvaluationError as e:
         raise EvaluationError(f"mix {mix.code}: {e} (after holding out {len(val_keys)} real images "
                        f"for validation; {len(real_pool)} real and {len(synthetic_pool)} synthetic "

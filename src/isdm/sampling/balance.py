@@ -42,10 +42,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from isdm.seeds import Stream, generator
+
 __all__ = ["Choice", "BalanceResult", "class_counts", "counted_classes", "imbalance", "balance",
            "priority"]
-
-_TAG = 0xBA1A  # separates the balancer's random stream from the sampler's
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ def balance(
         raise ValueError(f"sample.balance.max_class_dif={max_class_dif}: must be >= 0")
     counted = counted_classes(num_classes, ejection_classes)
     v = pool_counts[:, counted].astype(np.float64)
-    rng = np.random.default_rng([seed, _TAG + 1])
+    rng = generator(Stream.BALANCE_DRAW, seed)
     rank = priority(seed, len(pool))
     notes: list[str] = []
     if sorted(counted) == list(range(num_classes)) and len(ejection_classes):
@@ -193,7 +193,7 @@ def balance(
 def priority(seed: int, size: int) -> np.ndarray:
     """int64 [size]: the seeded rank of each candidate (0 = taken first among equals)."""
     rank = np.empty(size, dtype=np.int64)
-    rank[np.random.default_rng([seed, _TAG]).permutation(size)] = np.arange(size)
+    rank[generator(Stream.BALANCE_PRIORITY, seed).permutation(size)] = np.arange(size)
     return rank
 
 

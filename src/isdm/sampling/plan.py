@@ -4,7 +4,7 @@ Everything here is a pure function of ``(sample.seed, i, the mask list, the conf
 subset of samples (a shard, a resumed run) is planned identically to the full run.
 
 - ``sample_seed(seed, i)``: the 63-bit seed of sample i's ``torch.Generator`` (initial noise and
-  every sampler step), from ``numpy.random.SeedSequence([seed, i])``.
+  every sampler step), stream ``SAMPLE`` of :mod:`isdm.seeds`.
 - Without balancing, sample i uses mask ``perm[i % N]`` where ``perm`` is a seeded permutation
   of the N source masks: the train masks cycled (the original behaviour) in a shuffled order.
   With ``mask_source='augment'`` it is augmented with seed ``aug_seed(seed, i)``.
@@ -24,23 +24,19 @@ from isdm.config import Config
 from isdm.sampling.augment import AugmentResult, augment_mask
 from isdm.sampling.balance import BalanceResult, Choice, balance, class_counts, counted_classes
 from isdm.sampling.mask_sources import LazyImages, MaskSet
+from isdm.seeds import Stream, derive, generator
 
 __all__ = ["Plan", "Conditioning", "sample_seed", "aug_seed", "make_plan", "materialize"]
-
-_PLAN_TAG, _AUG_TAG, _VARIANT_TAG = 0x504C, 0xA06, 0x5A1
 
 
 def sample_seed(seed: int, i: int) -> int:
     """Seed of sample ``i``'s generator: a 63-bit integer derived from ``(seed, i)``."""
-    state = np.random.SeedSequence([seed % 2**63, i]).generate_state(2, dtype=np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
+    return derive(Stream.SAMPLE, seed, i)
 
 
 def aug_seed(seed: int, *key: int) -> int:
     """Augmentation seed for sample ``i`` (``key=(i,)``) or pool variant ``key=(j, k)``."""
-    tag = _AUG_TAG if len(key) == 1 else _VARIANT_TAG
-    state = np.random.SeedSequence([seed % 2**63, tag, *key]).generate_state(2, dtype=np.uint32)
-    return int((int(state[0]) << 32) | int(state[1]))
+    return derive(Stream.AUGMENT if len(key) == 1 else Stream.AUG_VARIANT, seed, *key)
 
 
 @dataclass
@@ -96,7 +92,7 @@ def make_plan(cfg: Config, masks: MaskSet) -> Plan:
                          based_on_generated_data_only=bal.based_on_generated_data_only,
                          basis="pixels" if pixels else "images", seed=s.seed)
         return Plan(result.choices, result, balanced=True)
-    perm = np.random.default_rng([s.seed % 2**63, _PLAN_TAG]).permutation(len(masks))
+    perm = generator(Stream.PLAN_ORDER, s.seed).permutation(len(masks))
     choices = [Choice(int(perm[i % len(masks)]), aug_seed(s.seed, i) if _augmenting(cfg) else None)
                for i in range(s.num_samples)]
     generated = np.zeros(num_classes, dtype=np.int64)

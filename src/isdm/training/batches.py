@@ -3,7 +3,7 @@
 The data order of an epoch is a pure function of ``(seed, epoch)``: a ``DistributedSampler``
 (also for a single process, with ``num_replicas=1``) shuffles with ``seed`` and ``set_epoch``.
 ``drop_last`` only drops the incomplete last batch when at least one full batch exists, so a
-dataset smaller than the batch size still trains (the original crashed with zero batches).
+dataset smaller than the batch size still trains (one short batch instead of none).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from isdm.config import Config, TrainConfig
-from isdm.errors import ConfigError, DatasetError
+from isdm.errors import ConfigError
 from isdm.training.distributed import DistContext
 
 __all__ = ["Splits", "build_splits", "make_loader", "step_inputs"]
@@ -34,16 +34,16 @@ def build_splits(cfg: Config, tcfg: TrainConfig, data_root: str | Path) -> Split
     """The training set (augmented) and, with ``val_fraction`` > 0, a held-out validation set
     (no augmentation) split from ``<data_root>/train`` by key with ``tcfg.seed``.
 
+    The split is validated once, by the first :class:`~isdm.data.SegmentationFolder`; the
+    subsets built from its keys skip that.
+
     Raises:
         DatasetError: every pairing / file / mask-value problem of ``<data_root>/train``.
     """
-    from isdm.data import SegmentationFolder, split_keys, validate_dataset
+    from isdm.data import SegmentationFolder, split_keys
 
-    validate_dataset(data_root, cfg.data, splits=("train",))  # every problem at once, with fixes
-    full = SegmentationFolder(data_root, "train", cfg.data, augment=False)
-    keys = list(full.keys)
-    if not keys:
-        raise DatasetError([f"{data_root}/train holds no image/mask pairs; check with `isdm data check`"])
+    # validates the split (an empty one is a DatasetError), so keys is never empty
+    keys = SegmentationFolder(data_root, "train", cfg.data, augment=False).keys
     val_keys: list[str] = []
     train_keys = keys
     if tcfg.val_fraction > 0:
@@ -53,8 +53,10 @@ def build_splits(cfg: Config, tcfg: TrainConfig, data_root: str | Path) -> Split
                 f"val_fraction={tcfg.val_fraction} of {len(keys)} training pairs leaves an empty "
                 "split; use a fraction that keeps at least one pair on each side"
             )
-    train = SegmentationFolder(data_root, "train", cfg.data, augment=cfg.data.hflip, keys=train_keys)
-    val = SegmentationFolder(data_root, "train", cfg.data, augment=False, keys=val_keys) if val_keys else None
+    train = SegmentationFolder(data_root, "train", cfg.data, augment=cfg.data.hflip,
+                               keys=train_keys, validate=False)
+    val = (SegmentationFolder(data_root, "train", cfg.data, augment=False, keys=val_keys,
+                              validate=False) if val_keys else None)
     return Splits(train=train, val=val, train_keys=list(train_keys), val_keys=list(val_keys))
 
 

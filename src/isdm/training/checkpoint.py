@@ -3,14 +3,21 @@
 A checkpoint is a dict saved with ``torch.save`` (loadable with ``weights_only=True``)::
 
     model        state_dict of the raw (trained) network
-    ema          {"0.999": state_dict, ...} one averaged copy per rate (+ "num_updates")
+    ema          EMA.state_dict(): {"rates": [0.999, ...], "num_updates": n, "warmup": bool,
+                 "shadows": {"0.999": state_dict, ...}}, one averaged copy per rate
     optimizer    AdamW state;  scaler: GradScaler state or None
     step, epoch  optimiser steps and completed epochs
     best_loss, bad_epochs   the checkpoint-on-best rule's state (patience counter)
     rng          {"python", "numpy", "torch", "cuda"} generator states
-    history      [{"epoch", "train_loss", "val_loss", ...}] one row per epoch
+    history      [{"epoch", "train_loss", "val_loss", "improved", ...}] one row per epoch
     config       isdm.config.to_dict(cfg): the resolved config of the run
-    meta         {"image_size", "num_classes", "num_params", "dataset", "action", ...}
+    meta         {"image_size", "num_classes", "num_params", "dataset", "action", "world_size",
+                 "precision", "torch", "weights_sha256"} (+ "init_from", "init_sha256",
+                 "init_epoch", "init_step" after ``isdm finetune --init``)
+
+``meta["weights_sha256"]`` (:func:`weights_digest`, written by :func:`save`) is checked by
+:func:`load`: a file damaged after writing is refused (torch does not check the zip CRCs).
+Files without it (written before the digest existed) load unchecked.
 
 The model is always rebuilt from the checkpoint's OWN config (``config``), never from today's
 ``params.yaml``: :func:`load_model` is what sampling and tuning use.
@@ -18,6 +25,9 @@ The model is always rebuilt from the checkpoint's OWN config (``config``), never
 
 from __future__ import annotations
 
+import hashlib
+import pickle
+import re
 from pathlib import Path
 from typing import Any, Literal, Mapping, Union
 
@@ -33,6 +43,7 @@ __all__ = [
     "load",
     "load_model",
     "checkpoint_hash",
+    "weights_digest",
     "architecture_mismatches",
     "check_compatible",
     "adopt_architecture",
@@ -43,16 +54,24 @@ REQUIRED_KEYS = ("model", "ema", "optimizer", "scaler", "step", "epoch", "best_l
                  "bad_epochs", "rng", "config", "meta")
 
 
-def save(state: Mapping[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically (temp file beside it + rename)."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(dict(state), tmp)
-    return path
+def save(state: Mapping[str, Any], *paths: str | Path) -> None:
+    """Write ``state`` to each of ``paths`` atomically (temp file beside it + rename), with
+    ``meta["weights_sha256"]`` set to :func:`weights_digest` of ``state`` (computed once).
+
+    Raises:
+        WriteError: a file could not be written (disk full, ...); its previous version is intact.
+    """
+    state = {**state, "meta": {**state.get("meta", {}), "weights_sha256": weights_digest(state)}}
+    for path in paths:
+        # through a Python file object, so a failed write raises OSError with its errno
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(state, f)
 
 
 def load(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save`; clear :class:`CheckpointError` otherwise."""
+    """Read a checkpoint written by :func:`save`; clear :class:`CheckpointError` otherwise
+    (missing, unreadable, corrupt, holding objects other than tensors and plain data, or not
+    written by isdm)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
@@ -60,19 +79,71 @@ def load(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
         )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # pickle, zip and EOF errors all mean "not a readable checkpoint"
+    except Exception as e:  # zip, pickle, EOF and storage errors: "not a readable checkpoint"
+        if isinstance(e, pickle.UnpicklingError) and "GLOBAL" in str(e):
+            raise CheckpointError(_unpickling_message(path, e)) from None
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:200]}); the file is "
+            f"checkpoint {path} cannot be read ({_torch_reason(e)}); the file is "
             "corrupt or not an isdm checkpoint; re-run `isdm train` or pick another file"
         ) from None
     missing = [k for k in ("model", "config", "meta") if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(
-            f"checkpoint {path} lacks {', '.join(missing)}: not written by `isdm train` "
-            "(original ISDM model*.pt / ema_*.pt files hold bare weights and no config: convert "
-            "one with `isdm import-checkpoint`)"
+            f"checkpoint {path} lacks {', '.join(missing)}: not written by `isdm train`. A "
+            "checkpoint of the original ISDM tool (model*.pt / ema_*.pt: bare weights, no config) "
+            "must be converted first: `isdm import-checkpoint`"
+        )
+    expected = state["meta"].get("weights_sha256")
+    if expected is not None and weights_digest(state) != expected:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: its weights do not match the SHA-256 digest stored "
+            "when it was written, so the file changed afterwards (a disk, copy or transfer "
+            "error). Use another copy (last.pt, `dvc checkout`, a backup) or train again."
         )
     return state
+
+
+def _torch_reason(error: Exception) -> str:
+    """``"<type>: <cause>"`` of a torch.load failure: the cause only, without torch's advice
+    around it (which suggests loading the file unsafely)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    text = text.split("WeightsUnpickler error:", 1)[-1]
+    cause = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    cause = cause.split(". ")[0][:200]
+    return f"{type(error).__name__}: {cause}" if cause else type(error).__name__
+
+
+def _unpickling_message(path: Path, error: Exception) -> str:
+    """Why a checkpoint holding non-tensor Python objects is refused, without torch's advice to
+    load it unsafely."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(error))
+    what = f" ({found.group(1)})" if found else ""
+    return (
+        f"checkpoint {path} holds a Python object isdm does not load{what}: isdm reads only "
+        "tensors and plain data from a checkpoint, because unpickling other objects can run code "
+        "hidden in the file. `isdm train` never writes such objects, so another program wrote "
+        "or changed this file; use a best.pt / last.pt of `isdm train` / `isdm finetune` (an "
+        "original ISDM checkpoint: convert it with `isdm import-checkpoint`)."
+    )
+
+
+def weights_digest(state: Mapping[str, Any]) -> str:
+    """Hex SHA-256 over the raw and every EMA state_dict of a checkpoint ``state``.
+
+    Tensors are taken in the sorted order of their names (``model.<key>``,
+    ``ema.<rate>.<key>``); each contributes ``"<name>|<dtype>|<shape>\\n"`` and its values'
+    bytes in row-major order, so the digest does not depend on device or memory layout.
+    """
+    tensors = {f"model.{k}": v for k, v in state["model"].items()}
+    ema = state.get("ema") or {}
+    for rate, shadow in (ema.get("shadows", {}) if isinstance(ema, Mapping) else {}).items():
+        tensors.update({f"ema.{rate}.{k}": v for k, v in shadow.items()})
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def checkpoint_config(state: Mapping[str, Any], path: str | Path = "checkpoint") -> Config:

@@ -75,11 +75,3 @@ def all_reduce_sum(values: Sequence[float], ctx: DistContext) -> list[float]:
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
 
-
-def broadcast_flag(flag: bool, ctx: DistContext) -> bool:
-    """Rank 0's value of ``flag`` on every process (so all ranks stop together)."""
-    if not ctx.distributed:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=ctx.device)
-    dist.broadcast(t, src=0)
-    return bool(t.item())

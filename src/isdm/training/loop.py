@@ -7,10 +7,11 @@ One optimiser step (Ho et al. 2020, Alg. 1, with Nichol & Dhariwal's hybrid loss
     loss = mean_B [ ||eps - eps_theta(x_t, t, segmap)||^2 / D + L_vb(t) ]
     AdamW step (optional grad clipping, fp16 loss scaling on CUDA);  EMA update
 
-The epoch's loss is the mean of the training steps' own losses (no extra forward pass; the
-original spent ~30% more compute on one), or the held-out diffusion loss with
-``select_on=val_loss``. After each epoch: improved -> write ``best.pt`` (atomic replace of the
-previous best); no improvement for ``patience`` epochs, ``max_epochs`` or ``max_steps`` -> stop.
+The epoch's loss is the mean of the training steps' own losses (no extra forward pass), or the
+held-out diffusion loss with ``select_on=val_loss``. After each epoch: improved -> write
+``best.pt`` (atomic replace of the previous best); no improvement for ``patience`` epochs,
+``max_epochs`` or ``max_steps`` -> stop. How a run starts (folder, checkpoint, config):
+:mod:`isdm.training.start`.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from typing import Any, Optional
 import torch
 
 from isdm.config import Config, TrainConfig, flatten, save_config, to_dict
+from isdm.seeds import Stream, derive
 from isdm.training import batches, checkpoint, distributed, plots, rng
 from isdm.training.ema import EMA
+from isdm.training.start import Start, check_out_dir, clear_outputs, resolve_start
 from isdm.training.step import make_model_fn, optimisation_step, resolve_precision
 from isdm.utils.io import atomic_write_json
 
@@ -72,31 +75,34 @@ def run_name(cfg: Config, action: str, tcfg: TrainConfig) -> str:
 class _Trainer:
     """Holds the run's state; ``run()`` executes epochs until a stop rule fires."""
 
-    def __init__(self, cfg: Config, data_root: Path, out_dir: Path, action: str,
+    def __init__(self, start: Start, data_root: Path, out_dir: Path,
                  ctx: distributed.DistContext, progress: bool) -> None:
         from isdm.diffusion import build_diffusion
         from isdm.models import build_model, count_parameters, place
 
-        self.cfg, self.data_root, self.out_dir, self.action, self.ctx = cfg, data_root, out_dir, action, ctx
-        self.tcfg = cfg.finetune if action == "finetune" else cfg.train
-        self.progress = progress
-        self.precision = resolve_precision(self.tcfg.precision, ctx.device)
-        if self.precision != self.tcfg.precision:
-            _note(ctx, f"precision {self.tcfg.precision} needs CUDA; training in {self.precision}")
-        torch.manual_seed(self.tcfg.seed)  # identical initial weights on every rank
+        self.cfg, self.tcfg, self.action = start.cfg, start.tcfg, start.action
+        self.data_root, self.out_dir, self.ctx, self.progress = data_root, out_dir, ctx, progress
+        cfg, tcfg = self.cfg, self.tcfg
+        self.precision = resolve_precision(tcfg.precision, ctx.device)
+        if self.precision != tcfg.precision:
+            _note(ctx, f"precision {tcfg.precision} needs CUDA; training in {self.precision}")
+        torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
         self.model = place(build_model(cfg.model, cfg.data.image_size, cfg.data.num_classes),
                            ctx.device)
         self.num_params = count_parameters(self.model)
         self.diffusion = build_diffusion(cfg.diffusion)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.tcfg.lr,
-                                           weight_decay=self.tcfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tcfg.lr,
+                                           weight_decay=tcfg.weight_decay)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.precision == "fp16")
-        self.ema = EMA(self.model, self.tcfg.ema_rates, warmup=self.tcfg.ema_warmup)
-        self.splits = batches.build_splits(cfg, self.tcfg, data_root)
+        self.ema = EMA(self.model, tcfg.ema_rates, warmup=tcfg.ema_warmup)
+        self.splits = batches.build_splits(cfg, tcfg, data_root)
+        # the network that computes the held-out loss with the first EMA average's weights
+        self.eval_model = copy.deepcopy(self.model).eval() if self.splits.val is not None else None
         self.step = self.epoch = self.bad_epochs = 0
         self.best_loss = math.inf
         self.history: list[dict[str, Any]] = []
         self.init_meta: dict[str, Any] = {}
+        self._restore(start)
         self.ddp = self.model
         if ctx.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -105,37 +111,34 @@ class _Trainer:
                 self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
 
     # ----------------------------------------------------------------------------- state
-    def init_from(self, state: dict[str, Any], path: Path) -> None:
-        """Finetune start: raw + EMA weights of a checkpoint (sizes already adopted)."""
-        self.model.load_state_dict(state["model"])
-        if state.get("ema"):
+    def _restore(self, start: Start) -> None:
+        """Resume: everything from the checkpoint; init: its raw + EMA weights (finetune)."""
+        state, path = start.state, start.path
+        if start.mode == "init":
+            if start.changed:
+                _note(self.ctx, f"finetune: the network comes from {path}; its sizes override the "
+                                "config: " + "; ".join(start.changed))
+            self.model.load_state_dict(state["model"])
+            if state.get("ema"):
+                self.ema.load_state_dict(state["ema"])
+            self.init_meta = {"init_from": str(path),
+                              "init_sha256": checkpoint.checkpoint_hash(path),
+                              "init_epoch": state.get("epoch"), "init_step": state.get("step")}
+            _note(self.ctx, f"finetuning from {path} (epoch {state.get('epoch')}, step "
+                            f"{state.get('step')}, loss {state.get('best_loss')})")
+        elif start.mode == "resume":
+            self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
-        self.init_meta = {"init_from": str(path), "init_sha256": checkpoint.checkpoint_hash(path),
-                          "init_epoch": state.get("epoch"), "init_step": state.get("step")}
-        _note(self.ctx, f"finetuning from {path} (epoch {state.get('epoch')}, step "
-                        f"{state.get('step')}, loss {state.get('best_loss')})")
-
-    def resume(self, state: dict[str, Any], path: Path) -> None:
-        """Restore everything from one checkpoint written by this loop (sizes already checked)."""
-        missing = [k for k in checkpoint.REQUIRED_KEYS if k not in state]
-        if missing:
-            raise checkpoint.CheckpointError(f"checkpoint {path} cannot resume: lacks {missing}")
-        if state["meta"].get("action", self.action) != self.action:
-            raise checkpoint.CheckpointError(
-                f"checkpoint {path} comes from `isdm {state['meta']['action']}`; resume it with "
-                f"that command, not `isdm {self.action}`")
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
-        self.step, self.epoch = int(state["step"]), int(state["epoch"])
-        self.best_loss, self.bad_epochs = float(state["best_loss"]), int(state["bad_epochs"])
-        self.history = list(state.get("history", []))
-        self.init_meta = {k: v for k, v in state["meta"].items() if k.startswith("init_")}
-        rng.restore(state["rng"])
-        _note(self.ctx, f"resumed {path} at epoch {self.epoch}, step {self.step}, "
-                        f"best {self.best_loss:.5g}, {self.bad_epochs} epochs without improvement")
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state["scaler"]:
+                self.scaler.load_state_dict(state["scaler"])
+            self.step, self.epoch = int(state["step"]), int(state["epoch"])
+            self.best_loss, self.bad_epochs = float(state["best_loss"]), int(state["bad_epochs"])
+            self.history = list(state.get("history", []))
+            self.init_meta = {k: v for k, v in state["meta"].items() if k.startswith("init_")}
+            rng.restore(state["rng"])
+            _note(self.ctx, f"resumed {path} at epoch {self.epoch}, step {self.step}, best "
+                            f"{self.best_loss:.5g}, {self.bad_epochs} epochs without improvement")
 
     def state(self) -> dict[str, Any]:
         return {
@@ -166,19 +169,17 @@ class _Trainer:
     @torch.no_grad()
     def val_loss(self) -> Optional[float]:
         """Held-out hybrid loss of the first EMA model, with a fixed t/noise draw every epoch."""
-        if self.splits.val is None:
+        if self.eval_model is None:
             return None
-        if not hasattr(self, "_eval_model"):
-            self._eval_model = copy.deepcopy(self.model).eval()
-        self._eval_model.load_state_dict(self.ema.state())
+        self.eval_model.load_state_dict(self.ema.state())
         loader, _ = batches.make_loader(self.splits.val, self.tcfg.batch_size, self.ctx,
                                         seed=self.tcfg.seed, shuffle=False)
-        gen = torch.Generator().manual_seed(rng.derive_seed(self.tcfg.seed, self.ctx.rank, 7))
+        gen = torch.Generator().manual_seed(derive(Stream.VAL_LOSS, self.tcfg.seed, self.ctx.rank))
         total = count = 0.0
         for batch in loader:
             x0, segmap, t, noise = batches.step_inputs(batch, self.cfg, self.diffusion.num_timesteps,
                                                        0.0, gen, self.ctx.device)
-            fn = make_model_fn(self._eval_model, segmap, self.precision)
+            fn = make_model_fn(self.eval_model, segmap, self.precision)
             losses = self.diffusion.training_losses(fn, x0, t, noise)
             total += float(losses["loss"].sum())
             count += x0.shape[0]
@@ -231,11 +232,10 @@ class _Trainer:
             self.bad_epochs += 1
         self.history.append(row)
         if self.ctx.is_main:
-            state = self.state()
-            if row["improved"]:
-                checkpoint.save(state, self.out_dir / "best.pt")
-            if self.tcfg.save_last:
-                checkpoint.save(state, self.out_dir / "last.pt")
+            paths = [self.out_dir / name for name, due in
+                     (("best.pt", row["improved"]), ("last.pt", self.tcfg.save_last)) if due]
+            if paths:
+                checkpoint.save(self.state(), *paths)
             self.write_reports()
         run.log_metrics({k: v for k, v in {
             "train/epoch_loss": row["train_loss"], "val/loss": row["val_loss"],
@@ -254,8 +254,8 @@ class _Trainer:
         return ""
 
     def write_reports(self, final: bool = False) -> None:
-        """loss.csv after every epoch (cheap, so a crash loses nothing); the loss.png chart once
-        at the end (matplotlib costs ~0.15 s, 5 % of a 5-step epoch of the embedded pipeline)."""
+        """loss.csv after every epoch (so a crash loses nothing); the loss.png chart, which costs
+        far more to draw, once at the end."""
         plots.write_loss_csv(self.history, self.out_dir / "loss.csv")
         if final:
             plots.write_loss_png(self.history, self.out_dir / "loss.png",
@@ -289,23 +289,18 @@ class _Trainer:
 
 def train(cfg: Config, data_root: str | Path, out_dir: str | Path, *, action: str = "train",
           init_from: str | Path | None = None, resume: str | Path | None = None,
-          progress: bool = True) -> TrainResult:
+          overwrite: bool = False, progress: bool = True) -> TrainResult:
     """Train (``action="train"``, section ``cfg.train``) or finetune (``"finetune"``, section
     ``cfg.finetune``, starting from ``init_from``) an SDM on ``<data_root>/train``.
 
-    Writes into ``out_dir``: ``best.pt``, ``last.pt`` (``save_last``), ``metrics.json``,
-    ``loss.csv``, ``loss.png`` and ``config.json``. Under ``torchrun`` every process calls this;
-    only rank 0 writes files and the MLflow run.
+    Writes into ``out_dir`` the files of :data:`isdm.training.start.OUTPUTS`: ``best.pt``,
+    ``last.pt`` (``save_last``), ``metrics.json``, ``loss.csv``, ``loss.png`` and
+    ``config.json``. A folder already holding them is refused unless the run resumes
+    (``resume``) or ``overwrite`` (which deletes them first). Under ``torchrun`` every process
+    calls this; only rank 0 writes files and the MLflow run.
 
-    Checkpoint vs config sizes (``model.*`` except dropout/use_checkpoint, ``diffusion.*``,
-    ``data.image_size``, ``data.num_classes``):
-
-    - ``resume``: the same run continues, so a size that differs from ``cfg`` is an error
-      (:class:`~isdm.training.checkpoint.CheckpointError` naming each size and the ``--set``
-      fix). Training knobs (lr, max_epochs, ...) come from ``cfg``. Takes precedence over
-      ``init_from``.
-    - ``init_from`` (finetune): a new run from a given network, so the checkpoint's sizes win and
-      a note names every overridden value; the resulting config is stored with the new run.
+    ``resume`` continues a run (the config's sizes must be the checkpoint's); ``init_from`` starts
+    a new run from a checkpoint's network, whose sizes win: see :mod:`isdm.training.start`.
     """
     from isdm import tracking
 
@@ -313,35 +308,24 @@ def train(cfg: Config, data_root: str | Path, out_dir: str | Path, *, action: st
         raise ValueError(f"action={action!r}: use 'train' or 'finetune'")
     if action == "finetune" and init_from is None and resume is None:
         raise ValueError("finetune needs init_from=<checkpoint of `isdm train`> (or resume=...)")
-    tcfg = cfg.finetune if action == "finetune" else cfg.train
+    if resume is not None and overwrite:
+        raise ValueError("resume continues the run in out_dir, overwrite starts over: pick one")
     data_root, out_dir = Path(data_root), Path(out_dir)
-    ctx = distributed.setup(tcfg.device)
+    check_out_dir(out_dir, action, resuming=resume is not None, overwrite=overwrite)
+    start = resolve_start(cfg, action, init_from=init_from, resume=resume)
+    ctx = distributed.setup(start.tcfg.device)
     try:
-        state, source = None, None
-        if resume is not None:
-            # the same run continues: its sizes must be the config's
-            source = Path(resume)
-            state = checkpoint.load(source)
-            checkpoint.check_compatible(state, cfg, source)
-        elif init_from is not None:
-            # a new run from a given network: the checkpoint fixes the sizes
-            source = Path(init_from)
-            state = checkpoint.load(source)
-            cfg, changed = checkpoint.adopt_architecture(state, cfg, source)
-            if changed:
-                _note(ctx, f"finetune: the network comes from {source}; its sizes override the "
-                           "config: " + "; ".join(changed))
-        trainer = _Trainer(cfg, data_root, out_dir, action, ctx, progress)
-        if resume is not None:
-            trainer.resume(state, source)
-        elif init_from is not None:
-            trainer.init_from(state, source)
-        del state
+        trainer = _Trainer(start, data_root, out_dir, ctx, progress)
+        del start  # the loaded checkpoint
+        cfg = trainer.cfg
         if ctx.is_main:
+            if overwrite:
+                clear_outputs(out_dir)
             out_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, out_dir / "config.json")
-        tracking_ctx = (tracking.start_run(cfg.tracking, name=run_name(cfg, action, tcfg), action=action,
-                                           dataset=str(data_root), params=flatten(cfg))
+        tracking_ctx = (tracking.start_run(cfg.tracking, name=run_name(cfg, action, trainer.tcfg),
+                                           action=action, dataset=str(data_root),
+                                           params=flatten(cfg))
                         if ctx.is_main else contextlib.nullcontext(tracking.NullRun()))
         with tracking_ctx as run:
             run.set_tags({"isdm.num_params": trainer.num_params, "isdm.world_size": ctx.world_size,

@@ -2,7 +2,8 @@
 
 Training randomness is a pure function of ``(seed, epoch, rank)``: at the start of every epoch the
 data order, the noise/timestep generator and the global python/numpy/torch generators (used by
-augmentation and dropout) are reseeded from :func:`derive_seed`. A run resumed at an epoch boundary
+augmentation and dropout) are reseeded from the streams ``TRAIN_GLOBAL`` and ``TRAIN_STEPS`` of
+:mod:`isdm.seeds`. A run resumed at an epoch boundary
 therefore replays exactly what the uninterrupted run did. The generator states are also stored in
 the checkpoint (:func:`capture` / :func:`restore`) so the file alone says where the run stood.
 States are kept as tensors, ints and lists so that ``torch.load(weights_only=True)`` reads them.
@@ -16,23 +17,19 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["derive_seed", "seed_epoch", "capture", "restore"]
+from isdm.seeds import Stream, derive
 
-
-def derive_seed(seed: int, *parts: int) -> int:
-    """A well-mixed 63-bit seed from ``seed`` and integer ``parts`` (epoch, rank, stream)."""
-    state = np.random.SeedSequence([int(seed) % 2**63, *(int(p) for p in parts)]).generate_state(2)
-    return int((int(state[0]) << 32 | int(state[1])) % 2**63)
+__all__ = ["seed_epoch", "capture", "restore"]
 
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> torch.Generator:
     """Reseed the global generators for ``epoch`` and return the step generator (CPU) that draws
     timesteps, noise and label drops for this epoch on this rank."""
-    s = derive_seed(seed, epoch, rank, 0)
+    s = derive(Stream.TRAIN_GLOBAL, seed, epoch, rank)
     random.seed(s)
     np.random.seed(s % 2**32)
     torch.manual_seed(s)
-    return torch.Generator().manual_seed(derive_seed(seed, epoch, rank, 1))
+    return torch.Generator().manual_seed(derive(Stream.TRAIN_STEPS, seed, epoch, rank))
 
 
 def capture() -> dict[str, Any]:

@@ -1,0 +1,115 @@
+"""How a training run starts: its output folder, its checkpoint and the config it trains with.
+
+- :func:`check_out_dir`: a folder holding an earlier run's outputs (:data:`OUTPUTS`) is not
+  written over silently: only a resumed run (``resume``) or ``overwrite`` may write there, and
+  ``overwrite`` removes exactly those files first (:func:`clear_outputs`), nothing else.
+- :func:`resolve_start` loads the checkpoint the run starts from and fixes the config:
+
+  - ``resume``: the same run continues, so the checkpoint must be a complete one of the same
+    command, and a network/data size that differs from ``cfg`` is an error
+    (:class:`~isdm.errors.CheckpointError` naming each size and the ``--set`` fix). Training
+    knobs (lr, max_epochs, ...) come from ``cfg``. Takes precedence over ``init_from``.
+  - ``init_from`` (finetune): a new run from a given network, so the checkpoint's sizes win; the
+    overridden values are listed for a note.
+  - neither: a new run from randomly initialised weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from isdm.config import Config, TrainConfig
+from isdm.errors import CheckpointError, OutputExistsError
+from isdm.training import checkpoint
+
+__all__ = ["OUTPUTS", "Start", "section", "resolve_start", "check_out_dir", "clear_outputs"]
+
+# Every file a training run writes into its output folder.
+OUTPUTS = ("best.pt", "last.pt", "metrics.json", "loss.csv", "loss.png", "config.json")
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a run starts from. ``state`` is the loaded checkpoint (None from scratch)."""
+
+    cfg: Config  # the config the run trains with (finetune --init: the checkpoint's sizes)
+    tcfg: TrainConfig  # its section for the action: cfg.train or cfg.finetune
+    action: str  # "train" or "finetune"
+    mode: str  # "scratch", "resume" or "init"
+    path: Optional[Path] = None
+    state: Optional[dict[str, Any]] = None
+    changed: tuple[str, ...] = ()  # init: "model.x: checkpoint a, config b" for each override
+
+
+def section(cfg: Config, action: str) -> TrainConfig:
+    """The config section of ``action``: ``cfg.finetune`` for finetune, else ``cfg.train``."""
+    return cfg.finetune if action == "finetune" else cfg.train
+
+
+def resolve_start(cfg: Config, action: str, init_from: str | Path | None = None,
+                  resume: str | Path | None = None) -> Start:
+    """Load the checkpoint of ``resume`` or ``init_from`` and check it (module docstring)."""
+    if resume is not None:
+        path = Path(resume)
+        state = checkpoint.load(path)
+        missing = [k for k in checkpoint.REQUIRED_KEYS if k not in state]
+        if missing:
+            raise CheckpointError(f"checkpoint {path} cannot resume: lacks {missing}")
+        written_by = state["meta"].get("action", action)
+        if written_by != action:
+            raise CheckpointError(f"checkpoint {path} comes from `isdm {written_by}`; resume it "
+                                  f"with that command, not `isdm {action}`")
+        checkpoint.check_compatible(state, cfg, path)
+        return Start(cfg, section(cfg, action), action, "resume", path, state)
+    if init_from is not None:
+        path = Path(init_from)
+        state = checkpoint.load(path)
+        cfg, changed = checkpoint.adopt_architecture(state, cfg, path)
+        return Start(cfg, section(cfg, action), action, "init", path, state, tuple(changed))
+    return Start(cfg, section(cfg, action), action, "scratch")
+
+
+def check_out_dir(out_dir: str | Path, action: str, *, resuming: bool, overwrite: bool) -> None:
+    """Refuse to write into a folder holding an earlier run's outputs unless the run resumes or
+    ``overwrite`` is set.
+
+    Raises:
+        OutputExistsError: naming the files found (with epoch and step of the checkpoints), the
+            command that continues the run (``--resume``) and ``--overwrite``.
+    """
+    out_dir = Path(out_dir)
+    found = [name for name in OUTPUTS if (out_dir / name).is_file()]
+    if not found or resuming or overwrite:
+        return
+    runs = {n: _peek(out_dir / n) for n in found if n.endswith(".pt")}
+    listed = ", ".join(f"{n} ({runs[n][0]})" if n in runs else n for n in found)
+    continue_with = ""
+    if runs:
+        last = "last.pt" if "last.pt" in runs else "best.pt"
+        written_by = runs[last][1] or action
+        continue_with = (f"continue that run with `isdm {written_by} ... --resume "
+                         f"{out_dir / last}`, or ")
+    raise OutputExistsError(
+        f"{out_dir} already holds the outputs of an earlier training run: {listed}. This run "
+        f"would replace them; {continue_with}start over with `--overwrite` (replaces only "
+        f"these files), or choose another --out.")
+
+
+def clear_outputs(out_dir: str | Path) -> None:
+    """Delete the :data:`OUTPUTS` of an earlier run in ``out_dir`` (``--overwrite``)."""
+    for name in OUTPUTS:
+        (Path(out_dir) / name).unlink(missing_ok=True)
+
+
+def _peek(path: Path) -> tuple[str, Optional[str]]:
+    """``("epoch 16, step 80", "train")``: where a checkpoint stands and the command that wrote
+    it, read without loading its tensors (``("unreadable", None)`` when it cannot be read)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return f"epoch {state['epoch']}, step {state['step']}", state["meta"].get("action")
+    except Exception:  # only describes the refusal: any unreadable file is just "unreadable"
+        return "unreadable", None

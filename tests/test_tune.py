@@ -16,6 +16,8 @@ import yaml
 
 from isdm import tuning
 from isdm.config import load_config
+from isdm.tuning import objective as tune_objective
+from isdm.tuning import storage as tune_storage
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -71,7 +73,7 @@ def test_file_lock_excludes_and_takes_over_a_dead_owner(tmp_path):
     order = []
 
     def worker(tag: str) -> None:
-        with tuning._file_lock(lock, poll=0.01):
+        with tune_objective.file_lock(lock, poll=0.01):
             order.append(f"{tag}-in")
             time.sleep(0.05)
             order.append(f"{tag}-out")
@@ -85,7 +87,7 @@ def test_file_lock_excludes_and_takes_over_a_dead_owner(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
     lock.write_text(dead)  # a crashed worker's lock
-    with tuning._file_lock(lock, poll=0.01):
+    with tune_objective.file_lock(lock, poll=0.01):
         assert lock.read_text() == str(os.getpid())
     assert not lock.exists()
 
@@ -115,7 +117,7 @@ def test_finetuned_checkpoint_is_trained_once_per_rate(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------------
 
 _STANDINS = '''
-import isdm.sampling, isdm.tuning as tuning
+import isdm.sampling, isdm.tuning.objective as objective
 from pathlib import Path
 
 def finetuned_checkpoint(cfg, data_root, checkpoint, out_dir, drop_rate):
@@ -137,9 +139,9 @@ def load_real_train(cfg, data_root):
     return None
 '''
 _PATCH = '''
-tuning.load_real_train = load_real_train
-tuning.finetuned_checkpoint = finetuned_checkpoint
-tuning.validation_miou = validation_miou
+objective.load_real_train = load_real_train
+objective.finetuned_checkpoint = finetuned_checkpoint
+objective.validation_miou = validation_miou
 isdm.sampling.run_sampling = run_sampling
 '''
 
@@ -149,7 +151,7 @@ def standins(monkeypatch):
     namespace: dict = {}
     exec(_STANDINS, namespace)
     for name in ("finetuned_checkpoint", "validation_miou", "load_real_train"):
-        monkeypatch.setattr(tuning, name, namespace[name])
+        monkeypatch.setattr(tune_objective, name, namespace[name])
     import isdm.sampling
 
     monkeypatch.setattr(isdm.sampling, "run_sampling", namespace["run_sampling"])
@@ -207,8 +209,9 @@ def test_two_worker_processes_share_one_study(tmp_path, synth_dir, mlflow_uri, s
         import sys
         from isdm.config import load_config
         cfg = load_config({str(TINY)!r}, ["tune.eval_epochs=2", "tune.sampler_startup_trials=2"])
-        tuning._write_plots = lambda study, out_dir: []  # matplotlib costs seconds per process
-        tuning.run_study(cfg, {str(synth_dir)!r}, {str(ckpt)!r}, {str(tmp_path / 'tune')!r},
+        import isdm.tuning.results, isdm.tuning
+        isdm.tuning.results.write_plots = lambda study, out_dir: []  # matplotlib costs seconds
+        isdm.tuning.run_study(cfg, {str(synth_dir)!r}, {str(ckpt)!r}, {str(tmp_path / 'tune')!r},
                          n_trials=int(sys.argv[1]), storage={storage!r}, study_name="shared")
     '''))
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
@@ -222,11 +225,11 @@ def test_two_worker_processes_share_one_study(tmp_path, synth_dir, mlflow_uri, s
         assert w.wait(timeout=180) == 0, w.stderr.read()[-2000:]
     import optuna
 
-    backend = tuning._storage(tuning.resolve_storage(storage, tmp_path))
-    study = optuna.load_study(study_name="shared", storage=backend)
-    assert len(study.trials) == 4
-    assert all(t.state.is_finished() for t in study.trials)
-    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4  # no repeated draw
+    backend = tune_storage.open_storage(tuning.resolve_storage(storage, tmp_path))
+    shared = optuna.load_study(study_name="shared", storage=backend)
+    assert len(shared.trials) == 4
+    assert all(t.state.is_finished() for t in shared.trials)
+    assert len({tuple(sorted(t.params.items())) for t in shared.trials}) == 4  # no repeated draw
     study_runs, trials = _trial_runs(mlflow_uri)
     assert len(study_runs) == 1 and len(trials) == 4
     assert {t.data.tags["mlflow.parentRunId"] for t in trials} == {study_runs[0].info.run_id}

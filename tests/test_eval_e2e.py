@@ -182,3 +182,18 @@ def test_crackforest_three_architectures_two_mixes_two_seeds(crackforest_dir, tm
         assert res["summary"][arch]["RALLF8"]["verdict"] in ("gain", "loss", "no significant difference")
     for name in ("metrics.json", "report.md", "miou.png", "cells.csv"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def test_eval_bench_takes_crackforest_explicitly_and_skips_with_a_note(tmp_path, monkeypatch):
+    import json
+
+    from isdm.bench.__main__ import main
+
+    monkeypatch.delenv("ISDM_CRACKFOREST", raising=False)
+    out = tmp_path / "results.json"
+    assert main(["--only", "eval", "--quick", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())["eval"]
+    assert result["table"] == [] and "--crackforest" in result["notes"][0]
+    monkeypatch.setenv("ISDM_CRACKFOREST", str(tmp_path / "nowhere"))
+    assert main(["--only", "eval", "--quick", "--out", str(out)]) == 0
+    assert f"not found at {tmp_path / 'nowhere'}" in json.loads(out.read_text())["eval"]["notes"][0]

@@ -112,6 +112,30 @@ def test_finetuned_checkpoint_is_trained_once_per_rate(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "tune").iterdir()) == ["finetune_dr0.3"]
 
 
+@pytest.mark.slow
+def test_the_objective_trains_the_same_cell_as_isdm_evaluate(synth_dir, tmp_path):
+    """One cell implementation: tune's validation mIoU of (FPN, R4F4, seed 1) equals the best
+    validation mIoU that `isdm evaluate` reports for that cell."""
+    import shutil
+
+    from isdm.evaluation import run_evaluation
+
+    syn = tmp_path / "syn"
+    for sub, src in (("samples", "images"), ("labels", "masks")):
+        (syn / sub).mkdir(parents=True)
+        for f in sorted((synth_dir / "train" / src).iterdir())[:4]:
+            shutil.copy(f, syn / sub / f"syn_{f.name}")
+    cfg = load_config(TINY, ["tracking.enabled=false", "evaluate.mixes=[R4F4]", "evaluate.seeds=[1]",
+                             "evaluate.batch_size=4", "evaluate.bootstrap=0", "tune.mix=R4F4",
+                             "tune.seed=1", "tune.architecture=FPN"])
+    cells = run_evaluation(cfg, synth_dir, syn, tmp_path / "out", progress=False)["cells"]
+    cell = next(c for c in cells if c["mix"] == "R4F4")
+    real = tune_objective.load_real_train(cfg, synth_dir)
+    epochs = []
+    value = tune_objective.validation_miou(cfg, real, syn, lambda e, best: epochs.append(e))
+    assert value == cell["best_val_miou"] and epochs == [1]
+
+
 # ----------------------------------------------------------------------------------------------
 # study mechanics with stand-ins for finetune / sample / downstream training
 # ----------------------------------------------------------------------------------------------

@@ -35,6 +35,46 @@ def test_resolve_storage(tmp_path):
     assert tuning.resolve_storage("j.log", tmp_path) == str(Path("j.log").resolve())
 
 
+def test_storage_errors_are_retried_and_a_persistent_one_is_a_tuning_error(monkeypatch):
+    import sqlalchemy.exc
+
+    from isdm.errors import TuningError
+
+    def locked():
+        raise sqlalchemy.exc.OperationalError("INSERT ...", {}, Exception("database is locked"))
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        return locked() if len(calls) < 3 else "opened"
+
+    assert tune_storage.retry_storage(flaky, "sqlite:///x.db") == "opened" and len(calls) == 3
+    monkeypatch.setattr(tune_storage, "_ATTEMPTS", 2)
+    with pytest.raises(TuningError, match=r"sqlite:///x.db: still failing after 2 attempts "
+                                          r"\(OperationalError: .*database is locked"):
+        tune_storage.retry_storage(locked, "sqlite:///x.db")
+
+
+def test_journal_heartbeat_fails_a_silent_trial_and_reenqueues_its_params(tmp_path, monkeypatch):
+    import optuna
+
+    monkeypatch.setattr(tune_storage, "GRACE_PERIOD", 1.0)
+    spec = str(tmp_path / "study.journal")
+    study = optuna.create_study(storage=tune_storage.open_storage(spec), direction="maximize")
+    with pytest.warns(UserWarning, match="Heartbeat of storage"):  # ask() outside optimize()
+        trial = study.ask()
+    trial.suggest_float("sample.s", 0.0, 5.0)
+    study._storage.record_heartbeat(trial._trial_id)
+    tune_storage.fail_stale_trials(study, spec)
+    assert [t.state.name for t in study.trials] == ["RUNNING"]  # heartbeat still fresh
+    time.sleep(1.1)
+    tune_storage.fail_stale_trials(study, spec)
+    failed, retry = study.trials
+    assert (failed.state.name, retry.state.name) == ("FAIL", "WAITING")
+    assert retry.params == failed.params and retry.system_attrs["failed_trial"] == 0
+
+
 def test_suggest_uses_params_yaml_keys_and_trial_config_applies_them():
     import optuna
 

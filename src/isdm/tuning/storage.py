@@ -48,24 +48,31 @@ def resolve_storage(storage: str, out_dir: str | Path) -> str:
 
 
 def retry_storage(fn: Callable[[], T], spec: str) -> T:
-    """``fn()``, retried while the storage reports a transient database error."""
+    """``fn()``, retried with a jittered exponential backoff while the storage reports a
+    database error (another worker is setting up or writing the same database).
+
+    Raises:
+        TuningError: the error persists after :data:`_ATTEMPTS` tries.
+    """
     import optuna
     import sqlalchemy.exc
 
+    transient = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
     jitter = random.Random()  # its own generator: the global random stream stays untouched
     delay = 0.05
-    for attempt in range(_ATTEMPTS):
+    for _ in range(_ATTEMPTS - 1):
         try:
             return fn()
-        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
-            if attempt == _ATTEMPTS - 1:
-                raise TuningError(
-                    f"Optuna storage {spec}: still failing after {_ATTEMPTS} attempts "
-                    f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); check the URL and "
-                    "that the database is reachable and writable") from None
-        time.sleep(delay * (1.0 + jitter.random()))
-        delay = min(2 * delay, 2.0)
-    raise AssertionError("unreachable")
+        except transient:
+            time.sleep(delay * (1.0 + jitter.random()))
+            delay = min(2 * delay, 2.0)
+    try:
+        return fn()
+    except transient as e:
+        raise TuningError(
+            f"Optuna storage {spec}: still failing after {_ATTEMPTS} attempts "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); check the URL and that the "
+            "database is reachable and writable") from None
 
 
 def open_storage(spec: str) -> Any:

@@ -140,7 +140,9 @@ def load_real_train(cfg: Config, data_root: str | Path) -> Any:
 
 def validation_miou(cfg: Config, real_train: Any, synthetic_dir: str | Path,
                     on_epoch: Optional[Callable[[int, float], None]] = None) -> float:
-    """Best validation mIoU of the cell (``tune.architecture``, ``tune.mix``, ``tune.seed``).
+    """Best validation mIoU of the cell (``tune.architecture``, ``tune.mix``, ``tune.seed``)
+    trained with ``cfg.evaluate``'s recipe (in a trial, :func:`trial_config` has set
+    ``evaluate.epochs`` to ``tune.eval_epochs``).
 
     Args:
         real_train: the real TRAIN images as an :class:`isdm.evaluation.segmenter.TensorSet`

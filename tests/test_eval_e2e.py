@@ -92,8 +92,10 @@ def test_evaluate_cli_writes_outputs_and_mlflow_runs(synth_dir, mlflow_uri, tmp_
 def test_same_seed_same_weights_and_selection_keeps_the_best_epoch():
     import torch
 
+    from isdm.config import EvaluateConfig
     from isdm.evaluation.segmenter import TensorSet, build_segmenter, train_segmenter
 
+    recipe = EvaluateConfig(epochs=2, lr=1e-3, batch_size=2, loss="dice_ce", augment=True)
     g = torch.Generator().manual_seed(0)
     data = TensorSet(torch.rand(6, 3, 32, 32, generator=g) * 2 - 1,
                      torch.randint(0, 3, (6, 32, 32), generator=g), [f"k{i}" for i in range(6)])
@@ -101,8 +103,7 @@ def test_same_seed_same_weights_and_selection_keeps_the_best_epoch():
     runs = []
     for _ in range(2):
         model = build_segmenter("FPN", "resnet18", None, 3, seed=3)
-        res = train_segmenter(model, train, val, epochs=2, lr=1e-3, batch_size=2, loss="dice_ce",
-                              augment=True, num_classes=3, ignore_index=255, seed=3,
+        res = train_segmenter(model, train, val, recipe, num_classes=3, ignore_index=255, seed=3,
                               device=torch.device("cpu"))
         runs.append((model.state_dict(), res))
     (w0, r0), (w1, r1) = runs
@@ -181,3 +182,18 @@ def test_crackforest_three_architectures_two_mixes_two_seeds(crackforest_dir, tm
         assert res["summary"][arch]["RALLF8"]["verdict"] in ("gain", "loss", "no significant difference")
     for name in ("metrics.json", "report.md", "miou.png", "cells.csv"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def test_eval_bench_takes_crackforest_explicitly_and_skips_with_a_note(tmp_path, monkeypatch):
+    import json
+
+    from isdm.bench.__main__ import main
+
+    monkeypatch.delenv("ISDM_CRACKFOREST", raising=False)
+    out = tmp_path / "results.json"
+    assert main(["--only", "eval", "--quick", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())["eval"]
+    assert result["table"] == [] and "--crackforest" in result["notes"][0]
+    monkeypatch.setenv("ISDM_CRACKFOREST", str(tmp_path / "nowhere"))
+    assert main(["--only", "eval", "--quick", "--out", str(out)]) == 0
+    assert f"not found at {tmp_path / 'nowhere'}" in json.loads(out.read_text())["eval"]["notes"][0]

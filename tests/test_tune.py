@@ -16,6 +16,8 @@ import yaml
 
 from isdm import tuning
 from isdm.config import load_config
+from isdm.tuning import objective as tune_objective
+from isdm.tuning import storage as tune_storage
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -31,6 +33,46 @@ def test_resolve_storage(tmp_path):
     assert tuning.resolve_storage("", tmp_path) == str((tmp_path / "study.journal").resolve())
     assert tuning.resolve_storage("sqlite:///x/study.db", tmp_path) == "sqlite:///x/study.db"
     assert tuning.resolve_storage("j.log", tmp_path) == str(Path("j.log").resolve())
+
+
+def test_storage_errors_are_retried_and_a_persistent_one_is_a_tuning_error(monkeypatch):
+    import sqlalchemy.exc
+
+    from isdm.errors import TuningError
+
+    def locked():
+        raise sqlalchemy.exc.OperationalError("INSERT ...", {}, Exception("database is locked"))
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        return locked() if len(calls) < 3 else "opened"
+
+    assert tune_storage.retry_storage(flaky, "sqlite:///x.db") == "opened" and len(calls) == 3
+    monkeypatch.setattr(tune_storage, "_ATTEMPTS", 2)
+    with pytest.raises(TuningError, match=r"sqlite:///x.db: still failing after 2 attempts "
+                                          r"\(OperationalError: .*database is locked"):
+        tune_storage.retry_storage(locked, "sqlite:///x.db")
+
+
+def test_journal_heartbeat_fails_a_silent_trial_and_reenqueues_its_params(tmp_path, monkeypatch):
+    import optuna
+
+    monkeypatch.setattr(tune_storage, "GRACE_PERIOD", 1.0)
+    spec = str(tmp_path / "study.journal")
+    study = optuna.create_study(storage=tune_storage.open_storage(spec), direction="maximize")
+    with pytest.warns(UserWarning, match="Heartbeat of storage"):  # ask() outside optimize()
+        trial = study.ask()
+    trial.suggest_float("sample.s", 0.0, 5.0)
+    study._storage.record_heartbeat(trial._trial_id)
+    tune_storage.fail_stale_trials(study, spec)
+    assert [t.state.name for t in study.trials] == ["RUNNING"]  # heartbeat still fresh
+    time.sleep(1.1)
+    tune_storage.fail_stale_trials(study, spec)
+    failed, retry = study.trials
+    assert (failed.state.name, retry.state.name) == ("FAIL", "WAITING")
+    assert retry.params == failed.params and retry.system_attrs["failed_trial"] == 0
 
 
 def test_suggest_uses_params_yaml_keys_and_trial_config_applies_them():
@@ -71,7 +113,7 @@ def test_file_lock_excludes_and_takes_over_a_dead_owner(tmp_path):
     order = []
 
     def worker(tag: str) -> None:
-        with tuning._file_lock(lock, poll=0.01):
+        with tune_objective.file_lock(lock, poll=0.01):
             order.append(f"{tag}-in")
             time.sleep(0.05)
             order.append(f"{tag}-out")
@@ -85,7 +127,7 @@ def test_file_lock_excludes_and_takes_over_a_dead_owner(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
     lock.write_text(dead)  # a crashed worker's lock
-    with tuning._file_lock(lock, poll=0.01):
+    with tune_objective.file_lock(lock, poll=0.01):
         assert lock.read_text() == str(os.getpid())
     assert not lock.exists()
 
@@ -110,12 +152,36 @@ def test_finetuned_checkpoint_is_trained_once_per_rate(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "tune").iterdir()) == ["finetune_dr0.3"]
 
 
+@pytest.mark.slow
+def test_the_objective_trains_the_same_cell_as_isdm_evaluate(synth_dir, tmp_path):
+    """One cell implementation: tune's validation mIoU of (FPN, R4F4, seed 1) equals the best
+    validation mIoU that `isdm evaluate` reports for that cell."""
+    import shutil
+
+    from isdm.evaluation import run_evaluation
+
+    syn = tmp_path / "syn"
+    for sub, src in (("samples", "images"), ("labels", "masks")):
+        (syn / sub).mkdir(parents=True)
+        for f in sorted((synth_dir / "train" / src).iterdir())[:4]:
+            shutil.copy(f, syn / sub / f"syn_{f.name}")
+    cfg = load_config(TINY, ["tracking.enabled=false", "evaluate.mixes=[R4F4]", "evaluate.seeds=[1]",
+                             "evaluate.batch_size=4", "evaluate.bootstrap=0", "tune.mix=R4F4",
+                             "tune.seed=1", "tune.architecture=FPN"])
+    cells = run_evaluation(cfg, synth_dir, syn, tmp_path / "out", progress=False)["cells"]
+    cell = next(c for c in cells if c["mix"] == "R4F4")
+    real = tune_objective.load_real_train(cfg, synth_dir)
+    epochs = []
+    value = tune_objective.validation_miou(cfg, real, syn, lambda e, best: epochs.append(e))
+    assert value == cell["best_val_miou"] and epochs == [1]
+
+
 # ----------------------------------------------------------------------------------------------
 # study mechanics with stand-ins for finetune / sample / downstream training
 # ----------------------------------------------------------------------------------------------
 
 _STANDINS = '''
-import isdm.sampling, isdm.tuning as tuning
+import isdm.sampling, isdm.tuning.objective as objective
 from pathlib import Path
 
 def finetuned_checkpoint(cfg, data_root, checkpoint, out_dir, drop_rate):
@@ -137,9 +203,9 @@ def load_real_train(cfg, data_root):
     return None
 '''
 _PATCH = '''
-tuning.load_real_train = load_real_train
-tuning.finetuned_checkpoint = finetuned_checkpoint
-tuning.validation_miou = validation_miou
+objective.load_real_train = load_real_train
+objective.finetuned_checkpoint = finetuned_checkpoint
+objective.validation_miou = validation_miou
 isdm.sampling.run_sampling = run_sampling
 '''
 
@@ -149,7 +215,7 @@ def standins(monkeypatch):
     namespace: dict = {}
     exec(_STANDINS, namespace)
     for name in ("finetuned_checkpoint", "validation_miou", "load_real_train"):
-        monkeypatch.setattr(tuning, name, namespace[name])
+        monkeypatch.setattr(tune_objective, name, namespace[name])
     import isdm.sampling
 
     monkeypatch.setattr(isdm.sampling, "run_sampling", namespace["run_sampling"])
@@ -207,8 +273,9 @@ def test_two_worker_processes_share_one_study(tmp_path, synth_dir, mlflow_uri, s
         import sys
         from isdm.config import load_config
         cfg = load_config({str(TINY)!r}, ["tune.eval_epochs=2", "tune.sampler_startup_trials=2"])
-        tuning._write_plots = lambda study, out_dir: []  # matplotlib costs seconds per process
-        tuning.run_study(cfg, {str(synth_dir)!r}, {str(ckpt)!r}, {str(tmp_path / 'tune')!r},
+        import isdm.tuning.results, isdm.tuning
+        isdm.tuning.results.write_plots = lambda study, out_dir: []  # matplotlib costs seconds
+        isdm.tuning.run_study(cfg, {str(synth_dir)!r}, {str(ckpt)!r}, {str(tmp_path / 'tune')!r},
                          n_trials=int(sys.argv[1]), storage={storage!r}, study_name="shared")
     '''))
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
@@ -222,11 +289,11 @@ def test_two_worker_processes_share_one_study(tmp_path, synth_dir, mlflow_uri, s
         assert w.wait(timeout=180) == 0, w.stderr.read()[-2000:]
     import optuna
 
-    backend = tuning._storage(tuning.resolve_storage(storage, tmp_path))
-    study = optuna.load_study(study_name="shared", storage=backend)
-    assert len(study.trials) == 4
-    assert all(t.state.is_finished() for t in study.trials)
-    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4  # no repeated draw
+    backend = tune_storage.open_storage(tuning.resolve_storage(storage, tmp_path))
+    shared = optuna.load_study(study_name="shared", storage=backend)
+    assert len(shared.trials) == 4
+    assert all(t.state.is_finished() for t in shared.trials)
+    assert len({tuple(sorted(t.params.items())) for t in shared.trials}) == 4  # no repeated draw
     study_runs, trials = _trial_runs(mlflow_uri)
     assert len(study_runs) == 1 and len(trials) == 4
     assert {t.data.tags["mlflow.parentRunId"] for t in trials} == {study_runs[0].info.run_id}

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 __all__ = ["IsdmError", "ConfigError", "DatasetError", "MaskValueError", "CheckpointError",
-           "OutputExistsError", "EvaluationError", "WriteError"]
+           "OutputExistsError", "EvaluationError", "WriteError", "TuningError"]
 
 
 class IsdmError(Exception):
@@ -63,3 +63,7 @@ class EvaluationError(IsdmError, ValueError):
 class WriteError(IsdmError, OSError):
     """Writing an output failed (disk full, permissions); the message names the file, the
     free space and which earlier outputs are intact."""
+
+
+class TuningError(IsdmError, RuntimeError):
+    """An Optuna study cannot be opened or shared: the message names the storage and the fix."""

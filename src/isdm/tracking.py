@@ -1,7 +1,7 @@
 """MLflow tracking: the only module that imports mlflow (lazily, inside functions).
 
 Every CLI action runs inside :func:`start_run`, which yields a :class:`Run` with a small, stable
-API (``log_params``, ``log_metrics``, ``log_artifact``, ``log_figure``, ``log_dict``, ``set_tags``).
+API (``log_params``, ``log_metrics``, ``log_artifact``, ``set_tags``).
 With tracking disabled the same calls go to a :class:`NullRun` and do nothing, so library code
 never branches on whether MLflow is on.
 
@@ -20,7 +20,6 @@ under a study run, evaluate cells under the evaluate run). Under ``mlflow run`` 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from contextlib import contextmanager
@@ -73,8 +72,6 @@ class NullRun:
     def log_params(self, params: Mapping[str, Any]) -> None: ...
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: Optional[str] = None) -> None: ...
-    def log_figure(self, figure: Any, name: str) -> None: ...
-    def log_dict(self, obj: Any, name: str) -> None: ...
     def set_tags(self, tags: Mapping[str, Any]) -> None: ...
 
 
@@ -105,12 +102,6 @@ class Run(NullRun):
             self._mlflow.log_artifacts(str(path), artifact_path=artifact_path)
         elif path.exists():
             self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
-
-    def log_figure(self, figure: Any, name: str) -> None:
-        self._mlflow.log_figure(figure, name)
-
-    def log_dict(self, obj: Any, name: str) -> None:
-        self._mlflow.log_dict(json.loads(json.dumps(obj, default=str)), name)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._mlflow.set_tags({k: str(v) for k, v in tags.items()})

@@ -1,8 +1,9 @@
 """``python -m isdm.bench`` (``make bench``): run every benchmark, print tables, write JSON.
 
 Each benchmark module exposes ``run(quick: bool = False) -> dict`` whose ``"table"`` entry is a
-list of flat row dicts. Results of one invocation are measured in one run, so ratios between rows
-are meaningful; absolute times on a shared 2-core machine are noisy.
+list of flat row dicts (the eval benchmark also takes ``data_root``: the CrackForest folder of
+``--crackforest`` or ``$ISDM_CRACKFOREST``). Results of one invocation are measured in one run,
+so ratios between rows are meaningful; absolute times on a shared machine are noisy.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import sys
 import time
@@ -46,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench/results.json")
     parser.add_argument("--only", nargs="*", choices=sorted(BENCHES), default=None)
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes (about a minute each)")
+    parser.add_argument("--crackforest", metavar="DIR", default=os.environ.get("ISDM_CRACKFOREST"),
+                        help="CrackForest folder (train/, test/) for the eval benchmark "
+                             "(default $ISDM_CRACKFOREST; skipped when neither is given)")
     args = parser.parse_args(argv)
+    options = {"eval": {"data_root": args.crackforest}}
 
     import torch
 
@@ -65,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n## {name}", flush=True)
         t0 = time.perf_counter()
         try:
-            res = importlib.import_module(BENCHES[name]).run(quick=args.quick)
+            res = importlib.import_module(BENCHES[name]).run(quick=args.quick,
+                                                             **options.get(name, {}))
         except Exception:  # a broken benchmark must not hide the others' numbers
             traceback.print_exc()
             results[name] = {"error": traceback.format_exc()}

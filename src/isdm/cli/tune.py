@@ -32,8 +32,8 @@ def tune(config_path: Optional[str], overrides: tuple[str, ...], data_root: str,
 
     \b
     isdm tune -c params.yaml --data data/synth --checkpoint models/sdm/best.pt --out reports/tune
-    # more workers on one study (each runs --n-trials trials):
-    isdm tune ... --storage sqlite:///reports/tune/study.db --n-trials 0   # create it first
+    # more workers on one study (each runs --n-trials trials; they may start together, and the
+    # trial of a killed worker is failed and rerun by the others):
     isdm tune ... --storage sqlite:///reports/tune/study.db --n-trials 5 &
     isdm tune ... --storage sqlite:///reports/tune/study.db --n-trials 5 &
     """

@@ -4,8 +4,9 @@
 seeds, tests each once on the real test split, and reports mean ± std, the paired-bootstrap gain
 over the real-only baseline ``RALLF000`` and the label fidelity of the synthetic samples.
 Modules: :mod:`.mixes` (grammar, seeded draws), :mod:`.segmenter` (model + loop),
-:mod:`.metrics` (IoU/Dice from counts), :mod:`.stats` (bootstrap), :mod:`.fidelity`,
-:mod:`.report` (JSON, CSV, markdown, chart), :mod:`.run` (orchestration).
+:mod:`.cell` (one architecture x mix x seed, shared with ``isdm tune``), :mod:`.metrics`
+(IoU/Dice from counts), :mod:`.stats` (bootstrap), :mod:`.fidelity`, :mod:`.report` (JSON, CSV,
+markdown, chart), :mod:`.run` (orchestration).
 """
 
 from isdm.evaluation.run import EvaluationError, run_evaluation

@@ -129,11 +129,8 @@ def plot_miou(summary: Mapping[str, Mapping[str, Mapping[str, Any]]], path: str 
               keys: Sequence[str] = ("miou", "miou_nobg")) -> Any:
     """Grouped bar charts, one panel per metric in ``keys`` (one group per architecture, one bar
     per mix) of ``<key>_mean`` with ``<key>_std`` error bars; written to ``path`` (PNG) and
-    returned as a matplotlib Figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    returned as a matplotlib Figure (object style: no pyplot state to close)."""
+    from matplotlib.figure import Figure
 
     archs = list(summary)
     mixes: list[str] = []
@@ -141,7 +138,8 @@ def plot_miou(summary: Mapping[str, Mapping[str, Mapping[str, Any]]], path: str 
         mixes += [m for m in summary[a] if m not in mixes]
     width = 0.8 / max(len(mixes), 1)
     panel_w = max(4.0, 0.5 * len(archs) * max(1, len(mixes)))
-    fig, axes = plt.subplots(1, len(keys), figsize=(panel_w * len(keys), 4), squeeze=False)
+    fig = Figure(figsize=(panel_w * len(keys), 4))
+    axes = fig.subplots(1, len(keys), squeeze=False)
     titles = {"miou": "mIoU (background included)", "miou_nobg": "mIoU without background"}
     for ax, key in zip(axes[0], keys):
         for j, mix in enumerate(mixes):

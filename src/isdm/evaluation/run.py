@@ -1,12 +1,12 @@
 """``isdm evaluate``: train smp segmenters on real/synthetic mixes and compare them on real test.
 
-For every architecture, seed and mix (a "cell"):
+For every architecture, seed and mix (a "cell", :mod:`isdm.evaluation.cell`):
 
-1. carve a validation split off the REAL train split (``data.dataset.split_keys`` seeded with the
-   cell's seed, the same for every mix of that seed, so mixes are paired);
-2. draw the mix's real and synthetic training images (:mod:`mixes`; never a validation image);
-3. train with the seeded recipe, keep the epoch with the best validation mIoU (:mod:`segmenter`);
-4. test ONCE on the real test split with the selected weights -> per-image counts.
+1. carve a validation split off the REAL train split (seeded with the cell's seed, the same for
+   every mix of that seed, so mixes are paired) and draw the mix's real and synthetic training
+   images (never a validation image);
+2. train with the seeded recipe, keep the epoch with the best validation mIoU;
+3. test ONCE on the real test split with the selected weights -> per-image counts.
 
 Then per (architecture, mix): mean and std over seeds and the paired-bootstrap gain over
 ``RALLF000`` (:mod:`stats`); label fidelity of the first seed's real-only model (:mod:`fidelity`);
@@ -24,7 +24,7 @@ import numpy as np
 from isdm.config import Config, flatten
 from isdm.errors import EvaluationError
 from isdm.evaluation import report
-from isdm.evaluation.mixes import BASELINE, parse_mix, plan_mix
+from isdm.evaluation.mixes import BASELINE, parse_mix
 
 __all__ = ["run_evaluation", "EvaluationError", "resolve_mixes"]
 
@@ -70,6 +70,7 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic_dir: Optional[s
     from tqdm.auto import tqdm
 
     from isdm import tracking
+    from isdm.evaluation.cell import plan_cell
     from isdm.evaluation.segmenter import build_segmenter
     from isdm.utils.runtime import resolve_device
 
@@ -87,9 +88,8 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic_dir: Optional[s
         build_segmenter(arch, e.encoder, e.encoder_weights, cfg.data.num_classes, 0)
     train_all, test, synth = _load(cfg, data_root, synthetic_dir)
     for seed in seeds:  # an impossible mix fails before any training starts
-        val_keys, pool = _split(train_all.keys, e.val_fraction, seed)
         for m in mixes:
-            plan_mix(m, pool, val_keys, synth.keys, seed)
+            plan_cell(cfg, e.architectures[0], m, seed, train_all.keys, synth.keys)
 
     rows: list[dict[str, Any]] = []
     counts: dict[tuple[str, str], list[np.ndarray]] = {}
@@ -101,15 +101,14 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic_dir: Optional[s
                    unit="cell", disable=not progress)
         for arch in e.architectures:
             for seed in seeds:
-                val_keys, pool = _split(train_all.keys, e.val_fraction, seed)
                 for mix in mixes:
                     bar.set_postfix_str(f"{arch} {mix} seed {seed}")
-                    plan = plan_mix(mix, pool, val_keys, synth.keys, seed)
-                    row, cell, fid = _run_cell(cfg, arch, plan, train_all, test, synth, dev,
-                                               str(data_root), parent.run_id,
-                                               with_fidelity=mix == BASELINE and seed == seeds[0])
+                    cell = plan_cell(cfg, arch, mix, seed, train_all.keys, synth.keys)
+                    row, cell_counts, fid = _run_cell(cfg, cell, train_all, test, synth, dev,
+                                                      str(data_root), parent.run_id,
+                                                      with_fidelity=mix == BASELINE and seed == seeds[0])
                     rows.append(row)
-                    counts.setdefault((arch, mix), []).append(cell)
+                    counts.setdefault((arch, mix), []).append(cell_counts)
                     if fid is not None:
                         fidelity[arch] = fid
                     bar.update(1)
@@ -117,17 +116,6 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic_dir: Optional[s
         summary = _summarize(rows, counts, e.architectures, mixes, e.bootstrap, seeds[0])
         meta = _meta(cfg, data_root, synthetic_dir, dev, mixes, seeds, train_all, test, synth)
         return _write_outputs(out, summary, fidelity, rows, counts, parent, meta)
-
-
-def _split(keys: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """(validation keys, remaining real training pool), seeded by the cell's seed."""
-    from isdm.data.dataset import split_keys
-
-    train_keys, val_keys = split_keys(list(keys), val_fraction, seed)
-    if not val_keys:
-        raise EvaluationError(f"evaluate.val_fraction={val_fraction} leaves no validation image "
-                              f"out of {len(keys)} real train images; raise it")
-    return list(val_keys), list(train_keys)
 
 
 def _load(cfg: Config, data_root: str | Path, synthetic_dir: Optional[str | Path]) -> tuple[Any, Any, Any]:
@@ -147,44 +135,39 @@ def _load(cfg: Config, data_root: str | Path, synthetic_dir: Optional[str | Path
     return train_all, test, synth
 
 
-def _run_cell(cfg: Config, arch: str, plan: Any, train_all: Any, test: Any, synth: Any,
-              dev: Any, dataset: str, parent_run_id: Optional[str],
+def _run_cell(cfg: Config, cell: Any, train_all: Any, test: Any, synth: Any, dev: Any,
+              dataset: str, parent_run_id: Optional[str],
               with_fidelity: bool) -> tuple[dict[str, Any], np.ndarray, Optional[dict[str, float]]]:
     """Train, select and test one (architecture, mix, seed) cell inside its own child run."""
     from isdm import tracking
+    from isdm.evaluation.cell import train_cell
     from isdm.evaluation.fidelity import label_fidelity
     from isdm.evaluation.metrics import summarize
-    from isdm.evaluation.segmenter import TensorSet, build_segmenter, predict_counts, train_segmenter
+    from isdm.evaluation.segmenter import predict_counts
 
-    e, nc, ign = cfg.evaluate, cfg.data.num_classes, cfg.data.ignore_index
-    train = TensorSet.concat([train_all.subset(plan.real_keys), synth.subset(plan.synthetic_keys)])
-    val = train_all.subset(plan.val_keys)
-    params = {"arch": arch, "mix": plan.mix.code, "seed": plan.seed, "n_real": len(plan.real_keys),
+    e, nc, ign, plan = cfg.evaluate, cfg.data.num_classes, cfg.data.ignore_index, cell.plan
+    params = {"arch": cell.arch, "mix": cell.mix, "seed": cell.seed, "n_real": len(plan.real_keys),
               "n_fake": len(plan.synthetic_keys), "n_val": len(plan.val_keys), "n_test": len(test),
               "encoder": e.encoder}
     fid = None
-    with tracking.start_run(cfg.tracking, name=f"{arch} {plan.mix.code} seed {plan.seed}",
-                            action="evaluate-cell", dataset=dataset, params=params,
-                            parent_run_id=parent_run_id) as child:
-        model = build_segmenter(arch, e.encoder, e.encoder_weights, nc, plan.seed)
-        result = train_segmenter(
-            model, train, val, epochs=e.epochs, lr=e.lr, batch_size=e.batch_size, loss=e.loss,
-            augment=e.augment, num_classes=nc, ignore_index=ign, seed=plan.seed, device=dev,
-            encoder_weights=e.encoder_weights,
+    with tracking.start_run(cfg.tracking, name=cell.name, action="evaluate-cell", dataset=dataset,
+                            params=params, parent_run_id=parent_run_id) as child:
+        model, fit = train_cell(
+            cfg, cell, train_all, synth, device=dev,
             on_epoch=lambda r: child.log_metrics(
                 _finite({"train_loss": r["train_loss"], "val_miou": r["val_miou"]}), step=int(r["epoch"])))
-        cell = predict_counts(model, test, nc, ign, dev, e.batch_size, e.encoder_weights)
-        row = {**params, "best_epoch": result.best_epoch, "best_val_miou": result.best_val_miou,
-               "train_seconds": result.train_seconds, **summarize(cell)}
-        child.log_metrics(_finite({f"test_{k}": float(v) for k, v in summarize(cell).items()}))
-        child.log_metrics(_finite({"best_epoch": float(result.best_epoch),
-                                   "best_val_miou": result.best_val_miou,
-                                   "train_seconds": result.train_seconds}))
+        counts = predict_counts(model, test, nc, ign, dev, e.batch_size, e.encoder_weights)
+        row = {**params, "best_epoch": fit.best_epoch, "best_val_miou": fit.best_val_miou,
+               "train_seconds": fit.train_seconds, **summarize(counts)}
+        child.log_metrics(_finite({f"test_{k}": float(v) for k, v in summarize(counts).items()}))
+        child.log_metrics(_finite({"best_epoch": float(fit.best_epoch),
+                                   "best_val_miou": fit.best_val_miou,
+                                   "train_seconds": fit.train_seconds}))
         if with_fidelity and len(synth):
             fid, _ = label_fidelity(model, synth, num_classes=nc, ignore_index=ign, device=dev,
                                     batch_size=e.batch_size, encoder_weights=e.encoder_weights)
             child.log_metrics(_finite({f"fidelity_{k}": v for k, v in fid.items()}))
-    return row, cell, fid
+    return row, counts, fid
 
 
 def _summarize(rows: list[dict[str, Any]], counts: dict[tuple[str, str], list[np.ndarray]],
@@ -228,7 +211,7 @@ def _meta(cfg: Config, data_root: Any, synthetic_dir: Any, dev: Any, mixes: list
 def _write_outputs(out: Path, summary: dict, fidelity: dict, rows: list[dict[str, Any]],
                    counts: dict[tuple[str, str], list[np.ndarray]], parent: Any,
                    meta: dict[str, Any]) -> dict[str, Any]:
-    from isdm.utils.io import atomic_path
+    from isdm.utils.io import atomic_path, atomic_write_text
 
     n_cells = float(len(rows))
     extra = {"n_cells": n_cells, "train_seconds_total": float(sum(r["train_seconds"] for r in rows))}
@@ -241,19 +224,14 @@ def _write_outputs(out: Path, summary: dict, fidelity: dict, rows: list[dict[str
     report.write_metrics_json(out / "metrics.json", tree)
     report.write_cells_csv(out / "cells.csv", rows)
     text = report.markdown_report(summary, fidelity, meta)
-    from isdm.utils.io import atomic_write_text
-
     atomic_write_text(out / "report.md", text)
-    fig = report.plot_miou(summary, out / "miou.png")
+    report.plot_miou(summary, out / "miou.png")
     with atomic_path(out / "counts.npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **{f"{a}__{m}": np.stack(c) for (a, m), c in counts.items()})
     parent.log_metrics({k: v for k, v in _flat_numeric(tree).items()})
     for name in ("metrics.json", "cells.csv", "report.md", "miou.png"):
         parent.log_artifact(out / name)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
     return {"summary": summary, "fidelity": fidelity, "cells": rows, "metrics": tree,
             "table": report.markdown_table(summary), "report": text, "out_dir": str(out)}
 

@@ -25,16 +25,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from isdm.config import EvaluateConfig
 from isdm.errors import EvaluationError
 from isdm.evaluation.metrics import image_counts, summarize
 
 __all__ = ["TensorSet", "build_segmenter", "train_segmenter", "predict_counts",
-           "predict_labels", "augment_batch", "batch_indices", "TrainResult"]
+           "predict_labels", "augment_batch", "batch_indices", "SegmenterFit"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
 
 
 @dataclass
@@ -71,7 +70,7 @@ def build_segmenter(arch: str, encoder: str, encoder_weights: Optional[str], num
 
     Raises:
         EvaluationError: unknown architecture or encoder, or pretrained weights that cannot be
-            fetched (offline: ``HF_HUB_OFFLINE=1`` makes that immediate instead of a ~50 s hang).
+            fetched (offline: ``HF_HUB_OFFLINE=1`` makes that immediate instead of retrying).
     """
     import segmentation_models_pytorch as smp
 
@@ -174,7 +173,7 @@ def predict_counts(model: torch.nn.Module, data: TensorSet, num_classes: int,
 
 
 @dataclass
-class TrainResult:
+class SegmenterFit:
     """Best epoch (1-based), its validation mIoU, per-epoch history and the best weights."""
 
     best_epoch: int
@@ -184,16 +183,17 @@ class TrainResult:
     train_seconds: float = 0.0
 
 
-def train_segmenter(model: torch.nn.Module, train: TensorSet, val: TensorSet, *, epochs: int,
-                    lr: float, batch_size: int, loss: str, augment: bool, num_classes: int,
-                    ignore_index: Optional[int], seed: int, device: torch.device,
-                    encoder_weights: Optional[str] = None,
-                    on_epoch: Optional[Callable[[dict[str, float]], None]] = None) -> TrainResult:
+def train_segmenter(model: torch.nn.Module, train: TensorSet, val: TensorSet,
+                    recipe: EvaluateConfig, *, num_classes: int, ignore_index: Optional[int],
+                    seed: int, device: torch.device,
+                    on_epoch: Optional[Callable[[dict[str, float]], None]] = None) -> SegmenterFit:
     """Train ``model`` on ``train``; keep the weights of the epoch with the best val mIoU.
 
-    Deterministic for a given seed on CPU: data order and augmentation come from
-    ``torch.Generator().manual_seed(seed)``, dropout from the (forked) global RNG seeded with it. ``on_epoch`` receives each epoch's
-    ``{"epoch", "train_loss", "val_miou", "seconds"}`` (for MLflow / progress).
+    ``recipe`` gives ``epochs``, ``lr``, ``batch_size``, ``loss``, ``augment`` and
+    ``encoder_weights`` (input normalisation). Deterministic for a given seed on CPU: data order
+    and augmentation come from ``torch.Generator().manual_seed(seed)``, dropout from the (forked)
+    global RNG seeded with it. ``on_epoch`` receives each epoch's
+    ``{"epoch", "train_loss", "val_miou", "seconds"}`` (for MLflow / progress / pruning).
     """
     if len(train) < 2:
         raise EvaluationError(f"a training mix needs at least 2 images, got {len(train)}")
@@ -203,38 +203,36 @@ def train_segmenter(model: torch.nn.Module, train: TensorSet, val: TensorSet, *,
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(int(seed))
-        return _train(model, train, val, epochs=epochs, lr=lr, batch_size=batch_size, loss=loss,
-                      augment=augment, num_classes=num_classes, ignore_index=ignore_index,
-                      seed=seed, device=device, encoder_weights=encoder_weights, on_epoch=on_epoch)
+        return _train(model, train, val, recipe, num_classes=num_classes,
+                      ignore_index=ignore_index, seed=seed, device=device, on_epoch=on_epoch)
 
 
-def _train(model: torch.nn.Module, train: TensorSet, val: TensorSet, *, epochs: int, lr: float,
-           batch_size: int, loss: str, augment: bool, num_classes: int,
-           ignore_index: Optional[int], seed: int, device: torch.device,
-           encoder_weights: Optional[str],
-           on_epoch: Optional[Callable[[dict[str, float]], None]]) -> TrainResult:
+def _train(model: torch.nn.Module, train: TensorSet, val: TensorSet, recipe: EvaluateConfig, *,
+           num_classes: int, ignore_index: Optional[int], seed: int, device: torch.device,
+           on_epoch: Optional[Callable[[dict[str, float]], None]]) -> SegmenterFit:
+    weights = recipe.encoder_weights
     model.to(device)
     gen = torch.Generator().manual_seed(int(seed))
-    criterion = _loss_fn(loss, ignore_index)
-    optim = torch.optim.Adam(model.parameters(), lr=lr)
-    result = TrainResult(best_epoch=0, best_val_miou=float("-inf"))
+    criterion = _loss_fn(recipe.loss, ignore_index)
+    optim = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    result = SegmenterFit(best_epoch=0, best_val_miou=float("-inf"))
     t_start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, recipe.epochs + 1):
         t0 = time.perf_counter()
         model.train()
         losses = []
-        for idx in batch_indices(len(train), batch_size, gen):
+        for idx in batch_indices(len(train), recipe.batch_size, gen):
             x, y = train.images[idx], train.labels[idx]
-            if augment:
+            if recipe.augment:
                 x, y = augment_batch(x, y, gen)
-            x, y = normalize(x.to(device), encoder_weights), y.to(device)
+            x, y = normalize(x.to(device), weights), y.to(device)
             optim.zero_grad(set_to_none=True)
             batch_loss = criterion(model(x), y)
             batch_loss.backward()
             optim.step()
             losses.append(float(batch_loss.detach()))
-        counts = predict_counts(model, val, num_classes, ignore_index, device, batch_size,
-                                encoder_weights)
+        counts = predict_counts(model, val, num_classes, ignore_index, device, recipe.batch_size,
+                                weights)
         val_miou = summarize(counts)["miou"]
         row = {"epoch": float(epoch), "train_loss": float(np.mean(losses)), "val_miou": val_miou,
                "seconds": time.perf_counter() - t0}

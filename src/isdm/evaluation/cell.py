@@ -1,0 +1,107 @@
+"""One downstream "cell": a segmenter of one architecture trained on one real/synthetic mix with
+one seed, selected on REAL validation images.
+
+``isdm evaluate`` trains a cell per (architecture, mix, seed) and then tests it once on the real
+test split; ``isdm tune`` trains one cell per trial and uses its best validation mIoU as the
+objective. Both go through the same two steps, configured by ``cfg.evaluate`` (the recipe) and
+``cfg.data`` (classes, ignore index):
+
+1. :func:`plan_cell` (split -> plan): carve the validation split off the real train keys
+   (``data.dataset.split_keys`` seeded with the cell's seed, so every mix of one seed holds out
+   the same images and mixes are paired), then draw the mix's real and synthetic training keys
+   (:func:`isdm.evaluation.mixes.plan_mix`; a validation image is never a training image);
+2. :func:`train_cell` (concat -> build -> train): concatenate the drawn real and synthetic
+   images, build the smp model with init seeded by the cell's seed and train it with the
+   recipe (:func:`isdm.evaluation.segmenter.train_segmenter`); the model comes back holding
+   the weights of its best validation epoch.
+
+The test split is never read here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from isdm.config import Config
+from isdm.errors import EvaluationError
+from isdm.evaluation.mixes import MixPlan, plan_mix
+from isdm.evaluation.segmenter import (
+    SegmenterFit,
+    TensorSet,
+    build_segmenter,
+    train_segmenter,
+)
+
+__all__ = ["Cell", "split_validation", "plan_cell", "train_cell"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (architecture, mix, seed) cell and the keys it trains and selects on."""
+
+    arch: str
+    plan: MixPlan
+
+    @property
+    def mix(self) -> str:
+        return self.plan.mix.code
+
+    @property
+    def seed(self) -> int:
+        return self.plan.seed
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch} {self.mix} seed {self.seed}"
+
+
+def split_validation(keys: Sequence[str], val_fraction: float,
+                     seed: int) -> tuple[list[str], list[str]]:
+    """(validation keys, remaining real training pool) of the real train ``keys``, seeded.
+
+    Raises:
+        EvaluationError: ``val_fraction`` leaves no validation image.
+    """
+    from isdm.data.dataset import split_keys
+
+    pool, val_keys = split_keys(list(keys), val_fraction, seed)
+    if not val_keys:
+        raise EvaluationError(f"evaluate.val_fraction={val_fraction} leaves no validation image "
+                              f"out of {len(keys)} real train images; raise it")
+    return list(val_keys), list(pool)
+
+
+def plan_cell(cfg: Config, arch: str, mix: str, seed: int, real_keys: Sequence[str],
+              synthetic_keys: Sequence[str]) -> Cell:
+    """Split the real train keys and draw the training keys of ``mix`` for ``seed``.
+
+    Raises:
+        EvaluationError: no validation image, or a mix asking for more images than there are.
+    """
+    val_keys, pool = split_validation(real_keys, cfg.evaluate.val_fraction, seed)
+    return Cell(arch, plan_mix(mix, pool, val_keys, synthetic_keys, seed))
+
+
+def train_cell(cfg: Config, cell: Cell, real: TensorSet, synthetic: TensorSet, *,
+               device: torch.device,
+               on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
+               ) -> tuple[torch.nn.Module, SegmenterFit]:
+    """Train the cell's segmenter; returns the model (best validation weights loaded) and its fit.
+
+    Args:
+        real: the real TRAIN images at ``evaluate.image_size`` (training and validation keys).
+        synthetic: the synthetic images (may be empty for mixes without ``F``).
+        on_epoch: receives each epoch's ``{"epoch", "train_loss", "val_miou", "seconds"}``.
+    """
+    e, plan = cfg.evaluate, cell.plan
+    train = TensorSet.concat([real.subset(plan.real_keys), synthetic.subset(plan.synthetic_keys)])
+    val = real.subset(plan.val_keys)
+    model = build_segmenter(cell.arch, e.encoder, e.encoder_weights, cfg.data.num_classes,
+                            cell.seed)
+    fit = train_segmenter(model, train, val, e, num_classes=cfg.data.num_classes,
+                          ignore_index=cfg.data.ignore_index, seed=cell.seed, device=device,
+                          on_epoch=on_epoch)
+    return model, fit

@@ -1,0 +1,167 @@
+"""Create or join a study, run this worker's trials and write the study's results.
+
+Several ``isdm tune`` processes on one storage and study name share the study: trial numbers
+come from the storage, TPE is seeded per trial number (:func:`seeded_tpe`), a killed worker's
+trial is failed and retried (:mod:`isdm.tuning.storage`), and all of them log under ONE MLflow
+study run: the worker whose ``create_study`` succeeded creates it and publishes its id as the
+study user attribute :data:`STUDY_RUN_ATTR`; the others wait for that attribute.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from isdm.config import Config, flatten
+from isdm.errors import CheckpointError
+from isdm.tuning import objective as objective_mod
+from isdm.tuning import results
+from isdm.tuning.storage import (
+    fail_stale_trials,
+    open_storage,
+    resolve_storage,
+    retry_storage,
+)
+from isdm.utils.io import atomic_write_json, atomic_write_text
+
+__all__ = ["run_study", "open_study", "seeded_tpe", "STUDY_RUN_ATTR", "STUDY_RUN_WAIT"]
+
+STUDY_RUN_ATTR = "isdm.mlflow_run_id"
+STUDY_RUN_WAIT = 120.0  # seconds a joining worker waits for the creator's MLflow study run
+
+
+def seeded_tpe(seed: int, n_startup_trials: int) -> Any:
+    """TPE whose random state is re-seeded with ``seed + trial.number`` before every trial.
+
+    Trial numbers are handed out atomically by the storage, so workers sharing a study never
+    repeat each other's draws, and a trial's draw depends only on (seed, number, history):
+    a one-worker study is reproducible, resumed or not.
+    """
+    import optuna
+
+    class PerTrialSeedTPE(optuna.samplers.BaseSampler):
+        def __init__(self) -> None:
+            self._inner = self._tpe(seed)
+
+        @staticmethod
+        def _tpe(s: int) -> Any:
+            return optuna.samplers.TPESampler(seed=s, constant_liar=True,
+                                              n_startup_trials=n_startup_trials)
+
+        def before_trial(self, study: Any, trial: Any) -> None:
+            self._inner = self._tpe(seed + trial.number)
+            self._inner.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+            return self._inner.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+            return self._inner.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study: Any, trial: Any, name: str, dist: Any) -> Any:
+            return self._inner.sample_independent(study, trial, name, dist)
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            self._inner.after_trial(study, trial, state, values)
+
+    return PerTrialSeedTPE()
+
+
+def open_study(cfg: Config, spec: str, study_name: str) -> tuple[Any, bool]:
+    """``(study, created)``: create the study, or join it when another process already did.
+
+    ``created`` is true in exactly one process per study, however many start at once.
+    """
+    import optuna
+
+    t = cfg.tune
+    storage = open_storage(spec)
+    kwargs = dict(storage=storage, study_name=study_name,
+                  pruner=(optuna.pruners.MedianPruner(n_startup_trials=t.pruning_startup_trials)
+                          if t.pruning else optuna.pruners.NopPruner()),
+                  sampler=seeded_tpe(t.seed, t.sampler_startup_trials))
+
+    def create_or_load() -> tuple[Any, bool]:
+        try:
+            return optuna.create_study(direction="maximize", **kwargs), True
+        except optuna.exceptions.DuplicatedStudyError:
+            return optuna.load_study(**kwargs), False
+
+    return retry_storage(create_or_load, spec)
+
+
+def _study_run_id(study: Any, created: bool, tracking_on: bool) -> Optional[str]:
+    """The MLflow study run to log under, or None for "start it here".
+
+    The creator starts it; a joining worker with tracking on waits up to
+    :data:`STUDY_RUN_WAIT` seconds for the creator to publish it (the creator may still be
+    importing mlflow), then starts one itself (its creator stopped before publishing).
+    """
+    if created or not tracking_on:
+        return study.user_attrs.get(STUDY_RUN_ATTR) or None
+    deadline = time.monotonic() + STUDY_RUN_WAIT
+    while STUDY_RUN_ATTR not in (attrs := study.user_attrs):
+        if time.monotonic() > deadline:
+            print(f"tune: study {study.study_name!r} has no MLflow study run after "
+                  f"{STUDY_RUN_WAIT:g} s; starting one in this worker")
+            return None
+        time.sleep(0.5)
+    return attrs[STUDY_RUN_ATTR] or None
+
+
+def run_study(cfg: Config, data_root: str | Path, checkpoint: str | Path, out_dir: str | Path,
+              n_trials: Optional[int] = None, storage: Optional[str] = None,
+              study_name: Optional[str] = None) -> dict[str, Any]:
+    """Run ``n_trials`` trials (default ``tune.n_trials``) of the study in this process.
+
+    Writes ``<out_dir>/best_params.yaml``, ``trials.csv``, ``optimization_history.png``,
+    ``param_importances.png`` (when enough trials completed) and ``summary.json``; returns the
+    summary. ``n_trials=0`` only creates (or joins) the study and its MLflow run, and fails the
+    trials of killed workers.
+    """
+    import optuna
+
+    from isdm import tracking
+
+    data_root, checkpoint, out_dir = Path(data_root), Path(checkpoint), Path(out_dir)
+    if not checkpoint.is_file():
+        raise CheckpointError(f"--checkpoint {checkpoint} does not exist; train one with "
+                              "`isdm train` (models/sdm/best.pt)")
+    n_trials = cfg.tune.n_trials if n_trials is None else n_trials
+    study_name = study_name or cfg.tune.study_name
+    spec = resolve_storage(storage if storage is not None else cfg.tune.storage, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study, created = open_study(cfg, spec, study_name)
+    fail_stale_trials(study, spec)
+    study_run_id = _study_run_id(study, created, cfg.tracking.enabled)
+    t = cfg.tune
+    name = f"tune {study_name}: {t.architecture} {t.mix}, {t.num_samples} samples"
+    with tracking.start_run(cfg.tracking, name=name, action="tune", dataset=str(data_root),
+                            params=None if study_run_id else flatten(cfg), run_id=study_run_id,
+                            tags={"optuna.study": study_name, "optuna.storage": spec}) as run:
+        if not study_run_id and (run.run_id or created):
+            study.set_user_attr(STUDY_RUN_ATTR, run.run_id or "")
+        if n_trials > 0:
+            real_train = objective_mod.load_real_train(cfg, data_root)
+            objective = objective_mod.make_objective(cfg, data_root, checkpoint, out_dir,
+                                                     real_train, run.run_id)
+            study.optimize(objective, n_trials=n_trials, gc_after_trial=True)
+        return _write_results(study, spec, out_dir, run)
+
+
+def _write_results(study: Any, spec: str, out_dir: Path, run: Any) -> dict[str, Any]:
+    summary = results.summary(study, spec)
+    results.write_trials_csv(study, out_dir / "trials.csv")
+    files = [out_dir / "trials.csv", *results.write_plots(study, out_dir)]
+    if summary["complete"]:
+        atomic_write_text(out_dir / "best_params.yaml", results.best_params_yaml(study))
+        files.append(out_dir / "best_params.yaml")
+        run.log_metrics({"best_val_miou": summary["best_value"]})
+        run.set_tags({"optuna.best_trial": summary["best_trial"]})
+    run.log_metrics({k: float(summary[k]) for k in ("n_trials", "complete", "pruned", "failed")})
+    atomic_write_json(out_dir / "summary.json", summary)
+    for path in [*files, out_dir / "summary.json"]:
+        run.log_artifact(path)
+    return summary

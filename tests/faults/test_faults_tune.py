@@ -1,0 +1,147 @@
+"""Issue 10, case 15: Optuna workers that die or start together.
+
+Every test runs real `run_study` worker processes on one storage, with stand-ins for finetune,
+sampling and the downstream cell (a trial's value is a function of its parameters), Optuna
+heartbeats every second and a 2 s grace period.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow  # worker processes: 5-15 s per test
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "configs" / "tiny.yaml"
+
+_WORKER = '''
+import json, os, sys, time
+from pathlib import Path
+
+import isdm.sampling
+import isdm.tuning.objective as objective
+import isdm.tuning.results as results
+import isdm.tuning.storage as storage
+from isdm.config import load_config
+from isdm.tuning import run_study
+
+storage.HEARTBEAT_INTERVAL, storage.GRACE_PERIOD = 1, 2
+
+
+def validation_miou(cfg, real_train, synthetic_dir, on_epoch=None):
+    if os.environ.get("HANG_FILE"):  # stand for a long trial: the test kills us here
+        Path(os.environ["HANG_FILE"]).write_text(str(os.getpid()))
+        time.sleep(600)
+    return 1.0 - (cfg.sample.s - 2.0) ** 2 / 10
+
+
+objective.load_real_train = lambda cfg, data_root: None
+objective.finetuned_checkpoint = lambda cfg, data_root, ckpt, out_dir, rate: Path(ckpt)
+objective.validation_miou = validation_miou
+isdm.sampling.run_sampling = lambda cfg, data_root, ckpt, out_dir, overwrite=False: None
+results.write_plots = lambda study, out_dir: []  # matplotlib costs seconds per process
+
+if os.environ.get("BARRIER"):  # start run_study in every worker at the same moment
+    folder, n = os.environ["BARRIER"].rsplit(":", 1)
+    Path(folder, str(os.getpid())).touch()
+    while len(os.listdir(folder)) < int(n):
+        time.sleep(0.01)
+cfg = load_config(sys.argv[1], sys.argv[5:])
+summary = run_study(cfg, sys.argv[2], sys.argv[3], sys.argv[4], n_trials=1, study_name="s",
+                    storage=os.environ["STORAGE"])
+print(json.dumps(summary, default=str))
+'''
+
+
+@pytest.fixture
+def worker(tmp_path, synth_dir):
+    """``start(storage, *overrides, **env) -> Popen`` of one worker running one trial."""
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent(_WORKER))
+    ckpt = tmp_path / "sdm.pt"
+    ckpt.write_bytes(b"")
+
+    def start(storage: str, *overrides: str, **env: str) -> subprocess.Popen:
+        args = [sys.executable, str(script), str(TINY), str(synth_dir), str(ckpt),
+                str(tmp_path / "tune"), "tune.sampler_startup_trials=1", *overrides]
+        return subprocess.Popen(args, env={**os.environ, "STORAGE": storage, **env},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    return start
+
+
+def _finish(proc: subprocess.Popen) -> str:
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    return out
+
+
+def _load(storage: str):
+    import optuna
+
+    from isdm.tuning.storage import open_storage
+
+    return optuna.load_study(study_name="s", storage=open_storage(storage))
+
+
+def _spec(tmp_path: Path, kind: str) -> str:
+    return str(tmp_path / "study.journal") if kind == "journal" else f"sqlite:///{tmp_path / 'study.db'}"
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_case_15_killed_worker_trial_is_failed_and_its_params_retried(tmp_path, worker, kind):
+    storage, hang = _spec(tmp_path, kind), tmp_path / "hanging"
+    doomed = worker(storage, "tracking.enabled=false", HANG_FILE=str(hang))
+    deadline = time.monotonic() + 120
+    while not hang.exists():
+        assert doomed.poll() is None, doomed.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the first worker never started its trial"
+        time.sleep(0.05)
+    time.sleep(1.5)  # its heartbeat thread has written at least one heartbeat
+    doomed.kill()  # SIGKILL mid-trial: no chance to tell the storage anything
+    doomed.wait()
+    time.sleep(2.5)  # past the grace period
+    _finish(worker(storage, "tracking.enabled=false"))
+
+    killed, retried = _load(storage).trials
+    assert killed.state.name == "FAIL" and retried.state.name == "COMPLETE"
+    assert retried.params == killed.params  # the killed trial's draw is the one retried
+    assert retried.value == pytest.approx(1.0 - (killed.params["sample.s"] - 2.0) ** 2 / 10)
+
+
+def _start_together(worker, storage: str, tmp_path: Path, *overrides: str) -> list[str]:
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    procs = [worker(storage, *overrides, BARRIER=f"{barrier}:2") for _ in range(2)]
+    return [_finish(p) for p in procs]
+
+
+def test_case_15_two_workers_on_a_fresh_journal_share_one_mlflow_study_run(
+        tmp_path, worker, mlflow_uri):
+    import mlflow
+
+    storage = _spec(tmp_path, "journal")
+    _start_together(worker, storage, tmp_path)
+    client = mlflow.MlflowClient(mlflow_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    study_runs = [r for r in runs if r.data.tags.get("isdm.action") == "tune"]
+    trial_runs = [r for r in runs if r.data.tags.get("isdm.action") == "trial"]
+    assert len(study_runs) == 1 and len(trial_runs) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in trial_runs} == {study_runs[0].info.run_id}
+    assert _load(storage).user_attrs["isdm.mlflow_run_id"] == study_runs[0].info.run_id
+
+
+def test_case_15_two_workers_creating_a_fresh_sqlite_study_both_succeed(tmp_path, worker):
+    storage = _spec(tmp_path, "sqlite")
+    _start_together(worker, storage, tmp_path, "tracking.enabled=false")
+    trials = _load(storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert trials[0].params != trials[1].params

@@ -41,7 +41,7 @@ repro: setup
 	@echo; cat reports/evaluate/report.md
 
 bench: setup
-	PATH=$(BIN):$$PATH $(BIN)/python -m isdm.bench --out bench/results.json
+	PATH=$(BIN):$$PATH $(BIN)/python -m isdm.bench --out bench/results.json $(if $(wildcard ../shared/data/crackforest/train/images),--crackforest ../shared/data/crackforest)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -13,6 +13,7 @@ Every hyperparameter of isdm lives here, in frozen dataclasses, one per ``params
       evaluate   EvaluateConfig    downstream segmentation
       tune       TuneConfig        Optuna search space and budget
       tracking   TrackingConfig    MLflow
+      runtime    RuntimeConfig     device, loader workers, progress bars (no stage lists it)
 
 Loading is strict: an unknown key, a key written twice, a value of the wrong type or out of its
 range (``nan`` and ``inf`` included) raises :class:`ConfigError` naming the dotted key, the value
@@ -34,6 +35,7 @@ from isdm.config.schema import (
                                 DataConfig,
                                 DiffusionConfig,
                                 EvaluateConfig,
+                                RuntimeConfig,
                                 SampleConfig,
                                 SynthConfig,
                                 TrackingConfig,
@@ -58,6 +60,7 @@ __all__ = [
     "EvaluateConfig",
     "TuneConfig",
     "TrackingConfig",
+    "RuntimeConfig",
     "MODEL_PRESETS",
     "load_config",
     "save_config",

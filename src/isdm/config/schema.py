@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Iterable, Literal, Optional
 
 from isdm.config.checks import (
-    DEVICE,
     GREATER_0,
     NON_EMPTY,
     Problem,
@@ -25,7 +24,7 @@ from isdm.errors import ConfigError
 
 __all__ = ["DataConfig", "SynthConfig", "DiffusionConfig", "TrainConfig", "FINETUNE_DEFAULTS",
            "BalanceConfig", "AugmentConfig", "SampleConfig", "EvaluateConfig", "TuneConfig",
-           "TrackingConfig", "RuntimeConfig", "canonical_dataset_mode"]
+           "TrackingConfig", "canonical_dataset_mode"]
 
 _MODE_ALIASES = {
     "binary": "binary",
@@ -377,23 +376,3 @@ class TrackingConfig(Section):
     tracking_uri: str = ""
     experiment: str = ""
 
-
-@dataclass(frozen=True)
-class RuntimeConfig(Section):
-    """How a command runs on this machine, for every command; no ``dvc.yaml`` stage lists this
-    section, so changing it re-runs nothing (as ``tracking`` and ``tune``).
-
-    ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:<i>`` or ``mps``; a
-    command's ``--device`` overrides it; under torchrun each training process takes its
-    LOCAL_RANK GPU. ``num_workers``: DataLoader worker processes of training. ``progress``:
-    progress bars (``--no-progress`` turns them off for one command). Device and worker count
-    change the bits of a result (GPU arithmetic; the random flips then come from per-worker
-    generators), not its statistics, which is why they do not invalidate a stage.
-    """
-
-    SECTION = "runtime"
-    RULES = {"device": (DEVICE,), "num_workers": (at_least(0),)}
-
-    device: str = "auto"
-    num_workers: int = 0
-    progress: bool = True

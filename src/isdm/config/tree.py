@@ -22,12 +22,12 @@ from isdm.config.model import (
     preset_clashes,
     unet_problems,
 )
+from isdm.config.runtime import RuntimeConfig
 from isdm.config.schema import (
     FINETUNE_DEFAULTS,
     DataConfig,
     DiffusionConfig,
     EvaluateConfig,
-    RuntimeConfig,
     SampleConfig,
     SynthConfig,
     TrackingConfig,

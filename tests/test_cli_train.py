@@ -65,6 +65,12 @@ def test_train_logs_an_mlflow_run(synth_dir, tmp_path, mlflow_uri):
     assert run.info.status == "FINISHED"
     assert run.data.params["train.lr"] == "0.0002" and run.data.params["model.preset"] == "tiny"
     assert run.data.tags["isdm.action"] == "train"
+    # the budget (1 epoch of 2 steps: no estimate, which needs 3 steps)
+    assert {k: v for k, v in run.data.tags.items() if k.startswith("isdm.budget.")} == {
+        "isdm.budget.steps": "2", "isdm.budget.images_per_step": "4",
+        "isdm.budget.steps_per_epoch": "2", "isdm.budget.epochs": "1.0",
+        "isdm.budget.source": "train.max_epochs=1 x 2 steps per epoch; train.patience=2 may "
+                              "stop it earlier"}
     from isdm.training.checkpoint import checkpoint_hash
 
     assert run.data.tags["isdm.checkpoint_sha256"] == checkpoint_hash(out / "best.pt")

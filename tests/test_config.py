@@ -276,3 +276,26 @@ def test_empty_file_is_the_defaults(tmp_path):
     p.write_text("# nothing set\n")
     assert load_config(p) == Config()
     assert math.isfinite(load_config(p).sample.s)
+
+
+# ------------------------------------------------------------------------ runtime section
+@pytest.mark.parametrize("old, new", [("data.num_workers=2", "runtime.num_workers"),
+                                      ("train.device=cpu", "runtime.device"),
+                                      ("finetune.device=cpu", "runtime.device"),
+                                      ("evaluate.device=cpu", "runtime.device")])
+def test_keys_that_moved_to_runtime_say_where_they_went(old, new):
+    key = old.split("=")[0].replace(".", r"\.")
+    with pytest.raises(ConfigError, match=rf"{key}: is now {new.replace('.', r'[.]')} "):
+        load_config(None, [old])
+
+
+def test_a_checkpoint_config_with_the_moved_keys_still_loads():
+    """Checkpoints written before the runtime section store train.device etc.: those keys said
+    how that run ran, so they are dropped and the rest is the same config."""
+    cfg = load_config(None, ["runtime.device=cpu", "train.lr=0.001"])
+    stored = to_dict(cfg)
+    del stored["runtime"]
+    stored["data"]["num_workers"] = 4
+    for section in ("train", "finetune", "evaluate"):
+        stored[section]["device"] = "cuda"
+    assert config_from_json(json.dumps(stored)) == cfg.replace(runtime=Config().runtime)

@@ -1,9 +1,12 @@
 """dvc.yaml and MLproject: every command is a valid `isdm` invocation, every params entry exists in
-params.yaml, and DVC re-runs exactly the stages a change touches (with a stand-in `isdm`)."""
+params.yaml, the dataset comes from data.root, and DVC re-runs exactly the stages a change touches
+(with a stand-in `isdm`): none for runtime keys, all after `data` for another data.root."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -20,14 +23,38 @@ from isdm.config import flatten, load_config
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STAGES = ["data", "train", "finetune", "sample", "evaluate"]
-
-
-def _dvc_yaml() -> dict:
-    return yaml.safe_load((REPO / "dvc.yaml").read_text())
+# Sections no stage lists: how commands run (runtime), MLflow (tracking), `isdm tune`.
+NOT_IN_PIPELINE = {"runtime", "tracking", "tune"}
+TEMPLATE = re.compile(r"\$\{([\w.]+)\}")
 
 
 def _params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def _resolve(value, params: dict):
+    """DVC's templating of dvc.yaml for ``${section.key}`` strings, with params.yaml as vars."""
+    if isinstance(value, dict):
+        return {k: _resolve(v, params) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(v, params) for v in value]
+    if isinstance(value, str):
+        def lookup(m: re.Match) -> str:
+            node = params
+            for part in m.group(1).split("."):
+                node = node[part]
+            return str(node)
+        return TEMPLATE.sub(lookup, value)
+    return value
+
+
+def _raw_dvc_yaml() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())
+
+
+def _dvc_yaml() -> dict:
+    """dvc.yaml as DVC runs it with today's params.yaml."""
+    return _resolve(_raw_dvc_yaml(), _params())
 
 
 @pytest.fixture
@@ -75,6 +102,31 @@ def test_stages_form_the_documented_chain():
     # outputs live under data/, models/ and reports/
     for paths in outs.values():
         assert all(p.split("/")[0] in ("data", "models", "reports") for p in paths), paths
+
+
+def test_stages_after_data_read_the_dataset_of_data_root():
+    """`data.root` decides the dataset of every stage after `data`; only `data` names the
+    embedded folder, so a user's root never mixes with it."""
+    stages = _raw_dvc_yaml()["stages"]
+    for name in STAGES[1:]:
+        stage = stages[name]
+        assert "--data ${data.root}" in stage["cmd"], name
+        assert "${data.root}" in stage["deps"], name
+        assert not re.search(r"data/synth\b", json.dumps(stage)), name
+    mine = _resolve(_raw_dvc_yaml(), {**_params(), "data": {"root": "data/mine"}})["stages"]
+    assert all("data/mine" in mine[name]["deps"] for name in STAGES[1:])
+    assert mine["data"] == _dvc_yaml()["stages"]["data"]
+
+
+def test_every_config_key_is_read_by_a_stage_or_runtime_only():
+    """A key no stage lists cannot invalidate anything: that must be a decision (the sections of
+    NOT_IN_PIPELINE), never an oversight; and no stage lists one of those sections."""
+    listed = {p for stage in _dvc_yaml()["stages"].values() for p in stage.get("params", [])}
+    assert not {p.split(".")[0] for p in listed} & NOT_IN_PIPELINE
+    for key in flatten(load_config(REPO / "params.yaml")):
+        parts = key.split(".")
+        prefixes = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+        assert prefixes & (listed | NOT_IN_PIPELINE), f"{key}: no stage lists it"
 
 
 def test_every_stage_command_is_a_valid_isdm_invocation(in_fake_tree):
@@ -210,10 +262,16 @@ def test_mlflow_run_data_entry_point(tmp_path, mlflow_uri):
 
 _STUB = '''#!{python}
 """Stand-in for `isdm` under DVC: writes the stage's declared outputs, derived from its params."""
-import hashlib, json, os, sys, yaml
+import hashlib, json, os, re, sys, yaml
 stage = os.environ["DVC_STAGE"]
-doc = yaml.safe_load(open("dvc.yaml"))["stages"][stage]
 params = yaml.safe_load(open("params.yaml"))
+def lookup(m):
+    node = params
+    for part in m.group(1).split("."):
+        node = node[part]
+    return str(node)
+text = re.sub(r"\\$\\{{([\\w.]+)\\}}", lookup, open("dvc.yaml").read())
+doc = yaml.safe_load(text)["stages"][stage]
 read = {{p: params[p] if p in params else params[p.split(".")[0]][p.split(".")[1]]
         for p in doc.get("params", [])}}
 deps = sorted(d for d in doc.get("deps", []) if not d.startswith("src"))
@@ -238,6 +296,9 @@ for kind in ("outs", "metrics", "plots"):
                 f.write(stamp)
 with open("ran.log", "a") as f:
     f.write(stage + "\\n")
+if "--data" in sys.argv:
+    with open("data.log", "a") as f:
+        f.write(stage + "=" + sys.argv[sys.argv.index("--data") + 1] + "\\n")
 '''
 
 
@@ -248,11 +309,25 @@ def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def _ran(repo: Path) -> list[str]:
-    log = repo / "ran.log"
-    text = log.read_text().split() if log.exists() else []
-    log.unlink(missing_ok=True)
+def _ran(repo: Path, log: str = "ran.log") -> list[str]:
+    """The stages the stand-in ran since the last call (``data.log``: ``stage=<--data>``)."""
+    path = repo / log
+    text = path.read_text().split() if path.exists() else []
+    path.unlink(missing_ok=True)
     return text
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=repo, check=True, env=_env())
+
+
+def _write_params(repo: Path, **changes) -> None:
+    """params.yaml of ``repo`` with ``{"section.key": value}`` changes."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        section, key = dotted.split(".")
+        params[section][key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.mark.slow
@@ -278,15 +353,39 @@ def test_dvc_reruns_only_the_stages_a_change_touches(tmp_path, monkeypatch):
     _dvc(repo, "repro")
     assert _ran(repo) == []
 
-    params = _params()
-    params["sample"]["s"] = 2.5
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _write_params(repo, **{"sample.s": 2.5})
     _dvc(repo, "repro")
     assert _ran(repo) == ["sample", "evaluate"]
 
     # `dvc exp run -S` edits params.yaml keys and re-runs only what they touch
-    subprocess.run(["git", "add", "-A"], cwd=repo, check=True, env=_env())
-    subprocess.run(["git", "commit", "-qm", "pipeline"], cwd=repo, check=True, env=_env())
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "pipeline")
     _dvc(repo, "exp", "run", "-S", "finetune.drop_rate=0.3")
     assert _ran(repo) == ["finetune", "sample", "evaluate"]
     assert yaml.safe_load((repo / "params.yaml").read_text())["finetune"]["drop_rate"] == 0.3
+
+    # how commands run invalidates nothing
+    _write_params(repo, **{"runtime.num_workers": 4, "runtime.device": "cpu",
+                           "runtime.progress": False})
+    assert json.loads(_dvc(repo, "status", "--json").stdout) == {}
+    _dvc(repo, "repro")
+    assert _ran(repo) == []
+
+    # another dataset: `dvc add` it, point data.root at it; every stage after `data` is out of
+    # date and reads the new folder
+    (repo / "data" / "mine" / "train").mkdir(parents=True)
+    (repo / "data" / "mine" / "train" / "a.png").write_bytes(b"mine")
+    _dvc(repo, "add", "data/mine")
+    _ran(repo, "data.log")
+    _write_params(repo, **{"data.root": "data/mine"})
+    assert set(json.loads(_dvc(repo, "status", "--json").stdout)) == set(STAGES[1:])
+    _write_params(repo, **{"data.root": "data/synth"})
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "runtime settings, data/mine")
+    _dvc(repo, "exp", "run", "-S", "data.root=data/mine")
+    assert _ran(repo) == STAGES[1:]
+    assert _ran(repo, "data.log") == [f"{name}=data/mine" for name in STAGES[1:]]
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    for name in STAGES[1:]:
+        assert "--data data/mine" in lock[name]["cmd"], name
+        assert "data/mine" in [d["path"] for d in lock[name]["deps"]], name

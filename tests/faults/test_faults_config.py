@@ -91,7 +91,7 @@ def test_case_07_duplicate_keys_are_errors(tmp_path):
     (["train.lr=nan"], r"train\.lr=nan: must be a finite number"),
     (["finetune.lr=0"], r"finetune\.lr=0\.0: must be > 0"),
     (["train.weight_decay=-0.1"], r"train\.weight_decay=-0\.1: must be >= 0"),
-    (["data.num_workers=-1"], r"data\.num_workers=-1: must be >= 0"),
+    (["runtime.num_workers=-1"], r"runtime\.num_workers=-1: must be >= 0"),
     (["train.ema_rates=[]"], r"train\.ema_rates=\[\]: must not be empty"),
     (["data.image_size=24"],  # the default preset's attention at 16 px
      r"model\.attention_resolutions=\[16\]: 16 is not a feature-map size of a 24 px model "
@@ -109,7 +109,7 @@ def test_case_09_misspelt_section_is_named(tmp_path):
     only = _write(tmp_path, "p.yaml", "trian:\n  lr: 0.1\n")
     with pytest.raises(ConfigError, match=r"unknown section 'trian'; did you mean train\?"):
         load_config(only)
-    among = _write(tmp_path, "q.yaml", "data:\n  num_workers: 0\nsampel:\n  s: 2\n")
+    among = _write(tmp_path, "q.yaml", "data:\n  hflip: true\nsampel:\n  s: 2\n")
     with pytest.raises(ConfigError, match=r"unknown section 'sampel'; did you mean sample\?"):
         load_config(among)
     # the original's flat configs are still recognised by their shape

@@ -42,7 +42,8 @@ def check(directory: str, config_path: Optional[str], overrides: tuple[str, ...]
     if num_classes is not None:
         extra.append(f"data.num_classes={num_classes}")
     cfg = load_cli_config(config_path, extra)
-    report = scan_dataset(directory, cfg.data, progress=not as_json and sys.stderr.isatty())
+    report = scan_dataset(directory, cfg.data,
+                          progress=cfg.runtime.progress and not as_json and sys.stderr.isatty())
     if as_json:
         click.echo(json.dumps(report_to_dict(report), indent=2))
     else:
@@ -64,7 +65,7 @@ def synth(out_dir: str, config_path: Optional[str], overrides: tuple[str, ...], 
     cfg = load_cli_config(config_path, overrides)
     scfg = dataclasses.replace(cfg.synth, binary=True) if binary else cfg.synth
     start = time.perf_counter()
-    write_synthetic_dataset(out_dir, scfg, progress=sys.stderr.isatty())
+    write_synthetic_dataset(out_dir, scfg, progress=cfg.runtime.progress and sys.stderr.isatty())
     kind = "binary (0/255, any defect)" if scfg.binary else f"multi-class ({', '.join(CLASS_NAMES)})"
     click.echo(f"wrote {scfg.num_train} train + {scfg.num_test} test {scfg.image_size}px pairs, "
                f"{kind}, seed {scfg.seed}, to {out_dir} in {time.perf_counter() - start:.1f} s")

@@ -16,12 +16,13 @@ from isdm.cli.common import config_options, load_cli_config
                    "for label fidelity.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Where metrics.json, report.md, miou.png and cells.csv go.")
-@click.option("--device", default="auto", show_default=True,
-              help="cpu, cuda, cuda:1 ... ('auto' = evaluate.device).")
+@click.option("--device", default=None,
+              help="auto, cpu, cuda, cuda:1 ... Default: runtime.device of the config.")
 @click.option("--fidelity-only", is_flag=True,
               help="Train only the real-only baseline (first seed) and report label fidelity.")
 def evaluate(config_path: str | None, overrides: tuple[str, ...], data_root: str,
-             synthetic_dir: str | None, out_dir: str, device: str, fidelity_only: bool) -> None:
+             synthetic_dir: str | None, out_dir: str, device: str | None,
+             fidelity_only: bool) -> None:
     """Train smp segmenters on R<a>F<b> mixes (several seeds), test once on the real test split,
     and report mean ± std mIoU, the paired-bootstrap gain over RALLF000 and label fidelity."""
     from isdm.evaluation import run_evaluation

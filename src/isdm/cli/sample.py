@@ -44,12 +44,13 @@ def _legacy_model_path(config_path: Optional[str]) -> Optional[str]:
               help="Delete the files isdm recorded writing in --out (a run of another config or "
                    "checkpoint) and start afresh; refused, before anything is deleted, when "
                    "images/ labels/ colored_labels/ samples/ hold any other file.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--device", default=None,
+              help="auto, cpu, cuda, cuda:1 ... Default: runtime.device of the config.")
 @click.option("--max-new", type=int, default=None,
               help="Stop after this many new samples (a later run resumes).")
 def sample(config_path: Optional[str], overrides: tuple[str, ...], data_root: Optional[str],
-           checkpoint: Optional[str], out_dir: str, shard: str, overwrite: bool, device: str,
-           max_new: Optional[int]) -> None:
+           checkpoint: Optional[str], out_dir: str, shard: str, overwrite: bool,
+           device: Optional[str], max_new: Optional[int]) -> None:
     """Generate exactly sample.num_samples synthetic image/mask pairs into --out.
 
     Reruns resume: a sample whose four files match the sizes and digests of its manifest record

@@ -26,7 +26,8 @@ def _data_option(f):
 
 
 def _common(f):
-    f = click.option("--no-progress", is_flag=True, help="No progress bars.")(f)
+    f = click.option("--no-progress", is_flag=True,
+                     help="No progress bars (default: runtime.progress of the config).")(f)
     f = click.option("--overwrite", is_flag=True,
                      help="Start over in an --out folder holding an earlier run: deletes its "
                           "best.pt, last.pt, metrics.json, loss.csv/png, config.json first.")(f)
@@ -82,7 +83,8 @@ def _run(action: str, config_path: Optional[str], overrides: tuple[str, ...], da
     from isdm.training import train as run_training
 
     result = run_training(cfg, data or cfg.data.root, out, action=action, init_from=init,
-                          resume=resume, overwrite=overwrite, progress=not no_progress)
+                          resume=resume, overwrite=overwrite,
+                          progress=False if no_progress else None)
     if result is not None:
         click.echo(json.dumps({"out": out, "best": result.best_path, **result.metrics()}, indent=2))
 
@@ -99,6 +101,9 @@ def train(config_path: Optional[str], overrides: tuple[str, ...], data: Optional
     isdm train -c params.yaml --data data/synth --out models/sdm
     isdm train -c params.yaml --data data/synth --out models/sdm --resume models/sdm/last.pt
     torchrun --nproc_per_node 2 $(which isdm) train -c params.yaml --data data/synth --out models/sdm
+
+    Before the first step it prints its budget (steps, images per step, epochs on this dataset)
+    and after step 3 its estimated duration.
     """
     _run("train", config_path, overrides, data, out, None, resume, overwrite, no_progress)
 

@@ -13,21 +13,23 @@ Every hyperparameter of isdm lives here, in frozen dataclasses, one per ``params
       evaluate   EvaluateConfig    downstream segmentation
       tune       TuneConfig        Optuna search space and budget
       tracking   TrackingConfig    MLflow
+      runtime    RuntimeConfig     device, loader workers, progress bars (no stage lists it)
 
 Loading is strict: an unknown key, a key written twice, a value of the wrong type or out of its
 range (``nan`` and ``inf`` included) raises :class:`ConfigError` naming the dotted key, the value
 and the valid range; unknown keys get the closest valid key ("did you mean weight_decay?").
 
 Modules: :mod:`.checks` (rules, the section base class), :mod:`.model` (``model`` section and
-presets), :mod:`.schema` (the other sections), :mod:`.tree` (:class:`Config`, dict conversion),
-:mod:`.files` (strict YAML/JSON), :mod:`.loading` (:func:`load_config`), :mod:`.legacy` (the
-original ISDM tool's flat JSON configs).
+presets), :mod:`.schema` (the other sections but ``runtime``: :mod:`.runtime`), :mod:`.tree`
+(:class:`Config`, dict conversion), :mod:`.files` (strict YAML/JSON), :mod:`.loading`
+(:func:`load_config`), :mod:`.legacy` (the original ISDM tool's flat JSON configs).
 """
 
 from isdm.config.files import save_config
 from isdm.config.legacy import legacy_paths, legacy_to_tree
 from isdm.config.loading import apply_overrides, is_sectioned, load_config
 from isdm.config.model import MODEL_PRESETS, ModelConfig, default_channel_mult
+from isdm.config.runtime import RuntimeConfig
 from isdm.config.schema import (
                                 AugmentConfig,
                                 BalanceConfig,
@@ -58,6 +60,7 @@ __all__ = [
     "EvaluateConfig",
     "TuneConfig",
     "TrackingConfig",
+    "RuntimeConfig",
     "MODEL_PRESETS",
     "load_config",
     "save_config",

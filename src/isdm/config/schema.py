@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Iterable, Literal, Optional
 
 from isdm.config.checks import (
-    DEVICE,
     GREATER_0,
     NON_EMPTY,
     Problem,
@@ -71,7 +70,6 @@ class DataConfig(Section):
         "num_classes": (in_range(2, 255),),
         "image_size": (Rule(lambda v: v >= 8 and v % 8 == 0,
                             "must be a multiple of 8, at least 8"),),
-        "num_workers": (at_least(0),),
     }
 
     root: str = "data/synth"
@@ -81,7 +79,6 @@ class DataConfig(Section):
     image_size: int = 64
     keep_aspect: bool = False
     hflip: bool = True
-    num_workers: int = 0
 
     def _resolve(self) -> None:
         if self.dataset_mode in _MODE_ALIASES:
@@ -150,11 +147,11 @@ class TrainConfig(Section):
     Checkpoint rule: after each epoch, if the epoch's mean loss (``select_on``) improved on the
     best, write the ``best`` checkpoint atomically and remove the previous one; stop after
     ``max_epochs`` epochs or ``patience`` epochs without improvement (0 = never stop early).
-    ``max_steps`` > 0 ends the run after that many optimiser steps (the partial epoch counts).
-    ``grad_clip`` 0 = no clipping. ``ema_warmup``: EMA decay ``min(rate, (1+n)/(10+n))`` after
-    n updates, so short runs get a useful average. ``precision``: fp16 needs CUDA (falls back to
-    fp32 on CPU); bf16 runs on both. ``device``: ``auto`` / ``cpu`` / ``cuda`` (under torchrun
-    each process takes its LOCAL_RANK GPU).
+    ``max_steps`` > 0 ends the run after that many optimiser steps (the partial epoch counts),
+    whatever the dataset's size; 0 = no step cap, ``max_epochs`` 0 = no epoch cap (one of the
+    two must be set). ``grad_clip`` 0 = no clipping. ``ema_warmup``: EMA decay
+    ``min(rate, (1+n)/(10+n))`` after n updates, so short runs get a useful average.
+    ``precision``: fp16 needs CUDA (falls back to fp32 on CPU); bf16 runs on both.
     """
 
     SECTION = "train"  # also the finetune section: from_dict puts its keys under "finetune"
@@ -162,7 +159,7 @@ class TrainConfig(Section):
         "lr": (GREATER_0,),
         "weight_decay": (at_least(0),),
         "batch_size": (at_least(1),),
-        "max_epochs": (at_least(1),),
+        "max_epochs": (at_least(0),),
         "patience": (at_least(0),),
         "grad_clip": (at_least(0),),
         "ema_rates": (NON_EMPTY, each(in_range(0, 1, open_lo=True, open_hi=True))),
@@ -171,7 +168,6 @@ class TrainConfig(Section):
         "val_fraction": (in_range(0, 1, open_hi=True),),
         "max_steps": (at_least(0),),
         "log_every": (at_least(1),),
-        "device": (DEVICE,),
     }
 
     lr: float = 2e-4
@@ -190,9 +186,12 @@ class TrainConfig(Section):
     max_steps: int = 0
     log_every: int = 10
     ema_warmup: bool = True
-    device: str = "auto"
 
     def _problems(self) -> Iterable[Problem]:
+        if self.max_steps == 0 and self.max_epochs == 0:
+            yield Problem("max_steps", self.max_steps, "max_steps=0 and max_epochs=0 set no "
+                          "budget: give max_steps (e.g. 1000, the same on every dataset) or "
+                          "max_epochs")
         if self.select_on == "val_loss" and not 0.0 < self.val_fraction < 1.0:
             yield Problem("val_fraction", self.val_fraction, "select_on='val_loss' needs a "
                           "held-out split: set val_fraction in (0, 1), e.g. 0.2")
@@ -293,7 +292,6 @@ class EvaluateConfig(Section):
                             "smp encoders downsample by 32: use a multiple of 32"),),
         "val_fraction": (in_range(0, 1, open_lo=True, open_hi=True),),
         "bootstrap": (at_least(0),),
-        "device": (DEVICE,),
     }
 
     architectures: tuple[str, ...] = ("UnetPlusPlus", "FPN", "DeepLabV3Plus")
@@ -309,7 +307,6 @@ class EvaluateConfig(Section):
     augment: bool = True
     val_fraction: float = 0.2
     bootstrap: int = 1000
-    device: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -378,3 +375,4 @@ class TrackingConfig(Section):
     enabled: bool = True
     tracking_uri: str = ""
     experiment: str = ""
+

@@ -22,6 +22,7 @@ from isdm.config.model import (
     preset_clashes,
     unet_problems,
 )
+from isdm.config.runtime import RuntimeConfig
 from isdm.config.schema import (
     FINETUNE_DEFAULTS,
     DataConfig,
@@ -35,7 +36,11 @@ from isdm.config.schema import (
 )
 from isdm.errors import ConfigError
 
-__all__ = ["Config", "SECTIONS", "from_dict", "to_dict", "flatten", "config_from_json"]
+__all__ = ["Config", "SECTIONS", "MOVED", "from_dict", "to_dict", "flatten", "config_from_json"]
+
+# Keys that moved to the runtime section (a stored config of an earlier version still has them).
+MOVED = {"data.num_workers": "runtime.num_workers", "train.device": "runtime.device",
+         "finetune.device": "runtime.device", "evaluate.device": "runtime.device"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class Config(Section):
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def _problems(self) -> Iterable[Problem]:
         yield from unet_problems(self.model, self.data.image_size)
@@ -159,6 +165,9 @@ def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
+            if dotted in MOVED:
+                raise ConfigError(f"{dotted}: is now {MOVED[dotted]} (the runtime section, which "
+                                  "no pipeline stage lists); move it there")
             what = "section" if cls is Config else "key"
             raise ConfigError(unknown_key(dotted, str(key), names, what=what))
         if cls is Config and key == "finetune" and isinstance(value, Mapping):
@@ -206,9 +215,14 @@ def config_from_json(text_or_dict: str | Mapping[str, Any]) -> Config:
 
     A stored config is resolved: its model sizes are the truth. A preset name those sizes
     contradict (a run that overrode a preset's size before presets were enforced) is replaced
-    by ``''``, so such a checkpoint still loads.
+    by ``''``, so such a checkpoint still loads. The :data:`MOVED` keys of an earlier version
+    are dropped: they said how that run ran, not what it computed.
     """
     data = json.loads(text_or_dict) if isinstance(text_or_dict, str) else dict(text_or_dict)
+    for dotted in MOVED:
+        section, key = dotted.split(".")
+        if isinstance(data.get(section), Mapping) and key in data[section]:
+            data[section] = {k: v for k, v in data[section].items() if k != key}
     model = data.get("model")
     if isinstance(model, Mapping) and model.get("preset") in MODEL_PRESETS \
             and preset_clashes(model["preset"], model):

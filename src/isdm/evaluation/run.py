@@ -56,13 +56,13 @@ def _finite(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def run_evaluation(cfg: Config, data_root: str | Path, synthetic_dir: Optional[str | Path],
-                   out_dir: str | Path, *, device: str = "auto", fidelity_only: bool = False,
-                   progress: bool = True) -> dict[str, Any]:
+                   out_dir: str | Path, *, device: Optional[str] = None,
+                   fidelity_only: bool = False, progress: Optional[bool] = None) -> dict[str, Any]:
     """Run the whole evaluation and write ``metrics.json``, ``cells.csv``, ``report.md``,
     ``miou.png`` and ``counts.npz`` (per cell ``[S, N, C, 3]`` test counts) into ``out_dir``.
 
     Args:
-        device: ``auto`` uses ``cfg.evaluate.device`` (itself ``auto`` = CUDA when available).
+        device: None = ``cfg.runtime.device`` (``auto`` = CUDA when available).
         fidelity_only: train only the real-only baseline (first seed) and report label fidelity.
     Returns:
         ``{"summary", "fidelity", "cells", "metrics", "table", "report"}``.
@@ -80,7 +80,8 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic_dir: Optional[s
         raise EvaluationError("--fidelity-only needs --synthetic DIR")
     _check(cfg, mixes, synthetic_dir)
     seeds = list(e.seeds[:1] if fidelity_only else e.seeds)
-    dev = resolve_device(e.device if device == "auto" else device)
+    dev = resolve_device(cfg.runtime.device if device is None else device)
+    progress = cfg.runtime.progress if progress is None else progress
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 

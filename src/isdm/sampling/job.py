@@ -51,7 +51,7 @@ def run_identity(cfg: Config, ckpt_hash: str) -> dict[str, Any]:
     sample = to_dict(cfg.sample)
     sample.pop("batch_size")
     sample.pop("num_samples")
-    data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("root", "num_workers", "hflip")}
+    data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("root", "hflip")}
     return {"checkpoint_sha256": ckpt_hash, "sample": sample, "data": data}
 
 
@@ -68,7 +68,7 @@ def run_sampling(
     *,
     shard: tuple[int, int] = (0, 1),
     overwrite: bool = False,
-    device: str = "auto",
+    device: Optional[str] = None,
     max_new: Optional[int] = None,
 ) -> dict[str, Any]:
     """Generate ``cfg.sample.num_samples`` samples into ``out_dir`` (resuming, sharded).
@@ -83,7 +83,7 @@ def run_sampling(
         overwrite: delete the files isdm recorded writing in ``out_dir`` (a run of another
             config or checkpoint, or this one's) and start afresh; refused before anything is
             deleted when its per-sample folders hold other files.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...; None = ``cfg.runtime.device``.
         max_new: stop after generating this many new samples (time-boxed runs; the next run
             resumes). None = no limit.
 
@@ -104,7 +104,8 @@ def run_sampling(
     validate_mask_source(cfg, data_root)
     # 2. checkpoint (the network, chain and image size come from it)
     ckpt_hash = checkpoint_hash(checkpoint)
-    engine, cfg, meta = load_engine(cfg, checkpoint, resolve_device(device))
+    engine, cfg, meta = load_engine(
+        cfg, checkpoint, resolve_device(cfg.runtime.device if device is None else device))
     sampling = cfg.sample
     # 3. masks and plan
     masks = load_mask_set(cfg, data_root, cfg.data.image_size)
@@ -191,7 +192,8 @@ class _Job:
 
         sampling = self.cfg.sample
         t0 = time.perf_counter()
-        with tqdm(total=len(indices), unit="img", desc=desc) as bar:
+        with tqdm(total=len(indices), unit="img", desc=desc,
+                  disable=not self.cfg.runtime.progress) as bar:
             for batch in _batches(indices, sampling.batch_size):
                 self.out.append({"index": i, "file": self.names[i], "pending": True}
                                 for i in batch)

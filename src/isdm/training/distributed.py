@@ -48,7 +48,7 @@ def setup(device: str = "auto") -> DistContext:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={device!r} but CUDA is not available; use 'cpu' or 'auto'")
+        raise ConfigError(f"runtime.device={device!r} but CUDA is not available; use 'cpu' or 'auto'")
     if use_cuda:
         if ":" in device:
             dev = torch.device(device)

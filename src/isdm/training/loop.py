@@ -10,7 +10,9 @@ One optimiser step (Ho et al. 2020, Alg. 1, with Nichol & Dhariwal's hybrid loss
 The epoch's loss is the mean of the training steps' own losses (no extra forward pass), or the
 held-out diffusion loss with ``select_on=val_loss``. After each epoch: improved -> write
 ``best.pt`` (atomic replace of the previous best); no improvement for ``patience`` epochs,
-``max_epochs`` or ``max_steps`` -> stop. How a run starts (folder, checkpoint, config):
+``max_epochs`` or ``max_steps`` -> stop. Before the first step the run prints its budget
+(steps, images per step, epochs on this dataset) and after step 3 its estimated duration
+(:mod:`isdm.training.budget`). How a run starts (folder, checkpoint, config):
 :mod:`isdm.training.start`.
 """
 
@@ -29,7 +31,7 @@ import torch
 
 from isdm.config import Config, TrainConfig, flatten, save_config, to_dict
 from isdm.seeds import Stream, derive
-from isdm.training import batches, checkpoint, distributed, plots, rng
+from isdm.training import batches, budget, checkpoint, distributed, plots, rng
 from isdm.training.ema import EMA
 from isdm.training.start import Start, check_out_dir, clear_outputs, resolve_start
 from isdm.training.step import make_model_fn, optimisation_step, resolve_precision
@@ -96,6 +98,8 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.precision == "fp16")
         self.ema = EMA(self.model, tcfg.ema_rates, warmup=tcfg.ema_warmup)
         self.splits = batches.build_splits(cfg, tcfg, data_root)
+        self.steps_per_epoch = len(batches.make_loader(self.splits.train, tcfg.batch_size, ctx,
+                                                       seed=tcfg.seed, shuffle=True)[0])
         # the network that computes the held-out loss with the first EMA average's weights
         self.eval_model = copy.deepcopy(self.model).eval() if self.splits.val is not None else None
         self.step = self.epoch = self.bad_epochs = 0
@@ -192,17 +196,21 @@ class _Trainer:
 
         loader, sampler = batches.make_loader(self.splits.train, self.tcfg.batch_size, self.ctx,
                                               seed=self.tcfg.seed, shuffle=True,
-                                              num_workers=self.cfg.data.num_workers)
+                                              num_workers=self.cfg.runtime.num_workers)
         sampler.set_epoch(self.epoch)
         gen = rng.seed_epoch(self.tcfg.seed, self.epoch, self.ctx.rank)
         self.model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
         images = 0
         start = time.perf_counter()
-        bar = tqdm(loader, desc=f"{self.action} epoch {self.epoch + 1}/{self.tcfg.max_epochs}",
+        bar = tqdm(loader, desc=f"{self.action} epoch {self.epoch + 1}/{self.budget.last_epoch}",
                    disable=not (self.ctx.is_main and self.progress), leave=False, dynamic_ncols=True)
         for batch in bar:
             loss = self.train_step(batch, gen)
+            estimate = self.timer.tick()
+            if estimate:
+                _note(self.ctx, estimate)
+                run.set_tags(self.timer.tags())
             n = batch["image"].shape[0]
             loss_sum += loss.double() * n
             images += n
@@ -247,7 +255,7 @@ class _Trainer:
         """Why the run must stop now ('' = go on); also checked before a resumed run starts."""
         if 0 < self.tcfg.max_steps <= self.step:
             return f"max_steps={self.tcfg.max_steps} reached"
-        if self.epoch >= self.tcfg.max_epochs:
+        if 0 < self.tcfg.max_epochs <= self.epoch:
             return f"max_epochs={self.tcfg.max_epochs} reached"
         if self.tcfg.patience > 0 and self.bad_epochs >= self.tcfg.patience:
             return f"no improvement for patience={self.tcfg.patience} epochs"
@@ -264,6 +272,13 @@ class _Trainer:
     def run(self, run) -> TrainResult:
         start = time.perf_counter()
         reason = self.stop_reason()
+        self.budget = budget.plan(self.tcfg, self.action, num_images=len(self.splits.train),
+                                  steps_per_epoch=self.steps_per_epoch,
+                                  world_size=self.ctx.world_size, step=self.step, epoch=self.epoch)
+        self.timer = budget.StepTimer(self.budget)
+        if not reason:
+            _note(self.ctx, self.budget.line())
+            run.set_tags(self.budget.tags())
         while not reason:
             row = self.run_epoch(run)
             reason = self.end_epoch(row, run)
@@ -289,7 +304,7 @@ class _Trainer:
 
 def train(cfg: Config, data_root: str | Path, out_dir: str | Path, *, action: str = "train",
           init_from: str | Path | None = None, resume: str | Path | None = None,
-          overwrite: bool = False, progress: bool = True) -> TrainResult:
+          overwrite: bool = False, progress: Optional[bool] = None) -> TrainResult:
     """Train (``action="train"``, section ``cfg.train``) or finetune (``"finetune"``, section
     ``cfg.finetune``, starting from ``init_from``) an SDM on ``<data_root>/train``.
 
@@ -301,6 +316,7 @@ def train(cfg: Config, data_root: str | Path, out_dir: str | Path, *, action: st
 
     ``resume`` continues a run (the config's sizes must be the checkpoint's); ``init_from`` starts
     a new run from a checkpoint's network, whose sizes win: see :mod:`isdm.training.start`.
+    Device, loader workers and (unless ``progress`` is given) progress bars: ``cfg.runtime``.
     """
     from isdm import tracking
 
@@ -313,9 +329,10 @@ def train(cfg: Config, data_root: str | Path, out_dir: str | Path, *, action: st
     data_root, out_dir = Path(data_root), Path(out_dir)
     check_out_dir(out_dir, action, resuming=resume is not None, overwrite=overwrite)
     start = resolve_start(cfg, action, init_from=init_from, resume=resume)
-    ctx = distributed.setup(start.tcfg.device)
+    ctx = distributed.setup(cfg.runtime.device)
     try:
-        trainer = _Trainer(start, data_root, out_dir, ctx, progress)
+        trainer = _Trainer(start, data_root, out_dir, ctx,
+                           cfg.runtime.progress if progress is None else progress)
         del start  # the loaded checkpoint
         cfg = trainer.cfg
         if ctx.is_main:

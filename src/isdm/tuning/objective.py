@@ -167,7 +167,7 @@ def validation_miou(cfg: Config, real_train: Any, synthetic_dir: str | Path,
         if on_epoch is not None:
             on_epoch(int(row["epoch"]), best)
 
-    _, fit = train_cell(cfg, cell, real_train, synth, device=resolve_device(e.device),
+    _, fit = train_cell(cfg, cell, real_train, synth, device=resolve_device(cfg.runtime.device),
                         on_epoch=report)
     return float(fit.best_val_miou)
 

@@ -20,7 +20,8 @@ class CurateConfig(Section):
     fidelity is the mean IoU of the scorer's prediction against the conditioning mask over the
     classes the mask holds.
 
-    - ``min_fidelity``: a sample with fidelity below it is dropped (0 keeps every sample);
+    - ``min_fidelity``: a sample with fidelity below it is dropped (0 keeps every sample; a
+      label without any class, all ``ignore_index``, has no fidelity and is kept);
     - ``pixel_threshold`` ``tau`` (FreeMask, Yang et al. 2023): a label pixel of class ``c`` whose
       loss is above ``tau * mean loss of class c`` (over the whole synthetic set) becomes
       ``data.ignore_index``; 0 = off. Needs multi-class labels and an ``ignore_index``;

@@ -38,21 +38,17 @@ def ranked(pairs: Sequence[Pair]) -> list[Pair]:
 
 
 def _generator(src: Path, pairs: Sequence[Pair]) -> dict[str, Any]:
-    def read(name: str) -> dict:
-        try:
-            obj = json.loads((src / name).read_text())
-        except (OSError, ValueError):
-            return {}
-        return obj if isinstance(obj, dict) else {}
-
-    run = read("run.json")
+    try:
+        run = json.loads((src / "run.json").read_text())
+    except (OSError, ValueError):
+        run = {}
+    run = run if isinstance(run, dict) else {}
     if isinstance(run.get("generator"), dict):
         return run["generator"]
     rec = next((p.record for p in pairs if "sampler" in p.record), {})
     block = {k: rec[k] for k in _GENERATOR_KEYS if k in rec}
-    for key, value in (("checkpoint", run.get("checkpoint")), ("weights", read("summary.json").get("weights"))):
-        if value is not None:
-            block[key] = value
+    if run.get("checkpoint") is not None:
+        block["checkpoint"] = run["checkpoint"]
     return block or {"note": f"{src} has no run.json or sampling records: generator unknown"}
 
 

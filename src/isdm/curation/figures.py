@@ -71,7 +71,9 @@ def best_worst(best: Sequence[Pair], worst: Sequence[Pair], path: Path) -> None:
     from matplotlib.figure import Figure
 
     cols = max(len(best), len(worst), 1)
-    fig = Figure(figsize=(1.1 * cols + 0.6, 9.2))
+    first = (list(best) + list(worst))[:1]
+    aspect = first[0].label.shape[0] / first[0].label.shape[1] if first else 1.0
+    fig = Figure(figsize=(1.1 * cols + 0.6, 8 * 1.1 * aspect + 1.4))
     axes = fig.subplots(8, cols, squeeze=False)
     for block, (name, pairs) in enumerate((("best", best), ("worst", worst))):
         for j in range(cols):
@@ -81,7 +83,7 @@ def best_worst(best: Sequence[Pair], worst: Sequence[Pair], path: Path) -> None:
                     ax.axis("off")
                 continue
             p = pairs[j]
-            title = f"{name} {j + 1}: {p.fidelity:.2f}" + ("" if p.kept else " (dropped)")
+            title = f"{name} {j + 1}: {p.fidelity:.2f}" + ("" if p.kept else "\ndropped")
             _tile(column[0], _rgb(p.sample), title)
             _tile(column[1], _colors(p.label))
             _tile(column[2], _colors(p.pred))
@@ -92,11 +94,13 @@ def best_worst(best: Sequence[Pair], worst: Sequence[Pair], path: Path) -> None:
     _save(fig, path)
 
 
-def closest_pairs(pairs: Sequence[Pair], real_images: dict[str, np.ndarray], path: Path) -> None:
-    """Row 1: the synthetic images closest to a real train image; row 2: that real image.
+def closest_pairs(pairs: Sequence[Pair], synthetic: dict[str, np.ndarray],
+                  real: dict[str, np.ndarray], path: Path) -> None:
+    """Row 1: the synthetic images closest to a real train image; row 2: that real image; both
+    as the memorisation check compared them (at ``evaluate.image_size``).
 
     Args:
-        real_images: uint8 ``[H, W, 3]`` real train images by key.
+        synthetic, real: uint8 ``[H, W, 3]`` images by key.
     """
     from matplotlib.figure import Figure
 
@@ -109,8 +113,8 @@ def closest_pairs(pairs: Sequence[Pair], real_images: dict[str, np.ndarray], pat
             axes[1, j].axis("off")
             continue
         p = pairs[j]
-        _tile(axes[0, j], _rgb(p.sample), f"d={p.distance:.3f}" + (" copy" if p.near_copy else ""))
-        _tile(axes[1, j], real_images[p.nearest], p.nearest[-14:])
+        _tile(axes[0, j], synthetic[p.key], f"d={p.distance:.3f}" + (" copy" if p.near_copy else ""))
+        _tile(axes[1, j], real[p.nearest], p.nearest[-14:])
     axes[0, 0].set_ylabel("synthetic", fontsize=7)
     axes[1, 0].set_ylabel("nearest real", fontsize=7)
     fig.tight_layout(pad=0.3)

@@ -57,6 +57,11 @@ def _score(cfg: Config, scorer: Scorer, images: Any, pairs: list[Pair]) -> None:
     from isdm.curation.scorer import pixel_scores
 
     nc = cfg.data.num_classes
+    if cfg.data.keep_aspect and any(p.label.shape[0] != p.label.shape[1] for p in pairs):
+        raise CurationError("data.keep_aspect=true crops non-square synthetic images for the "
+                            "scorer, so its logits cannot be mapped back onto their labels; "
+                            "curate square samples (as isdm sample writes) or set "
+                            "data.keep_aspect=false")
     scores = pixel_scores(scorer, images, [p.label for p in pairs], cfg.data.ignore_index,
                           cfg.evaluate.batch_size)
     for pair, (loss, pred) in zip(pairs, scores):
@@ -70,6 +75,7 @@ def _score(cfg: Config, scorer: Scorer, images: Any, pairs: list[Pair]) -> None:
 def _filter(cfg: Config, pairs: list[Pair]) -> np.ndarray:
     """Decide and apply the gate; returns the class mean losses ``[C]``."""
     c, nc = cfg.curate, cfg.data.num_classes
+    # check_policy: the pixel filter is off without an ignore_index, so 255 is never written
     ignore = cfg.data.ignore_index if cfg.data.ignore_index is not None else 255
     means = filters.class_mean_loss([p.loss for p in pairs], [p.label for p in pairs], nc)
     for pair in pairs:
@@ -127,14 +133,20 @@ def curate_folder(cfg: Config, synthetic_dir: str | Path, out_dir: str | Path, s
         atomic_write_json(staging / "card.json", card)
         atomic_write_text(staging / "card.md", card_mod.card_markdown(card))
         if figures:
-            _draw(staging, card, pairs, scorer)
+            _draw(staging, card, pairs, synth, scorer)
         out_mod.publish(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return card
 
 
-def _draw(root: Path, card: dict[str, Any], pairs: list[Pair], scorer: Scorer) -> None:
+def _uint8(images: Any) -> list[np.ndarray]:
+    """``[N, 3, H, W]`` in [-1, 1] -> N uint8 ``[H, W, 3]``."""
+    return list(((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255)
+                .astype(np.uint8))
+
+
+def _draw(root: Path, card: dict[str, Any], pairs: list[Pair], synth: Any, scorer: Scorer) -> None:
     from isdm.curation import figures
     from isdm.curation.card import SHOWN, ranked
 
@@ -142,9 +154,9 @@ def _draw(root: Path, card: dict[str, Any], pairs: list[Pair], scorer: Scorer) -
     figures.fidelity_hist(card, root / "fidelity_hist.png")
     figures.best_worst(order[:SHOWN], order[::-1][:SHOWN], root / "best_worst.png")
     closest = sorted(pairs, key=lambda p: (p.distance, p.key))[:SHOWN]
-    real = {k: ((scorer.real.images[i].permute(1, 2, 0).numpy() + 1) * 127.5).round()
-            .clip(0, 255).astype(np.uint8) for i, k in enumerate(scorer.real.keys)}
-    figures.closest_pairs(closest, real, root / "closest_pairs.png")
+    figures.closest_pairs(closest, dict(zip(synth.keys, _uint8(synth.images))),
+                          dict(zip(scorer.real.keys, _uint8(scorer.real.images))),
+                          root / "closest_pairs.png")
 
 
 def run_curation(cfg: Config, data_root: str | Path, synthetic_dir: str | Path,

@@ -22,7 +22,7 @@ from isdm.config import flatten, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STAGES = ["data", "train", "finetune", "sample", "evaluate"]
+STAGES = ["data", "train", "finetune", "sample", "curate", "evaluate"]
 # Sections no stage lists: how commands run (runtime), MLflow (tracking), `isdm tune`.
 NOT_IN_PIPELINE = {"runtime", "tracking", "tune"}
 TEMPLATE = re.compile(r"\$\{([\w.]+)\}")
@@ -62,7 +62,8 @@ def in_fake_tree(tmp_path, monkeypatch):
     """A working directory holding every path the pipeline names (click checks `exists=True`)."""
     monkeypatch.chdir(tmp_path)
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    for path in ("data/synth", "data/synthetic", "models/sdm", "models/sdm_ft", "reports"):
+    for path in ("data/synth", "data/synthetic", "data/curated", "models/sdm", "models/sdm_ft",
+                 "reports"):
         (tmp_path / path).mkdir(parents=True, exist_ok=True)
     for path in ("models/sdm/best.pt", "models/sdm_ft/best.pt"):
         (tmp_path / path).write_bytes(b"")
@@ -98,7 +99,9 @@ def test_stages_form_the_documented_chain():
     assert "data/synth" in outs["data"] and "data/synth" in deps["train"]
     assert "models/sdm/best.pt" in outs["train"] & deps["finetune"]
     assert "models/sdm_ft/best.pt" in outs["finetune"] & deps["sample"]
+    assert {"data/synthetic/samples", "data/synthetic/labels"} <= outs["sample"] & deps["curate"]
     assert {"data/synthetic/samples", "data/synthetic/labels"} <= outs["sample"] & deps["evaluate"]
+    assert "data/curated" in outs["curate"] & deps["evaluate"]
     # outputs live under data/, models/ and reports/
     for paths in outs.values():
         assert all(p.split("/")[0] in ("data", "models", "reports") for p in paths), paths
@@ -155,10 +158,13 @@ def test_stages_list_only_what_they_read():
     stages = _dvc_yaml()["stages"]
     for name in ("data", "train", "finetune"):
         assert not any(p.startswith("sample") for p in _params_of(stages[name])), name
-    assert not any(p.startswith("evaluate") for name in STAGES[:-1] for p in _params_of(stages[name]))
+    before_curate = STAGES[:STAGES.index("curate")]  # curate's scorer trains with the evaluate recipe
+    assert not any(p.startswith("evaluate") for name in before_curate for p in _params_of(stages[name]))
+    assert not any(p.startswith("curate") for name in before_curate for p in _params_of(stages[name]))
     for name in STAGES:
         assert not any(p.split(".")[0] in ("tune", "tracking") for p in _params_of(stages[name]))
     assert "sample" in _params_of(stages["sample"]) and "evaluate" in _params_of(stages["evaluate"])
+    assert "curate" in _params_of(stages["curate"]) and "curate" not in _params_of(stages["evaluate"])
     assert "finetune" in _params_of(stages["finetune"]) and "train" not in _params_of(stages["finetune"])
 
 
@@ -355,13 +361,16 @@ def test_dvc_reruns_only_the_stages_a_change_touches(tmp_path, monkeypatch):
 
     _write_params(repo, **{"sample.s": 2.5})
     _dvc(repo, "repro")
-    assert _ran(repo) == ["sample", "evaluate"]
+    assert _ran(repo) == ["sample", "curate", "evaluate"]
+    _write_params(repo, **{"curate.min_fidelity": 0.3})  # the gate's knobs: the gate + evaluate
+    _dvc(repo, "repro")
+    assert _ran(repo) == ["curate", "evaluate"]
 
     # `dvc exp run -S` edits params.yaml keys and re-runs only what they touch
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "pipeline")
     _dvc(repo, "exp", "run", "-S", "finetune.drop_rate=0.3")
-    assert _ran(repo) == ["finetune", "sample", "evaluate"]
+    assert _ran(repo) == ["finetune", "sample", "curate", "evaluate"]
     assert yaml.safe_load((repo / "params.yaml").read_text())["finetune"]["drop_rate"] == 0.3
 
     # how commands run invalidates nothing

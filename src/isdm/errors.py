@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 __all__ = ["IsdmError", "ConfigError", "DatasetError", "MaskValueError", "CheckpointError",
-           "OutputExistsError", "EvaluationError", "WriteError", "TuningError"]
+           "OutputExistsError", "EvaluationError", "CurationError", "WriteError", "TuningError"]
 
 
 class IsdmError(Exception):
@@ -58,6 +58,10 @@ class OutputExistsError(IsdmError, RuntimeError):
 
 class EvaluationError(IsdmError, ValueError):
     """A downstream evaluation cannot run: a bad mix, segmenter, or synthetic folder."""
+
+
+class CurationError(IsdmError, ValueError):
+    """A synthetic set cannot be curated as configured: the message names the key and the fix."""
 
 
 class WriteError(IsdmError, OSError):

@@ -21,6 +21,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("isdm.cli.train", "train", "Train a Semantic Diffusion Model."),
     "finetune": ("isdm.cli.train", "finetune", "Finetune with mask dropout for guidance."),
     "sample": ("isdm.cli.sample", "sample", "Generate synthetic image/mask pairs."),
+    "curate": ("isdm.cli.curate", "curate", "Score synthetic pairs, drop the misleading ones."),
     "evaluate": ("isdm.cli.evaluate", "evaluate", "Downstream mIoU of real vs synthetic mixes."),
     "tune": ("isdm.cli.tune", "tune", "Optuna search of s, drop rate and sampler steps."),
     "import-checkpoint": ("isdm.cli.import_checkpoint", "import_checkpoint",

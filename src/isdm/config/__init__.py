@@ -11,6 +11,7 @@ Every hyperparameter of isdm lives here, in frozen dataclasses, one per ``params
       finetune   TrainConfig       classifier-free-guidance finetuning (drop_rate > 0)
       sample     SampleConfig      samplers, guidance, mask sources, balancing
       evaluate   EvaluateConfig    downstream segmentation
+      curate     CurateConfig      the quality gate on synthetic pairs
       tune       TuneConfig        Optuna search space and budget
       tracking   TrackingConfig    MLflow
       runtime    RuntimeConfig     device, loader workers, progress bars (no stage lists it)
@@ -20,11 +21,13 @@ range (``nan`` and ``inf`` included) raises :class:`ConfigError` naming the dott
 and the valid range; unknown keys get the closest valid key ("did you mean weight_decay?").
 
 Modules: :mod:`.checks` (rules, the section base class), :mod:`.model` (``model`` section and
-presets), :mod:`.schema` (the other sections but ``runtime``: :mod:`.runtime`), :mod:`.tree`
-(:class:`Config`, dict conversion), :mod:`.files` (strict YAML/JSON), :mod:`.loading`
-(:func:`load_config`), :mod:`.legacy` (the original ISDM tool's flat JSON configs).
+presets), :mod:`.schema` (the other sections but ``runtime``: :mod:`.runtime`, and ``curate``:
+:mod:`.curation`), :mod:`.tree` (:class:`Config`, dict conversion), :mod:`.files` (strict
+YAML/JSON), :mod:`.loading` (:func:`load_config`), :mod:`.legacy` (the original ISDM tool's flat
+JSON configs).
 """
 
+from isdm.config.curation import CurateConfig
 from isdm.config.files import save_config
 from isdm.config.legacy import legacy_paths, legacy_to_tree
 from isdm.config.loading import apply_overrides, is_sectioned, load_config
@@ -58,6 +61,7 @@ __all__ = [
     "BalanceConfig",
     "AugmentConfig",
     "EvaluateConfig",
+    "CurateConfig",
     "TuneConfig",
     "TrackingConfig",
     "RuntimeConfig",

@@ -320,7 +320,9 @@ class TuneConfig(Section):
     With ``pruning``, a MedianPruner stops a trial whose per-epoch validation mIoU falls below the
     median of earlier trials, after ``pruning_startup_trials`` complete trials. TPE samples at
     random for the first ``sampler_startup_trials`` trials. ``n_trials`` 0 only creates the study
-    (and its MLflow run) for workers to join.
+    (and its MLflow run) for workers to join. ``curate_min_fidelity`` / ``curate_pixel_thresholds``:
+    the candidates of ``curate.min_fidelity`` / ``curate.pixel_threshold`` a trial draws from
+    (0 = that filter off; an empty list leaves the key out of the search).
     """
 
     SECTION = "tune"
@@ -340,6 +342,8 @@ class TuneConfig(Section):
         "seed": (SEED,),
         "pruning_startup_trials": (at_least(0),),
         "sampler_startup_trials": (at_least(0),),
+        "curate_min_fidelity": (each(in_range(0, 1)),),
+        "curate_pixel_thresholds": (each(at_least(0)),),
     }
 
     n_trials: int = 10
@@ -359,6 +363,8 @@ class TuneConfig(Section):
     pruning: bool = True
     pruning_startup_trials: int = 2
     sampler_startup_trials: int = 5
+    curate_min_fidelity: tuple[float, ...] = (0.0, 0.2, 0.4)
+    curate_pixel_thresholds: tuple[float, ...] = (0.0, 2.0)
 
     def _problems(self) -> Iterable[Problem]:
         if self.s_high < self.s_low:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Mapping, Union, get_args, get_origin
 
 from isdm.config.checks import Problem, Section, SectionError, type_hints, unknown_key
+from isdm.config.curation import CurateConfig
 from isdm.config.model import (
     MODEL_PRESETS,
     ModelConfig,
@@ -55,6 +56,7 @@ class Config(Section):
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(**FINETUNE_DEFAULTS))
     sample: SampleConfig = field(default_factory=SampleConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Optional
+from typing import Iterable, Literal, Optional, Union
 
 from isdm.config.checks import (
     DEVICE,
@@ -23,7 +23,8 @@ from isdm.config.checks import (
 )
 from isdm.errors import ConfigError
 
-__all__ = ["DataConfig", "SynthConfig", "DiffusionConfig", "TrainConfig", "FINETUNE_DEFAULTS",
+__all__ = ["DataConfig", "image_hw", "SynthConfig", "DiffusionConfig", "TrainConfig",
+           "FINETUNE_DEFAULTS",
            "BalanceConfig", "AugmentConfig", "SampleConfig", "EvaluateConfig", "TuneConfig",
            "TrackingConfig", "canonical_dataset_mode"]
 
@@ -56,6 +57,18 @@ MIX = Rule(lambda v: re.fullmatch(r"R(ALL|\d+)F(ALL|\d+)", v) is not None
            "must be R<a>F<b> with a, b digits or ALL (e.g. RALLF000, R20F100), not both 0")
 
 
+def _side(v: int) -> bool:
+    return isinstance(v, int) and v >= 8 and v % 8 == 0
+
+
+def image_hw(image_size: Union[int, tuple[int, ...]]) -> tuple[int, int]:
+    """``64 -> (64, 64)``, ``(48, 96) -> (48, 96)``: an ``image_size`` as (height, width)."""
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    h, w = image_size
+    return (int(h), int(w))
+
+
 @dataclass(frozen=True)
 class DataConfig(Section):
     """Dataset layout ``<root>/{train,test}/{images,masks}`` and preprocessing.
@@ -63,25 +76,51 @@ class DataConfig(Section):
     Binary masks: any value > 0 is the defect class 1 (so {0,1} and {0,255} both work).
     Multi-class masks: 8-bit gray or palette PNG holding class ids ``0..num_classes-1``;
     ``ignore_index`` pixels are excluded from losses and metrics.
+
+    Geometry (:mod:`isdm.data.transforms`): ``image_size`` is the network's input, an int
+    (square) or ``[H, W]`` (:attr:`size`). Without ``crop`` every image is brought to it by
+    ``resize``: ``stretch`` (squash the whole image), ``crop`` (resize the short side, cut the
+    centre) or ``pad`` (resize the long side, letterbox: mid-grey image, ``ignore_index`` mask,
+    padding excluded from every loss and metric; needs ``ignore_index``). With ``crop: true``
+    images are scaled by ``scale`` (1.0 = native pixels, aspect kept) and every training item is
+    a random ``image_size`` crop, centred on a pixel of a defect class (1..C-1) present in the
+    image with probability ``crop_defect_prob``.
     """
 
     SECTION = "data"
     RULES = {
         "root": (TEXT,),
         "num_classes": (in_range(2, 255),),
-        "image_size": (Rule(lambda v: v >= 8 and v % 8 == 0,
-                            "must be a multiple of 8, at least 8"),),
+        "image_size": (Rule(lambda v: _side(v) if isinstance(v, int) else
+                            len(v) == 2 and all(_side(x) for x in v),
+                            "must be a multiple of 8, at least 8, or [H, W] of such"),),
         "num_workers": (at_least(0),),
+        "scale": (in_range(0, 16, open_lo=True),),
+        "crop_defect_prob": (PROBABILITY,),
     }
 
     root: str = "data/synth"
     dataset_mode: str = "multi-class"
     num_classes: int = 5
     ignore_index: Optional[int] = 255
-    image_size: int = 64
-    keep_aspect: bool = False
+    image_size: Union[int, tuple[int, ...]] = 64
+    resize: Literal["stretch", "crop", "pad"] = "stretch"
+    crop: bool = False
+    scale: float = 1.0
+    crop_defect_prob: float = 0.5
     hflip: bool = True
     num_workers: int = 0
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``image_size`` as ``(H, W)``."""
+        return image_hw(self.image_size)
+
+    @property
+    def pads(self) -> bool:
+        """Whether items may hold padding (``pad`` letterboxing, or crops of an image smaller
+        than ``image_size``), so they carry a ``valid`` map."""
+        return self.crop or self.resize == "pad"
 
     def _resolve(self) -> None:
         if self.dataset_mode in _MODE_ALIASES:
@@ -100,6 +139,11 @@ class DataConfig(Section):
             yield Problem("ignore_index", self.ignore_index,
                           f"must be in {self.num_classes}..255 (uint8 label maps, not a class id "
                           f"0..{self.num_classes - 1}) or null; use 255")
+        if self.ignore_index is None and self.pads:
+            what = "data.crop=true (an image smaller than the crop is padded)" if self.crop \
+                else "data.resize='pad'"
+            yield Problem("ignore_index", None, f"{what} marks padding with ignore_index in the "
+                          "masks: set data.ignore_index=255 (a value no class uses)")
 
 
 @dataclass(frozen=True)
@@ -276,7 +320,9 @@ class SampleConfig(Section):
 class EvaluateConfig(Section):
     """Downstream segmentation: smp models trained on ``R<a>F<b>`` mixes, tested on real test.
     ``batch_size`` >= 2 because of BatchNorm; ``image_size`` a multiple of 32 because the smp
-    encoders downsample by 32; ``val_fraction`` of the real train split selects the epoch."""
+    encoders downsample by 32 (an int: square; ``[H, W]``: a rectangle, each side a multiple of
+    32; whole images are brought to it by ``data.resize``); ``val_fraction`` of the real train
+    split selects the epoch."""
 
     SECTION = "evaluate"
     RULES = {
@@ -289,8 +335,10 @@ class EvaluateConfig(Section):
         "epochs": (at_least(1),),
         "lr": (GREATER_0,),
         "batch_size": (at_least(2),),
-        "image_size": (Rule(lambda v: v >= 32 and v % 32 == 0,
-                            "smp encoders downsample by 32: use a multiple of 32"),),
+        "image_size": (Rule(lambda v: (isinstance(v, int) or len(v) == 2)
+                            and all(x >= 32 and x % 32 == 0 for x in image_hw(v)),
+                            "smp encoders downsample by 32: use a multiple of 32 (or [H, W] of "
+                            "such)"),),
         "val_fraction": (in_range(0, 1, open_lo=True, open_hi=True),),
         "bootstrap": (at_least(0),),
         "device": (DEVICE,),
@@ -304,7 +352,7 @@ class EvaluateConfig(Section):
     epochs: int = 10
     lr: float = 1e-3
     batch_size: int = 8
-    image_size: int = 64
+    image_size: Union[int, tuple[int, ...]] = 64
     loss: Literal["dice", "dice_ce"] = "dice_ce"
     augment: bool = True
     val_fraction: float = 0.2

@@ -221,6 +221,7 @@ def test_random_crop_and_sliding_windows():
 def test_image_size_resize_and_crop_rules():
     assert DataConfig(image_size=[16, 24]).size == (16, 24)
     assert DataConfig().size == (64, 64) and DataConfig().image_size == 64
+    assert load_config(None, ["data.image_size=[32, 32]"]).data.image_size == 32  # one spelling
     for bad in ([16, 20], [16], [16, 24, 32], 12):
         with pytest.raises(ConfigError, match="multiple of 8"):
             load_config(None, [f"data.image_size={bad}"])

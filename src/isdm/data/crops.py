@@ -30,12 +30,14 @@ def _hw(size: Size) -> tuple[int, int]:
 
 
 def defect_pixels(label: np.ndarray, ignore_index: Optional[int] = 255) -> dict[int, np.ndarray]:
-    """``{class id: flat indices (int64, row-major) of its pixels}`` for every defect class
-    present in ``label`` (uint8 ``[H, W]``), in increasing class order."""
+    """``{class id: flat indices (row-major) of its pixels}`` for every defect class present in
+    ``label`` (uint8 ``[H, W]``), in increasing class order; int32 below 2**31 pixels (these
+    lists are cached per training image)."""
     flat = np.asarray(label).reshape(-1)
     counts = np.bincount(flat, minlength=256)
     classes = [c for c in np.flatnonzero(counts) if c != 0 and c != ignore_index]
-    return {int(c): np.flatnonzero(flat == c) for c in classes}
+    dtype = np.int32 if flat.size < 2**31 else np.int64
+    return {int(c): np.flatnonzero(flat == c).astype(dtype) for c in classes}
 
 
 def crop_origin(shape: tuple[int, int], size: Size, rng: np.random.Generator, defect_prob: float,

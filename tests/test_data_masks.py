@@ -158,15 +158,15 @@ def _stripes(tmp_path):
     return tmp_path / "s.png", tmp_path / "m.png"
 
 
-def test_keep_aspect_resizes_short_side_and_center_crops(tmp_path):
+def test_resize_crop_resizes_short_side_and_center_crops(tmp_path):
     img_path, mask_path = _stripes(tmp_path)
-    squeezed = np.asarray(load_image(img_path, 8, keep_aspect=False))
-    cropped = np.asarray(load_image(img_path, 8, keep_aspect=True))
+    squeezed = np.asarray(load_image(img_path, 8, "stretch"))
+    cropped = np.asarray(load_image(img_path, 8, "crop"))
     assert squeezed.shape == cropped.shape == (8, 8, 3)
     assert cropped[..., 0].max() == 0 and cropped[..., 1].min() == 255  # only the green centre
     assert squeezed[:, 0, 0].min() > 200 and squeezed[:, -1, 0].min() > 200  # squeezed keeps red
-    m_crop = load_mask(mask_path, "binary", 2, None, 8, keep_aspect=True)
-    m_sq = load_mask(mask_path, "binary", 2, None, 8, keep_aspect=False)
+    m_crop = load_mask(mask_path, "binary", 2, None, 8, "crop")
+    m_sq = load_mask(mask_path, "binary", 2, None, 8, "stretch")
     assert m_crop.shape == (8, 8) and m_crop.max() == 0
     np.testing.assert_array_equal(m_sq[0], [1, 0, 0, 0, 0, 0, 0, 0])  # source cols 2, 7, ...
 

@@ -56,12 +56,16 @@ def test_ema_without_warmup_uses_the_rate():
 
 # ------------------------------------------------------------------------------------- resume
 @pytest.mark.slow
-def test_resume_equals_uninterrupted(synth_dir, tmp_path):
-    """2 epochs in one go == 1 epoch, stop, resume from last.pt to 2 epochs: identical bits."""
-    full = train(tiny_cfg("train.max_epochs=2"), synth_dir, tmp_path / "full", progress=False)
-    train(tiny_cfg("train.max_epochs=1"), synth_dir, tmp_path / "part", progress=False)
-    resumed = train(tiny_cfg("train.max_epochs=2"), synth_dir, tmp_path / "part", progress=False,
-                    resume=tmp_path / "part" / "last.pt")
+@pytest.mark.parametrize("data", [(), ("data.crop=true", "data.image_size=[16, 24]")],
+                         ids=["whole", "crops"])
+def test_resume_equals_uninterrupted(synth_dir, tmp_path, data):
+    """2 epochs in one go == 1 epoch, stop, resume from last.pt to 2 epochs: identical bits
+    (also with random crops: they are drawn per (seed, epoch, item))."""
+    full = train(tiny_cfg("train.max_epochs=2", *data), synth_dir, tmp_path / "full",
+                 progress=False)
+    train(tiny_cfg("train.max_epochs=1", *data), synth_dir, tmp_path / "part", progress=False)
+    resumed = train(tiny_cfg("train.max_epochs=2", *data), synth_dir, tmp_path / "part",
+                    progress=False, resume=tmp_path / "part" / "last.pt")
     a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "part" / "last.pt", weights_only=True)
     assert a["step"] == b["step"] == full.steps == resumed.steps == 2 * 2  # 8 images / batch 4
@@ -78,7 +82,7 @@ def test_resume_equals_uninterrupted(synth_dir, tmp_path):
     # the weights moved: the test would be vacuous for a model that never trains
     from isdm.models import build_model
 
-    cfg = tiny_cfg()
+    cfg = tiny_cfg(*data)
     torch.manual_seed(cfg.train.seed)
     init = build_model(cfg.model, cfg.data.image_size, cfg.data.num_classes).state_dict()
     assert any(not torch.equal(init[k], a["model"][k]) for k in init)

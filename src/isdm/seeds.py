@@ -13,11 +13,12 @@ fold            value                                   streams
 ==============  ======================================  =======================================
 ``"mod63"``     ``(w0 << 32 | w1) mod 2**63``           training: epoch, steps, validation
 ``"xor31"``     ``((w0 << 31) ^ w1) & (2**63 - 1)``     sampling: each sample's generator
-``"u64"``       ``w0 << 32 | w1`` (64 bits)             mask augmentation seeds
+``"u64"``       ``w0 << 32 | w1`` (64 bits)             mask augmentation and crop seeds
 ==============  ======================================  =======================================
 
 Generator streams (:func:`generator`) are ``numpy.random.default_rng(entropy)``: the sampling
-plan's mask order, the balancer's priorities and fallback draws, the evaluation mixes' subsets.
+plan's mask order, the balancer's priorities and fallback draws, the evaluation mixes' subsets,
+the training crops.
 
 The tags and folds are those the streams had when each lived in its own module, so every seed,
 and hence every output, is unchanged; ``tests/test_seeds.py`` pins values of each stream.
@@ -48,6 +49,8 @@ class Stream(enum.Enum):
     BALANCE_DRAW = "balance_draw"  # (): the balancer's uniform fallback draw
     MIX_REAL = "mix_real"  # (): the order real images enter a mix R<a>F<b>
     MIX_FAKE = "mix_fake"  # (): the order synthetic images enter a mix
+    DATA_CROP = "data_crop"  # (epoch, index): the crop of training item `index` in `epoch`
+    SAMPLE_CROP = "sample_crop"  # (i,) sample i's mask crop; (j, k) k-th crop of mask j (pool)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ _SPECS: dict[Stream, _Spec] = {
     Stream.BALANCE_DRAW: _Spec(tag=(0xBA1B,)),
     Stream.MIX_REAL: _Spec(tag=(0x5EA1,)),
     Stream.MIX_FAKE: _Spec(tag=(0xFA4E,)),
+    Stream.DATA_CROP: _Spec(tag=(0xC40,)),
+    Stream.SAMPLE_CROP: _Spec(tag=(0xC41,), fold="u64"),
 }
 
 

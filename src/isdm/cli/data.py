@@ -26,12 +26,15 @@ def data() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def check(directory: str, config_path: Optional[str], overrides: tuple[str, ...],
           mode: Optional[str], num_classes: Optional[int], as_json: bool) -> None:
-    """Validate DIR/{train,test}/{images,masks} and print per-class pixel and image counts.
+    """Validate DIR/{train,test}/{images,masks} and print per-class pixel and image counts,
+    each defect class's pixels per image after data.image_size / resize / crop, the images'
+    aspect-ratio spread and a suggested data setting.
 
     Exits with status 1 and the full list of problems when the dataset is invalid.
     """
     from isdm.config import canonical_dataset_mode
-    from isdm.data.check import format_report, report_to_dict
+    from isdm.data.advice import advise, step_of
+    from isdm.data.check import class_names, format_report, report_to_dict
     from isdm.data.validate import scan_dataset
 
     extra = list(overrides)
@@ -42,12 +45,15 @@ def check(directory: str, config_path: Optional[str], overrides: tuple[str, ...]
     if num_classes is not None:
         extra.append(f"data.num_classes={num_classes}")
     cfg = load_cli_config(config_path, extra)
-    report = scan_dataset(directory, cfg.data,
-                          progress=cfg.runtime.progress and not as_json and sys.stderr.isatty())
+    report = scan_dataset(directory, cfg.data, progress=cfg.runtime.progress and not as_json
+                          and sys.stderr.isatty(), placed=True)
+    names = class_names(report.root, report.mode, report.num_classes)
+    advice = (advise(report.splits["train"], names, cfg.data, step_of(len(cfg.channel_mult())))
+              if report.ok and "train" in report.splits else None)
     if as_json:
-        click.echo(json.dumps(report_to_dict(report), indent=2))
+        click.echo(json.dumps(report_to_dict(report, names, advice), indent=2))
     else:
-        click.echo(format_report(report))
+        click.echo(format_report(report, names, advice))
     if not report.ok:
         sys.exit(1)
 

@@ -21,10 +21,10 @@ range (``nan`` and ``inf`` included) raises :class:`ConfigError` naming the dott
 and the valid range; unknown keys get the closest valid key ("did you mean weight_decay?").
 
 Modules: :mod:`.checks` (rules, the section base class), :mod:`.model` (``model`` section and
-presets), :mod:`.schema` (the other sections but ``runtime``: :mod:`.runtime`, and ``curate``:
-:mod:`.curation`), :mod:`.tree` (:class:`Config`, dict conversion), :mod:`.files` (strict
-YAML/JSON), :mod:`.loading` (:func:`load_config`), :mod:`.legacy` (the original ISDM tool's flat
-JSON configs).
+presets), :mod:`.data` (``data``: geometry), :mod:`.schema` (the other sections but ``runtime``:
+:mod:`.runtime`, and ``curate``: :mod:`.curation`), :mod:`.tree` (:class:`Config`, dict
+conversion), :mod:`.files` (strict YAML/JSON), :mod:`.loading` (:func:`load_config`),
+:mod:`.legacy` (the original ISDM tool's flat JSON configs).
 """
 
 from isdm.config.curation import CurateConfig

@@ -33,7 +33,8 @@ from typing import (
 from isdm.errors import ConfigError
 
 __all__ = ["Rule", "Problem", "Section", "SectionError", "at_least", "in_range", "each",
-           "NON_EMPTY", "GREATER_0", "DEVICE", "unknown_key", "show", "type_hints"]
+           "NON_EMPTY", "GREATER_0", "PROBABILITY", "TEXT", "DEVICE", "unknown_key", "show",
+           "type_hints"]
 
 
 class Rule(NamedTuple):
@@ -70,6 +71,8 @@ def each(rule: Rule) -> Rule:
 
 NON_EMPTY = Rule(lambda v: len(v) > 0, "must not be empty")
 GREATER_0 = Rule(lambda v: v > 0, "must be > 0")
+PROBABILITY = in_range(0, 1)
+TEXT = Rule(lambda v: bool(v.strip()), "must not be empty")
 DEVICE = Rule(lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
               "must be auto, cpu, cuda, cuda:<index> or mps")
 

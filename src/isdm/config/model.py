@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Union
 
 from isdm.config.checks import (
     GREATER_0,
@@ -74,12 +74,21 @@ _CHANNEL_MULT_BY_SIZE = {
 }
 
 
-def default_channel_mult(image_size: int) -> tuple[float, ...]:
-    """The guided-diffusion channel multipliers for ``image_size`` (32/64/128/256/512)."""
-    if image_size in _CHANNEL_MULT_BY_SIZE:
-        return _CHANNEL_MULT_BY_SIZE[image_size]
+Size = Union[int, tuple[int, ...]]
+
+
+def _hw(image_size: Size) -> tuple[int, int]:
+    return (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+
+
+def default_channel_mult(image_size: Size) -> tuple[float, ...]:
+    """The guided-diffusion channel multipliers for ``image_size`` (32/64/128/256/512); a
+    rectangle ``(H, W)`` takes those of its short side."""
+    side = min(_hw(image_size))
+    if side in _CHANNEL_MULT_BY_SIZE:
+        return _CHANNEL_MULT_BY_SIZE[side]
     raise ConfigError(
-        f"model.channel_mult is empty and image_size={image_size} has no default; "
+        f"model.channel_mult is empty and image_size={show(image_size)} has no default; "
         f"set model.channel_mult explicitly (defaults exist for {sorted(_CHANNEL_MULT_BY_SIZE)})"
     )
 
@@ -118,7 +127,8 @@ def _widths(channel_mult: Iterable[float], num_channels: int) -> tuple[list[int]
 
 @dataclass(frozen=True)
 class ModelConfig(Section):
-    """SDM UNet sizes. ``attention_resolutions`` are feature-map sizes in pixels (e.g. 16 = 16x16).
+    """SDM UNet sizes. ``attention_resolutions`` are feature-map sizes in pixels (e.g. 16 = 16x16;
+    for a rectangular ``data.image_size`` the short side: 16 = 16x24 at ``[64, 96]``).
 
     ``preset``: see the module docstring. An empty ``channel_mult`` means "chosen by image size"
     (256 -> 1,1,2,2,4,4; 128 -> 1,1,2,3,4; 64 -> 1,2,3,4; 32 -> 1,2,2).
@@ -181,16 +191,20 @@ class ModelConfig(Section):
                           "each must be a whole multiple of 32, at least 32")
 
 
-def unet_problems(model: ModelConfig, image_size: int) -> list[Problem]:
-    """The size rules :class:`isdm.models.unet.SDMUNet` enforces, for ``image_size`` px images
-    (keys are dotted): each level of ``channel_mult`` but the last halves the feature map, so
-    ``image_size`` must be divisible by ``2**(levels-1)``; every attention resolution must be one
-    of the feature-map sizes ``image_size / 2**level``; ``num_head_channels`` must divide the
-    width of every attention layer (the middle block always has one)."""
-    mult = tuple(model.channel_mult) or _CHANNEL_MULT_BY_SIZE.get(image_size)
+def unet_problems(model: ModelConfig, image_size: Size) -> list[Problem]:
+    """The size rules :class:`isdm.models.unet.SDMUNet` enforces, for ``image_size`` images (an
+    int: square; ``(H, W)``: a rectangle; keys are dotted): each level of ``channel_mult`` but
+    the last halves the feature map, so both sides must be divisible by ``2**(levels-1)``; every
+    attention resolution must be one of the feature-map sizes (of the short side, for a
+    rectangle) ``min(H, W) / 2**level``; ``num_head_channels`` must divide the width of every
+    attention layer (the middle block always has one)."""
+    h, w = _hw(image_size)
+    side = min(h, w)
+    shown = show(image_size)
+    mult = tuple(model.channel_mult) or _CHANNEL_MULT_BY_SIZE.get(side)
     if mult is None:
         return [Problem("model.channel_mult", (), (
-            f"empty means 'chosen by image size', but data.image_size={image_size} has no "
+            f"empty means 'chosen by image size', but data.image_size={shown} has no "
             f"default (defaults exist for {sorted(_CHANNEL_MULT_BY_SIZE)}); give the list"))]
     widths, bad = _widths(mult, model.num_channels)
     if bad:
@@ -198,20 +212,22 @@ def unet_problems(model: ModelConfig, image_size: int) -> list[Problem]:
             f"(chosen by image size) times num_channels={model.num_channels} gives the widths "
             f"{widths}; each must be a whole multiple of 32: change model.num_channels"))]
     levels = len(mult)
-    if image_size % 2 ** (levels - 1):
-        step = 2 ** (levels - 1)
+    step = 2 ** (levels - 1)
+    if h % step or w % step:
+        fit = [max(step, round(x / step) * step) for x in (h, w)]
+        example = fit[0] if isinstance(image_size, int) else show(fit)
         return [Problem("data.image_size", image_size, (
             f"the {levels} levels of model.channel_mult={show(mult)} halve it {levels - 1} "
-            f"times: use a multiple of {step} (e.g. {max(step, round(image_size / step) * step)})"
-            " or fewer levels"))]
-    reachable = {image_size // 2 ** level: level for level in range(levels)}
+            f"times: use a multiple of {step} (e.g. {example}) or fewer levels"))]
+    reachable = {side // 2 ** level: level for level in range(levels)}
+    where = f"{h} px" if h == w else f"{shown} (short side {side})"
     out = [Problem("model.attention_resolutions", model.attention_resolutions, (
-        f"{r} is not a feature-map size of a {image_size} px model with {levels} levels "
+        f"{r} is not a feature-map size of a {where} model with {levels} levels "
         f"(those are {sorted(reachable, reverse=True)})"))
         for r in model.attention_resolutions if r not in reachable]
     if out:
         return out[:1]
     attn = sorted({widths[reachable[r]] for r in model.attention_resolutions} | {widths[-1]})
     return [Problem("model.num_head_channels", model.num_head_channels, (
-        f"must divide the width {w} of an attention layer (the middle block always has one)"))
-        for w in attn if w % model.num_head_channels][:1]
+        f"must divide the width {w_} of an attention layer (the middle block always has one)"))
+        for w_ in attn if w_ % model.num_head_channels][:1]

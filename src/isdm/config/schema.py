@@ -1,4 +1,5 @@
-"""The config sections other than ``model``: one frozen dataclass per ``params.yaml`` section.
+"""The config sections other than ``model`` and ``data``: one frozen dataclass per
+``params.yaml`` section (``DataConfig`` lives in :mod:`isdm.config.data` and is re-exported).
 
 Each field's valid range is in the class's ``RULES`` (checked on construction, see
 :mod:`isdm.config.checks`); rules that tie several fields together are in ``_problems``.
@@ -8,11 +9,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Optional
+from typing import Iterable, Literal, Optional, Union
 
 from isdm.config.checks import (
     GREATER_0,
     NON_EMPTY,
+    PROBABILITY,
+    TEXT,
     Problem,
     Rule,
     Section,
@@ -20,83 +23,18 @@ from isdm.config.checks import (
     each,
     in_range,
 )
-from isdm.errors import ConfigError
+from isdm.config.data import DataConfig, canonical_dataset_mode, image_hw, square_as_int
 
-__all__ = ["DataConfig", "SynthConfig", "DiffusionConfig", "TrainConfig", "FINETUNE_DEFAULTS",
+__all__ = ["DataConfig", "image_hw", "SynthConfig", "DiffusionConfig", "TrainConfig",
+           "FINETUNE_DEFAULTS",
            "BalanceConfig", "AugmentConfig", "SampleConfig", "EvaluateConfig", "TuneConfig",
            "TrackingConfig", "canonical_dataset_mode"]
 
-_MODE_ALIASES = {
-    "binary": "binary",
-    "lemon-binary": "binary",
-    "multi-class": "multi-class",
-    "multiclass": "multi-class",
-    "lemon-multi-class": "multi-class",
-}
-
-
-def canonical_dataset_mode(mode: str) -> str:
-    """Map ``lemon-binary`` / ``lemon-multi-class`` aliases onto ``binary`` / ``multi-class``."""
-    try:
-        return _MODE_ALIASES[mode]
-    except KeyError:
-        raise ConfigError(
-            f"data.dataset_mode: unknown mode {mode!r}; use one of 'binary', 'multi-class' "
-            "(aliases 'lemon-binary', 'lemon-multi-class')"
-        ) from None
-
-
 SEED = at_least(0)
-PROBABILITY = in_range(0, 1)
-TEXT = Rule(lambda v: bool(v.strip()), "must not be empty")
 # The grammar of isdm.evaluation.mixes.parse_mix, checked here so that a typo fails at load.
 MIX = Rule(lambda v: re.fullmatch(r"R(ALL|\d+)F(ALL|\d+)", v) is not None
            and re.fullmatch(r"R0+F0+", v) is None,
            "must be R<a>F<b> with a, b digits or ALL (e.g. RALLF000, R20F100), not both 0")
-
-
-@dataclass(frozen=True)
-class DataConfig(Section):
-    """Dataset layout ``<root>/{train,test}/{images,masks}`` and preprocessing.
-
-    Binary masks: any value > 0 is the defect class 1 (so {0,1} and {0,255} both work).
-    Multi-class masks: 8-bit gray or palette PNG holding class ids ``0..num_classes-1``;
-    ``ignore_index`` pixels are excluded from losses and metrics.
-    """
-
-    SECTION = "data"
-    RULES = {
-        "root": (TEXT,),
-        "num_classes": (in_range(2, 255),),
-        "image_size": (Rule(lambda v: v >= 8 and v % 8 == 0,
-                            "must be a multiple of 8, at least 8"),),
-    }
-
-    root: str = "data/synth"
-    dataset_mode: str = "multi-class"
-    num_classes: int = 5
-    ignore_index: Optional[int] = 255
-    image_size: int = 64
-    keep_aspect: bool = False
-    hflip: bool = True
-
-    def _resolve(self) -> None:
-        if self.dataset_mode in _MODE_ALIASES:
-            object.__setattr__(self, "dataset_mode", _MODE_ALIASES[self.dataset_mode])
-
-    def _problems(self) -> Iterable[Problem]:
-        if self.dataset_mode not in _MODE_ALIASES:
-            yield Problem("dataset_mode", self.dataset_mode, "must be 'binary' or 'multi-class' "
-                          "(aliases 'lemon-binary', 'lemon-multi-class')")
-        if self.dataset_mode == "binary" and self.num_classes != 2:
-            yield Problem("num_classes", self.num_classes, "data.dataset_mode='binary' needs 2; "
-                          "set data.num_classes=2 or dataset_mode='multi-class'")
-        # (num_classes > 255 is its own problem: no ignore_index could fit, so no hint here)
-        if (self.ignore_index is not None and self.num_classes <= 255
-                and not self.num_classes <= self.ignore_index <= 255):
-            yield Problem("ignore_index", self.ignore_index,
-                          f"must be in {self.num_classes}..255 (uint8 label maps, not a class id "
-                          f"0..{self.num_classes - 1}) or null; use 255")
 
 
 @dataclass(frozen=True)
@@ -275,7 +213,9 @@ class SampleConfig(Section):
 class EvaluateConfig(Section):
     """Downstream segmentation: smp models trained on ``R<a>F<b>`` mixes, tested on real test.
     ``batch_size`` >= 2 because of BatchNorm; ``image_size`` a multiple of 32 because the smp
-    encoders downsample by 32; ``val_fraction`` of the real train split selects the epoch."""
+    encoders downsample by 32 (an int: square; ``[H, W]``: a rectangle, each side a multiple of
+    32; whole images are brought to it by ``data.resize``); ``val_fraction`` of the real train
+    split selects the epoch."""
 
     SECTION = "evaluate"
     RULES = {
@@ -288,8 +228,10 @@ class EvaluateConfig(Section):
         "epochs": (at_least(1),),
         "lr": (GREATER_0,),
         "batch_size": (at_least(2),),
-        "image_size": (Rule(lambda v: v >= 32 and v % 32 == 0,
-                            "smp encoders downsample by 32: use a multiple of 32"),),
+        "image_size": (Rule(lambda v: (isinstance(v, int) or len(v) == 2)
+                            and all(x >= 32 and x % 32 == 0 for x in image_hw(v)),
+                            "smp encoders downsample by 32: use a multiple of 32 (or [H, W] of "
+                            "such)"),),
         "val_fraction": (in_range(0, 1, open_lo=True, open_hi=True),),
         "bootstrap": (at_least(0),),
     }
@@ -302,11 +244,14 @@ class EvaluateConfig(Section):
     epochs: int = 10
     lr: float = 1e-3
     batch_size: int = 8
-    image_size: int = 64
+    image_size: Union[int, tuple[int, ...]] = 64
     loss: Literal["dice", "dice_ce"] = "dice_ce"
     augment: bool = True
     val_fraction: float = 0.2
     bootstrap: int = 1000
+
+    def _resolve(self) -> None:
+        square_as_int(self)
 
 
 @dataclass(frozen=True)

@@ -174,6 +174,8 @@ def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
             raise ConfigError(unknown_key(dotted, str(key), names, what=what))
         if cls is Config and key == "finetune" and isinstance(value, Mapping):
             value = {**FINETUNE_DEFAULTS, **value}
+        if cls is Config and key == "data" and isinstance(value, Mapping):
+            value = _upgrade_data(value, dotted)
         try:
             kwargs[key] = _coerce(value, hints[key], dotted)
         except SectionError as e:
@@ -185,6 +187,28 @@ def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
         return cls(**kwargs)
     except SectionError as e:
         raise e.under(prefix) if prefix else e from None
+
+
+def _upgrade_data(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """Configs written before ``data.resize`` existed: ``keep_aspect: true`` is ``resize:
+    crop`` (resize the short side, centre-crop) and ``false`` is ``stretch``, so their
+    checkpoints and files load unchanged (with a note on the ``isdm.config`` logger)."""
+    if "keep_aspect" not in data:
+        return data
+    import logging
+
+    data = dict(data)
+    keep = data.pop("keep_aspect")
+    if not isinstance(keep, bool):
+        raise ConfigError(f"{key}.keep_aspect: expected true/false, got {keep!r}")
+    resize = "crop" if keep else "stretch"
+    if data.setdefault("resize", resize) != resize:
+        raise ConfigError(f"{key}.keep_aspect={str(keep).lower()} means resize={resize!r} but "
+                          f"{key}.resize={data['resize']!r}: keep only {key}.resize")
+    logging.getLogger("isdm.config").info(
+        "%s.keep_aspect=%s is read as %s.resize=%s (keep_aspect is replaced by resize)",
+        key, str(keep).lower(), key, resize)
+    return data
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -57,11 +57,16 @@ def _score(cfg: Config, scorer: Scorer, images: Any, pairs: list[Pair]) -> None:
     from isdm.curation.scorer import pixel_scores
 
     nc = cfg.data.num_classes
-    if cfg.data.keep_aspect and any(p.label.shape[0] != p.label.shape[1] for p in pairs):
-        raise CurationError("data.keep_aspect=true crops non-square synthetic images for the "
-                            "scorer, so its logits cannot be mapped back onto their labels; "
-                            "curate square samples (as isdm sample writes) or set "
-                            "data.keep_aspect=false")
+    from isdm.config.data import image_hw
+
+    eh, ew = image_hw(cfg.evaluate.image_size)
+    if cfg.data.resize != "stretch" and any(p.label.shape[0] * ew != p.label.shape[1] * eh
+                                            for p in pairs):
+        raise CurationError(f"data.resize={cfg.data.resize} crops or pads synthetic images whose "
+                            "aspect ratio differs from evaluate.image_size for the scorer, so its "
+                            "logits cannot be mapped back onto their labels; set "
+                            "evaluate.image_size to the samples' aspect ratio or "
+                            "data.resize=stretch")
     scores = pixel_scores(scorer, images, [p.label for p in pairs], cfg.data.ignore_index,
                           cfg.evaluate.batch_size)
     for pair, (loss, pred) in zip(pairs, scores):

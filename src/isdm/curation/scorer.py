@@ -66,7 +66,7 @@ def scorer_identity(cfg: Config, data_root: str | Path, device: torch.device) ->
     recipe = {k: v for k, v in to_dict(cfg.evaluate).items() if k not in _NOT_RECIPE}
     return {"dataset_sha256": dataset_digest(data_root),
             "data": {"dataset_mode": d.dataset_mode, "num_classes": d.num_classes,
-                     "ignore_index": d.ignore_index, "keep_aspect": d.keep_aspect},
+                     "ignore_index": d.ignore_index, "resize": d.resize},
             "evaluate": recipe,
             "scorer": {"architecture": cfg.curate.architecture, "seed": cfg.curate.seed},
             "device": device.type}

@@ -4,10 +4,12 @@ Modules (import the one you need; ``import isdm.data`` itself does not import to
 
 - :mod:`isdm.data.layout`: ``<root>/{train,test}/{images,masks}`` pairing, :class:`DatasetError`.
 - :mod:`isdm.data.masks`: THE home of mask decoding, one-hot, null label, label drop, palette.
-- :mod:`isdm.data.transforms`: load + resize (bicubic images, nearest masks), joint flip.
+- :mod:`isdm.data.transforms`: load + resize / pad / scale (bicubic images, nearest masks), flip.
+- :mod:`isdm.data.crops`: seeded defect-centred random crops, the sliding-window grid.
 - :mod:`isdm.data.dataset`: :class:`SegmentationFolder` (torch Dataset), :func:`split_keys`.
 - :mod:`isdm.data.validate`: :func:`validate_dataset` (all problems at once) + statistics.
-- :mod:`isdm.data.check`: the report printed by ``isdm data check``.
+- :mod:`isdm.data.check`: the report printed by ``isdm data check``; :mod:`isdm.data.advice`
+  its geometry advice.
 - :mod:`isdm.data.synth`: the procedural dataset written by ``isdm data synth``.
 """
 

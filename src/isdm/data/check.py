@@ -1,4 +1,5 @@
-"""The report of ``isdm data check``: pairs, image sizes, per-class pixel share and image counts."""
+"""The report of ``isdm data check``: pairs, image sizes, per-class pixel share and image counts,
+and the geometry advice of :mod:`isdm.data.advice`."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from isdm.data.advice import Advice
 from isdm.data.validate import DatasetReport
 
 __all__ = ["CLASSES_FILE", "class_names", "report_to_dict", "format_report"]
@@ -33,7 +35,8 @@ def class_names(root: str | Path, mode: str, num_classes: int) -> list[str]:
     return ["background"] + [f"class {c}" for c in range(1, num_classes)]
 
 
-def report_to_dict(report: DatasetReport, names: Optional[list[str]] = None) -> dict[str, Any]:
+def report_to_dict(report: DatasetReport, names: Optional[list[str]] = None,
+                   advice: Optional[Advice] = None) -> dict[str, Any]:
     """A JSON-ready form of the report (used by ``--json``)."""
     names = names or class_names(report.root, report.mode, report.num_classes)
     splits = {}
@@ -48,6 +51,9 @@ def report_to_dict(report: DatasetReport, names: Optional[list[str]] = None) -> 
             "ignore_pixels": s.ignore_pixels,
             "raw_mask_values": s.raw_values,
         }
+        if s.placed_pixels:
+            splits[name].update(placed_pixels=s.placed_pixels, placed_images=s.placed_images,
+                                placed_area=s.placed_area)
     return {
         "root": str(report.root),
         "ok": report.ok,
@@ -59,6 +65,8 @@ def report_to_dict(report: DatasetReport, names: Optional[list[str]] = None) -> 
         "problems": report.problems,
         "hints": report.hints,
         "warnings": report.warnings,
+        "advice": None if advice is None else {"lines": advice.lines,
+                                               "suggested": advice.suggested},
     }
 
 
@@ -66,8 +74,10 @@ def _size(s: tuple[int, int]) -> str:
     return f"{s[0]}x{s[1]}"
 
 
-def format_report(report: DatasetReport, names: Optional[list[str]] = None) -> str:
-    """Human-readable report: one table of splits, one of classes, then problems (if any)."""
+def format_report(report: DatasetReport, names: Optional[list[str]] = None,
+                  advice: Optional[Advice] = None) -> str:
+    """Human-readable report: one table of splits, one of classes, the advice, then problems
+    (if any)."""
     names = names or class_names(report.root, report.mode, report.num_classes)
     ignore = f", ignore_index {report.ignore_index}" if report.mode != "binary" else ""
     lines = [f"dataset {report.root} ({report.mode}, {report.num_classes} classes{ignore})", ""]
@@ -92,6 +102,8 @@ def format_report(report: DatasetReport, names: Optional[list[str]] = None) -> s
         lines.append(f"   {'ignored pixels':<19}" + "".join(f"{s.ignore_pixels:>16}{'':>15}" for s in splits))
     lines.append("")
     lines += [f"warning: {w}" for w in report.warnings]
+    if advice is not None and advice.lines:
+        lines += ["advice (train split):"] + [f"  {a}" for a in advice.lines] + [""]
     if report.ok:
         total = sum(s.num_pairs for s in splits)
         lines.append(f"OK: {total} pairs, no problems")

@@ -5,29 +5,38 @@ from __future__ import annotations
 import hashlib
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from isdm.config import DataConfig
-from isdm.data import transforms
+from isdm.data import crops, transforms
 from isdm.data.layout import DatasetError, find_pairs
+from isdm.seeds import Stream, generator
 
 __all__ = ["SegmentationFolder", "split_keys"]
 
 
 class SegmentationFolder(Dataset):
-    """Image/mask pairs of ``<root>/<split>``, resized to ``data_cfg.image_size``.
+    """Image/mask pairs of ``<root>/<split>``, brought to ``data_cfg.image_size``.
 
-    Items: ``{"image": float32 [3, S, S] in [-1, 1], "label": int64 [S, S] class ids
-    (ignore_index kept), "key": str}`` with ``S = data_cfg.image_size``.
+    Items: ``{"image": float32 [3, H, W] in [-1, 1], "label": int64 [H, W] class ids
+    (ignore_index kept), "key": str}`` with ``(H, W) = data_cfg.size``; when ``data_cfg.pads``
+    (``resize: pad`` or ``crop``) also ``"valid": bool [1, H, W]``, False on padding (where the
+    image is exactly 0 and the label ``ignore_index``).
+
+    With ``data_cfg.crop`` each image is decoded and scaled once (:func:`transforms.fit_placement`,
+    cached as uint8) and every ``__getitem__`` cuts a crop (:func:`isdm.data.crops.crop_origin`,
+    defect-centred with probability ``crop_defect_prob``) drawn from the generator
+    ``seeds.generator(Stream.DATA_CROP, seed, epoch, index)``: a pure function of the seed, the
+    epoch (:meth:`set_epoch`) and the item, whatever the worker, order or resumption.
 
     Args:
         root: dataset folder holding ``train/`` and ``test/``.
         split: ``train`` or ``test``.
-        data_cfg: mode, classes, ignore index, size, ``keep_aspect``.
+        data_cfg: mode, classes, ignore index, size, ``resize``, ``crop``, ``scale``.
         augment: joint random horizontal flip (p = 1/2) of image and label.
         keys: restrict to these pair keys (e.g. from :func:`split_keys`), in this order.
         generator: source of the flip decisions; None = torch's default generator (seeded and
@@ -37,6 +46,7 @@ class SegmentationFolder(Dataset):
         validate: check every file of the split first (:func:`isdm.data.validate.validate_dataset`),
             once per process for unchanged files, so no training or evaluation starts on a broken
             dataset.
+        seed: the crops' seed (the run's ``train.seed``).
 
     Raises:
         DatasetError: listing every problem of the split (missing partner, duplicate stem, empty
@@ -54,6 +64,7 @@ class SegmentationFolder(Dataset):
         generator: Optional[torch.Generator] = None,
         cache: bool = True,
         validate: bool = True,
+        seed: int = 0,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -61,6 +72,7 @@ class SegmentationFolder(Dataset):
         self.augment = augment
         self.generator = generator
         self.cache = cache
+        self.seed, self.epoch = seed, 0
         if validate:
             _validate_once(self.root, split, data_cfg)
         pairs = {p.key: p for p in find_pairs(self.root / split)}
@@ -71,7 +83,7 @@ class SegmentationFolder(Dataset):
             if missing:
                 raise DatasetError([f"key {k!r} not found in {self.root / split}" for k in missing])
             self.pairs = [pairs[k] for k in keys]
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: dict[int, Arrays] = {}
 
     @property
     def keys(self) -> list[str]:
@@ -80,25 +92,62 @@ class SegmentationFolder(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def load_arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 image ``[S, S, 3]`` and uint8 ids ``[S, S]`` of pair ``index`` (no augmentation)."""
+    def set_epoch(self, epoch: int) -> None:
+        """Select the crops of ``epoch`` (call before iterating, like ``sampler.set_epoch``)."""
+        self.epoch = int(epoch)
+
+    def load_arrays(self, index: int) -> "Arrays":
+        """Pair ``index`` as placed by the config (no crop, no flip): uint8 image ``[H, W, 3]``,
+        uint8 ids ``[H, W]``, bool valid ``[H, W]`` or None (no padding), and with ``crop`` the
+        defect pixels of :func:`isdm.data.crops.defect_pixels`."""
         if index in self._cache:
             return self._cache[index]
         pair, cfg = self.pairs[index], self.cfg
-        rgb = np.asarray(transforms.load_image(pair.image, cfg.image_size, cfg.keep_aspect))
         ids = transforms.load_mask(pair.mask, cfg.dataset_mode, cfg.num_classes, cfg.ignore_index,
-                                   cfg.image_size, cfg.keep_aspect)
+                                   None)
+        place = transforms.fit_placement(ids.shape[1], ids.shape[0], cfg)
+        rgb = np.asarray(transforms.place_image(transforms.load_image(pair.image, None), place))
+        ids = transforms.place_ids(ids, place, cfg.ignore_index)
+        pixels = crops.defect_pixels(ids, cfg.ignore_index) if cfg.crop else None
+        arrays = Arrays(rgb, ids, transforms.valid_map(place), pixels)
         if self.cache:
-            self._cache[index] = (rgb, ids)
-        return rgb, ids
+            self._cache[index] = arrays
+        return arrays
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        rgb, ids = self.load_arrays(index)
+        rgb, ids, valid, pixels = self.load_arrays(index)
+        cfg = self.cfg
+        if cfg.crop:
+            h, w = cfg.size
+            rng = generator(Stream.DATA_CROP, self.seed, self.epoch, index)
+            top, left = crops.crop_origin(ids.shape, (h, w), rng, cfg.crop_defect_prob, pixels)
+            window = (slice(top, top + h), slice(left, left + w))
+            rgb, ids = rgb[window], ids[window]
+            valid = None if valid is None else valid[window]
         image = transforms.to_tensor_image(rgb)
         label = torch.from_numpy(ids.astype(np.int64))
+        item: dict[str, Any] = {"image": image, "label": label, "key": self.pairs[index].key}
+        if cfg.pads:
+            v = (torch.ones((1, *ids.shape), dtype=torch.bool) if valid is None
+                 else torch.from_numpy(np.ascontiguousarray(valid))[None])
+            item["image"], item["valid"] = image.masked_fill(~v, 0.0), v
         if self.augment:
-            image, label = transforms.random_hflip(image, label, self.generator)
-        return {"image": image, "label": label, "key": self.pairs[index].key}
+            flipped = transforms.random_hflip(*(item[k] for k in _FLIPPED if k in item),
+                                              generator=self.generator)
+            item.update(zip((k for k in _FLIPPED if k in item), flipped))
+        return item
+
+
+_FLIPPED = ("image", "label", "valid")
+
+
+class Arrays(NamedTuple):
+    """One pair as placed by the data config (see :meth:`SegmentationFolder.load_arrays`)."""
+
+    image: np.ndarray
+    ids: np.ndarray
+    valid: Optional[np.ndarray]
+    pixels: Optional[dict[int, np.ndarray]]
 
 
 _VALIDATED: set[str] = set()

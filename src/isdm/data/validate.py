@@ -10,7 +10,8 @@ files). Checks, per split:
 - mask values outside the valid set (multi-class: ``0..C-1`` and ``ignore_index``).
 
 The same pass collects the statistics printed by ``isdm data check`` (:class:`SplitStats`), at
-the files' original resolution.
+the files' original resolution and, with ``placed=True``, after the config's geometry
+(:func:`isdm.data.transforms.fit_placement`: resize to ``image_size``, or ``scale`` with crops).
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ class SplitStats:
 
     ``class_pixels[c]``: pixels of class c over all masks; ``class_images[c]``: masks containing
     class c; ``ignore_pixels``: pixels equal to ``ignore_index``; ``raw_values``: distinct stored
-    mask values (before decoding; at most 32 kept); sizes are ``(width, height)``.
+    mask values (before decoding; at most 32 kept); sizes are ``(width, height)``, ``sizes``
+    those of every decoded pair. With ``placed``: ``placed_pixels[c]`` / ``placed_images[c]``
+    the same counts after the data config's geometry (nearest neighbour, so a thin defect can
+    vanish), ``placed_area`` the pixels of the placed masks (padding included).
     """
 
     split: str
@@ -48,6 +52,10 @@ class SplitStats:
     class_images: list[int] = field(default_factory=list)
     ignore_pixels: int = 0
     raw_values: list[int] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    placed_pixels: list[int] = field(default_factory=list)
+    placed_images: list[int] = field(default_factory=list)
+    placed_area: int = 0
 
     @property
     def num_pairs(self) -> int:
@@ -114,13 +122,26 @@ def _accumulate(stats: SplitStats, raw: np.ndarray, ids: np.ndarray, ignore_inde
         raw_values.update(int(v) for v in np.unique(raw)[:_MAX_RAW_VALUES])
 
 
+def _place(stats: SplitStats, ids: np.ndarray, cfg: DataConfig) -> None:
+    from isdm.data.transforms import fit_placement, place_ids
+
+    placed = place_ids(ids, fit_placement(ids.shape[1], ids.shape[0], cfg), cfg.ignore_index)
+    counts = np.bincount(placed.reshape(-1), minlength=256)
+    for k in range(stats.num_classes):
+        stats.placed_pixels[k] += int(counts[k])
+        stats.placed_images[k] += int(counts[k] > 0)
+    stats.placed_area += placed.size
+
+
 def _scan_split(split_dir: Path, split: str, cfg: DataConfig, problems: list[str],
-                bad_values: dict[Path, list[int]], progress: bool) -> SplitStats:
+                bad_values: dict[Path, list[int]], progress: bool, placed: bool) -> SplitStats:
     pairs, pair_problems = scan_split(split_dir)
     problems += pair_problems
     c = cfg.num_classes
-    stats = SplitStats(split, pairs, c, class_pixels=[0] * c, class_images=[0] * c)
-    sizes: list[tuple[int, int]] = []
+    stats = SplitStats(split, pairs, c, class_pixels=[0] * c, class_images=[0] * c,
+                       placed_pixels=[0] * c if placed else [],
+                       placed_images=[0] * c if placed else [])
+    sizes = stats.sizes
     raw_values: set[int] = set()
     iterator = pairs
     if progress:
@@ -149,6 +170,8 @@ def _scan_split(split_dir: Path, split: str, cfg: DataConfig, problems: list[str
         if size is not None:
             sizes.append(size)
         _accumulate(stats, raw, ids, cfg.ignore_index, raw_values)
+        if placed:
+            _place(stats, ids, cfg)
     if sizes:
         stats.min_size = min(sizes, key=lambda s: (s[0] * s[1], s))
         stats.max_size = max(sizes, key=lambda s: (s[0] * s[1], s))
@@ -214,8 +237,9 @@ def _listed(values: list[int], limit: int = 6) -> str:
 
 
 def scan_dataset(root: str | Path, data_cfg: DataConfig, splits: Sequence[str] = SPLITS,
-                 progress: bool = False) -> DatasetReport:
-    """Validate and count, never raising for dataset problems: they are in ``report.problems``."""
+                 progress: bool = False, placed: bool = False) -> DatasetReport:
+    """Validate and count, never raising for dataset problems: they are in ``report.problems``
+    (``placed``: also count the classes after the config's geometry)."""
     root = Path(root)
     check_label_space(data_cfg.num_classes,
                       data_cfg.ignore_index if data_cfg.dataset_mode == "multi-class" else None)
@@ -225,7 +249,8 @@ def scan_dataset(root: str | Path, data_cfg: DataConfig, splits: Sequence[str] =
         problems.append(f"dataset folder {root} does not exist")
         return DatasetReport(root, data_cfg.dataset_mode, data_cfg.num_classes,
                              data_cfg.ignore_index, {}, problems)
-    stats = {s: _scan_split(root / s, s, data_cfg, problems, bad_values, progress) for s in splits}
+    stats = {s: _scan_split(root / s, s, data_cfg, problems, bad_values, progress, placed)
+             for s in splits}
     value_problems, hints = _value_problems(bad_values, data_cfg)
     return DatasetReport(root, data_cfg.dataset_mode, data_cfg.num_classes, data_cfg.ignore_index,
                          stats, problems + value_problems, hints, _warnings(stats, data_cfg))

@@ -29,9 +29,15 @@ __all__ = ["GaussianDiffusion", "ModelFn"]
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _mean_flat(x: torch.Tensor) -> torch.Tensor:
-    """Mean over all non-batch dimensions: ``[B, ...] -> [B]``."""
-    return x.mean(dim=tuple(range(1, x.ndim)))
+def _mean_flat(x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean over all non-batch dimensions: ``[B, C, H, W] -> [B]``; with ``valid`` ``[B, 1, H, W]``
+    (1 = a real pixel, 0 = padding) the mean over the valid pixels only:
+    ``sum_{c,h,w} v_{h,w} x_{c,h,w} / (C sum_{h,w} v_{h,w})``."""
+    if valid is None:
+        return x.mean(dim=tuple(range(1, x.ndim)))
+    dims = tuple(range(1, x.ndim))
+    v = valid.to(x.dtype)
+    return (x * v).sum(dim=dims) / (v.sum(dim=dims) * x.shape[1]).clamp(min=1.0)
 
 
 class GaussianDiffusion:
@@ -190,26 +196,36 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ training
     def vb_terms_bpd(self, model_out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor,
-                     t: torch.Tensor) -> torch.Tensor:
+                     t: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Per-sample variational-bound term in bits/dim, ``[B]``: KL(q(x_{t-1}|x_t,x0) ||
-        p(x_{t-1}|x_t)) for t > 0 and the discretised Gaussian decoder NLL -log p(x0|x1) at t=0."""
+        p(x_{t-1}|x_t)) for t > 0 and the discretised Gaussian decoder NLL -log p(x0|x1) at t=0,
+        averaged over the ``valid`` pixels (``[B, 1, H, W]``; None = all)."""
         true_mean, _, true_log_var = self.q_posterior_mean_variance(x0, x_t, t)
         out = self.p_mean_variance(model_out, x_t, t, clip_denoised=False)
-        kl = _mean_flat(normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"]))
+        kl = _mean_flat(normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"]),
+                        valid)
         nll = -_mean_flat(discretized_gaussian_log_likelihood(
-            x0, means=out["mean"], log_scales=0.5 * out["log_variance"]))
+            x0, means=out["mean"], log_scales=0.5 * out["log_variance"]), valid)
         return torch.where(t == 0, nll, kl) / math.log(2.0)
 
     def training_losses(self, model_fn: ModelFn, x0: torch.Tensor, t: torch.Tensor,
                         noise: Optional[torch.Tensor] = None,
-                        generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+                        generator: Optional[torch.Generator] = None,
+                        valid: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """The hybrid loss of improved DDPM for one random ``t`` per sample.
+
+        With ``valid`` (``[B, 1, H, W]``, 1 = a real pixel, 0 = padding such as a letterbox)
+        both terms are means over the valid pixels only, so padding never enters the loss:
+        ``mse_b = sum_{c,h,w} v_{b,h,w} (eps - eps_hat)^2_{b,c,h,w} / (C sum_{h,w} v_{b,h,w})``
+        and likewise for the per-pixel KL / decoder NLL of ``vb``. ``valid=None`` is the plain
+        mean over every pixel (and what callers pass when nothing is padded).
 
         Args:
             model_fn: ``(x_t [B,3,H,W], t [B]) -> [B, 3 or 6, H, W]``, the raw network output
                 (eps or v by ``prediction``; the MSE is on eps either way).
             x0: clean images in [-1, 1]; t: ``[B]`` long in [0, T).
             noise: eps ``[B,3,H,W]``; drawn from ``generator`` if None.
+            valid: optional ``[B,1,H,W]`` map of the pixels the loss averages over.
         Returns:
             per-sample ``[B]`` tensors: ``mse`` = mean_pixels (eps - eps_hat)^2, ``vb`` (bits/dim,
             computed with eps_hat DETACHED so it trains only the variance channels; zeros when the
@@ -224,10 +240,13 @@ class GaussianDiffusion:
         if out.shape[0] != x0.shape[0] or out.shape[2:] != x0.shape[2:]:
             raise ValueError(f"model output {tuple(out.shape)} does not match x0 {tuple(x0.shape)}")
         out = self.eps_output(out, x_t, t)
-        mse = _mean_flat((noise - out[:, :c]) ** 2)
+        if valid is not None and valid.shape != (x0.shape[0], 1, *x0.shape[2:]):
+            raise ValueError(f"valid must be [B, 1, H, W] = {(x0.shape[0], 1, *x0.shape[2:])}, "
+                             f"got {tuple(valid.shape)}")
+        mse = _mean_flat((noise - out[:, :c]) ** 2, valid)
         if out.shape[1] == 2 * c:
             frozen = torch.cat([out[:, :c].detach(), out[:, c:]], dim=1)
-            vb = self.vb_terms_bpd(frozen, x0, x_t, t)
+            vb = self.vb_terms_bpd(frozen, x0, x_t, t, valid)
         else:
             self.model_log_variance(out, x_t, t)  # raises on a wrong channel count
             vb = torch.zeros_like(mse)

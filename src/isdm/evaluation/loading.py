@@ -29,10 +29,11 @@ _IMAGE_EXT = (".png", ".jpg", ".jpeg")
 T = TypeVar("T")
 
 
-def eval_data_config(data_cfg: DataConfig, image_size: int) -> DataConfig:
-    """The data config with the segmenter's ``image_size`` and no dataset-side random flip
-    (augmentation is drawn from the cell's generator in :mod:`segmenter`)."""
-    return dataclasses.replace(data_cfg, image_size=image_size, hflip=False)
+def eval_data_config(data_cfg: DataConfig, image_size: int | tuple[int, int]) -> DataConfig:
+    """The data config with the segmenter's ``image_size``, whole images (``data.resize``, never
+    ``data.crop``'s random crops) and no dataset-side random flip (augmentation is drawn from
+    the cell's generator in :mod:`segmenter`)."""
+    return dataclasses.replace(data_cfg, image_size=image_size, hflip=False, crop=False)
 
 
 def _stack(items: list[dict]) -> TensorSet:
@@ -97,7 +98,7 @@ def load_synthetic(folder: str | Path, data_cfg: DataConfig) -> TensorSet:
 
     Images and labels go through the data layer's loaders (:func:`isdm.data.transforms.load_image`
     / :func:`~isdm.data.transforms.load_mask`), so labels follow the real masks' rules (binary:
-    any value > 0 is class 1) and the same resize (bicubic / nearest, ``keep_aspect``).
+    any value > 0 is class 1) and the same resize (bicubic / nearest, ``data.resize``).
     """
     from isdm.data import transforms
 
@@ -110,8 +111,8 @@ def load_synthetic(folder: str | Path, data_cfg: DataConfig) -> TensorSet:
         if rgb.size != (ids.shape[1], ids.shape[0]):
             raise EvaluationError(f"{img_path} is {rgb.size[0]}x{rgb.size[1]} but its label "
                                        f"{lab_path} is {ids.shape[1]}x{ids.shape[0]}")
-        rgb = transforms.resize_image(rgb, cfg.image_size, cfg.keep_aspect)
-        ids = transforms.resize_ids(ids, cfg.image_size, cfg.keep_aspect)
+        rgb = transforms.resize_image(rgb, cfg.image_size, cfg.resize)
+        ids = transforms.resize_ids(ids, cfg.image_size, cfg.resize, cfg.ignore_index)
         items.append({"image": transforms.to_tensor_image(rgb),
                       "label": torch.from_numpy(ids.astype(np.int64)), "key": key})
     return _stack(items)

@@ -132,7 +132,8 @@ def _load(cfg: Config, data_root: str | Path, synthetic_dir: Optional[str | Path
     if synthetic_dir is not None:
         synth = load_synthetic(synthetic_dir, data_cfg)
     else:
-        synth = TensorSet(torch.empty(0, 3, size, size), torch.empty(0, size, size, dtype=torch.long), [])
+        h, w = data_cfg.size
+        synth = TensorSet(torch.empty(0, 3, h, w), torch.empty(0, h, w, dtype=torch.long), [])
     return train_all, test, synth
 
 

@@ -10,9 +10,10 @@ __all__ = ["SDMUNet", "SPADEGroupNorm", "SpadeCondition", "build_model", "place"
            "count_parameters", "forward_flops", "preset_report"]
 
 
-def build_model(model_cfg, image_size: int, num_classes: int) -> SDMUNet:
-    """Build the SDM UNet of a :class:`isdm.config.ModelConfig` for ``image_size`` px images and
-    ``num_classes`` segmap channels; an empty ``channel_mult`` is chosen by image size."""
+def build_model(model_cfg, image_size: int | tuple[int, int], num_classes: int) -> SDMUNet:
+    """Build the SDM UNet of a :class:`isdm.config.ModelConfig` for ``image_size`` images (an
+    int: square; ``(H, W)``: a rectangle) and ``num_classes`` segmap channels; an empty
+    ``channel_mult`` is chosen by image size (the short side)."""
     from isdm.config import default_channel_mult
 
     channel_mult = tuple(model_cfg.channel_mult) or default_channel_mult(image_size)

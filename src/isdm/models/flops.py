@@ -26,7 +26,7 @@ def _count(fn, *args) -> int:
     return int(counter.get_total_flops())
 
 
-def forward_flops(model_cfg: Any, image_size: int, num_classes: int,
+def forward_flops(model_cfg: Any, image_size: int | tuple[int, int], num_classes: int,
                   device: str = "meta") -> dict[str, float]:
     """Parameters and FLOPs of one forward pass for ONE image.
 
@@ -40,9 +40,10 @@ def forward_flops(model_cfg: Any, image_size: int, num_classes: int,
 
     with torch.device(device):
         model = build_model(model_cfg, image_size, num_classes).eval()
-    x = torch.zeros(1, 3, image_size, image_size, device=device)
+    hw = model.image_size
+    x = torch.zeros(1, 3, *hw, device=device)
     t = torch.zeros(1, device=device)
-    segmap = torch.zeros(1, num_classes, image_size, image_size, device=device)
+    segmap = torch.zeros(1, num_classes, *hw, device=device)
     with torch.no_grad():
         total = _count(model, x, t, segmap)
         spade = _count(model.precompute_condition, segmap)

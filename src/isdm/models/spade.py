@@ -90,8 +90,8 @@ Cond = Union[torch.Tensor, SpadeCondition]
 class SPADEGroupNorm(nn.Module):
     """``GN(x, affine=False) * (1 + gamma(m)) + beta(m)`` for features ``x`` ``[B, C, h, w]``.
 
-    ``key`` (the layer's module name) and ``size`` (its feature-map side) are set by the owning
-    network; ``key`` finds the layer's maps in a :class:`SpadeCondition`.
+    ``key`` (the layer's module name) and ``size`` (its feature-map ``(h, w)``) are set by the
+    owning network; ``key`` finds the layer's maps in a :class:`SpadeCondition`.
     """
 
     def __init__(self, channels: int, label_channels: int, hidden: int, groups: int = 32,
@@ -101,7 +101,7 @@ class SPADEGroupNorm(nn.Module):
         self.shared = nn.Conv2d(label_channels, hidden, 3, padding=1)
         self.gamma_beta = nn.Conv2d(hidden, 2 * channels, 3, padding=1)  # gamma and beta convs
         self.key = ""  # module name in the owning network
-        self.size = 0  # feature-map side, set by the owning network
+        self.size = (0, 0)  # feature-map (h, w), set by the owning network
 
     def modulation(self, segmap: torch.Tensor,
                    size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

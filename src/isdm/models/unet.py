@@ -33,16 +33,19 @@ class SDMUNet(nn.Module):
     """Semantic diffusion UNet. See the module docstring for the layout.
 
     Args:
-        image_size: side of the square input (must be divisible by 2**(L-1)).
+        image_size: side of a square input, or ``(H, W)`` of a rectangular one (each side
+            divisible by 2**(L-1)).
         num_classes: channels of the one-hot segmap.
         num_channels: base width; channel_mult: per-level multipliers (ch_l multiple of 32).
-        attention_resolutions: feature-map sides (pixels) that get self-attention, e.g. (16, 8).
+        attention_resolutions: feature-map sides (pixels; the short side of a rectangle) that
+            get self-attention, e.g. (16, 8).
         num_head_channels: channels per attention head (must divide the width at those levels).
         spade_hidden: hidden width of each SPADE's shared conv.
         use_checkpoint: gradient checkpointing of every block (only active in training mode).
     """
 
-    def __init__(self, image_size: int, num_classes: int, num_channels: int = 64,
+    def __init__(self, image_size: Union[int, tuple[int, int]], num_classes: int,
+                 num_channels: int = 64,
                  channel_mult: Sequence[float] = (1, 2, 2), num_res_blocks: int = 1,
                  attention_resolutions: Sequence[int] = (16,), num_head_channels: int = 32,
                  dropout: float = 0.0, resblock_updown: bool = True,
@@ -50,12 +53,13 @@ class SDMUNet(nn.Module):
                  spade_hidden: int = 64, use_checkpoint: bool = False,
                  in_channels: int = 3) -> None:
         super().__init__()
+        hw = _hw(image_size)
         widths = _validate(image_size, num_classes, num_channels, channel_mult, num_res_blocks,
                            attention_resolutions, num_head_channels, spade_hidden)
-        self.image_size, self.num_classes, self.in_channels = image_size, num_classes, in_channels
+        self.image_size, self.num_classes, self.in_channels = hw, num_classes, in_channels
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.num_channels = num_channels
-        attn_ds = {image_size // r for r in attention_resolutions}
+        attn_ds = {min(hw) // r for r in attention_resolutions}
         emb_dim = 4 * num_channels
         res = dict(emb_channels=emb_dim, dropout=dropout, use_scale_shift_norm=use_scale_shift_norm)
         spade = dict(label_channels=num_classes, spade_hidden=spade_hidden)
@@ -85,21 +89,21 @@ class SDMUNet(nn.Module):
 
         # 3. middle, conditioned on the mask
         self.middle_block = TimestepSequential(
-            _sized(ResBlock(ch, **res, **spade), image_size // ds),
+            _sized(ResBlock(ch, **res, **spade), hw, ds),
             AttentionBlock(ch, num_head_channels),
-            _sized(ResBlock(ch, **res, **spade), image_size // ds))
+            _sized(ResBlock(ch, **res, **spade), hw, ds))
 
         # 4. decoder, conditioned on the mask, consuming the encoder skips
         self.output_blocks = nn.ModuleList()
         for level, width in reversed(list(enumerate(widths))):
             for i in range(num_res_blocks + 1):
                 layers = [_sized(ResBlock(ch + skips.pop(), out_channels=width, **res, **spade),
-                                 image_size // ds)]
+                                 hw, ds)]
                 ch = width
                 if ds in attn_ds:
                     layers.append(AttentionBlock(ch, num_head_channels))
                 if level and i == num_res_blocks:
-                    layers.append(_sized(ResBlock(ch, up=True, **res, **spade), image_size // ds)
+                    layers.append(_sized(ResBlock(ch, up=True, **res, **spade), hw, ds)
                                   if resblock_updown else Upsample(ch))
                     ds //= 2
                 self.output_blocks.append(TimestepSequential(*layers))
@@ -134,7 +138,7 @@ class SDMUNet(nn.Module):
         ``segmap`` and skips all SPADE convs. Runs under the caller's grad mode.
         """
         self._check_segmap(segmap)
-        return SpadeCondition({m.key: m.modulation(segmap, (m.size, m.size))
+        return SpadeCondition({m.key: m.modulation(segmap, m.size)
                                for m in self.modules() if isinstance(m, SPADEGroupNorm)})
 
     def _check_segmap(self, segmap: torch.Tensor) -> None:
@@ -150,7 +154,7 @@ class SDMUNet(nn.Module):
         """eps (and variance interpolation) ``[B, 6 or 3, H, W]``; ``decode(encode(x_t, t), cond)``.
 
         Args:
-            x_t: noisy images ``[B, 3, image_size, image_size]``.
+            x_t: noisy images ``[B, 3, H, W]``, ``(H, W)`` = :attr:`image_size`.
             t: ORIGINAL chain indices ``[B]`` (int or float) or one scalar for the whole batch.
             cond: one-hot segmap ``[B, num_classes, H, W]`` (null label = zeros) or a
                 :class:`SpadeCondition` from :meth:`precompute_condition`.
@@ -165,9 +169,9 @@ class SDMUNet(nn.Module):
         corresponding part of a full forward.
         """
         b = x_t.shape[0]
-        if x_t.ndim != 4 or x_t.shape[1:] != (self.in_channels, self.image_size, self.image_size):
-            raise ValueError(f"x_t must be [B, {self.in_channels}, {self.image_size}, "
-                             f"{self.image_size}], got {tuple(x_t.shape)}")
+        if x_t.ndim != 4 or x_t.shape[1:] != (self.in_channels, *self.image_size):
+            raise ValueError(f"x_t must be [B, {self.in_channels}, {self.image_size[0]}, "
+                             f"{self.image_size[1]}], got {tuple(x_t.shape)}")
         t = torch.as_tensor(t, device=x_t.device)
         t = t.expand(b) if t.ndim == 0 else t
         if t.shape != (b,):
@@ -222,18 +226,28 @@ class Encoded:
                        skips=[torch.cat([s] * n) for s in self.skips])
 
 
-def _sized(block: ResBlock, side: int) -> ResBlock:
-    """Record the feature side of a SPADE ResBlock's two norms (the second one sees the
-    up-sampled map)."""
-    block.in_norm.size = side
-    block.out_norm.size = 2 * side if block.up else side
+def _hw(image_size: Union[int, Sequence[int]]) -> tuple[int, int]:
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    h, w = image_size
+    return (int(h), int(w))
+
+
+def _sized(block: ResBlock, hw: tuple[int, int], ds: int) -> ResBlock:
+    """Record the feature-map ``(h, w)`` of a SPADE ResBlock's two norms at down-sampling
+    factor ``ds`` (the second norm sees the up-sampled map)."""
+    h, w = hw[0] // ds, hw[1] // ds
+    block.in_norm.size = (h, w)
+    block.out_norm.size = (2 * h, 2 * w) if block.up else (h, w)
     return block
 
 
-def _validate(image_size: int, num_classes: int, num_channels: int, channel_mult: Sequence[float],
-              num_res_blocks: int, attention_resolutions: Sequence[int], num_head_channels: int,
+def _validate(image_size: Union[int, Sequence[int]], num_classes: int, num_channels: int,
+              channel_mult: Sequence[float], num_res_blocks: int,
+              attention_resolutions: Sequence[int], num_head_channels: int,
               spade_hidden: int) -> list[int]:
     """Check the sizes; return the per-level widths. Messages say which key to change."""
+    hw = _hw(image_size)
     if not channel_mult:
         raise ValueError("model.channel_mult is empty: resolve it with "
                          "isdm.config.default_channel_mult(image_size) before building")
@@ -248,16 +262,17 @@ def _validate(image_size: int, num_classes: int, num_channels: int, channel_mult
         raise ValueError(
             f"model.num_channels={num_channels} x channel_mult={tuple(channel_mult)} gives widths "
             f"{widths}; each must be a whole multiple of 32 (GroupNorm with 32 groups)")
-    if image_size % 2 ** (levels - 1):
+    shown = f"{hw[0]}" if hw[0] == hw[1] else f"{list(hw)}"
+    if hw[0] % 2 ** (levels - 1) or hw[1] % 2 ** (levels - 1):
         raise ValueError(
-            f"image_size={image_size} is not divisible by 2**(levels-1)={2 ** (levels - 1)} for "
+            f"image_size={shown} is not divisible by 2**(levels-1)={2 ** (levels - 1)} for "
             f"{levels} levels (channel_mult={tuple(channel_mult)}); use fewer levels or another size")
-    reachable = {image_size // 2 ** level: level for level in range(levels)}
+    reachable = {min(hw) // 2 ** level: level for level in range(levels)}
     for r in attention_resolutions:
         if r not in reachable:
             raise ValueError(
-                f"model.attention_resolutions contains {r}, but the feature maps of a "
-                f"{image_size} px model with {levels} levels are {sorted(reachable, reverse=True)}")
+                f"model.attention_resolutions contains {r}, but the feature maps (short side) of "
+                f"a {shown} px model with {levels} levels are {sorted(reachable, reverse=True)}")
     if num_head_channels < 1:
         raise ValueError(f"model.num_head_channels={num_head_channels}: must be >= 1")
     attn_widths = {widths[reachable[r]] for r in attention_resolutions} | {widths[-1]}

@@ -50,11 +50,12 @@ __all__ = ["Choice", "BalanceResult", "class_counts", "counted_classes", "imbala
 
 @dataclass(frozen=True)
 class Choice:
-    """One planned sample: mask ``source`` (index into the mask list) and the augmentation seed
-    (``None`` = the mask as it is)."""
+    """One planned sample: mask ``source`` (index into the mask list), the augmentation seed
+    (``None`` = the mask as it is) and, with ``data.crop``, the seed of its crop."""
 
     source: int
     aug_seed: Optional[int] = None
+    crop_seed: Optional[int] = None
 
 
 @dataclass

@@ -44,8 +44,13 @@ def resolve_config(cfg: Config, ckpt_cfg: Config) -> Config:
             f"{ckpt_cfg.data.num_classes} (and the dataset it was trained for)")
     log = logging.getLogger("isdm.sample")
     if cfg.data.image_size != ckpt_cfg.data.image_size:
-        log.info("data.image_size=%d -> %d: masks are resized to the checkpoint's image size",
+        log.info("data.image_size=%s -> %s: masks are resized to the checkpoint's image size",
                  cfg.data.image_size, ckpt_cfg.data.image_size)
+    for key in ("crop", "scale") if cfg.data.crop else ("crop", "resize"):  # what places masks
+        ours, theirs = getattr(cfg.data, key), getattr(ckpt_cfg.data, key)
+        if ours != theirs:
+            log.warning("data.%s=%r but the checkpoint was trained with %r: the masks are placed "
+                        "with %r", key, ours, theirs, ours)
     if cfg.data.dataset_mode != ckpt_cfg.data.dataset_mode:
         log.warning("data.dataset_mode=%r but the checkpoint was trained on %r masks; masks are "
                     "decoded as %r", cfg.data.dataset_mode, ckpt_cfg.data.dataset_mode,

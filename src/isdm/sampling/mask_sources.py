@@ -10,13 +10,15 @@
   (:mod:`isdm.sampling.augment`).
 
 Masks are decoded by :func:`isdm.data.masks.decode_mask` (binary: any value > 0 is class 1) and
-resized to the model's image size with nearest neighbour; images are resized bicubic, both via
-:mod:`isdm.data.transforms`. Masks are kept in memory (one uint8 map per source mask, small);
-images are read on demand.
+placed like training data (:func:`isdm.data.transforms.fit_placement`: ``data.resize`` to the
+model's image size, or with ``data.crop`` scaled by ``data.scale``, from which the plan cuts a
+crop per sample) with nearest neighbour; images are resized bicubic the same way. Masks are kept
+in memory (one uint8 map per source mask); images are read on demand.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -24,7 +26,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from isdm.config import Config
+from isdm.config import Config, DataConfig
 from isdm.errors import ConfigError, DatasetError, MaskValueError
 
 __all__ = ["MaskEntry", "MaskSet", "load_mask_set", "validate_mask_source", "PLACEHOLDER_GRAY"]
@@ -43,22 +45,35 @@ class MaskEntry:
 
 @dataclass
 class MaskSet:
-    """Source masks resized to ``image_size``: ``masks[j]`` uint8 [S, S] class ids."""
+    """Source masks placed by ``data`` (whose ``image_size`` is the model's): ``masks[j]`` uint8
+    class ids, ``data.size`` (or, with ``data.crop``, the scaled mask)."""
 
     entries: list[MaskEntry]
     masks: list[np.ndarray]
-    image_size: int
-    keep_aspect: bool = False
-    ignore_index: Optional[int] = 255
+    data: DataConfig
     _instances: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def ignore_index(self) -> Optional[int]:
+        return self.data.ignore_index
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def image(self, j: int) -> Optional[np.ndarray]:
-        """uint8 [S, S, 3] real image of mask ``j`` (resized), or None when it has none."""
+        """uint8 [H, W, 3] real image of mask ``j`` (placed like the mask), or None when it has
+        none."""
         path = self.entries[j].image_path
-        return None if path is None else _load_image(str(path), self.image_size, self.keep_aspect)
+        return None if path is None else _load_image(str(path), self.data)
+
+    def pixels(self, j: int) -> dict[int, np.ndarray]:
+        """Cached defect pixels of mask ``j`` (see :func:`isdm.data.crops.defect_pixels`)."""
+        key = ("pixels", j)
+        if key not in self._instances:
+            from isdm.data.crops import defect_pixels
+
+            self._instances[key] = defect_pixels(self.masks[j], self.ignore_index)
+        return self._instances[key]
 
     def instances(self, j: int) -> list[np.ndarray]:
         """Cached defect instances of mask ``j`` (see :func:`augment.connected_instances`)."""
@@ -114,8 +129,7 @@ def validate_mask_source(cfg: Config, data_root: str | Path) -> None:
     problems = [] if paths else [f"no *.png mask below {folder} (sample.mask_dir)"]
     for path in paths:
         try:
-            _load_mask(str(path), None, False, cfg.data.dataset_mode, cfg.data.num_classes,
-                       cfg.data.ignore_index)
+            _load_mask(str(path), cfg.data, place=False)
         except DatasetError as e:
             problems += e.problems
         except MaskValueError as e:
@@ -127,8 +141,10 @@ def validate_mask_source(cfg: Config, data_root: str | Path) -> None:
         raise DatasetError(problems, root=folder)
 
 
-def load_mask_set(cfg: Config, data_root: str | Path, image_size: int) -> MaskSet:
-    """The masks named by ``cfg.sample.mask_source`` / ``mask_dir``, resized to ``image_size``.
+def load_mask_set(cfg: Config, data_root: str | Path,
+                  image_size: int | tuple[int, int]) -> MaskSet:
+    """The masks named by ``cfg.sample.mask_source`` / ``mask_dir``, placed by ``cfg.data`` for
+    a model of ``image_size``.
 
     Raises:
         ConfigError / DatasetError naming the folder when no mask is found, and the data
@@ -145,11 +161,9 @@ def load_mask_set(cfg: Config, data_root: str | Path, image_size: int) -> MaskSe
     if not entries:
         raise DatasetError([f"no masks found for sample.mask_source="
                             f"{cfg.sample.mask_source!r} ({folder})"])
-    data = cfg.data
-    masks = [_load_mask(str(e.mask_path), image_size, data.keep_aspect, data.dataset_mode,
-                        data.num_classes, data.ignore_index) for e in entries]
-    return MaskSet(entries=entries, masks=masks, image_size=image_size,
-                   keep_aspect=data.keep_aspect, ignore_index=data.ignore_index)
+    data = dataclasses.replace(cfg.data, image_size=image_size)
+    masks = [_load_mask(str(e.mask_path), data) for e in entries]
+    return MaskSet(entries=entries, masks=masks, data=data)
 
 
 def _mask_files(folder: Path) -> list[Path]:
@@ -166,15 +180,21 @@ def _paired(split_dir: Path) -> list[MaskEntry]:
     return [MaskEntry(p.key, Path(p.mask), Path(p.image)) for p in find_pairs(split_dir)]
 
 
-def _load_mask(path: str, size: Optional[int], keep_aspect: bool, mode: str, num_classes: int,
-               ignore_index: Optional[int]) -> np.ndarray:
-    from isdm.data.transforms import load_mask
+def _load_mask(path: str, data: DataConfig, place: bool = True) -> np.ndarray:
+    """Class ids of a mask file decoded by ``data``'s rules and placed by it (``place=False``:
+    at the stored size)."""
+    from isdm.data.transforms import fit_placement, load_mask, place_ids
 
-    return load_mask(path, mode, num_classes, ignore_index, size, keep_aspect=keep_aspect)
+    ids = load_mask(path, data.dataset_mode, data.num_classes, data.ignore_index, None)
+    if not place:
+        return ids
+    return place_ids(ids, fit_placement(ids.shape[1], ids.shape[0], data), data.ignore_index)
 
 
 @lru_cache(maxsize=64)
-def _load_image(path: str, size: int, keep_aspect: bool) -> np.ndarray:
-    from isdm.data.transforms import load_image
+def _load_image(path: str, data: DataConfig) -> np.ndarray:
+    from isdm.data.transforms import fit_placement, load_image, place_image
 
-    return np.asarray(load_image(path, size, keep_aspect=keep_aspect), dtype=np.uint8)
+    rgb = load_image(path, None)
+    return np.asarray(place_image(rgb, fit_placement(rgb.width, rgb.height, data)),
+                      dtype=np.uint8)

@@ -1,7 +1,8 @@
 """Datasets, loaders and per-step inputs of the training loop.
 
 The data order of an epoch is a pure function of ``(seed, epoch)``: a ``DistributedSampler``
-(also for a single process, with ``num_replicas=1``) shuffles with ``seed`` and ``set_epoch``.
+(also for a single process, with ``num_replicas=1``) shuffles with ``seed`` and ``set_epoch``;
+with ``data.crop`` the training set's crops are too (:meth:`SegmentationFolder.set_epoch`).
 ``drop_last`` only drops the incomplete last batch when at least one full batch exists, so a
 dataset smaller than the batch size still trains (one short batch instead of none).
 """
@@ -54,9 +55,10 @@ def build_splits(cfg: Config, tcfg: TrainConfig, data_root: str | Path) -> Split
                 "split; use a fraction that keeps at least one pair on each side"
             )
     train = SegmentationFolder(data_root, "train", cfg.data, augment=cfg.data.hflip,
-                               keys=train_keys, validate=False)
+                               keys=train_keys, validate=False, seed=tcfg.seed)
+    # the validation set keeps epoch 0's crops: the same held-out items every epoch
     val = (SegmentationFolder(data_root, "train", cfg.data, augment=False, keys=val_keys,
-                              validate=False) if val_keys else None)
+                              validate=False, seed=tcfg.seed) if val_keys else None)
     return Splits(train=train, val=val, train_keys=list(train_keys), val_keys=list(val_keys))
 
 
@@ -75,11 +77,14 @@ def make_loader(dataset: Dataset, batch_size: int, ctx: DistContext, *, seed: in
 
 def step_inputs(batch: dict[str, Any], cfg: Config, num_timesteps: int, drop_rate: float,
                 generator: torch.Generator, device: torch.device
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(x0, segmap, t, noise)`` on ``device`` for one batch.
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                           Optional[torch.Tensor]]:
+    """``(x0, segmap, t, noise, valid)`` on ``device`` for one batch.
 
     x0: [B,3,H,W] in [-1,1]; segmap: [B,C,H,W] one-hot, each sample replaced by the all-zero
-    null label with probability ``drop_rate``; t: [B] int64 ~ U{0..T-1}; noise: [B,3,H,W] ~ N(0,I).
+    null label with probability ``drop_rate``; t: [B] int64 ~ U{0..T-1}; noise: [B,3,H,W] ~ N(0,I);
+    valid: the batch's bool [B,1,H,W] padding map (False = padding, excluded from the loss), or
+    None when no pixel of the batch is padding (the loss is then the plain mean).
     All draws come from the CPU ``generator`` so they are identical on every device.
     """
     from isdm.data.masks import drop_labels, one_hot
@@ -90,6 +95,10 @@ def step_inputs(batch: dict[str, Any], cfg: Config, num_timesteps: int, drop_rat
         segmap = drop_labels(segmap, drop_rate, generator)
     t = torch.randint(0, num_timesteps, (x0.shape[0],), generator=generator)
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+    valid = batch.get("valid")
+    if valid is not None and bool(valid.all()):
+        valid = None
     nb = device.type == "cuda"
     return (x0.to(device, non_blocking=nb), segmap.to(device, non_blocking=nb),
-            t.to(device, non_blocking=nb), noise.to(device, non_blocking=nb))
+            t.to(device, non_blocking=nb), noise.to(device, non_blocking=nb),
+            None if valid is None else valid.to(device, non_blocking=nb))

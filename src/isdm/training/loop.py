@@ -70,7 +70,8 @@ def _note(ctx: distributed.DistContext, text: str) -> None:
 
 def run_name(cfg: Config, action: str, tcfg: TrainConfig) -> str:
     size = cfg.model.preset or f"{cfg.model.num_channels}ch"
-    name = f"{action} {size} {cfg.data.image_size}px c={cfg.data.num_classes}"
+    h, w = cfg.data.size
+    name = f"{action} {size} {h if h == w else f'{h}x{w}'}px c={cfg.data.num_classes}"
     return name + (f" drop={tcfg.drop_rate:g}" if tcfg.drop_rate > 0 else "")
 
 
@@ -162,11 +163,12 @@ class _Trainer:
 
     # ----------------------------------------------------------------------------- steps
     def train_step(self, batch: dict[str, Any], gen: torch.Generator) -> torch.Tensor:
-        x0, segmap, t, noise = batches.step_inputs(batch, self.cfg, self.diffusion.num_timesteps,
-                                                   self.tcfg.drop_rate, gen, self.ctx.device)
+        x0, segmap, t, noise, valid = batches.step_inputs(
+            batch, self.cfg, self.diffusion.num_timesteps, self.tcfg.drop_rate, gen,
+            self.ctx.device)
         loss = optimisation_step(self.ddp, self.model, self.diffusion, self.optimizer, self.scaler,
                                  self.ema, x0, segmap, t, noise, precision=self.precision,
-                                 grad_clip=self.tcfg.grad_clip)
+                                 grad_clip=self.tcfg.grad_clip, valid=valid)
         self.step += 1
         return loss
 
@@ -181,10 +183,10 @@ class _Trainer:
         gen = torch.Generator().manual_seed(derive(Stream.VAL_LOSS, self.tcfg.seed, self.ctx.rank))
         total = count = 0.0
         for batch in loader:
-            x0, segmap, t, noise = batches.step_inputs(batch, self.cfg, self.diffusion.num_timesteps,
-                                                       0.0, gen, self.ctx.device)
+            x0, segmap, t, noise, valid = batches.step_inputs(
+                batch, self.cfg, self.diffusion.num_timesteps, 0.0, gen, self.ctx.device)
             fn = make_model_fn(self.eval_model, segmap, self.precision)
-            losses = self.diffusion.training_losses(fn, x0, t, noise)
+            losses = self.diffusion.training_losses(fn, x0, t, noise, valid=valid)
             total += float(losses["loss"].sum())
             count += x0.shape[0]
         total, count = distributed.all_reduce_sum([total, count], self.ctx)
@@ -198,6 +200,7 @@ class _Trainer:
                                               seed=self.tcfg.seed, shuffle=True,
                                               num_workers=self.cfg.runtime.num_workers)
         sampler.set_epoch(self.epoch)
+        self.splits.train.set_epoch(self.epoch)
         gen = rng.seed_epoch(self.tcfg.seed, self.epoch, self.ctx.rank)
         self.model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.device)

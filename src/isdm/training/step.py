@@ -8,7 +8,7 @@ back to fp32). Only the network's forward runs under autocast (the helper sampli
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -41,14 +41,16 @@ def make_model_fn(net: nn.Module, segmap: torch.Tensor, precision: str
 def optimisation_step(net: nn.Module, model: nn.Module, diffusion: Any, optimizer: torch.optim.Optimizer,
                       scaler: torch.amp.GradScaler, ema: EMA, x0: torch.Tensor, segmap: torch.Tensor,
                       t: torch.Tensor, noise: torch.Tensor, *, precision: str,
-                      grad_clip: float) -> torch.Tensor:
+                      grad_clip: float, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
     """One AdamW step on the hybrid loss of a batch; returns the (detached) batch-mean loss.
 
     ``net`` is what runs the forward (``model`` or its DDP wrapper), ``model`` the bare network
-    (clipping and EMA act on it). x0/noise: [B,3,H,W]; segmap: [B,C,H,W]; t: [B] int64.
+    (clipping and EMA act on it). x0/noise: [B,3,H,W]; segmap: [B,C,H,W]; t: [B] int64;
+    valid: None or [B,1,H,W], the pixels the loss averages over (padding excluded).
     """
 
-    loss = diffusion.training_losses(make_model_fn(net, segmap, precision), x0, t, noise)["loss"].mean()
+    loss = diffusion.training_losses(make_model_fn(net, segmap, precision), x0, t, noise,
+                                     valid=valid)["loss"].mean()
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if grad_clip > 0:

@@ -144,6 +144,7 @@ def test_finetune_is_registered_and_samples_through_models_uri(pipeline):
     import mlflow
     import numpy as np
 
+    from isdm.tracking.registry import resolve_checkpoint
     from isdm.training.checkpoint import checkpoint_hash
 
     root, runs = pipeline
@@ -155,6 +156,10 @@ def test_finetune_is_registered_and_samples_through_models_uri(pipeline):
     assert version.run_id == ft.info.run_id
     cached = next((root / "cache").rglob("best.pt"))
     assert checkpoint_hash(cached) == checkpoint_hash(root / "sdm_ft" / "best.pt")
+    client.set_registered_model_alias("isdm-sdm", "champion", "1")
+    path, info = resolve_checkpoint("models:/isdm-sdm@champion", mlflow.get_tracking_uri())
+    assert path == cached and info == {"model_uri": "models:/isdm-sdm/1", "model_version": "1",
+                                       "model_run_id": ft.info.run_id}
     # the pyfunc: uint8 label maps in, uint8 images out, deterministic for one seed
     model = mlflow.pyfunc.load_model("models:/isdm-sdm/1")
     labels = np.zeros((2, 32, 32), np.uint8)

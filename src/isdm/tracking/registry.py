@@ -44,8 +44,9 @@ def register_sdm(checkpoint: str | Path, config_json: str | Path, cfg: Any) -> s
         params=ParamSchema([ParamSpec("s", "double", float(cfg.sample.s)),
                             ParamSpec("steps", "long", int(cfg.sample.steps)),
                             ParamSpec("seed", "long", int(cfg.sample.seed))]))
-    with warnings.catch_warnings():  # an input example would run the sampler while logging
+    with warnings.catch_warnings():  # an input example would run the sampler while logging;
         warnings.filterwarnings("ignore", message=".*input example was not provided")
+        warnings.filterwarnings("ignore", message=".*type hints to the `predict`")  # signature given
         info = mlflow.pyfunc.log_model(
             name="sdm", python_model=str(Path(__file__).with_name("sdm_pyfunc.py")),
             artifacts={"checkpoint": str(checkpoint), "config": str(config_json)},

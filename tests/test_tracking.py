@@ -86,10 +86,11 @@ def test_standalone_commands_get_their_own_pipeline_id(tmp_path):
     assert _ids(**repro) != a
 
 
+# a process started from a shell: default signal handling, whatever this test process inherited
 _VICTIM = """
-import time
-import pytest
-
+import signal, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
 from isdm import tracking
 from isdm.config import TrackingConfig
 with tracking.start_run(TrackingConfig(), name="victim", action="train") as run:

@@ -95,7 +95,8 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic_dir: Optional[s
     counts: dict[tuple[str, str], list[np.ndarray]] = {}
     fidelity: dict[str, dict[str, float]] = {}
     name = f"evaluate {'+'.join(e.architectures)} x {'+'.join(mixes)} x {len(seeds)} seeds"
-    with tracking.start_run(cfg.tracking, name=name, action="evaluate", dataset=str(data_root)) as parent:
+    with tracking.start_run(cfg.tracking, name=name, action="evaluate",
+                            dataset=str(data_root)) as parent:
         # lineage (issue 13): the generator's params and run ids, the datasets
         generator = lineage.track_evaluation(parent, cfg, data_root, synthetic_dir)
         bar = tqdm(total=len(e.architectures) * len(seeds) * len(mixes), desc="evaluate",
@@ -128,10 +129,13 @@ def _headline(summary: dict, fidelity: dict, mixes: list[str]) -> dict[str, floa
     the label fidelity mIoU."""
     if len(mixes) < 2:
         return {}
-    archs, mix = list(summary), mixes[1]
-    mean = lambda key, m=mix: float(np.mean([summary[a][m][key] for a in archs]))  # noqa: E731
+
+    def mean(key: str, mix: str = mixes[1]) -> float:
+        return float(np.mean([summary[arch][mix][key] for arch in summary]))
+
     out = {"miou_real_only": mean("miou_mean", BASELINE), "miou_with_synthetic": mean("miou_mean"),
-           "miou_gain": mean("gain"), "miou_gain_lo": mean("gain_lo"), "miou_gain_hi": mean("gain_hi")}
+           "miou_gain": mean("gain"), "miou_gain_lo": mean("gain_lo"),
+           "miou_gain_hi": mean("gain_hi")}
     if fidelity:
         out["label_fidelity"] = float(np.mean([f["miou"] for f in fidelity.values()]))
     return out

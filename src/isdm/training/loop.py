@@ -303,7 +303,7 @@ def train(cfg: Config, data_root: str | Path, out_dir: str | Path, *, action: st
     a new run from a checkpoint's network, whose sizes win: see :mod:`isdm.training.start`.
     """
     from isdm import tracking
-    from isdm.lineage import training_params
+    from isdm.lineage import real_dataset, training_params
 
     if action not in ("train", "finetune"):
         raise ValueError(f"action={action!r}: use 'train' or 'finetune'")
@@ -332,8 +332,6 @@ def train(cfg: Config, data_root: str | Path, out_dir: str | Path, *, action: st
             run.set_tags({"isdm.num_params": trainer.num_params, "isdm.world_size": ctx.world_size,
                           **{f"isdm.{k}": v for k, v in trainer.init_meta.items()}})
             if run.run_id:
-                from isdm.lineage import real_dataset
-
                 run.log_dataset(real_dataset(data_root, cfg.data), "training")
             result = trainer.run(run)
             if ctx.is_main:

@@ -34,9 +34,10 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# One MLflow pipeline id (tag isdm.pipeline) for every stage of this repro; yours wins if exported.
 repro: setup
 	test -d .dvc || (PATH=$(BIN):$$PATH $(BIN)/dvc init --quiet && $(BIN)/dvc config core.analytics false)
-	PATH=$(BIN):$$PATH $(BIN)/dvc repro
+	ISDM_PIPELINE_ID=$${ISDM_PIPELINE_ID:-repro-$$(date -u +%Y%m%dT%H%M%SZ)} PATH=$(BIN):$$PATH $(BIN)/dvc repro
 	PATH=$(BIN):$$PATH $(BIN)/dvc metrics show
 	@echo; cat reports/evaluate/report.md
 

@@ -178,7 +178,7 @@ def test_metrics_and_plots_are_dvc_cached_and_plots_exist():
             for item in stage.get(kind, []):
                 assert isinstance(item, str), f"{item}: keep the default cache: true"
                 declared.add(item)
-    assert {"models/sdm/metrics.json", "reports/evaluate/metrics.json"} <= declared
+    assert {"models/sdm/loss.csv", "reports/evaluate/metrics.json"} <= declared
     for plot in doc["plots"]:
         if isinstance(plot, str):
             assert plot in declared
@@ -212,22 +212,37 @@ def test_mlproject_entry_points_call_the_cli(in_fake_tree):
         assert ctx.params.get("config_path") == "params.yaml", name
 
 
-def test_mlproject_defaults_equal_params_yaml(in_fake_tree):
-    """An entry point run with its defaults must do what the DVC stage does."""
-    flat = flatten(load_config(REPO / "params.yaml"))
+def test_mlproject_paths_equal_the_dvc_stages(in_fake_tree):
+    """An entry point run with its defaults reads and writes what the DVC stage does."""
     stage_cmds = {n: shlex.split(s["cmd"]) for n, s in _dvc_yaml()["stages"].items()}
     for name, entry in _mlproject()["entry_points"].items():
-        argv = _render(entry)
-        ctx = _parse_isdm(argv)
-        for item in ctx.params.get("overrides", ()):
-            key, value = item.split("=", 1)
-            assert float(value) == float(flat[key]) if isinstance(flat[key], (int, float)) \
-                else value == flat[key], f"MLproject {name}: {item} but params.yaml has {flat[key]}"
-        if name in stage_cmds:  # the same paths as the DVC stage
+        ctx = _parse_isdm(_render(entry))
+        if name in stage_cmds:
             stage_ctx = _parse_isdm(stage_cmds[name])
             for key, value in stage_ctx.params.items():
                 if key not in ("overrides", "overwrite") and key in ctx.params:
                     assert ctx.params[key] == value, (name, key)
+
+
+def test_mlproject_knobs_default_to_the_config_file(in_fake_tree):
+    """No -P value, no override: the config file decides (here the tiny preset, whose
+    sample.steps 3 / num_samples 4 MLproject must not replace); a given -P value wins."""
+    from isdm.cli.common import load_cli_config
+
+    shutil.copy(REPO / "configs" / "tiny.yaml", in_fake_tree / "tiny.yaml")
+    expected = flatten(load_config("tiny.yaml"))
+
+    def resolved(entry: dict, **given: str) -> dict:
+        ctx = _parse_isdm(_render(entry, {"config": "tiny.yaml", **given}))
+        with ctx:
+            return flatten(load_cli_config(ctx.params["config_path"], ctx.params["overrides"]))
+
+    entries = _mlproject()["entry_points"]
+    for name, entry in entries.items():
+        assert resolved(entry) == expected, name
+    got = resolved(entries["sample"], s="3.0", steps="7")
+    assert (got["sample.s"], got["sample.steps"]) == (3.0, 7)
+    assert got == {**expected, "sample.s": 3.0, "sample.steps": 7}
 
 
 def _env(first: Path | None = None) -> dict[str, str]:

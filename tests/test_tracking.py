@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from isdm import tracking
 from isdm.config import Config, TrackingConfig, flatten
 
@@ -41,3 +43,109 @@ def test_failed_run_is_marked_failed(mlflow_uri):
         with tracking.start_run(TrackingConfig(), name="boom", action="train") as run:
             raise RuntimeError("x")
     assert mlflow.MlflowClient().get_run(run.run_id).info.status == "FAILED"
+
+
+# ---- grouping and status of interrupted runs (issue 13 item 5) -------------------------------
+_ENV_DROP = ("ISDM_PIPELINE_ID", "DVC_EXP_NAME", "DVC_STAGE", "DVC_ROOT", "MLFLOW_RUN_ID",
+             "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+
+
+def _child_env(**extra: str) -> dict:
+    import os
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k not in _ENV_DROP}
+    src = str(Path(tracking.__file__).parents[2])  # the isdm sources under test
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return {**env, **extra}
+
+
+def _ids(**env: str) -> list[str]:
+    import subprocess
+    import sys
+
+    code = "from isdm.tracking import pipeline_id as p; print(p(), p())"
+    out = subprocess.run([sys.executable, "-c", code], env=_child_env(**env), check=True,
+                         capture_output=True, text=True, timeout=60).stdout.split()
+    return out
+
+
+def test_standalone_commands_get_their_own_pipeline_id(tmp_path):
+    first, second = _ids(), _ids()
+    assert first[0] == first[1] and second[0] == second[1]  # one id per process
+    assert first[0] != second[0]  # a fresh one per invocation
+    assert _ids(ISDM_PIPELINE_ID="study-7") == ["study-7"] * 2
+    assert _ids(DVC_EXP_NAME="drop03") == ["drop03"] * 2
+    (tmp_path / "params.yaml").write_text("sample: {s: 1.5}\n")
+    repro = dict(DVC_ROOT=str(tmp_path), DVC_STAGE="sample")
+    a, b = _ids(**repro), _ids(**{**repro, "DVC_STAGE": "evaluate"})
+    assert a == b and "-p" in a[0]  # every stage of one `dvc repro` shares it
+    (tmp_path / "params.yaml").write_text("sample: {s: 3.0}\n")
+    assert _ids(**repro) != a
+
+
+# a process started from a shell: default signal handling, whatever this test process inherited
+_VICTIM = """
+import signal, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+from isdm import tracking
+from isdm.config import TrackingConfig
+with tracking.start_run(TrackingConfig(), name="victim", action="train") as run:
+    print(run.run_id, flush=True)
+    time.sleep(120)
+"""
+
+
+def _victim(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _VICTIM], env=_child_env(), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_id = proc.stdout.readline().strip()
+    assert run_id, proc.stderr.read()
+    return proc, run_id
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signame, code", [("SIGTERM", 143), ("SIGINT", None)])
+def test_a_stopped_run_ends_killed(mlflow_uri, tmp_path, signame, code):
+    import signal
+
+    import mlflow
+
+    proc, run_id = _victim(tmp_path)
+    proc.send_signal(getattr(signal, signame))
+    returncode = proc.wait(timeout=120)
+    assert code is None or returncode == code, proc.stderr.read()
+    assert mlflow.MlflowClient(mlflow_uri).get_run(run_id).info.status == "KILLED"
+
+
+@pytest.mark.slow
+def test_a_sigkilled_run_is_marked_killed_by_the_next_run(mlflow_uri, tmp_path):
+    import os
+    import signal
+
+    import mlflow
+
+    from isdm.tracking import liveness
+
+    proc, run_id = _victim(tmp_path)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    client = mlflow.MlflowClient(mlflow_uri)
+    assert client.get_run(run_id).info.status == "RUNNING"
+    exp = client.get_run(run_id).info.experiment_id
+    # a run of a live process on this host, and one of another host: both stay RUNNING
+    live = client.create_run(exp, tags={liveness.HOST_TAG: liveness._HOST,
+                                        liveness.PID_TAG: str(os.getppid())}).info.run_id
+    other = client.create_run(exp, tags={liveness.HOST_TAG: "elsewhere",
+                                         liveness.PID_TAG: "1"}).info.run_id
+    with tracking.start_run(TrackingConfig(), name="next", action="train"):
+        pass
+    killed = client.get_run(run_id)
+    assert killed.info.status == "KILLED" and "SIGKILL" in killed.data.tags["isdm.ended_by"]
+    assert {client.get_run(r).info.status for r in (live, other)} == {"RUNNING"}

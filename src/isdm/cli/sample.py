@@ -34,8 +34,9 @@ def _legacy_model_path(config_path: Optional[str]) -> Optional[str]:
               help="Dataset folder with train/images and train/masks "
                    "(default: data.root of the config).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-              help="best.pt of `isdm train`/`isdm finetune` (default: model_path of an original "
-                   "ISDM sample config).")
+              help="best.pt of `isdm train`/`isdm finetune`, or a registered version: "
+                   "models:/isdm-sdm/<version>, models:/isdm-sdm/latest, models:/isdm-sdm@<alias> "
+                   "(default: model_path of an original ISDM sample config).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Output folder (images/ labels/ colored_labels/ samples/ manifest.jsonl ...).")
 @click.option("--shard", default="0/1", show_default=True,

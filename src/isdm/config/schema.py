@@ -319,11 +319,12 @@ class TuneConfig(Section):
 @dataclass(frozen=True)
 class TrackingConfig(Section):
     """MLflow. Empty ``tracking_uri`` = ``$MLFLOW_TRACKING_URI`` or the embedded local store;
-    empty ``experiment`` = ``isdm-<dataset folder name>``."""
+    empty ``experiment`` = ``isdm-<dataset folder name>``; ``register_model``: each finetune
+    registers a new version of the MLflow model ``isdm-sdm``."""
 
     SECTION = "tracking"
 
     enabled: bool = True
     tracking_uri: str = ""
     experiment: str = ""
-
+    register_model: bool = True

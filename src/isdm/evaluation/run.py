@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from isdm.config import Config, flatten
+from isdm.config import Config
 from isdm.errors import EvaluationError
 from isdm.evaluation import report
 from isdm.evaluation.mixes import BASELINE, parse_mix
@@ -69,7 +69,7 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic_dir: Optional[s
     """
     from tqdm.auto import tqdm
 
-    from isdm import tracking
+    from isdm import lineage, tracking
     from isdm.evaluation.cell import plan_cell
     from isdm.evaluation.segmenter import build_segmenter
     from isdm.utils.runtime import resolve_device
@@ -96,8 +96,10 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic_dir: Optional[s
     counts: dict[tuple[str, str], list[np.ndarray]] = {}
     fidelity: dict[str, dict[str, float]] = {}
     name = f"evaluate {'+'.join(e.architectures)} x {'+'.join(mixes)} x {len(seeds)} seeds"
-    with tracking.start_run(cfg.tracking, name=name, action="evaluate", dataset=str(data_root),
-                            params=flatten(cfg)) as parent:
+    with tracking.start_run(cfg.tracking, name=name, action="evaluate",
+                            dataset=str(data_root)) as parent:
+        # lineage (issue 13): the generator's params and run ids, the datasets
+        generator = lineage.track_evaluation(parent, cfg, data_root, synthetic_dir)
         bar = tqdm(total=len(e.architectures) * len(seeds) * len(mixes), desc="evaluate",
                    unit="cell", disable=not progress)
         for arch in e.architectures:
@@ -116,7 +118,28 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic_dir: Optional[s
         bar.close()
         summary = _summarize(rows, counts, e.architectures, mixes, e.bootstrap, seeds[0])
         meta = _meta(cfg, data_root, synthetic_dir, dev, mixes, seeds, train_all, test, synth)
-        return _write_outputs(out, summary, fidelity, rows, counts, parent, meta)
+        result = _write_outputs(out, summary, fidelity, rows, counts, parent, meta)
+        # lineage (issue 13): the headline onto the sample run
+        lineage.track_downstream(parent, generator, _headline(summary, fidelity, mixes))
+        return result
+
+
+def _headline(summary: dict, fidelity: dict, mixes: list[str]) -> dict[str, float]:
+    """INTERIM until wt/evaluate's ``report.headline``: means over architectures of the
+    baseline's and the first synthetic mix's mIoU, its gain with the bounds of its 95 % CI, and
+    the label fidelity mIoU."""
+    if len(mixes) < 2:
+        return {}
+
+    def mean(key: str, mix: str = mixes[1]) -> float:
+        return float(np.mean([summary[arch][mix][key] for arch in summary]))
+
+    out = {"miou_real_only": mean("miou_mean", BASELINE), "miou_with_synthetic": mean("miou_mean"),
+           "miou_gain": mean("gain"), "miou_gain_lo": mean("gain_lo"),
+           "miou_gain_hi": mean("gain_hi")}
+    if fidelity:
+        out["label_fidelity"] = float(np.mean([f["miou"] for f in fidelity.values()]))
+    return out
 
 
 def _load(cfg: Config, data_root: str | Path, synthetic_dir: Optional[str | Path]) -> tuple[Any, Any, Any]:

@@ -120,12 +120,15 @@ def load_engine(cfg: Config, checkpoint: str | Path, device: Any) -> tuple[Sampl
     """Load the checkpoint's EMA weights and build the engine.
 
     Returns:
-        ``(engine, resolved_cfg, meta)`` with the checkpoint's meta dict.
+        ``(engine, resolved_cfg, meta)`` with the checkpoint's meta dict plus ``drop_rate``: the
+        mask drop rate it was trained with (its finetune section's after ``isdm finetune``).
     """
     from isdm.diffusion import build_diffusion
     from isdm.training.checkpoint import load_model
 
     model, ckpt_cfg, meta = load_model(checkpoint, ema_rate=None, device=device)
+    trained = ckpt_cfg.finetune if meta.get("action") == "finetune" else ckpt_cfg.train
+    meta = {**meta, "drop_rate": trained.drop_rate}
     resolved = resolve_config(cfg, ckpt_cfg)
     diffusion = build_diffusion(resolved.diffusion)
     return SampleEngine(model, diffusion, resolved, device, cfg.sample.batch_size), resolved, meta

@@ -12,6 +12,11 @@ Steps of :func:`run_sampling`:
    manifest record whose four files have the recorded sizes and digests), batch by batch,
    writing each batch at once (memory flat in ``num_samples``).
 6. Rewrite the manifest, write ``grid.png`` and ``summary.json``, log to MLflow.
+
+Lineage: ``run.json`` and ``summary.json`` get a ``generator`` block (checkpoint digests, the
+checkpoint's drop rate, the sample section, the MLflow ids of this sample run and of the
+finetune / train runs that made the checkpoint): :mod:`isdm.lineage`. ``--checkpoint`` may name
+a registered model version, ``models:/isdm-sdm/<version>`` (:mod:`isdm.tracking.registry`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from isdm.config import Config, flatten, save_config, to_dict
+from isdm.config import Config, save_config, to_dict
 from isdm.sampling.mask_sources import MaskSet, validate_mask_source
 from isdm.sampling.plan import Plan, make_plan, materialize, sample_seed
 from isdm.sampling.writer import OutputDir, sample_name
@@ -77,7 +82,8 @@ def run_sampling(
         cfg: the run config (``sample`` and ``data`` sections; the network comes from the
             checkpoint).
         data_root: dataset folder with ``train/images`` and ``train/masks``.
-        checkpoint: ``best.pt`` of ``isdm train`` / ``isdm finetune``.
+        checkpoint: ``best.pt`` of ``isdm train`` / ``isdm finetune``, or a registered version
+            ``models:/isdm-sdm/<version>`` (also ``/latest`` or ``@<alias>``).
         out_dir: output folder (see :mod:`isdm.sampling.writer` for its layout).
         shard: ``(i, N)``: generate only samples with ``index % N == i``.
         overwrite: delete the files isdm recorded writing in ``out_dir`` (a run of another
@@ -90,10 +96,12 @@ def run_sampling(
     Returns:
         The summary dict also written to ``summary.json``.
     """
-    from isdm import tracking
+    from isdm import lineage, tracking
     from isdm.sampling.engine import load_engine
     from isdm.sampling.mask_sources import load_mask_set
+    from isdm.tracking import links
     from isdm.training.checkpoint import checkpoint_hash
+    from isdm.utils.dvc_hash import md5_file
     from isdm.utils.io import atomic_write_json
     from isdm.utils.runtime import resolve_device
 
@@ -103,6 +111,8 @@ def run_sampling(
     # 1. the source files, before the checkpoint is loaded
     validate_mask_source(cfg, data_root)
     # 2. checkpoint (the network, chain and image size come from it)
+    source = str(checkpoint)
+    checkpoint, model = _local_checkpoint(source, cfg)
     ckpt_hash = checkpoint_hash(checkpoint)
     engine, cfg, meta = load_engine(
         cfg, checkpoint, resolve_device(cfg.runtime.device if device is None else device))
@@ -115,7 +125,7 @@ def run_sampling(
     # 4. output folder
     job = _Job(cfg, masks, plan, OutputDir(out_dir), ckpt_hash)
     resumed = job.out.prepare(run_identity(cfg, ckpt_hash),
-                              {"checkpoint": str(checkpoint), "data_root": str(data_root),
+                              {"checkpoint": source, "data_root": str(data_root),
                                "class_distribution": distribution},
                               num_samples=sampling.num_samples, overwrite=overwrite)
     save_config(cfg, job.out.root / "config.json")
@@ -125,7 +135,15 @@ def run_sampling(
 
     name = f"sample {sampling.sampler} {sampling.steps} steps s={sampling.s}"
     with tracking.start_run(cfg.tracking, name=name, action="sample", dataset=str(data_root),
-                            params=flatten(cfg), tags={"isdm.checkpoint_sha256": ckpt_hash}) as run:
+                            tags={"isdm.checkpoint_sha256": ckpt_hash}) as run:
+        runs = {**links.producer_runs(run, ckpt_hash, model.get("model_run_id", "")),
+                "sample": run.run_id or ""}
+        generator = lineage.generator_record(cfg, meta, source, ckpt_hash, md5_file(checkpoint),
+                                             runs, model.get("model_version", ""))
+        run.log_params(lineage.sample_params(cfg, generator))
+        run.set_tags(lineage.generator_tags(generator))
+        if run.run_id:
+            run.log_dataset(_masks_dataset(cfg, data_root, masks), "masks")
         # 5. generate, one batch at a time
         seconds = job.generate(engine, this_run, desc=f"sample {shard_i}/{shard_n}")
         # 6. manifest, grid, summary
@@ -134,9 +152,42 @@ def run_sampling(
         summary = _summary(job, done, distribution, meta, generated=len(this_run),
                            skipped=len(mine) - len(todo), seconds=seconds, shard=shard,
                            resumed=resumed)
+        summary["generator"] = generator
         atomic_write_json(job.out.root / "summary.json", summary)
+        _record_generator(job.out.root / "run.json", generator)
         _track(run, job.out, summary)
+        if run.run_id:
+            run.log_dataset(lineage.synthetic_dataset(job.out.root, cfg.data.num_classes),
+                            "generated")
     return summary
+
+
+def _local_checkpoint(checkpoint: str, cfg: Config) -> tuple[Path, dict[str, str]]:
+    """The checkpoint file and, for a ``models:/`` URI, the registered version it came from
+    (downloaded once into the cache)."""
+    from isdm.tracking import registry, resolve_tracking_uri
+
+    if not registry.is_model_uri(checkpoint):
+        return Path(checkpoint), {}
+    return registry.resolve_checkpoint(checkpoint, resolve_tracking_uri(cfg.tracking.tracking_uri))
+
+
+def _masks_dataset(cfg: Config, data_root: str | Path, masks: MaskSet) -> Any:
+    """The source of the conditioning masks as an MLflow dataset input."""
+    from isdm import lineage
+
+    if cfg.sample.mask_source == "folder":
+        return lineage.mask_folder(cfg.sample.mask_dir, masks.masks, cfg.data.num_classes)
+    return lineage.real_dataset(data_root, cfg.data)
+
+
+def _record_generator(run_file: Path, generator: dict[str, Any]) -> None:
+    """Add the generator record to ``run.json`` (its identity, which decides reuse, stays)."""
+    import json
+
+    from isdm.utils.io import atomic_write_json
+
+    atomic_write_json(run_file, {**json.loads(run_file.read_text()), "generator": generator})
 
 
 @dataclass

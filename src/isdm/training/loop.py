@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 import torch
 
-from isdm.config import Config, TrainConfig, flatten, save_config, to_dict
+from isdm.config import Config, TrainConfig, save_config, to_dict
 from isdm.seeds import Stream, derive
 from isdm.training import batches, budget, checkpoint, distributed, plots, rng
 from isdm.training.ema import EMA
@@ -322,6 +322,7 @@ def train(cfg: Config, data_root: str | Path, out_dir: str | Path, *, action: st
     Device, loader workers and (unless ``progress`` is given) progress bars: ``cfg.runtime``.
     """
     from isdm import tracking
+    from isdm.lineage import real_dataset, training_params
 
     if action not in ("train", "finetune"):
         raise ValueError(f"action={action!r}: use 'train' or 'finetune'")
@@ -345,25 +346,34 @@ def train(cfg: Config, data_root: str | Path, out_dir: str | Path, *, action: st
             save_config(cfg, out_dir / "config.json")
         tracking_ctx = (tracking.start_run(cfg.tracking, name=run_name(cfg, action, trainer.tcfg),
                                            action=action, dataset=str(data_root),
-                                           params=flatten(cfg))
+                                           params=training_params(cfg, action))
                         if ctx.is_main else contextlib.nullcontext(tracking.NullRun()))
         with tracking_ctx as run:
             run.set_tags({"isdm.num_params": trainer.num_params, "isdm.world_size": ctx.world_size,
                           **{f"isdm.{k}": v for k, v in trainer.init_meta.items()}})
+            if run.run_id:
+                run.log_dataset(real_dataset(data_root, cfg.data), "training")
             result = trainer.run(run)
             if ctx.is_main:
-                _finish(result, run, out_dir)
+                _finish(result, run, out_dir, cfg, action)
         return result
     finally:
         distributed.teardown(ctx)
 
 
-def _finish(result: TrainResult, run, out_dir: Path) -> None:
-    """metrics.json and the MLflow artifacts / checkpoint tags of a finished run."""
+def _finish(result: TrainResult, run, out_dir: Path, cfg: Config, action: str) -> None:
+    """metrics.json and the MLflow artifacts / checkpoint tags of a finished run; a top-level
+    finetune run (not a tuning trial's) registers its ``best.pt`` as a new version of the MLflow
+    model ``isdm-sdm`` when ``tracking.register_model``."""
+    from isdm.utils.dvc_hash import md5_file
+
     atomic_write_json(out_dir / "metrics.json", result.metrics())
     if result.best_path:
         run.set_tags({"isdm.checkpoint": result.best_path,
-                      "isdm.checkpoint_sha256": checkpoint.checkpoint_hash(result.best_path)})
+                      "isdm.checkpoint_sha256": checkpoint.checkpoint_hash(result.best_path),
+                      "isdm.checkpoint_md5": md5_file(result.best_path)})  # DVC's hash
+        if action == "finetune" and cfg.tracking.register_model and run.parent_run_id is None:
+            run.register_model(result.best_path, out_dir / "config.json", cfg)
     run.log_metrics({"best_loss": result.best_loss, "images_per_s": result.images_per_s,
                      "seconds": result.seconds, "epochs": result.epochs, "steps": result.steps})
     for name in ("config.json", "metrics.json", "loss.csv", "loss.png"):

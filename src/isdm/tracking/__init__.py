@@ -1,7 +1,7 @@
-"""MLflow tracking: the only module that imports mlflow (lazily, inside functions).
+"""MLflow tracking: the only package that imports mlflow (lazily, inside functions).
 
 Every CLI action runs inside :func:`start_run`, which yields a :class:`Run` with a small, stable
-API (``log_params``, ``log_metrics``, ``log_artifact``, ``set_tags``).
+API (``log_params``, ``log_metrics``, ``log_artifact``, ``set_tags``, ``log_dataset``).
 With tracking disabled the same calls go to a :class:`NullRun` and do nothing, so library code
 never branches on whether MLflow is on.
 
@@ -10,23 +10,33 @@ store ``sqlite:///<root>/mlflow.db`` (artifacts in ``./mlruns``), ``<root>`` bei
 root while a DVC stage runs (``$DVC_ROOT``), else the working directory. One experiment per
 dataset (``tracking.experiment`` or ``isdm-<dataset folder name>``).
 
-Grouping: every run is tagged ``isdm.pipeline`` (``$ISDM_PIPELINE_ID``, else the DVC experiment
-name ``$DVC_EXP_NAME`` that ``dvc exp run`` sets, else the git revision, plus a digest of
-``params.yaml`` under ``dvc repro``) and ``isdm.action`` (and ``isdm.dvc_stage`` inside DVC); a
-run started while another is active, or with ``parent_run_id``, becomes its child (Optuna trials
-under a study run, evaluate cells under the evaluate run). Under ``mlflow run`` (which exports
-``$MLFLOW_RUN_ID``) the project's run is reused, in its own experiment.
+Grouping: every run is tagged ``isdm.pipeline`` (:func:`pipeline_id`) and ``isdm.action`` (and
+``isdm.dvc_stage`` inside DVC); a run started while another is active, or with
+``parent_run_id``, becomes its child (Optuna trials under a study run, evaluate cells under the
+evaluate run). Under ``mlflow run`` (which exports ``$MLFLOW_RUN_ID``) the project's run is
+reused, in its own experiment.
+
+Status: a run ends FINISHED, FAILED (an exception) or KILLED (Ctrl-C, SIGTERM, SIGHUP; and,
+for SIGKILL, when a later run finds its process gone): :mod:`isdm.tracking.liveness`.
+
+The other modules: :mod:`~isdm.tracking.links` (dataset inputs, links between runs),
+:mod:`~isdm.tracking.registry` (the finetuned SDM as the registered model ``isdm-sdm``;
+``models:/`` checkpoints).
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 __all__ = ["Run", "NullRun", "start_run", "resolve_tracking_uri", "pipeline_id"]
+
+_INVOCATION_ID: Optional[str] = None  # this process's pipeline id outside DVC (see pipeline_id)
 
 
 def resolve_tracking_uri(uri: str = "") -> str:
@@ -38,24 +48,38 @@ def resolve_tracking_uri(uri: str = "") -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
-def pipeline_id() -> str:
-    """Identifier that groups the runs of one pipeline execution in ``mlflow ui``."""
-    for var in ("ISDM_PIPELINE_ID", "DVC_EXP_NAME"):
-        if os.environ.get(var):
-            return os.environ[var]
+def _git_rev() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=5, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         rev = ""
-    rev = rev or "no-git"
+    return rev or "no-git"
+
+
+def pipeline_id() -> str:
+    """Identifier that groups the runs of one pipeline execution in ``mlflow ui``.
+
+    1. ``$ISDM_PIPELINE_ID`` when set (``make repro`` sets one per call);
+    2. ``$DVC_EXP_NAME``: the experiment name ``dvc exp run`` gives every stage;
+    3. under ``dvc repro`` (``$DVC_STAGE`` and ``$DVC_ROOT`` set): ``<git rev>-p<digest of
+       params.yaml>``, the same for every stage of one repro;
+    4. otherwise (a standalone command) a fresh ``<git rev>-<UTC time>-<4 hex>`` per process,
+       shared by every run the process opens (evaluate cells, tune trials).
+    """
+    global _INVOCATION_ID
+    for var in ("ISDM_PIPELINE_ID", "DVC_EXP_NAME"):
+        if os.environ.get(var):
+            return os.environ[var]
     params = Path(os.environ.get("DVC_ROOT", "")) / "params.yaml"
-    if os.environ.get("DVC_ROOT") and params.is_file():
-        # `dvc repro` sets no run name: the params digest tells two repros of one commit apart
+    if os.environ.get("DVC_STAGE") and os.environ.get("DVC_ROOT") and params.is_file():
         import hashlib
 
-        rev += "-p" + hashlib.sha256(params.read_bytes()).hexdigest()[:8]
-    return rev
+        return _git_rev() + "-p" + hashlib.sha256(params.read_bytes()).hexdigest()[:8]
+    if _INVOCATION_ID is None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        _INVOCATION_ID = f"{_git_rev()}-{stamp}-{uuid.uuid4().hex[:4]}"
+    return _INVOCATION_ID
 
 
 def _scalar(v: Any) -> Any:
@@ -68,22 +92,27 @@ class NullRun:
     """Does nothing; returned when tracking is disabled."""
 
     run_id: Optional[str] = None
+    parent_run_id: Optional[str] = None
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: Optional[str] = None) -> None: ...
     def set_tags(self, tags: Mapping[str, Any]) -> None: ...
+    def log_dataset(self, dataset: Any, context: str) -> None: ...
+    def register_model(self, checkpoint: str | Path, config_json: str | Path, cfg: Any) -> Optional[str]: ...
 
 
 class Run(NullRun):
     """A thin handle on one active MLflow run."""
 
-    def __init__(self, mlflow_run: Any) -> None:
+    def __init__(self, mlflow_run: Any, parent_run_id: Optional[str] = None) -> None:
         import mlflow
 
         self._mlflow = mlflow
-        self._client = mlflow.MlflowClient()
+        self.client = mlflow.MlflowClient()
         self.run_id = mlflow_run.info.run_id
+        self.experiment_id = mlflow_run.info.experiment_id
+        self.parent_run_id = parent_run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         items = {k: str(_scalar(v))[:6000] for k, v in params.items()}
@@ -105,6 +134,22 @@ class Run(NullRun):
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_dataset(self, dataset: Any, context: str) -> None:
+        """Log an :class:`isdm.lineage.DatasetInfo` as an MLflow dataset input (``context``:
+        how the run used it, e.g. ``training``)."""
+        from isdm.tracking.links import log_input
+
+        log_input(self.client, self.run_id, dataset, context)
+
+    def register_model(self, checkpoint: str | Path, config_json: str | Path, cfg: Any) -> Optional[str]:
+        """Log ``checkpoint`` as this run's MLflow model and register a new version of
+        ``isdm-sdm`` (:mod:`isdm.tracking.registry`); tag the run with it; return the version."""
+        from isdm.tracking.registry import MODEL_NAME, register_sdm
+
+        version = register_sdm(checkpoint, config_json, cfg)
+        self.set_tags({"isdm.model_version": f"{MODEL_NAME}/{version}"})
+        return version
 
 
 @contextmanager
@@ -132,12 +177,17 @@ def start_run(
             while another is active in this process is nested under it.
         run_id: continue this existing run instead of creating one (another Optuna worker's
             study run); its experiment is kept.
+
+    The run ends FINISHED, FAILED on an exception, KILLED on Ctrl-C, SIGTERM or SIGHUP (the
+    process then exits with 128 + the signal number): :mod:`isdm.tracking.liveness`.
     """
     if not getattr(tracking, "enabled", True):
         yield NullRun()
         return
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
+
+    from isdm.tracking import liveness
 
     mlflow.set_tracking_uri(resolve_tracking_uri(getattr(tracking, "tracking_uri", "")))
     active = mlflow.active_run()
@@ -148,8 +198,12 @@ def start_run(
     else:
         experiment = getattr(tracking, "experiment", "") or f"isdm-{Path(dataset).name or 'default'}"
         experiment_id = mlflow.set_experiment(experiment).experiment_id
+    if active is None:
+        liveness.end_orphans(mlflow.MlflowClient(), experiment_id)
     parent = parent_run_id or (active.info.run_id if active else None)
     all_tags = {"isdm.action": action, "isdm.pipeline": pipeline_id(), **(tags or {})}
+    if not run_id:  # a joined study run keeps the identity of the process that created it
+        all_tags.update(liveness.process_tags())
     if os.environ.get("DVC_STAGE"):
         all_tags["isdm.dvc_stage"] = os.environ["DVC_STAGE"]
     if parent:
@@ -158,11 +212,14 @@ def start_run(
                                nested=active is not None, tags={k: str(v) for k, v in all_tags.items()})
     status = "FAILED"
     try:
-        run = Run(run_obj)
-        if params:
-            run.log_params(params)
-        yield run
+        with liveness.signals_raise(outermost=active is None):
+            run = Run(run_obj, parent)
+            if params:
+                run.log_params(params)
+            yield run
         status = "FINISHED"
+    except (KeyboardInterrupt, liveness.Interrupted):
+        status = "KILLED"
+        raise
     finally:
         mlflow.end_run(status=status)
-

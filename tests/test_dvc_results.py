@@ -114,5 +114,6 @@ def test_a_clone_pulls_the_committed_results_and_compares_them(tmp_path):
     columns = header.split(",")
     assert set(columns) - {"Experiment", "rev", "typ", "Created", "parent"} <= {
         *HEADLINE, "sample.s", "data/synthetic/images", "data/synthetic/labels",
-        "data/synthetic/samples", "State", "Executor"}
+        "data/synthetic/samples", "data/synthetic/colored_labels", "data/synthetic/manifest.jsonl",
+        "data/synthetic/run.json", "data/curated", "State", "Executor"}
     assert "sample.s" in columns and "miou_gain" in columns and len(columns) <= 25

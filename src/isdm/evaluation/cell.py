@@ -105,7 +105,8 @@ def train_cell(cfg: Config, cell: Cell, real: TensorSet, synthetic: TensorSet, *
         real: the real TRAIN images at ``evaluate.image_size`` (training and validation keys).
         synthetic: the images of the cell's synthetic set (may be empty for mixes without ``F``).
         on_validation: receives each validation's ``{"step", "epoch", "train_loss",
-            "val_miou", "seconds"}`` (``epoch`` derived: images shown / training images).
+            "val_miou", "val_miou_nobg", "seconds"}`` (``epoch`` derived: images shown /
+            training images).
     """
     e, plan = cfg.evaluate, cell.plan
     train = TensorSet.concat([real.subset(plan.real_keys), synthetic.subset(plan.synthetic_keys)])

@@ -199,8 +199,9 @@ class SegmenterFit:
     """The selected validation (its step and mIoU), the run's budget and history, the weights.
 
     ``history`` holds one row per validation: ``{"step", "epoch", "train_loss", "val_miou",
-    "seconds"}`` where ``epoch`` = images shown so far / training images (derived) and
-    ``train_loss`` is the mean batch loss since the previous validation.
+    "val_miou_nobg", "seconds"}`` where ``epoch`` = images shown so far / training images
+    (derived), ``train_loss`` is the mean batch loss since the previous validation and
+    ``seconds`` the time since then (training and this validation).
     """
 
     best_step: int
@@ -272,11 +273,11 @@ def _train(model: torch.nn.Module, train: TensorSet, val: TensorSet, recipe: Eva
         losses.append(float(batch_loss.detach()))
         if step not in checks:
             continue
-        counts = predict_counts(model, val, num_classes, ignore_index, device, bs, weights)
+        scores = summarize(predict_counts(model, val, num_classes, ignore_index, device, bs, weights))
         model.train()
         row = {"step": float(step), "epoch": step * bs / len(train),
-               "train_loss": float(np.mean(losses)), "val_miou": summarize(counts)["miou"],
-               "seconds": time.perf_counter() - t0}
+               "train_loss": float(np.mean(losses)), "val_miou": scores["miou"],
+               "val_miou_nobg": scores["miou_nobg"], "seconds": time.perf_counter() - t0}
         losses, t0 = [], time.perf_counter()
         result.history.append(row)
         if on_validation is not None:

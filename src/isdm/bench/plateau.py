@@ -106,6 +106,7 @@ def plot_curves(rows: list[dict[str, Any]], path: str | Path) -> Any:
     from isdm.utils.io import atomic_path
 
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    colors = {a: f"C{i}" for i, a in enumerate(dict.fromkeys(r["arch"] for r in rows))}
     fig = Figure(figsize=(11, 3.6 * len(datasets)))
     axes = fig.subplots(len(datasets), 2, squeeze=False)
     for i, dataset in enumerate(datasets):
@@ -115,8 +116,9 @@ def plot_curves(rows: list[dict[str, Any]], path: str | Path) -> Any:
             for arch in dict.fromkeys(r["arch"] for r in rows if r["dataset"] == dataset):
                 sub = [r for r in rows if r["dataset"] == dataset and r["arch"] == arch]
                 steps, mean, std = _mean_curve(sub, key)
-                ax.plot(steps, mean, label=f"{arch} ({len({r['seed'] for r in sub})} seeds)")
-                ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+                n = len({r["seed"] for r in sub})
+                ax.plot(steps, mean, color=colors[arch], label=f"{arch} ({n} seed{'s' * (n > 1)})")
+                ax.fill_between(steps, mean - std, mean + std, color=colors[arch], alpha=0.2)
             ax.set_title(f"{dataset}: real-only {title}", fontsize=10)
             ax.set_xlabel("optimiser steps")
             ax.grid(alpha=0.3)

@@ -306,7 +306,7 @@ class EvaluateConfig(Section):
     encoder_weights: Optional[str] = None
     mixes: tuple[str, ...] = ("RALLF000", "RALLFALL")
     seeds: tuple[int, ...] = (0, 1)
-    steps: int = 200
+    steps: int = 400
     val_every: int = 20
     lr: float = 1e-3
     batch_size: int = 8

@@ -177,7 +177,7 @@ def _run_cell(cfg: Config, cell: Any, train_all: Any, test: Any, synth: Any, dev
         model, fit = train_cell(
             cfg, cell, train_all, synth, device=dev,
             on_validation=lambda r: child.log_metrics(
-                _finite({"train_loss": r["train_loss"], "val_miou": r["val_miou"]}),
+                _finite({k: r[k] for k in ("train_loss", "val_miou", "val_miou_nobg")}),
                 step=int(r["step"])))
         counts = predict_counts(model, test, nc, ign, dev, e.batch_size, e.encoder_weights)
         budget = {"steps": fit.steps, "images_seen": fit.images_seen, "epochs": fit.epochs,

@@ -109,7 +109,8 @@ def env(synth_dir, tmp_path_factory):
     params.write_text(yaml.safe_dump({
         "data": {"image_size": 32},
         "evaluate": {"architectures": ["FPN"], "mixes": ["RALLF000", "RALLFALL"], "seeds": [0],
-                     "epochs": 1, "image_size": 32, "batch_size": 4, "bootstrap": 20},
+                     "steps": 2, "val_every": 2, "image_size": 32, "batch_size": 4,
+                     "bootstrap": 20},
         "curate": {"min_fidelity": 0.0, "pixel_threshold": 1.5},
         "tracking": {"enabled": False}}))
     return {"data": synth_dir, "params": params, "syn": _sampling_folder(synth_dir, root / "syn"),

@@ -59,3 +59,37 @@ def test_mean_std_and_verdict_rules():
     assert verdict(0.01, 0.2) == "gain" and verdict(-0.2, -0.01) == "loss"
     assert verdict(-0.1, 0.1) == "no significant difference"
     assert verdict(float("nan"), float("nan")) == "no significant difference"
+
+
+def test_mean_over_architectures_is_the_mean_of_their_gains_with_one_shared_draw():
+    """[A, S, N, C, 3] counts: the gain is the mean of the architectures' gains, and every
+    replicate draws seeds and images once for all architectures."""
+    base, better = _counts(2, 25, 4, seed=0), _counts(2, 25, 8, seed=1)
+    one = paired_bootstrap(base, better, n_boot=300, seed=3)
+    # one architecture stacked: the same bootstrap, draw for draw
+    assert paired_bootstrap(base[None], better[None], n_boot=300, seed=3) == one
+    # two identical architectures: the mean of two equal replicates is that replicate
+    twin = paired_bootstrap(np.stack([base, base]), np.stack([better, better]), n_boot=300, seed=3)
+    assert (twin.gain, twin.lo, twin.hi) == pytest.approx((one.gain, one.lo, one.hi), abs=1e-12)
+    # the second architecture loses exactly what the first gains: with one shared draw every
+    # replicate's mean is 0 (independent draws per architecture would spread it around 0)
+    flip = paired_bootstrap(np.stack([base, better]), np.stack([better, base]), n_boot=300, seed=3)
+    assert flip.gain == 0.0 and flip.lo == pytest.approx(0, abs=1e-12)
+    assert flip.hi == pytest.approx(0, abs=1e-12)
+
+
+def test_mean_over_architectures_of_constant_gains_on_hand_counts():
+    """Every image identical, one seed: resampling changes nothing, so the CI collapses on the
+    hand-computed mean of the architectures' gains: binary IoUs (bg, defect) per image
+    base (80/100, 0/20 -> mIoU 0.4) vs (90/100, 10/20 -> 0.7) and (85/100, 5/20 -> 0.55)."""
+    def counts(tp0, fp0, fn0, tp1, fp1, fn1):
+        return np.tile(np.array([[tp0, fp0, fn0], [tp1, fp1, fn1]]), (1, 5, 1, 1))  # [1, 5, 2, 3]
+
+    base = counts(80, 20, 0, 0, 0, 20)       # IoU 0.8, 0.0 -> 0.4
+    high = counts(90, 10, 0, 10, 0, 10)      # IoU 0.9, 0.5 -> 0.7 (gain 0.3)
+    mid = counts(85, 15, 0, 5, 0, 15)        # IoU 0.85, 0.25 -> 0.55 (gain 0.15)
+    res = paired_bootstrap(np.stack([base, base]), np.stack([high, mid]), n_boot=50, seed=0)
+    assert (res.gain, res.lo, res.hi) == pytest.approx((0.225, 0.225, 0.225), abs=1e-12)
+    assert res.verdict == "gain"
+    with pytest.raises(ValueError, match="same seeds and test images"):
+        paired_bootstrap(np.stack([base, base]), np.stack([high]), n_boot=10)

@@ -87,7 +87,7 @@ def test_suggest_uses_params_yaml_keys_and_trial_config_applies_them():
     t = tuning.trial_config(cfg, params)
     assert (t.sample.s, t.sample.steps, t.sample.sampler) == (2.25, 3, "ddim")
     assert (t.finetune.drop_rate, t.finetune.max_epochs) == (0.3, cfg.tune.finetune_epochs)
-    assert (t.sample.num_samples, t.evaluate.epochs) == (cfg.tune.num_samples, cfg.tune.eval_epochs)
+    assert (t.sample.num_samples, t.evaluate.steps) == (cfg.tune.num_samples, cfg.tune.eval_steps)
     assert t.train == cfg.train  # the pretrained network is never retrained
 
 
@@ -169,11 +169,11 @@ def test_the_objective_trains_the_same_cell_as_isdm_evaluate(synth_dir, tmp_path
                              "evaluate.batch_size=4", "evaluate.bootstrap=0", "tune.mix=R4F4",
                              "tune.seed=1", "tune.architecture=FPN"])
     cells = run_evaluation(cfg, synth_dir, syn, tmp_path / "out", progress=False)["cells"]
-    cell = next(c for c in cells if c["mix"] == "R4F4")
+    cell = next(c for c in cells if c["mix"] == "R4F4[synthetic]")
     real = tune_objective.load_real_train(cfg, synth_dir)
-    epochs = []
-    value = tune_objective.validation_miou(cfg, real, syn, lambda e, best: epochs.append(e))
-    assert value == cell["best_val_miou"] and epochs == [1]
+    steps = []
+    value = tune_objective.validation_miou(cfg, real, syn, lambda step, best: steps.append(step))
+    assert value == cell["best_val_miou"] and steps == [1, 2]  # tiny: 2 steps, val_every 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,12 +191,12 @@ def run_sampling(cfg, data_root, checkpoint, out_dir, overwrite=False):
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return {}
 
-def validation_miou(cfg, real_train, synthetic_dir, on_epoch=None):
-    # a smooth objective with its maximum at s = 2: later epochs approach the final value
+def validation_miou(cfg, real_train, synthetic_dir, on_validation=None):
+    # a smooth objective with its maximum at s = 2: later validations approach the final value
     final = 1.0 - (cfg.sample.s - 2.0) ** 2 / 10 - cfg.finetune.drop_rate / 10
-    for epoch in range(1, cfg.tune.eval_epochs + 1):
-        if on_epoch is not None:
-            on_epoch(epoch, final * epoch / cfg.tune.eval_epochs)
+    for step in range(1, cfg.tune.eval_steps + 1):
+        if on_validation is not None:
+            on_validation(step, final * step / cfg.tune.eval_steps)
     return final
 
 def load_real_train(cfg, data_root):
@@ -236,7 +236,7 @@ def test_study_logs_one_child_run_per_trial_and_writes_best_params(tmp_path, syn
     ckpt = tmp_path / "sdm.pt"
     ckpt.write_bytes(b"")
     out = tmp_path / "tune"
-    cfg = _cfg("tune.eval_epochs=3", "tune.pruning_startup_trials=1")
+    cfg = _cfg("tune.eval_steps=3", "tune.pruning_startup_trials=1")
     summary = tuning.run_study(cfg, synth_dir, ckpt, out, n_trials=4)
     assert summary["n_trials"] == 4 and summary["complete"] + summary["pruned"] == 4
     best = yaml.safe_load((out / "best_params.yaml").read_text())
@@ -272,7 +272,7 @@ def test_two_worker_processes_share_one_study(tmp_path, synth_dir, mlflow_uri, s
     script.write_text(_STANDINS + _PATCH + textwrap.dedent(f'''
         import sys
         from isdm.config import load_config
-        cfg = load_config({str(TINY)!r}, ["tune.eval_epochs=2", "tune.sampler_startup_trials=2"])
+        cfg = load_config({str(TINY)!r}, ["tune.eval_steps=2", "tune.sampler_startup_trials=2"])
         import isdm.tuning.results, isdm.tuning
         isdm.tuning.results.write_plots = lambda study, out_dir: []  # matplotlib costs seconds
         isdm.tuning.run_study(cfg, {str(synth_dir)!r}, {str(ckpt)!r}, {str(tmp_path / 'tune')!r},
@@ -280,7 +280,7 @@ def test_two_worker_processes_share_one_study(tmp_path, synth_dir, mlflow_uri, s
     '''))
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
     # create the study and its MLflow run first (concurrent creation of a fresh store races)
-    cfg = load_config(TINY, ["tune.eval_epochs=2"])
+    cfg = load_config(TINY, ["tune.eval_steps=2"])
     assert tuning.run_study(cfg, synth_dir, ckpt, tmp_path / "tune", n_trials=0, storage=storage,
                             study_name="shared")["n_trials"] == 0
     workers = [subprocess.Popen([sys.executable, str(script), "2"], env=env,
@@ -325,7 +325,7 @@ def test_isdm_tune_cli_runs_three_real_trials_and_a_rerun_joins_the_study(
     out = tmp_path / "tune"
     args = ["tune", "-c", str(TINY), "--data", str(synth_dir), "--checkpoint", str(tiny_checkpoint),
             "--out", str(out), "--set", "tune.drop_rates=[0.2]", "--set", "tune.steps=[2]",
-            "--set", "tune.num_samples=4", "--set", "tune.eval_epochs=1",
+            "--set", "tune.num_samples=4", "--set", "tune.eval_steps=1",
             "--set", "tune.finetune_epochs=1", "--set", "finetune.max_steps=2",
             "--set", "evaluate.val_fraction=0.25", "--set", "evaluate.batch_size=4"]
     result = CliRunner().invoke(cli, [*args, "--n-trials", "3"], catch_exceptions=False)

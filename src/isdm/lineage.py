@@ -217,6 +217,14 @@ def track_evaluation(run: Any, cfg: Config, data_root: str | Path,
     return record
 
 
+def track_further_sets(run: Any, cfg: Config, sets: Mapping[str, str | Path]) -> None:
+    """Log each further synthetic set of an evaluate run (e.g. ``curated``: a curated copy of the
+    first set, made by the same generator) as a dataset input named by its set."""
+    if run.run_id:
+        for name, folder in sets.items():
+            run.log_dataset(synthetic_dataset(folder, cfg.data.num_classes), name)
+
+
 def track_downstream(run: Any, record: Optional[Mapping[str, Any]],
                      headline: Mapping[str, float]) -> None:
     """Log the evaluate run's ``headline`` metrics onto the sample run that made the synthetic

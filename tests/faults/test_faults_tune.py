@@ -35,7 +35,7 @@ from isdm.tuning import run_study
 storage.HEARTBEAT_INTERVAL, storage.GRACE_PERIOD = 1, 2
 
 
-def validation_miou(cfg, real_train, synthetic_dir, on_epoch=None):
+def validation_miou(cfg, real_train, synthetic_dir, on_validation=None):
     if os.environ.get("HANG_FILE"):  # stand for a long trial: the test kills us here
         Path(os.environ["HANG_FILE"]).write_text(str(os.getpid()))
         time.sleep(600)

@@ -1,9 +1,11 @@
-"""``python -m isdm.bench`` (``make bench``): run every benchmark, print tables, write JSON.
+"""``python -m isdm.bench`` (``make bench``): run the benchmarks, print tables, write JSON.
 
 Each benchmark module exposes ``run(quick: bool = False) -> dict`` whose ``"table"`` entry is a
-list of flat row dicts (the eval benchmark also takes ``data_root``: the CrackForest folder of
-``--crackforest`` or ``$ISDM_CRACKFOREST``). Results of one invocation are measured in one run,
-so ratios between rows are meaningful; absolute times on a shared machine are noisy.
+list of flat row dicts (the eval and plateau benchmarks also take ``data_root``: the CrackForest
+folder of ``--crackforest`` or ``$ISDM_CRACKFOREST``; plateau writes its curves beside
+``--out``). Every benchmark but the long ``plateau`` runs by default; ``--only`` picks some.
+Results of one invocation are measured in one run, so ratios between rows are meaningful;
+absolute times on a shared machine are noisy.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ BENCHES = {
     "train": "isdm.bench.train_bench",
     "sample": "isdm.bench.sample_bench",
     "eval": "isdm.bench.eval_bench",
+    "plateau": "isdm.bench.plateau",
 }
+OPT_IN = ("plateau",)  # long (several seeds x architectures x steps): only with --only
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -52,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="CrackForest folder (train/, test/) for the eval benchmark "
                              "(default $ISDM_CRACKFOREST; skipped when neither is given)")
     args = parser.parse_args(argv)
-    options = {"eval": {"data_root": args.crackforest}}
+    options = {"eval": {"data_root": args.crackforest},
+               "plateau": {"data_root": args.crackforest, "out_dir": Path(args.out).parent}}
 
     import torch
 
@@ -67,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     }
     failed = False
-    for name in args.only or list(BENCHES):
+    for name in args.only or [n for n in BENCHES if n not in OPT_IN]:
         print(f"\n## {name}", flush=True)
         t0 = time.perf_counter()
         try:

@@ -212,10 +212,14 @@ class SampleConfig(Section):
 @dataclass(frozen=True)
 class EvaluateConfig(Section):
     """Downstream segmentation: smp models trained on ``R<a>F<b>`` mixes, tested on real test.
-    ``batch_size`` >= 2 because of BatchNorm; ``image_size`` a multiple of 32 because the smp
-    encoders downsample by 32 (an int: square; ``[H, W]``: a rectangle, each side a multiple of
-    32; whole images are brought to it by ``data.resize``); ``val_fraction`` of the real train
-    split selects the epoch."""
+    Every mix trains for the same ``steps`` optimiser steps of ``batch_size`` images (epochs are
+    derived: steps x batch_size / training images); the validation split (``val_fraction`` of
+    the real train split) is scored every ``val_every`` steps and after the last, and the best
+    validation's weights are tested. ``batch_size`` >= 2 because of BatchNorm; ``image_size`` a
+    multiple of 32 because the smp encoders downsample by 32 (an int: square; ``[H, W]``: a
+    rectangle, each side a multiple of 32; whole images are brought to it by ``data.resize``);
+    ``precision`` the autocast of the
+    segmenter's forward pass (``bf16``: CPUs with native bf16, or CUDA)."""
 
     SECTION = "evaluate"
     RULES = {
@@ -225,7 +229,8 @@ class EvaluateConfig(Section):
                                  "must be a weights name (e.g. imagenet) or null"),),
         "mixes": (NON_EMPTY, each(MIX)),
         "seeds": (NON_EMPTY, each(SEED)),
-        "epochs": (at_least(1),),
+        "steps": (at_least(1),),
+        "val_every": (at_least(1),),
         "lr": (GREATER_0,),
         "batch_size": (at_least(2),),
         "image_size": (Rule(lambda v: (isinstance(v, int) or len(v) == 2)
@@ -241,12 +246,14 @@ class EvaluateConfig(Section):
     encoder_weights: Optional[str] = None
     mixes: tuple[str, ...] = ("RALLF000", "RALLFALL")
     seeds: tuple[int, ...] = (0, 1)
-    epochs: int = 10
+    steps: int = 400
+    val_every: int = 20
     lr: float = 1e-3
     batch_size: int = 8
     image_size: Union[int, tuple[int, ...]] = 64
     loss: Literal["dice", "dice_ce"] = "dice_ce"
     augment: bool = True
+    precision: Literal["fp32", "bf16"] = "fp32"
     val_fraction: float = 0.2
     bootstrap: int = 1000
 
@@ -260,9 +267,10 @@ class TuneConfig(Section):
 
     Each trial finetunes with a ``drop_rates`` choice (cached per rate for ``finetune_epochs``),
     samples ``num_samples`` pairs with guidance ``s`` in ``[s_low, s_high]`` and a ``steps`` /
-    ``samplers`` choice, trains ``architecture`` on mix ``mix`` for ``eval_epochs`` and returns its
-    validation mIoU (never the test split). ``storage`` '' = a journal file under ``--out``.
-    With ``pruning``, a MedianPruner stops a trial whose per-epoch validation mIoU falls below the
+    ``samplers`` choice, trains ``architecture`` on mix ``mix`` for ``eval_steps`` optimiser steps
+    (validating every ``evaluate.val_every``) and returns its best validation mIoU (never the test
+    split). ``storage`` '' = a journal file under ``--out``. With ``pruning``, a MedianPruner
+    stops a trial whose running best validation mIoU falls below the
     median of earlier trials, after ``pruning_startup_trials`` complete trials. TPE samples at
     random for the first ``sampler_startup_trials`` trials. ``n_trials`` 0 only creates the study
     (and its MLflow run) for workers to join. ``curate_min_fidelity`` / ``curate_pixel_thresholds``:
@@ -281,7 +289,7 @@ class TuneConfig(Section):
                                           "must be ddpm, ddim or dpmpp2m"))),
         "num_samples": (at_least(1),),
         "finetune_epochs": (at_least(1),),
-        "eval_epochs": (at_least(1),),
+        "eval_steps": (at_least(1),),
         "architecture": (TEXT,),
         "mix": (MIX,),
         "seed": (SEED,),
@@ -301,7 +309,7 @@ class TuneConfig(Section):
     samplers: tuple[str, ...] = ("dpmpp2m", "ddim")
     num_samples: int = 16
     finetune_epochs: int = 2
-    eval_epochs: int = 5
+    eval_steps: int = 30
     architecture: str = "FPN"
     mix: str = "RALLFALL"
     seed: int = 0

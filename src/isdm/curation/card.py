@@ -118,7 +118,7 @@ def card_data(cfg: Config, src: Path, pairs: Sequence[Pair], class_means: np.nda
         "scorer": {"architecture": cfg.curate.architecture, "seed": cfg.curate.seed,
                    "trained_on": "real train split (mix RALLF000, evaluate recipe)",
                    "recipe": recipe, "best_val_miou": _num(scorer.best_val_miou),
-                   "best_epoch": scorer.best_epoch, "cache_key": scorer.key,
+                   "best_step": scorer.best_step, "cache_key": scorer.key,
                    "dataset_sha256": scorer.identity["dataset_sha256"]},
         "policy": to_dict(cfg.curate),
         "counts": {"pairs": len(pairs), "kept": len(kept), "dropped": len(pairs) - len(kept),
@@ -143,7 +143,7 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines = [f"# Synthetic dataset card: {card['synthetic']}", "",
              f"**Generator:** {gen}", "",
              f"**Scorer:** {sc['architecture']} seed {sc['seed']}, {sc['trained_on']}; best "
-             f"validation mIoU {sc['best_val_miou']} (epoch {sc['best_epoch']}); cache key "
+             f"validation mIoU {sc['best_val_miou']} (step {sc['best_step']}); cache key "
              f"`{sc['cache_key']}`.", "",
              f"**Policy:** drop a pair with fidelity < {pol['min_fidelity']}; ignore a pixel whose "
              f"loss > {pol['pixel_threshold']} x its class's mean loss (0 = off); hardness "

@@ -185,8 +185,8 @@ def run_curation(cfg: Config, data_root: str | Path, synthetic_dir: str | Path,
     with tracking.start_run(cfg.tracking, name=name, action="curate", dataset=str(data_root),
                             params=flatten(cfg)) as run:
         scorer = load_scorer(cfg, data_root, cache_dir or default_cache_dir(out_dir),
-                             device=device, on_epoch=lambda r: run.log_metrics(
-                                 {"scorer_val_miou": r["val_miou"]}, step=int(r["epoch"])))
+                             device=device, on_validation=lambda r: run.log_metrics(
+                                 {"scorer_val_miou": r["val_miou"]}, step=int(r["step"])))
         card = curate_folder(cfg, synthetic_dir, out_dir, scorer)
         counts, mem = card["counts"], card["memorisation"]
         run.log_metrics({

@@ -40,7 +40,7 @@ class Scorer:
     key: str
     identity: dict[str, Any]
     best_val_miou: float
-    best_epoch: int
+    best_step: int
     reused: bool
     real: TensorSet
 
@@ -74,12 +74,12 @@ def scorer_identity(cfg: Config, data_root: str | Path, device: torch.device) ->
 
 def load_scorer(cfg: Config, data_root: str | Path, cache_dir: str | Path, *,
                 device: Optional[str] = None,
-                on_epoch: Optional[Callable[[dict[str, float]], None]] = None) -> Scorer:
+                on_validation: Optional[Callable[[dict[str, float]], None]] = None) -> Scorer:
     """The cached scorer of this config and dataset, trained (and cached) on first use.
 
     Args:
         device: None uses ``runtime.device`` (``auto`` = CUDA when available).
-        on_epoch: receives each training epoch's row (see :func:`isdm.evaluation.cell.train_cell`).
+        on_validation: receives each validation's row (see :func:`isdm.evaluation.cell.train_cell`).
     Raises:
         EvaluationError: unknown architecture, or no validation image in the real train split.
     """
@@ -102,14 +102,14 @@ def load_scorer(cfg: Config, data_root: str | Path, cache_dir: str | Path, *,
         model = build_segmenter(c.architecture, e.encoder, None, cfg.data.num_classes, c.seed)
         model.load_state_dict(state["state_dict"])
         return Scorer(model.to(dev), dev, key, identity, float(state["best_val_miou"]),
-                      int(state["best_epoch"]), True, real)
+                      int(state["best_step"]), True, real)
     empty = TensorSet(real.images[:0], real.labels[:0], [])
     cell = plan_cell(cfg, c.architecture, BASELINE, c.seed, real.keys, [])
-    model, fit = train_cell(cfg, cell, real, empty, device=dev, on_epoch=on_epoch)
+    model, fit = train_cell(cfg, cell, real, empty, device=dev, on_validation=on_validation)
     with atomic_path(path) as tmp:
         torch.save({"state_dict": fit.state_dict, "identity_json": json.dumps(identity),
-                    "best_val_miou": fit.best_val_miou, "best_epoch": fit.best_epoch}, tmp)
-    return Scorer(model, dev, key, identity, fit.best_val_miou, fit.best_epoch, False, real)
+                    "best_val_miou": fit.best_val_miou, "best_step": fit.best_step}, tmp)
+    return Scorer(model, dev, key, identity, fit.best_val_miou, fit.best_step, False, real)
 
 
 @torch.no_grad()

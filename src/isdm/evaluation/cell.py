@@ -1,8 +1,8 @@
 """One downstream "cell": a segmenter of one architecture trained on one real/synthetic mix with
 one seed, selected on REAL validation images.
 
-``isdm evaluate`` trains a cell per (architecture, mix, seed) and then tests it once on the real
-test split; ``isdm tune`` trains one cell per trial and uses its best validation mIoU as the
+``isdm evaluate`` trains a cell per (architecture, mix, synthetic set, seed) and then tests it
+once on the real test split; ``isdm tune`` trains one cell per trial and uses its best validation mIoU as the
 objective. Both go through the same two steps, configured by ``cfg.evaluate`` (the recipe) and
 ``cfg.data`` (classes, ignore index):
 
@@ -12,8 +12,9 @@ objective. Both go through the same two steps, configured by ``cfg.evaluate`` (t
    (:func:`isdm.evaluation.mixes.plan_mix`; a validation image is never a training image);
 2. :func:`train_cell` (concat -> build -> train): concatenate the drawn real and synthetic
    images, build the smp model with init seeded by the cell's seed and train it with the
-   recipe (:func:`isdm.evaluation.segmenter.train_segmenter`); the model comes back holding
-   the weights of its best validation epoch.
+   recipe (:func:`isdm.evaluation.segmenter.train_segmenter`: ``evaluate.steps`` optimiser
+   steps whatever the mix's size); the model comes back holding the weights of its best
+   validation.
 
 The test split is never read here.
 """
@@ -27,7 +28,7 @@ import torch
 
 from isdm.config import Config
 from isdm.errors import EvaluationError
-from isdm.evaluation.mixes import MixPlan, plan_mix
+from isdm.evaluation.mixes import MixPlan, mix_label, plan_mix
 from isdm.evaluation.segmenter import (
     SegmenterFit,
     TensorSet,
@@ -40,14 +41,21 @@ __all__ = ["Cell", "split_validation", "plan_cell", "train_cell"]
 
 @dataclass(frozen=True)
 class Cell:
-    """One (architecture, mix, seed) cell and the keys it trains and selects on."""
+    """One (architecture, mix, seed) cell and the keys it trains and selects on; ``synthetic_set``
+    names the synthetic folder its synthetic keys come from ('' for a mix without any)."""
 
     arch: str
     plan: MixPlan
+    synthetic_set: str = ""
 
     @property
     def mix(self) -> str:
         return self.plan.mix.code
+
+    @property
+    def label(self) -> str:
+        """The mix as reports name it: ``RALLFALL[curated]``, or ``RALLF000`` without a set."""
+        return mix_label(self.mix, self.synthetic_set)
 
     @property
     def seed(self) -> int:
@@ -55,7 +63,7 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return f"{self.arch} {self.mix} seed {self.seed}"
+        return f"{self.arch} {self.label} seed {self.seed}"
 
 
 def split_validation(keys: Sequence[str], val_fraction: float,
@@ -75,26 +83,30 @@ def split_validation(keys: Sequence[str], val_fraction: float,
 
 
 def plan_cell(cfg: Config, arch: str, mix: str, seed: int, real_keys: Sequence[str],
-              synthetic_keys: Sequence[str]) -> Cell:
-    """Split the real train keys and draw the training keys of ``mix`` for ``seed``.
+              synthetic_keys: Sequence[str], synthetic_set: str = "") -> Cell:
+    """Split the real train keys and draw the training keys of ``mix`` for ``seed``
+    (``synthetic_keys``: those of the set named ``synthetic_set``).
 
     Raises:
         EvaluationError: no validation image, or a mix asking for more images than there are.
     """
     val_keys, pool = split_validation(real_keys, cfg.evaluate.val_fraction, seed)
-    return Cell(arch, plan_mix(mix, pool, val_keys, synthetic_keys, seed))
+    plan = plan_mix(mix, pool, val_keys, synthetic_keys, seed)
+    return Cell(arch, plan, synthetic_set if plan.mix.uses_synthetic else "")
 
 
 def train_cell(cfg: Config, cell: Cell, real: TensorSet, synthetic: TensorSet, *,
                device: torch.device,
-               on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
+               on_validation: Optional[Callable[[dict[str, float]], None]] = None,
                ) -> tuple[torch.nn.Module, SegmenterFit]:
     """Train the cell's segmenter; returns the model (best validation weights loaded) and its fit.
 
     Args:
         real: the real TRAIN images at ``evaluate.image_size`` (training and validation keys).
-        synthetic: the synthetic images (may be empty for mixes without ``F``).
-        on_epoch: receives each epoch's ``{"epoch", "train_loss", "val_miou", "seconds"}``.
+        synthetic: the images of the cell's synthetic set (may be empty for mixes without ``F``).
+        on_validation: receives each validation's ``{"step", "epoch", "train_loss",
+            "val_miou", "val_miou_nobg", "seconds"}`` (``epoch`` derived: images shown /
+            training images).
     """
     e, plan = cfg.evaluate, cell.plan
     train = TensorSet.concat([real.subset(plan.real_keys), synthetic.subset(plan.synthetic_keys)])
@@ -103,5 +115,5 @@ def train_cell(cfg: Config, cell: Cell, real: TensorSet, synthetic: TensorSet, *
                             cell.seed)
     fit = train_segmenter(model, train, val, e, num_classes=cfg.data.num_classes,
                           ignore_index=cfg.data.ignore_index, seed=cell.seed, device=device,
-                          on_epoch=on_epoch)
+                          on_validation=on_validation)
     return model, fit

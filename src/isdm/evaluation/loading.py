@@ -6,15 +6,17 @@ per ``isdm evaluate`` call and shared by all (architecture, mix, seed) cells.
 - Real data: ``<root>/{train,test}/{images,masks}`` through the data layer
   (:class:`isdm.data.dataset.SegmentationFolder`, which pairs by relative path and validates).
 - Synthetic data: the sampling output ``<dir>/samples/`` (generated images) and ``<dir>/labels/``
-  (uint8 class ids) with identical file names; ``images/``, ``colored_labels/`` and
-  ``manifest.jsonl`` are ignored.
+  (uint8 class ids, ``ignore_index`` allowed, e.g. pixels a curation step left unlabelled) with
+  identical file names; ``images/``, ``colored_labels/`` and ``manifest.jsonl`` are ignored.
+  Several such folders ("synthetic sets") are told apart by name (:func:`synthetic_sets`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Mapping, Sequence, TypeVar, Union
 
 import numpy as np
 import torch
@@ -23,10 +25,51 @@ from isdm.config import DataConfig
 from isdm.errors import EvaluationError, MaskValueError
 from isdm.evaluation.segmenter import TensorSet
 
-__all__ = ["load_real", "load_synthetic", "eval_data_config"]
+__all__ = ["load_real", "load_synthetic", "eval_data_config", "synthetic_sets", "DEFAULT_SET"]
 
 _IMAGE_EXT = (".png", ".jpg", ".jpeg")
 T = TypeVar("T")
+DEFAULT_SET = "synthetic"  # the name of a synthetic folder given without one
+_SET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+SyntheticSpec = Union[None, str, Path, Mapping[str, Union[str, Path]], Sequence[str]]
+
+
+def synthetic_sets(spec: SyntheticSpec) -> dict[str, Path]:
+    """Named synthetic folders, in the order given (the first is the reference set).
+
+    ``spec``: None (no synthetic data); one folder as a ``str`` or ``Path`` (named
+    ``synthetic``); a mapping ``{name: folder}``; or a list of the command line's
+    ``--synthetic`` values, each ``NAME=DIR`` or a bare ``DIR`` (named ``synthetic``), where a
+    value is ``NAME=DIR`` when the text before its first ``=`` is a valid name. Names: a
+    letter, then letters, digits, ``_`` or ``-``; not ``lo`` or ``hi`` (the headline key
+    ``miou_gain_<name>`` would read as a CI bound).
+
+    Raises:
+        EvaluationError: an invalid or repeated name.
+    """
+    if spec is None:
+        return {}
+    if isinstance(spec, (str, Path)):
+        spec = {DEFAULT_SET: spec}
+    pairs = list(spec.items()) if isinstance(spec, Mapping) else [_split(v) for v in spec]
+    out: dict[str, Path] = {}
+    for name, folder in pairs:
+        if not _SET_NAME.fullmatch(name) or name in ("lo", "hi"):
+            raise EvaluationError(f"synthetic set name {name!r} (for {folder}): use a letter, then "
+                                  "letters, digits, _ or - (not lo or hi, which end headline "
+                                  "keys), e.g. --synthetic curated=data/curated")
+        if name in out:
+            raise EvaluationError(f"synthetic set {name!r} given twice ({out[name]} and {folder}); "
+                                  "name each folder: --synthetic NAME=DIR")
+        out[name] = Path(folder)
+    return out
+
+
+def _split(value: str) -> tuple[str, str]:
+    """``"curated=data/curated"`` -> ``("curated", "data/curated")``; ``"data/x"`` ->
+    ``("synthetic", "data/x")``."""
+    name, sep, folder = value.partition("=")
+    return (name, folder) if sep and _SET_NAME.fullmatch(name) else (DEFAULT_SET, value)
 
 
 def eval_data_config(data_cfg: DataConfig, image_size: int | tuple[int, int]) -> DataConfig:

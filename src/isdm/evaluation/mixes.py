@@ -25,12 +25,16 @@ from typing import Optional, Sequence
 from isdm.errors import EvaluationError
 from isdm.seeds import Stream, generator
 
-__all__ = ["Mix", "parse_mix", "draw_subset", "MixPlan", "plan_mix", "BASELINE"]
+__all__ = ["Mix", "parse_mix", "draw_subset", "MixPlan", "plan_mix", "mix_label", "BASELINE"]
 
 BASELINE = "RALLF000"
 _GRAMMAR = re.compile(r"^R(ALL|\d+)F(ALL|\d+)$")
 
 
+def mix_label(mix: str, synthetic_set: str = "") -> str:
+    """A mix as reports name it: ``RALLFALL`` of the set ``curated`` -> ``RALLFALL[curated]``;
+    a mix without synthetic images (no set) keeps its code."""
+    return f"{mix}[{synthetic_set}]" if synthetic_set else mix
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,26 @@
-"""Evaluation outputs: ``metrics.json`` (dvc metrics), ``cells.csv`` (dvc plots), ``report.md``
-and ``miou.png``, all written atomically.
+"""Evaluation outputs, all written atomically:
 
-``summary`` (built by :mod:`isdm.evaluation.run`) maps ``arch -> mix -> stats`` with keys
-``<metric>_mean`` / ``<metric>_std`` over seeds, ``n_seeds``, and for every mix but the baseline
-``gain``, ``gain_lo``, ``gain_hi`` (mIoU, background included), ``gain_nobg*`` (defect classes
-only) and ``verdict`` / ``verdict_nobg`` strings.
+- ``metrics.json`` (the DVC metric): ONLY the headline metrics, flat, stable names across
+  architectures, mixes and datasets (:func:`headline`; means over architectures):
+
+  ``miou_real_only``       mean over architectures of the baseline's mIoU (mean over seeds)
+  ``miou_with_synthetic``  the same for the main row: the first mix of ``evaluate.mixes`` that
+                           uses synthetic images, with the first synthetic set
+  ``miou_gain``            ``miou_with_synthetic - miou_real_only``
+  ``miou_gain_lo``/``_hi`` its paired-bootstrap 95 % CI (:mod:`.stats`: the same seed and image
+                           draws for every architecture in each replicate)
+  ``miou_gain_<set>``      (+ ``_lo``, ``_hi``) the main mix with each further synthetic set
+  ``label_fidelity``       mean over architectures of the first set's label fidelity (mIoU)
+
+  mIoU here includes the background, as in the tables; a key whose value is undefined (e.g. no
+  synthetic mix) is left out.
+- ``report.json`` (not a DVC metric): the summary tree: ``headline``, ``per_architecture``
+  (the headline keys per architecture), ``budget`` (steps, batch, validation, per row: real and
+  synthetic images, steps, images seen, derived epochs), ``architectures`` / ``overall`` /
+  ``comparisons`` (:mod:`.summary`), ``fidelity[set][arch]``, ``main_mix``, ``sets``,
+  ``setup``; undefined numbers are ``null``.
+- ``cells.csv`` (dvc plots): one row per (architecture, row, seed).
+- ``report.md`` (:mod:`.markdown`) and ``miou.png`` (:func:`plot_miou`).
 """
 
 from __future__ import annotations
@@ -12,14 +28,22 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
+import numpy as np
+
+from isdm.evaluation.markdown import markdown_report, markdown_table
+from isdm.evaluation.mixes import BASELINE, mix_label, parse_mix
 from isdm.utils.io import atomic_path, atomic_write_json, atomic_write_text
 
-__all__ = ["metrics_json", "write_cells_csv", "markdown_report", "plot_miou", "VERDICT_CODE"]
+__all__ = ["HEADLINE_KEYS", "build_summary", "headline", "per_architecture", "write_reports",
+           "mlflow_metrics", "write_cells_csv", "markdown_table", "plot_miou", "VERDICT_CODE"]
 
-# numeric encoding of verdicts for metrics.json (whose leaves must stay numeric)
+HEADLINE_KEYS = ("miou_real_only", "miou_with_synthetic", "miou_gain", "miou_gain_lo",
+                 "miou_gain_hi", "label_fidelity")
+# numeric encoding of verdicts for MLflow metrics
 VERDICT_CODE = {"gain": 1, "no significant difference": 0, "loss": -1}
 
 
@@ -27,33 +51,132 @@ def _numeric(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def metrics_json(summary: Mapping[str, Mapping[str, Mapping[str, Any]]],
-                 fidelity: Mapping[str, Mapping[str, float]], extra: Mapping[str, float]) -> dict:
-    """A flat, numeric-leaved tree: ``{arch: {mix: {...}}, "fidelity": {arch: {...}},
-    "summary": {...}}``. NaN values (undefined metrics) are left out; verdicts become
-    ``significant`` = +1 (gain) / 0 (no significant difference) / -1 (loss)."""
-    out: dict[str, Any] = {}
-    for arch, mixes in summary.items():
-        out[arch] = {}
-        for mix, stats in mixes.items():
-            leaf = {k: float(v) for k, v in stats.items() if _numeric(v)}
-            if "verdict" in stats:
-                leaf["significant"] = VERDICT_CODE[stats["verdict"]]
-            if "verdict_nobg" in stats:
-                leaf["significant_nobg"] = VERDICT_CODE[stats["verdict_nobg"]]
-            out[arch][mix] = leaf
-    if fidelity:
-        out["fidelity"] = {a: {k: float(v) for k, v in m.items() if _numeric(v)} for a, m in fidelity.items()}
-    out["summary"] = {k: float(v) for k, v in extra.items() if _numeric(v)}
+def main_mix(mixes: Sequence[str]) -> Optional[str]:
+    """The headline's mix: the first of ``mixes`` that uses synthetic images (None if none)."""
+    return next((m for m in mixes if parse_mix(m).uses_synthetic), None)
+
+
+def _headline(stats: Mapping[str, Mapping[str, Any]], fidelity: Mapping[str, float],
+              main: Optional[str], sets: Sequence[str]) -> dict[str, float]:
+    out = {"miou_real_only": stats[BASELINE]["miou_mean"]}
+    if main and sets:
+        first = stats[mix_label(main, sets[0])]
+        out.update(miou_with_synthetic=first["miou_mean"], miou_gain=first["gain"],
+                   miou_gain_lo=first["gain_lo"], miou_gain_hi=first["gain_hi"])
+        for name in sets[1:]:
+            s = stats[mix_label(main, name)]
+            out.update({f"miou_gain_{name}": s["gain"], f"miou_gain_{name}_lo": s["gain_lo"],
+                        f"miou_gain_{name}_hi": s["gain_hi"]})
+    if sets and sets[0] in fidelity:
+        out["label_fidelity"] = fidelity[sets[0]]
+    return {k: float(v) for k, v in out.items() if _numeric(v)}
+
+
+def headline(summary: Mapping[str, Any]) -> dict[str, float]:
+    """The headline metrics (``metrics.json``) of a summary (``report.json``'s tree): means over
+    architectures, keys in the module docstring."""
+    fid = {name: float(np.mean([m["miou"] for m in by_arch.values()]))
+           for name, by_arch in summary["fidelity"].items()
+           if by_arch and len(by_arch) == len(summary["architectures"])}
+    return _headline(summary["overall"], fid, summary["main_mix"], summary["sets"])
+
+
+def per_architecture(summary: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """The headline keys of each architecture (its own mIoUs, gain CI and fidelity)."""
+    return {arch: _headline(stats, {n: f[arch]["miou"] for n, f in summary["fidelity"].items()
+                                    if arch in f}, summary["main_mix"], summary["sets"])
+            for arch, stats in summary["architectures"].items()}
+
+
+def build_summary(cfg: Any, cells: Sequence[Mapping[str, Any]],
+                  counts: Mapping[tuple[str, str], Sequence[np.ndarray]],
+                  rows: Sequence[tuple[str, str]], sets: Sequence[str], seeds: Sequence[int],
+                  fidelity: Mapping[str, Mapping[str, Mapping[str, float]]],
+                  setup: Mapping[str, str]) -> dict[str, Any]:
+    """The ``report.json`` tree of an evaluation (see the module docstring)."""
+    from isdm.evaluation.summary import summarize_cells
+
+    e = cfg.evaluate
+    stats = summarize_cells(cells, counts, e.architectures, rows, sets, e.bootstrap, seeds[0])
+    summary: dict[str, Any] = {
+        "main_mix": main_mix([m for m, _ in rows]), "sets": list(sets),
+        "budget": _budget(e, cells, rows, seeds), **stats,
+        "fidelity": {n: dict(f) for n, f in fidelity.items()}, "setup": dict(setup)}
+    summary["headline"] = headline(summary)
+    summary["per_architecture"] = per_architecture(summary)
+    return summary
+
+
+def _budget(e: Any, cells: Sequence[Mapping[str, Any]], rows: Sequence[tuple[str, str]],
+            seeds: Sequence[int]) -> dict[str, Any]:
+    per_row = {}
+    for mix, name in rows:
+        cell = next(c for c in cells if c["mix"] == mix_label(mix, name))
+        n = cell["n_real"] + cell["n_fake"]
+        per_row[mix_label(mix, name)] = {
+            "mix": mix, "set": name, "n_real": cell["n_real"], "n_synthetic": cell["n_fake"],
+            "steps": cell["steps"], "images_seen": cell["images_seen"],
+            "epochs": cell["images_seen"] / n}
+    return {"steps": e.steps, "batch_size": e.batch_size, "val_every": e.val_every,
+            "images_per_cell": e.steps * e.batch_size, "precision": e.precision,
+            "architectures": list(e.architectures), "seeds": list(seeds), "cells": len(cells),
+            "train_seconds_total": float(sum(c["train_seconds"] for c in cells)),
+            "rows": per_row}
+
+
+def _json_safe(tree: Any) -> Any:
+    """NaN / inf -> None (strict JSON), numpy scalars -> Python numbers."""
+    if isinstance(tree, Mapping):
+        return {str(k): _json_safe(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_json_safe(v) for v in tree]
+    if isinstance(tree, (float, np.floating)):
+        return float(tree) if math.isfinite(tree) else None
+    if isinstance(tree, np.integer):
+        return int(tree)
+    return tree
+
+
+def write_reports(out: Path, summary: Mapping[str, Any],
+                  cells: Sequence[Mapping[str, Any]]) -> list[Path]:
+    """``metrics.json``, ``report.json``, ``cells.csv``, ``report.md``, ``miou.png`` into
+    ``out``; returns their paths."""
+    paths = [out / n for n in ("metrics.json", "report.json", "cells.csv", "report.md", "miou.png")]
+    atomic_write_json(paths[0], summary["headline"])
+    atomic_write_json(paths[1], _json_safe(summary))
+    write_cells_csv(paths[2], cells)
+    atomic_write_text(paths[3], markdown_report(summary))
+    plot_miou(summary["architectures"], paths[4])
+    return paths
+
+
+def _key(label: str) -> str:
+    """A row label as an MLflow metric name part: ``RALLFALL[curated]`` -> ``RALLFALL_curated``."""
+    return re.sub(r"[^\w.\-]", "_", label).rstrip("_")
+
+
+def mlflow_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+    """Everything numeric of a summary, flat: the headline keys, ``<arch>.<headline key>``,
+    ``<arch|mean>.<row>.<stat>``, ``<arch|mean>.<mix>.<set>_vs_<reference>.<stat>``; verdicts
+    as ``significant`` = +1 / 0 / -1."""
+    out = dict(summary["headline"])
+    for arch, keys in summary["per_architecture"].items():
+        out.update({f"{arch}.{k}": v for k, v in keys.items()})
+    tables = {**summary["architectures"], "mean": summary["overall"]}
+    leaves = [(f"{arch}.{_key(label)}", s) for arch, by_label in tables.items()
+              for label, s in by_label.items()]
+    leaves += [(f"{c['arch']}.{c['mix']}.{c['set']}_vs_{c['reference']}", c)
+               for c in summary["comparisons"]]
+    for prefix, stats in leaves:
+        out.update({f"{prefix}.{k}": float(v) for k, v in stats.items() if _numeric(v)})
+        for suffix in ("", "_nobg"):
+            if f"verdict{suffix}" in stats:
+                out[f"{prefix}.significant{suffix}"] = float(VERDICT_CODE[stats[f"verdict{suffix}"]])
     return out
 
 
-def write_metrics_json(path: str | Path, tree: Mapping[str, Any]) -> None:
-    atomic_write_json(path, tree)
-
-
 def write_cells_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """One row per (architecture, mix, seed); columns are the union of the rows' keys."""
+    """One row per (architecture, row, seed); columns are the union of the rows' keys."""
     cols: list[str] = []
     for row in rows:
         cols += [k for k in row if k not in cols]
@@ -65,71 +188,12 @@ def write_cells_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None
     atomic_write_text(path, buf.getvalue())
 
 
-def _pm(stats: Mapping[str, Any], key: str) -> str:
-    mean, std = stats.get(f"{key}_mean", float("nan")), stats.get(f"{key}_std", float("nan"))
-    return "n/a" if not math.isfinite(mean) else f"{mean:.4f} ± {std:.4f}"
-
-
-def _gain(stats: Mapping[str, Any], suffix: str = "") -> str:
-    if f"gain{suffix}" not in stats:
-        return "baseline"
-    g, lo, hi = (stats[f"gain{suffix}{k}"] for k in ("", "_lo", "_hi"))
-    return "n/a" if not math.isfinite(g) else f"{g:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-
-
-def markdown_table(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
-    """Architecture x mix: mean ± std over seeds of mIoU (with and without background), pooled
-    micro IoU, the gain over RALLF000 with its paired-bootstrap 95 % CI, and the verdict."""
-    lines = ["| architecture | mix | seeds | mIoU | mIoU (no bg) | micro IoU | Dice | "
-             "gain mIoU [95% CI] | verdict | gain mIoU no bg [95% CI] | verdict (no bg) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for arch, mixes in summary.items():
-        for mix, s in mixes.items():
-            lines.append(
-                f"| {arch} | {mix} | {int(s.get('n_seeds', 0))} | {_pm(s, 'miou')} | "
-                f"{_pm(s, 'miou_nobg')} | {_pm(s, 'micro_iou')} | {_pm(s, 'dice')} | {_gain(s)} | "
-                f"{s.get('verdict', '-')} | {_gain(s, '_nobg')} | {s.get('verdict_nobg', '-')} |")
-    return "\n".join(lines)
-
-
-def fidelity_table(fidelity: Mapping[str, Mapping[str, float]]) -> str:
-    lines = ["| architecture | synthetic images | mIoU | mIoU (no bg) | micro IoU |", "|---|---|---|---|---|"]
-    for arch, m in fidelity.items():
-        lines.append(f"| {arch} | {int(m.get('n_images', 0))} | {m.get('miou', float('nan')):.4f} | "
-                     f"{m.get('miou_nobg', float('nan')):.4f} | {m.get('micro_iou', float('nan')):.4f} |")
-    return "\n".join(lines)
-
-
-def markdown_report(summary: Mapping[str, Mapping[str, Mapping[str, Any]]],
-                    fidelity: Mapping[str, Mapping[str, float]], meta: Mapping[str, Any]) -> str:
-    """The full ``report.md``: setup, the results table, label fidelity and metric definitions."""
-    setup = "\n".join(f"- {k}: {v}" for k, v in meta.items())
-    parts = ["# isdm evaluate: does synthetic data raise the segmenter's mIoU?", "", "## Setup", setup]
-    if summary:
-        parts += ["", "## Real test set (mean ± std over seeds)", "", markdown_table(summary)]
-    if fidelity:
-        parts += ["", "## Label fidelity (real-only model, first seed, on the synthetic samples "
-                  "vs their conditioning masks)", "", fidelity_table(fidelity)]
-    parts += ["", "## Definitions", "",
-              "- IoU_c = TP_c / (TP_c + FP_c + FN_c) with counts summed over ALL test images; "
-              "`ignore_index` pixels excluded.",
-              "- mIoU = mean of IoU_c over classes present in prediction or ground truth (a class "
-              "absent from both over the whole test set is undefined and excluded); "
-              "'no bg' drops class 0 (binary data: the defect-class IoU).",
-              "- micro IoU = sum_c TP_c / sum_c (TP_c + FP_c + FN_c), background included "
-              "(the original ISDM tool's pooled `dataset_iou`).",
-              "- gain = mean over seeds of mIoU(mix) - mIoU(RALLF000); 95% CI from a paired "
-              "bootstrap over seeds and test images (same draws for both mixes). "
-              "Verdict 'gain' / 'loss' only when the CI excludes 0, else 'no significant difference'.",
-              "- std is the sample standard deviation over seeds (ddof = 1).", ""]
-    return "\n".join(parts)
-
-
 def plot_miou(summary: Mapping[str, Mapping[str, Mapping[str, Any]]], path: str | Path,
               keys: Sequence[str] = ("miou", "miou_nobg")) -> Any:
     """Grouped bar charts, one panel per metric in ``keys`` (one group per architecture, one bar
-    per mix) of ``<key>_mean`` with ``<key>_std`` error bars; written to ``path`` (PNG) and
-    returned as a matplotlib Figure (object style: no pyplot state to close)."""
+    per row) of ``<key>_mean`` with ``<key>_std`` error bars, from ``arch -> row -> stats``;
+    written to ``path`` (PNG) and returned as a matplotlib Figure (object style: no pyplot
+    state to close)."""
     from matplotlib.figure import Figure
 
     archs = list(summary)

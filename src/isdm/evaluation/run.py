@@ -1,17 +1,22 @@
 """``isdm evaluate``: train smp segmenters on real/synthetic mixes and compare them on real test.
 
-For every architecture, seed and mix (a "cell", :mod:`isdm.evaluation.cell`):
+The rows of the report are the mixes, each mix that uses synthetic images once per synthetic
+set (``RALLFALL[synthetic]``, ``RALLFALL[curated]``; :func:`isdm.evaluation.mixes.mix_label`),
+the real-only baseline ``RALLF000`` first. For every architecture, seed and row (a "cell",
+:mod:`isdm.evaluation.cell`):
 
 1. carve a validation split off the REAL train split (seeded with the cell's seed, the same for
-   every mix of that seed, so mixes are paired) and draw the mix's real and synthetic training
+   every row of that seed, so rows are paired) and draw the mix's real and synthetic training
    images (never a validation image);
-2. train with the seeded recipe, keep the epoch with the best validation mIoU;
+2. train for ``evaluate.steps`` optimiser steps (the same for every row, whatever its size) and
+   keep the weights of the best validation;
 3. test ONCE on the real test split with the selected weights -> per-image counts.
 
-Then per (architecture, mix): mean and std over seeds and the paired-bootstrap gain over
-``RALLF000`` (:mod:`stats`); label fidelity of the first seed's real-only model (:mod:`fidelity`);
-outputs and MLflow runs (one parent, one child per cell) via :mod:`report` and
-:mod:`isdm.tracking`.
+Then (:mod:`.summary`) mean and std over seeds per (architecture, row), the paired-bootstrap
+gain of every row over ``RALLF000`` and of every further set over the first at the same mix,
+per architecture and for the mean over architectures; label fidelity of each set (the first
+seed's real-only model on its samples, :mod:`.fidelity`); outputs and MLflow runs (one parent,
+one child per cell) via :mod:`.report` and :mod:`isdm.tracking`.
 """
 
 from __future__ import annotations
@@ -24,12 +29,10 @@ import numpy as np
 from isdm.config import Config
 from isdm.errors import EvaluationError
 from isdm.evaluation import report
-from isdm.evaluation.mixes import BASELINE, parse_mix
+from isdm.evaluation.loading import SyntheticSpec, synthetic_sets
+from isdm.evaluation.mixes import BASELINE, mix_label, parse_mix
 
-__all__ = ["run_evaluation", "EvaluationError", "resolve_mixes"]
-
-# metrics summarised as mean/std over seeds in the tables and metrics.json
-_SUMMARY_KEYS = ("miou", "miou_nobg", "micro_iou", "dice", "dice_nobg", "pixel_acc")
+__all__ = ["run_evaluation", "EvaluationError", "resolve_mixes", "report_rows"]
 
 
 def resolve_mixes(mixes: tuple[str, ...], fidelity_only: bool = False) -> list[str]:
@@ -44,28 +47,43 @@ def resolve_mixes(mixes: tuple[str, ...], fidelity_only: bool = False) -> list[s
     return [BASELINE] + [m for m in parsed if m != BASELINE]
 
 
-def _check(cfg: Config, mixes: list[str], synthetic_dir: Optional[str | Path]) -> None:
-    needs_synth = any(parse_mix(m).uses_synthetic for m in mixes)
-    if needs_synth and (synthetic_dir is None or not Path(synthetic_dir).is_dir()):
-        raise EvaluationError(f"mixes {[m for m in mixes if parse_mix(m).uses_synthetic]} need a "
-                              f"synthetic folder, but --synthetic {synthetic_dir!r} is not a folder")
+def report_rows(mixes: list[str], sets: list[str]) -> list[tuple[str, str]]:
+    """``(mix, set)`` per report row: a mix with synthetic images once per set, in set order."""
+    return [(m, s) for m in mixes for s in (sets if parse_mix(m).uses_synthetic else [""])]
 
 
-def _finite(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if isinstance(v, float) and np.isfinite(v)}
+def _check(mixes: list[str], sets: dict[str, Path]) -> None:
+    needs = [m for m in mixes if parse_mix(m).uses_synthetic]
+    if needs and not sets:
+        raise EvaluationError(f"mixes {needs} need a synthetic folder: give --synthetic DIR "
+                              "(or NAME=DIR, repeatable)")
+    for name, folder in sets.items():
+        if not folder.is_dir():
+            raise EvaluationError(f"--synthetic {name}={folder}: not a folder (a sampling output "
+                                  "with samples/ and labels/)")
 
 
-def run_evaluation(cfg: Config, data_root: str | Path, synthetic_dir: Optional[str | Path],
+def _finite(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and np.isfinite(v)}
+
+
+def run_evaluation(cfg: Config, data_root: str | Path, synthetic: SyntheticSpec,
                    out_dir: str | Path, *, device: Optional[str] = None,
                    fidelity_only: bool = False, progress: Optional[bool] = None) -> dict[str, Any]:
-    """Run the whole evaluation and write ``metrics.json``, ``cells.csv``, ``report.md``,
-    ``miou.png`` and ``counts.npz`` (per cell ``[S, N, C, 3]`` test counts) into ``out_dir``.
+    """Run the whole evaluation and write its files into ``out_dir`` (:mod:`.report`:
+    ``metrics.json`` (headline), ``report.json``, ``cells.csv``, ``report.md``, ``miou.png``,
+    ``counts.npz``).
 
     Args:
+        synthetic: the synthetic sets (:func:`isdm.evaluation.loading.synthetic_sets`: one
+            folder, ``{name: folder}`` or ``NAME=DIR`` strings); None for real-only mixes.
         device: None = ``cfg.runtime.device`` (``auto`` = CUDA when available).
+        progress: None = ``cfg.runtime.progress``.
         fidelity_only: train only the real-only baseline (first seed) and report label fidelity.
     Returns:
-        ``{"summary", "fidelity", "cells", "metrics", "table", "report"}``.
+        ``{"summary", "headline", "cells", "table", "report", "out_dir"}``; ``summary`` is the
+        ``report.json`` tree (:func:`isdm.evaluation.report.headline` reads it).
     """
     from tqdm.auto import tqdm
 
@@ -76,9 +94,11 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic_dir: Optional[s
 
     e = cfg.evaluate
     mixes = resolve_mixes(e.mixes, fidelity_only)
-    if fidelity_only and synthetic_dir is None:
+    sets = synthetic_sets(synthetic)
+    if fidelity_only and not sets:
         raise EvaluationError("--fidelity-only needs --synthetic DIR")
-    _check(cfg, mixes, synthetic_dir)
+    _check(mixes, sets)
+    rows = report_rows(mixes, list(sets))
     seeds = list(e.seeds[:1] if fidelity_only else e.seeds)
     dev = resolve_device(cfg.runtime.device if device is None else device)
     progress = cfg.runtime.progress if progress is None else progress
@@ -87,63 +107,52 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic_dir: Optional[s
 
     for arch in e.architectures:  # unknown names / unavailable weights fail before any work
         build_segmenter(arch, e.encoder, e.encoder_weights, cfg.data.num_classes, 0)
-    train_all, test, synth = _load(cfg, data_root, synthetic_dir)
+    train_all, test, synth = _load(cfg, data_root, sets)
     for seed in seeds:  # an impossible mix fails before any training starts
-        for m in mixes:
-            plan_cell(cfg, e.architectures[0], m, seed, train_all.keys, synth.keys)
+        for mix, name in rows:
+            plan_cell(cfg, e.architectures[0], mix, seed, train_all.keys, synth[name].keys, name)
 
-    rows: list[dict[str, Any]] = []
+    cells: list[dict[str, Any]] = []
     counts: dict[tuple[str, str], list[np.ndarray]] = {}
-    fidelity: dict[str, dict[str, float]] = {}
-    name = f"evaluate {'+'.join(e.architectures)} x {'+'.join(mixes)} x {len(seeds)} seeds"
+    fidelity: dict[str, dict[str, dict[str, float]]] = {name: {} for name in sets}
+    labels = [mix_label(m, s) for m, s in rows]
+    name = f"evaluate {'+'.join(e.architectures)} x {'+'.join(labels)} x {len(seeds)} seeds"
     with tracking.start_run(cfg.tracking, name=name, action="evaluate",
                             dataset=str(data_root)) as parent:
-        # lineage (issue 13): the generator's params and run ids, the datasets
-        generator = lineage.track_evaluation(parent, cfg, data_root, synthetic_dir)
-        bar = tqdm(total=len(e.architectures) * len(seeds) * len(mixes), desc="evaluate",
+        # lineage (issue 13): the generator of the first synthetic set (the others, e.g. its
+        # curated copy, come from the same generator), its run ids, the datasets
+        first = next(iter(sets.values()), None)
+        generator = lineage.track_evaluation(parent, cfg, data_root, first)
+        lineage.track_further_sets(parent, cfg, dict(list(sets.items())[1:]))
+        bar = tqdm(total=len(e.architectures) * len(seeds) * len(rows), desc="evaluate",
                    unit="cell", disable=not progress)
         for arch in e.architectures:
             for seed in seeds:
-                for mix in mixes:
-                    bar.set_postfix_str(f"{arch} {mix} seed {seed}")
-                    cell = plan_cell(cfg, arch, mix, seed, train_all.keys, synth.keys)
-                    row, cell_counts, fid = _run_cell(cfg, cell, train_all, test, synth, dev,
-                                                      str(data_root), parent.run_id,
-                                                      with_fidelity=mix == BASELINE and seed == seeds[0])
-                    rows.append(row)
-                    counts.setdefault((arch, mix), []).append(cell_counts)
-                    if fid is not None:
-                        fidelity[arch] = fid
+                for mix, set_name in rows:
+                    cell = plan_cell(cfg, arch, mix, seed, train_all.keys, synth[set_name].keys,
+                                     set_name)
+                    bar.set_postfix_str(cell.name)
+                    fid_sets = {n: synth[n] for n in sets} if (mix == BASELINE
+                                                               and seed == seeds[0]) else {}
+                    row, cell_counts, fid = _run_cell(cfg, cell, train_all, test, synth[set_name],
+                                                      dev, str(data_root), parent.run_id, fid_sets)
+                    cells.append(row)
+                    counts.setdefault((arch, cell.label), []).append(cell_counts)
+                    for n, metrics in fid.items():
+                        fidelity[n][arch] = metrics
                     bar.update(1)
         bar.close()
-        summary = _summarize(rows, counts, e.architectures, mixes, e.bootstrap, seeds[0])
-        meta = _meta(cfg, data_root, synthetic_dir, dev, mixes, seeds, train_all, test, synth)
-        result = _write_outputs(out, summary, fidelity, rows, counts, parent, meta)
+        setup = _setup(cfg, data_root, sets, dev, seeds, train_all, test, synth)
+        summary = report.build_summary(cfg, cells, counts, rows, list(sets), seeds, fidelity, setup)
+        result = _write_outputs(out, summary, cells, counts, parent)
         # lineage (issue 13): the headline onto the sample run
-        lineage.track_downstream(parent, generator, _headline(summary, fidelity, mixes))
+        lineage.track_downstream(parent, generator, result["headline"])
         return result
 
 
-def _headline(summary: dict, fidelity: dict, mixes: list[str]) -> dict[str, float]:
-    """INTERIM until wt/evaluate's ``report.headline``: means over architectures of the
-    baseline's and the first synthetic mix's mIoU, its gain with the bounds of its 95 % CI, and
-    the label fidelity mIoU."""
-    if len(mixes) < 2:
-        return {}
-
-    def mean(key: str, mix: str = mixes[1]) -> float:
-        return float(np.mean([summary[arch][mix][key] for arch in summary]))
-
-    out = {"miou_real_only": mean("miou_mean", BASELINE), "miou_with_synthetic": mean("miou_mean"),
-           "miou_gain": mean("gain"), "miou_gain_lo": mean("gain_lo"),
-           "miou_gain_hi": mean("gain_hi")}
-    if fidelity:
-        out["label_fidelity"] = float(np.mean([f["miou"] for f in fidelity.values()]))
-    return out
-
-
-def _load(cfg: Config, data_root: str | Path, synthetic_dir: Optional[str | Path]) -> tuple[Any, Any, Any]:
-    """Real train, real test and synthetic images at ``evaluate.image_size``, in memory."""
+def _load(cfg: Config, data_root: str | Path, sets: dict[str, Path]) -> tuple[Any, Any, dict]:
+    """Real train, real test and each synthetic set (key ``""``: an empty set, for rows without
+    synthetic images) at ``evaluate.image_size``, in memory."""
     import torch
 
     from isdm.evaluation.loading import eval_data_config, load_real, load_synthetic
@@ -152,18 +161,17 @@ def _load(cfg: Config, data_root: str | Path, synthetic_dir: Optional[str | Path
     size = cfg.evaluate.image_size
     data_cfg = eval_data_config(cfg.data, size)
     train_all, test = load_real(data_root, "train", data_cfg), load_real(data_root, "test", data_cfg)
-    if synthetic_dir is not None:
-        synth = load_synthetic(synthetic_dir, data_cfg)
-    else:
-        h, w = data_cfg.size
-        synth = TensorSet(torch.empty(0, 3, h, w), torch.empty(0, h, w, dtype=torch.long), [])
+    h, w = data_cfg.size
+    synth = {"": TensorSet(torch.empty(0, 3, h, w), torch.empty(0, h, w, dtype=torch.long), [])}
+    synth.update({name: load_synthetic(folder, data_cfg) for name, folder in sets.items()})
     return train_all, test, synth
 
 
 def _run_cell(cfg: Config, cell: Any, train_all: Any, test: Any, synth: Any, dev: Any,
-              dataset: str, parent_run_id: Optional[str],
-              with_fidelity: bool) -> tuple[dict[str, Any], np.ndarray, Optional[dict[str, float]]]:
-    """Train, select and test one (architecture, mix, seed) cell inside its own child run."""
+              dataset: str, parent_run_id: Optional[str], fid_sets: dict[str, Any],
+              ) -> tuple[dict[str, Any], np.ndarray, dict[str, dict[str, float]]]:
+    """Train, select and test one cell inside its own child run; label fidelity of the trained
+    model on each set of ``fid_sets`` (the real-only model of the first seed)."""
     from isdm import tracking
     from isdm.evaluation.cell import train_cell
     from isdm.evaluation.fidelity import label_fidelity
@@ -171,103 +179,64 @@ def _run_cell(cfg: Config, cell: Any, train_all: Any, test: Any, synth: Any, dev
     from isdm.evaluation.segmenter import predict_counts
 
     e, nc, ign, plan = cfg.evaluate, cfg.data.num_classes, cfg.data.ignore_index, cell.plan
-    params = {"arch": cell.arch, "mix": cell.mix, "seed": cell.seed, "n_real": len(plan.real_keys),
-              "n_fake": len(plan.synthetic_keys), "n_val": len(plan.val_keys), "n_test": len(test),
-              "encoder": e.encoder}
-    fid = None
+    params = {"arch": cell.arch, "mix": cell.label, "set": cell.synthetic_set, "seed": cell.seed,
+              "n_real": len(plan.real_keys), "n_fake": len(plan.synthetic_keys),
+              "n_val": len(plan.val_keys), "n_test": len(test), "encoder": e.encoder}
+    fid = {}
     with tracking.start_run(cfg.tracking, name=cell.name, action="evaluate-cell", dataset=dataset,
                             params=params, parent_run_id=parent_run_id) as child:
         model, fit = train_cell(
             cfg, cell, train_all, synth, device=dev,
-            on_epoch=lambda r: child.log_metrics(
-                _finite({"train_loss": r["train_loss"], "val_miou": r["val_miou"]}), step=int(r["epoch"])))
+            on_validation=lambda r: child.log_metrics(
+                _finite({k: r[k] for k in ("train_loss", "val_miou", "val_miou_nobg")}),
+                step=int(r["step"])))
         counts = predict_counts(model, test, nc, ign, dev, e.batch_size, e.encoder_weights)
-        row = {**params, "best_epoch": fit.best_epoch, "best_val_miou": fit.best_val_miou,
-               "train_seconds": fit.train_seconds, **summarize(counts)}
-        child.log_metrics(_finite({f"test_{k}": float(v) for k, v in summarize(counts).items()}))
-        child.log_metrics(_finite({"best_epoch": float(fit.best_epoch),
-                                   "best_val_miou": fit.best_val_miou,
-                                   "train_seconds": fit.train_seconds}))
-        if with_fidelity and len(synth):
-            fid, _ = label_fidelity(model, synth, num_classes=nc, ignore_index=ign, device=dev,
-                                    batch_size=e.batch_size, encoder_weights=e.encoder_weights)
-            child.log_metrics(_finite({f"fidelity_{k}": v for k, v in fid.items()}))
+        budget = {"steps": fit.steps, "images_seen": fit.images_seen, "epochs": fit.epochs,
+                  "best_step": fit.best_step, "best_val_miou": fit.best_val_miou,
+                  "train_seconds": fit.train_seconds}
+        row = {**params, **budget, **summarize(counts)}
+        child.log_metrics(_finite({f"test_{k}": v for k, v in summarize(counts).items()}))
+        child.log_metrics(_finite(budget))
+        for name, images in fid_sets.items():
+            fid[name], _ = label_fidelity(model, images, num_classes=nc, ignore_index=ign,
+                                          device=dev, batch_size=e.batch_size,
+                                          encoder_weights=e.encoder_weights)
+            child.log_metrics(_finite({f"fidelity_{name}_{k}": v for k, v in fid[name].items()}))
     return row, counts, fid
 
 
-def _summarize(rows: list[dict[str, Any]], counts: dict[tuple[str, str], list[np.ndarray]],
-               archs: tuple[str, ...], mixes: list[str], n_boot: int,
-               boot_seed: int) -> dict[str, dict[str, dict[str, Any]]]:
-    """Mean/std over seeds per (arch, mix) and the paired-bootstrap gain over the baseline."""
-    from isdm.evaluation.stats import mean_std, paired_bootstrap
-
-    summary: dict[str, dict[str, dict[str, Any]]] = {}
-    for arch in archs:
-        summary[arch] = {}
-        for mix in mixes:
-            cell_rows = [r for r in rows if r["arch"] == arch and r["mix"] == mix]
-            stats: dict[str, Any] = {"n_seeds": len(cell_rows)}
-            for key in _SUMMARY_KEYS:
-                stats[f"{key}_mean"], stats[f"{key}_std"] = mean_std([r[key] for r in cell_rows])
-            if mix != BASELINE:
-                base, other = np.stack(counts[(arch, BASELINE)]), np.stack(counts[(arch, mix)])
-                for suffix, bg in (("", True), ("_nobg", False)):
-                    b = paired_bootstrap(base, other, n_boot=n_boot, seed=boot_seed, background=bg)
-                    stats.update({f"gain{suffix}": b.gain, f"gain{suffix}_lo": b.lo,
-                                  f"gain{suffix}_hi": b.hi, f"verdict{suffix}": b.verdict})
-            summary[arch][mix] = stats
-    return summary
-
-
-def _meta(cfg: Config, data_root: Any, synthetic_dir: Any, dev: Any, mixes: list[str],
-          seeds: list[int], train_all: Any, test: Any, synth: Any) -> dict[str, Any]:
+def _setup(cfg: Config, data_root: Any, sets: dict[str, Path], dev: Any, seeds: list[int],
+           train_all: Any, test: Any, synth: dict[str, Any]) -> dict[str, str]:
+    """The ``Setup`` lines of report.md (and ``report.json``'s ``setup``)."""
     e = cfg.evaluate
-    return {"data": str(data_root), "synthetic": str(synthetic_dir), "device": str(dev),
+    return {"data": str(data_root),
+            "synthetic sets": ", ".join(f"{n} = {p} ({len(synth[n])} images)"
+                                        for n, p in sets.items()) or "none",
+            "device": str(dev),
             "classes": f"{cfg.data.num_classes} ({cfg.data.dataset_mode}, ignore_index "
                        f"{cfg.data.ignore_index})",
             "images": f"{len(train_all)} real train (val_fraction {e.val_fraction} held out per "
-                      f"seed), {len(test)} real test, {len(synth)} synthetic",
-            "recipe": f"{e.encoder} (weights {e.encoder_weights}), {e.image_size} px, {e.epochs} "
-                      f"epochs, lr {e.lr}, batch {e.batch_size}, loss {e.loss}, augment {e.augment}",
-            "mixes": ", ".join(mixes), "seeds": ", ".join(map(str, seeds)),
+                      f"seed), {len(test)} real test",
+            "budget": f"{e.steps} optimiser steps of {e.batch_size} images for every cell "
+                      f"({e.steps * e.batch_size} images seen), validation every {e.val_every} "
+                      "steps and after the last, best validation kept",
+            "recipe": f"{e.encoder} (weights {e.encoder_weights}), {e.image_size} px, lr {e.lr}, "
+                      f"loss {e.loss}, augment {e.augment}, precision {e.precision}",
+            "seeds": ", ".join(map(str, seeds)),
             "bootstrap": f"{e.bootstrap} paired replicates over seeds and test images, 95% CI"}
 
 
-def _write_outputs(out: Path, summary: dict, fidelity: dict, rows: list[dict[str, Any]],
-                   counts: dict[tuple[str, str], list[np.ndarray]], parent: Any,
-                   meta: dict[str, Any]) -> dict[str, Any]:
-    from isdm.utils.io import atomic_path, atomic_write_text
+def _write_outputs(out: Path, summary: dict[str, Any], cells: list[dict[str, Any]],
+                   counts: dict[tuple[str, str], list[np.ndarray]], parent: Any) -> dict[str, Any]:
+    from isdm.utils.io import atomic_path
 
-    n_cells = float(len(rows))
-    extra = {"n_cells": n_cells, "train_seconds_total": float(sum(r["train_seconds"] for r in rows))}
-    for arch, mixes in summary.items():
-        for mix, s in mixes.items():
-            if "gain" in s and np.isfinite(s["gain"]):
-                key = f"best_gain_{arch}"
-                extra[key] = max(extra.get(key, -np.inf), s["gain"])
-    tree = report.metrics_json(summary, fidelity, extra)
-    report.write_metrics_json(out / "metrics.json", tree)
-    report.write_cells_csv(out / "cells.csv", rows)
-    text = report.markdown_report(summary, fidelity, meta)
-    atomic_write_text(out / "report.md", text)
-    report.plot_miou(summary, out / "miou.png")
+    written = report.write_reports(out, summary, cells)
     with atomic_path(out / "counts.npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **{f"{a}__{m}": np.stack(c) for (a, m), c in counts.items()})
-    parent.log_metrics({k: v for k, v in _flat_numeric(tree).items()})
-    for name in ("metrics.json", "cells.csv", "report.md", "miou.png"):
-        parent.log_artifact(out / name)
-    return {"summary": summary, "fidelity": fidelity, "cells": rows, "metrics": tree,
-            "table": report.markdown_table(summary), "report": text, "out_dir": str(out)}
-
-
-def _flat_numeric(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """``{"FPN": {"RALLFALL": {"gain": 0.1}}}`` -> ``{"FPN.RALLFALL.gain": 0.1}``."""
-    out: dict[str, float] = {}
-    for k, v in tree.items():
-        key = f"{prefix}.{k}" if prefix else k
-        if isinstance(v, dict):
-            out.update(_flat_numeric(v, key))
-        else:
-            out[key] = float(v)
-    return out
+    parent.log_metrics(report.mlflow_metrics(summary))
+    for path in written:
+        parent.log_artifact(path)
+    return {"summary": summary, "headline": summary["headline"], "cells": cells,
+            "table": report.markdown_table(summary), "report": (out / "report.md").read_text(),
+            "out_dir": str(out)}

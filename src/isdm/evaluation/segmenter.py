@@ -1,13 +1,19 @@
 """The downstream segmenter: an smp model, its seeded training loop and its test-set counts.
 
-Recipe (all from :class:`isdm.config.EvaluateConfig`): Adam(lr), ``epochs`` epochs, batches of
-``batch_size`` in an order drawn from a ``torch.Generator`` seeded with the cell's seed, loss
-``dice`` (smp ``DiceLoss(mode="multiclass", ignore_index)``, the original's) or ``dice_ce``
-(Dice + cross-entropy, both ignoring ``ignore_index``), optional augmentation (joint per-sample
-horizontal/vertical flips plus light brightness/contrast jitter, drawn from the same generator).
-Model selection: after every epoch the validation mIoU (:func:`metrics.summarize`, background
-included) is computed on the REAL validation images; the weights of the best epoch (earliest on
-ties) are kept and returned. The test set is never seen here.
+Recipe (all from :class:`isdm.config.EvaluateConfig`): Adam(lr) for exactly ``steps`` optimiser
+steps, whatever the size of the training mix, on batches of ``batch_size`` images taken from a
+seeded stream (:func:`batch_stream`: seeded permutations of the mix's images, one after the
+other, cut every ``batch_size``; one permutation = one pass = one "epoch", a derived number
+only); loss ``dice`` (smp ``DiceLoss(mode="multiclass", ignore_index)``, the original's) or
+``dice_ce`` (Dice + cross-entropy, both ignoring ``ignore_index``); optional augmentation (joint
+per-sample horizontal/vertical flips plus light brightness/contrast jitter); the permutations
+and the augmentation draw from one ``torch.Generator`` seeded with the cell's seed. The forward
+pass runs under ``precision`` autocast (:func:`isdm.utils.precision.autocast`); the loss, the
+optimiser and every prediction stay float32.
+Model selection: every ``val_every`` steps and after the last step the validation mIoU
+(:func:`metrics.summarize`, background included) is computed on the REAL validation images; the
+weights of the best validation (earliest on ties) are kept and returned. The test set is never
+seen here.
 
 Inputs are the data layer's ``[-1, 1]`` images. With ``encoder_weights`` (e.g. ``imagenet``) they
 are mapped to the ImageNet mean/std the encoder was trained with (once, not twice as upstream).
@@ -19,7 +25,7 @@ import copy
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -30,7 +36,8 @@ from isdm.errors import EvaluationError
 from isdm.evaluation.metrics import image_counts, summarize
 
 __all__ = ["TensorSet", "build_segmenter", "train_segmenter", "predict_counts",
-           "predict_labels", "augment_batch", "batch_indices", "SegmenterFit"]
+           "predict_labels", "augment_batch", "batch_stream", "validation_steps",
+           "SegmenterFit"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -129,15 +136,30 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor,
     return ((images - mean) * contrast + mean + shift).clamp(-1.0, 1.0), labels
 
 
-def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """A seeded shuffle of ``range(n)`` cut into batches; a trailing batch of ONE is merged into
-    the previous one (BatchNorm, e.g. DeepLabV3+'s image pooling, cannot train on one sample)."""
-    order = torch.randperm(n, generator=generator)
-    chunks = list(order.split(batch_size))
-    if len(chunks) > 1 and len(chunks[-1]) == 1:
-        last = chunks.pop()
-        chunks[-1] = torch.cat([chunks[-1], last])
-    return chunks
+def batch_stream(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless batches of exactly ``batch_size`` indices into ``range(n)``.
+
+    The stream is ``randperm(n) ++ randperm(n) ++ ...`` (each permutation drawn from
+    ``generator`` when the stream reaches it) cut every ``batch_size`` indices, so after ``k``
+    steps every mix has been shown ``k * batch_size`` images: ``k * batch_size / n`` passes
+    ("epochs"). A batch that spans two passes may hold an image twice. Every batch has
+    ``batch_size`` >= 2 images (BatchNorm, e.g. DeepLabV3+'s image pooling, needs 2).
+    """
+    pending = torch.empty(0, dtype=torch.long)
+    while True:
+        while len(pending) < batch_size:
+            pending = torch.cat([pending, torch.randperm(n, generator=generator)])
+        yield pending[:batch_size]
+        pending = pending[batch_size:]
+
+
+def validation_steps(steps: int, val_every: int) -> list[int]:
+    """The steps after which the validation split is scored: every ``val_every`` and the last.
+
+    >>> validation_steps(10, 4)
+    [4, 8, 10]
+    """
+    return sorted(set(range(val_every, steps + 1, val_every)) | {steps})
 
 
 def _loss_fn(kind: str, ignore_index: Optional[int]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -174,10 +196,19 @@ def predict_counts(model: torch.nn.Module, data: TensorSet, num_classes: int,
 
 @dataclass
 class SegmenterFit:
-    """Best epoch (1-based), its validation mIoU, per-epoch history and the best weights."""
+    """The selected validation (its step and mIoU), the run's budget and history, the weights.
 
-    best_epoch: int
+    ``history`` holds one row per validation: ``{"step", "epoch", "train_loss", "val_miou",
+    "val_miou_nobg", "seconds"}`` where ``epoch`` = images shown so far / training images
+    (derived), ``train_loss`` is the mean batch loss since the previous validation and
+    ``seconds`` the time since then (training and this validation).
+    """
+
+    best_step: int
     best_val_miou: float
+    steps: int = 0
+    images_seen: int = 0
+    epochs: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
     state_dict: dict[str, torch.Tensor] = field(default_factory=dict)
     train_seconds: float = 0.0
@@ -186,14 +217,16 @@ class SegmenterFit:
 def train_segmenter(model: torch.nn.Module, train: TensorSet, val: TensorSet,
                     recipe: EvaluateConfig, *, num_classes: int, ignore_index: Optional[int],
                     seed: int, device: torch.device,
-                    on_epoch: Optional[Callable[[dict[str, float]], None]] = None) -> SegmenterFit:
-    """Train ``model`` on ``train``; keep the weights of the epoch with the best val mIoU.
+                    on_validation: Optional[Callable[[dict[str, float]], None]] = None,
+                    ) -> SegmenterFit:
+    """Train ``model`` on ``train`` for ``recipe.steps`` steps; keep the weights of the
+    validation with the best mIoU.
 
-    ``recipe`` gives ``epochs``, ``lr``, ``batch_size``, ``loss``, ``augment`` and
-    ``encoder_weights`` (input normalisation). Deterministic for a given seed on CPU: data order
-    and augmentation come from ``torch.Generator().manual_seed(seed)``, dropout from the (forked)
-    global RNG seeded with it. ``on_epoch`` receives each epoch's
-    ``{"epoch", "train_loss", "val_miou", "seconds"}`` (for MLflow / progress / pruning).
+    ``recipe`` gives ``steps``, ``val_every``, ``lr``, ``batch_size``, ``loss``, ``augment``,
+    ``precision`` and ``encoder_weights`` (input normalisation). Deterministic for a given seed
+    on CPU: data order and augmentation come from ``torch.Generator().manual_seed(seed)``,
+    dropout from the (forked) global RNG seeded with it. ``on_validation`` receives each
+    history row (for MLflow / progress / pruning).
     """
     if len(train) < 2:
         raise EvaluationError(f"a training mix needs at least 2 images, got {len(train)}")
@@ -204,44 +237,56 @@ def train_segmenter(model: torch.nn.Module, train: TensorSet, val: TensorSet,
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(int(seed))
         return _train(model, train, val, recipe, num_classes=num_classes,
-                      ignore_index=ignore_index, seed=seed, device=device, on_epoch=on_epoch)
+                      ignore_index=ignore_index, seed=seed, device=device,
+                      on_validation=on_validation)
 
 
 def _train(model: torch.nn.Module, train: TensorSet, val: TensorSet, recipe: EvaluateConfig, *,
            num_classes: int, ignore_index: Optional[int], seed: int, device: torch.device,
-           on_epoch: Optional[Callable[[dict[str, float]], None]]) -> SegmenterFit:
-    weights = recipe.encoder_weights
+           on_validation: Optional[Callable[[dict[str, float]], None]]) -> SegmenterFit:
+    from isdm.utils.precision import autocast
+
+    weights, bs = recipe.encoder_weights, recipe.batch_size
     model.to(device)
     gen = torch.Generator().manual_seed(int(seed))
+    batches = batch_stream(len(train), bs, gen)
     criterion = _loss_fn(recipe.loss, ignore_index)
     optim = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    result = SegmenterFit(best_epoch=0, best_val_miou=float("-inf"))
-    t_start = time.perf_counter()
-    for epoch in range(1, recipe.epochs + 1):
-        t0 = time.perf_counter()
+    result = SegmenterFit(best_step=0, best_val_miou=float("-inf"), steps=recipe.steps,
+                          images_seen=recipe.steps * bs, epochs=recipe.steps * bs / len(train))
+    checks = set(validation_steps(recipe.steps, recipe.val_every))
+    t_start = t0 = time.perf_counter()
+    losses: list[float] = []
+    model.train()
+    for step in range(1, recipe.steps + 1):
+        idx = next(batches)
+        x, y = train.images[idx], train.labels[idx]
+        if recipe.augment:
+            x, y = augment_batch(x, y, gen)
+        x, y = normalize(x.to(device), weights), y.to(device)
+        optim.zero_grad(set_to_none=True)
+        with autocast(recipe.precision, device):
+            logits = model(x)
+        batch_loss = criterion(logits.float(), y)
+        batch_loss.backward()
+        optim.step()
+        losses.append(float(batch_loss.detach()))
+        if step not in checks:
+            continue
+        scores = summarize(predict_counts(model, val, num_classes, ignore_index, device, bs, weights))
         model.train()
-        losses = []
-        for idx in batch_indices(len(train), recipe.batch_size, gen):
-            x, y = train.images[idx], train.labels[idx]
-            if recipe.augment:
-                x, y = augment_batch(x, y, gen)
-            x, y = normalize(x.to(device), weights), y.to(device)
-            optim.zero_grad(set_to_none=True)
-            batch_loss = criterion(model(x), y)
-            batch_loss.backward()
-            optim.step()
-            losses.append(float(batch_loss.detach()))
-        counts = predict_counts(model, val, num_classes, ignore_index, device, recipe.batch_size,
-                                weights)
-        val_miou = summarize(counts)["miou"]
-        row = {"epoch": float(epoch), "train_loss": float(np.mean(losses)), "val_miou": val_miou,
-               "seconds": time.perf_counter() - t0}
+        row = {"step": float(step), "epoch": step * bs / len(train),
+               "train_loss": float(np.mean(losses)), "val_miou": scores["miou"],
+               "val_miou_nobg": scores["miou_nobg"], "seconds": time.perf_counter() - t0}
+        losses, t0 = [], time.perf_counter()
         result.history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
-        if np.isfinite(val_miou) and val_miou > result.best_val_miou or result.best_epoch == 0:
-            result.best_epoch, result.best_val_miou = epoch, val_miou
-            result.state_dict = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        if on_validation is not None:
+            on_validation(row)
+        if np.isfinite(row["val_miou"]) and row["val_miou"] > result.best_val_miou \
+                or result.best_step == 0:
+            result.best_step, result.best_val_miou = step, row["val_miou"]
+            result.state_dict = copy.deepcopy({k: v.detach().cpu()
+                                               for k, v in model.state_dict().items()})
     model.load_state_dict(result.state_dict)
     result.train_seconds = time.perf_counter() - t_start
     return result

@@ -12,6 +12,14 @@ seed index i of A, which shared the validation split and the real-image draw; ev
 scored by both). The metric is recomputed from the resampled summed counts, never averaged
 per image. The 95 % interval is the 2.5 / 97.5 percentile of the replicate gains. With one seed
 only the test images are resampled.
+
+Mean over architectures (the headline gain): with counts ``[A, S, N, C, 3]`` of A architectures
+the gain is ``mean_a (mean_s m(B_as) - mean_s m(A_as))`` and each replicate applies its ONE draw
+of seed indices and image indices to every architecture (seed ``e.seeds[i]`` holds out the same
+validation split and draws the same real images for every architecture, and every architecture
+is tested on the same images), so the interval is that of the mean over architectures of paired
+gains, with the architectures' errors as correlated as the data make them. With A = 1 it is the
+single-architecture bootstrap, draw for draw.
 """
 
 from __future__ import annotations
@@ -70,16 +78,21 @@ def paired_bootstrap(base: np.ndarray, other: np.ndarray, *, n_boot: int = 1000,
 
     Args:
         base, other: int counts ``[S, N, C, 3]`` of the baseline and the compared mix, with the
-            same seeds in the same order and the same test images in the same order.
+            same seeds in the same order and the same test images in the same order; or
+            ``[A, S, N, C, 3]`` of A architectures: the gain is then the mean over
+            architectures, each replicate resampling all of them with the same draws.
         n_boot: replicates; seed: the bootstrap's own numpy seed (results are reproducible).
         background: include class 0 in the mIoU (False: defect classes only).
     """
     base, other = np.asarray(base, np.float64), np.asarray(other, np.float64)
-    if base.shape != other.shape or base.ndim != 4:
-        raise ValueError(f"paired bootstrap needs equal [S,N,C,3] counts, got {base.shape} vs "
-                         f"{other.shape} (same seeds and test images for both mixes)")
-    n_seeds, n_images = base.shape[:2]
-    gain = float(np.nanmean(seed_metric(other, background)) - np.nanmean(seed_metric(base, background)))
+    if base.shape != other.shape or base.ndim not in (4, 5):
+        raise ValueError(f"paired bootstrap needs equal [S,N,C,3] or [A,S,N,C,3] counts, got "
+                         f"{base.shape} vs {other.shape} (same seeds and test images for both mixes)")
+    if base.ndim == 4:
+        base, other = base[None], other[None]
+    n_seeds, n_images = base.shape[1:3]
+    gain = float(np.mean([np.nanmean(seed_metric(o, background)) - np.nanmean(seed_metric(b, background))
+                          for b, o in zip(base, other)]))
     if n_boot < 1:
         return BootstrapResult(gain, float("nan"), float("nan"), level, n_boot)
     rng = np.random.default_rng(seed)
@@ -89,12 +102,15 @@ def paired_bootstrap(base: np.ndarray, other: np.ndarray, *, n_boot: int = 1000,
         img = rng.integers(0, n_images, size=(b, n_images))
         weights = np.stack([np.bincount(row, minlength=n_images) for row in img]).astype(np.float64)
         seeds = rng.integers(0, n_seeds, size=(b, n_seeds)) if n_seeds > 1 else np.zeros((b, 1), int)
-        reps = []
-        for counts in (base, other):
-            summed = np.einsum("bn,snck->bsck", weights, counts)        # [b, S, C, 3]
-            per_seed = miou_from_counts(summed, background=background)  # [b, S]
-            reps.append(np.nanmean(np.take_along_axis(per_seed, seeds, axis=1), axis=1))
-        gains.append(reps[1] - reps[0])
+        per_arch = []
+        for arch_base, arch_other in zip(base, other):
+            reps = []
+            for counts in (arch_base, arch_other):
+                summed = np.einsum("bn,snck->bsck", weights, counts)        # [b, S, C, 3]
+                per_seed = miou_from_counts(summed, background=background)  # [b, S]
+                reps.append(np.nanmean(np.take_along_axis(per_seed, seeds, axis=1), axis=1))
+            per_arch.append(reps[1] - reps[0])
+        gains.append(np.mean(per_arch, axis=0))
     g = np.concatenate(gains)
     g = g[np.isfinite(g)]
     if g.size == 0:

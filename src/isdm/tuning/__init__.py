@@ -5,7 +5,7 @@ The only package that imports optuna (inside functions, or in modules that nothi
 
 - :mod:`.objective`: one trial (draw ``sample.s``, ``finetune.drop_rate``, ``sample.steps``,
   ``sample.sampler``; finetune once per rate; sample; train one downstream cell of
-  :mod:`isdm.evaluation.cell` and return its best validation mIoU, reported per epoch to a
+  :mod:`isdm.evaluation.cell` and return its best validation mIoU, reported per validation to a
   MedianPruner);
 - :mod:`.study`: create or join the study (seeded TPE with ``constant_liar``), one MLflow study
   run shared by all workers with one child run per trial, :func:`run_study`;

@@ -9,10 +9,11 @@
    training it twice);
 3. sampling writes ``tune.num_samples`` pairs into ``<out>/trials/<number>/synthetic``;
 4. :func:`validation_miou` trains the downstream cell (:mod:`isdm.evaluation.cell`) of
-   ``tune.architecture``, ``tune.mix`` and ``tune.seed`` for ``tune.eval_epochs`` epochs and
-   returns its best validation mIoU (validation = a split carved from the REAL train images with
-   ``evaluate.val_fraction``; the test split is never read). Every epoch reports the running
-   best to Optuna, whose pruner may stop the trial.
+   ``tune.architecture``, ``tune.mix`` and ``tune.seed`` for ``tune.eval_steps`` optimiser steps
+   and returns its best validation mIoU (validation = a split carved from the REAL train images
+   with ``evaluate.val_fraction``, scored every ``evaluate.val_every`` steps; the test split is
+   never read). Every validation reports the running best to Optuna (at its step), whose pruner
+   may stop the trial.
 
 MLflow: each trial is a child run of the study run; its finetune and sample runs are children of
 the trial run.
@@ -56,7 +57,7 @@ def trial_config(cfg: Config, params: dict[str, Any]) -> Config:
                                    steps=int(params["sample.steps"]),
                                    sampler=params["sample.sampler"], num_samples=t.num_samples,
                                    seed=t.seed),
-        evaluate=dataclasses.replace(cfg.evaluate, epochs=t.eval_epochs),
+        evaluate=dataclasses.replace(cfg.evaluate, steps=t.eval_steps),
     )
 
 
@@ -139,17 +140,17 @@ def load_real_train(cfg: Config, data_root: str | Path) -> Any:
 
 
 def validation_miou(cfg: Config, real_train: Any, synthetic_dir: str | Path,
-                    on_epoch: Optional[Callable[[int, float], None]] = None) -> float:
+                    on_validation: Optional[Callable[[int, float], None]] = None) -> float:
     """Best validation mIoU of the cell (``tune.architecture``, ``tune.mix``, ``tune.seed``)
     trained with ``cfg.evaluate``'s recipe (in a trial, :func:`trial_config` has set
-    ``evaluate.epochs`` to ``tune.eval_epochs``).
+    ``evaluate.steps`` to ``tune.eval_steps``).
 
     Args:
         real_train: the real TRAIN images as an :class:`isdm.evaluation.segmenter.TensorSet`
             at ``evaluate.image_size`` (:func:`load_real_train`).
         synthetic_dir: a sampling output folder (``samples/`` + ``labels/``).
-        on_epoch: called with ``(epoch, best validation mIoU so far)`` after every epoch; it
-            may raise ``optuna.TrialPruned``.
+        on_validation: called with ``(step, best validation mIoU so far)`` after every
+            validation; it may raise ``optuna.TrialPruned``.
     """
     from isdm.evaluation.cell import plan_cell, train_cell
     from isdm.evaluation.loading import eval_data_config, load_synthetic
@@ -164,11 +165,11 @@ def validation_miou(cfg: Config, real_train: Any, synthetic_dir: str | Path,
         nonlocal best
         if row["val_miou"] == row["val_miou"]:  # not NaN
             best = max(best, row["val_miou"])
-        if on_epoch is not None:
-            on_epoch(int(row["epoch"]), best)
+        if on_validation is not None:
+            on_validation(int(row["step"]), best)
 
     _, fit = train_cell(cfg, cell, real_train, synth, device=resolve_device(cfg.runtime.device),
-                        on_epoch=report)
+                        on_validation=report)
     return float(fit.best_val_miou)
 
 
@@ -196,15 +197,15 @@ def make_objective(cfg: Config, data_root: Path, checkpoint: Path, out_dir: Path
             synthetic = out_dir / "trials" / f"{trial.number:04d}" / "synthetic"
             run_sampling(tcfg, data_root, ckpt, synthetic, overwrite=True)
 
-            def on_epoch(epoch: int, best: float) -> None:
-                run.log_metrics({"val_miou": best}, step=epoch)
-                trial.report(best, epoch)
+            def on_validation(step: int, best: float) -> None:
+                run.log_metrics({"val_miou": best}, step=step)
+                trial.report(best, step)
                 if trial.should_prune():
                     run.set_tags({"optuna.state": "PRUNED"})
-                    raise optuna.TrialPruned(f"epoch {epoch}: validation mIoU {best:.4f}")
+                    raise optuna.TrialPruned(f"step {step}: validation mIoU {best:.4f}")
 
             try:
-                value = validation_miou(tcfg, real_train, synthetic, on_epoch)
+                value = validation_miou(tcfg, real_train, synthetic, on_validation)
             except optuna.TrialPruned as pruned:
                 prune = pruned  # leave the run FINISHED: pruning is not a failure
             else:

@@ -1,0 +1,209 @@
+"""Has the real-only baseline learned what it can? Its validation mIoU against optimiser steps.
+
+``evaluate.steps`` must be large enough that the baseline ``RALLF000`` has plateaued: a gain
+measured against an under-trained segmenter says little. This tool trains the baseline cell of
+each architecture and seed (:mod:`isdm.evaluation.cell`, the evaluate recipe with
+``evaluate.steps`` = ``--steps``, validated every ``--val-every`` steps on the REAL validation
+split; the test split is never read) and records every validation:
+
+- ``plateau_<dataset>.csv``: ``dataset, arch, seed, step, epoch, train_loss, val_miou,
+  val_miou_nobg, seconds`` (``seconds``: since the previous validation, training + validation);
+- ``plateau.png``: the mean over seeds of ``val_miou`` (and ``val_miou_nobg``) per architecture,
+  a band of ± one std, one row of panels per dataset;
+- a table per (dataset, architecture): the best of the seed-mean curve, the first step at which
+  it comes within ``tol`` (0.01) of that best (``plateau_step``), the mean of its last quarter
+  minus the mean of the quarter before (``last_quarter_rise``: ~0 once plateaued), and the
+  cost (``s_per_step``, training plus its validations; ``steps_per_s``).
+
+``python -m isdm.bench.plateau --data DIR [-c params.yaml] [--set k=v] --steps N --val-every K
+--seeds 0 1 2 --out DIR`` runs one dataset with the config's evaluate recipe;
+``python -m isdm.bench --only plateau [--crackforest DIR]`` runs the embedded dataset (written to
+a temp folder from the ``synth`` defaults) and CrackForest (binary, 128 px as the eval
+benchmark) and writes next to ``bench/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["curves", "plateau_table", "plot_curves", "run", "main"]
+
+_FIELDS = ("dataset", "arch", "seed", "step", "epoch", "train_loss", "val_miou", "val_miou_nobg",
+           "seconds")
+
+
+def curves(cfg: Any, data_root: str | Path, dataset: str, seeds: Sequence[int],
+           progress: bool = False) -> list[dict[str, Any]]:
+    """One row per validation of the baseline cell of every ``cfg.evaluate.architectures`` x
+    ``seeds``, trained for ``cfg.evaluate.steps`` steps."""
+    from isdm.evaluation.cell import plan_cell, train_cell
+    from isdm.evaluation.loading import eval_data_config, load_real
+    from isdm.evaluation.mixes import BASELINE
+    from isdm.utils.runtime import resolve_device
+
+    e = cfg.evaluate
+    real = load_real(data_root, "train", eval_data_config(cfg.data, e.image_size))
+    device = resolve_device(e.device)
+    rows: list[dict[str, Any]] = []
+    for arch in e.architectures:
+        for seed in seeds:
+            cell = plan_cell(cfg, arch, BASELINE, seed, real.keys, [])
+            t0 = time.perf_counter()
+            _, fit = train_cell(cfg, cell, real, real.subset([]), device=device)
+            rows += [{"dataset": dataset, "arch": arch, "seed": seed, **h} for h in fit.history]
+            if progress:
+                print(f"  {dataset} {arch} seed {seed}: {e.steps} steps in "
+                      f"{time.perf_counter() - t0:.0f} s, best val mIoU {fit.best_val_miou:.4f} "
+                      f"at step {fit.best_step}", file=sys.stderr, flush=True)
+    return rows
+
+
+def _mean_curve(rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, mean over seeds, std over seeds) of ``key``; every seed validates at the same steps."""
+    steps = sorted({r["step"] for r in rows})
+    by_step = np.array([[r[key] for r in rows if r["step"] == s] for s in steps], dtype=float)
+    return np.array(steps), np.nanmean(by_step, axis=1), np.nanstd(by_step, axis=1)
+
+
+def plateau_table(rows: list[dict[str, Any]], tol: float = 0.01) -> list[dict[str, Any]]:
+    """Per (dataset, architecture): the seed-mean curve's best, plateau step and last-quarter
+    rise (module docstring), for ``val_miou`` and ``val_miou_nobg``, and the cost."""
+    table = []
+    for dataset, arch in dict.fromkeys((r["dataset"], r["arch"]) for r in rows):
+        sub = [r for r in rows if r["dataset"] == dataset and r["arch"] == arch]
+        out: dict[str, Any] = {"dataset": dataset, "arch": arch,
+                               "seeds": len({r["seed"] for r in sub})}
+        for key in ("val_miou", "val_miou_nobg"):
+            steps, mean, _ = _mean_curve(sub, key)
+            best = float(np.nanmax(mean))
+            quarter = max(1, len(mean) // 4)
+            out[f"{key}_best"] = best
+            out[f"{key}_final"] = float(mean[-1])
+            out[f"{key}_plateau_step"] = int(steps[np.argmax(mean >= best - tol)])
+            out[f"{key}_last_quarter_rise"] = float(np.nanmean(mean[-quarter:])
+                                                    - np.nanmean(mean[-2 * quarter:-quarter]))
+        seconds = sum(r["seconds"] for r in sub)
+        total_steps = sum(max(r["step"] for r in sub if r["seed"] == s) for s in {r["seed"] for r in sub})
+        out["steps"] = int(max(r["step"] for r in sub))
+        out["s_per_step"] = seconds / total_steps
+        out["steps_per_s"] = total_steps / seconds
+        table.append(out)
+    return table
+
+
+def plot_curves(rows: list[dict[str, Any]], path: str | Path) -> Any:
+    """The seed-mean validation curves (± std), one row of two panels per dataset, as a PNG."""
+    from matplotlib.figure import Figure
+
+    from isdm.utils.io import atomic_path
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    colors = {a: f"C{i}" for i, a in enumerate(dict.fromkeys(r["arch"] for r in rows))}
+    fig = Figure(figsize=(11, 3.6 * len(datasets)))
+    axes = fig.subplots(len(datasets), 2, squeeze=False)
+    for i, dataset in enumerate(datasets):
+        for j, (key, title) in enumerate((("val_miou", "val mIoU"),
+                                          ("val_miou_nobg", "val mIoU without background"))):
+            ax = axes[i][j]
+            for arch in dict.fromkeys(r["arch"] for r in rows if r["dataset"] == dataset):
+                sub = [r for r in rows if r["dataset"] == dataset and r["arch"] == arch]
+                steps, mean, std = _mean_curve(sub, key)
+                n = len({r["seed"] for r in sub})
+                ax.plot(steps, mean, color=colors[arch], label=f"{arch} ({n} seed{'s' * (n > 1)})")
+                ax.fill_between(steps, mean - std, mean + std, color=colors[arch], alpha=0.2)
+            ax.set_title(f"{dataset}: real-only {title}", fontsize=10)
+            ax.set_xlabel("optimiser steps")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return fig
+
+
+def write_outputs(rows: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """``plateau_<dataset>.csv`` per dataset and ``plateau.png`` into ``out_dir``."""
+    from isdm.utils.io import atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        lines = [",".join(_FIELDS)]
+        lines += [",".join(str(r[f]) for f in _FIELDS) for r in rows if r["dataset"] == dataset]
+        paths.append(out / f"plateau_{dataset}.csv")
+        atomic_write_text(paths[-1], "\n".join(lines) + "\n")
+    paths.append(out / "plateau.png")
+    plot_curves(rows, paths[-1])
+    return paths
+
+
+def _recipe(cfg: Any, steps: int, val_every: int, **evaluate: Any) -> Any:
+    return cfg.replace(evaluate=dataclasses.replace(cfg.evaluate, steps=steps, val_every=val_every,
+                                                    **evaluate))
+
+
+def run(quick: bool = False, data_root: Optional[str | Path] = None,
+        out_dir: str | Path = "bench") -> dict:
+    """The bench entry: the embedded dataset and (when ``data_root`` holds it) CrackForest.
+    quick: 1 seed, 40 steps; full: 3 seeds, 1000 steps (embedded) / 600 steps (CrackForest)."""
+    from isdm.config import Config, DataConfig, SynthConfig, TrackingConfig
+    from isdm.data.synth import write_synthetic_dataset
+
+    seeds = [0] if quick else [0, 1, 2]
+    base = Config(tracking=TrackingConfig(enabled=False))
+    rows, notes = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        write_synthetic_dataset(tmp, SynthConfig())
+        cfg = _recipe(base, 40 if quick else 1000, 10 if quick else 25)
+        rows += curves(cfg, tmp, "embedded", seeds, progress=True)
+    root = Path(data_root) if data_root else None
+    if root is not None and (root / "train" / "images").is_dir():
+        data = DataConfig(root=str(root), dataset_mode="binary", num_classes=2, ignore_index=None,
+                          image_size=128)
+        cfg = _recipe(base.replace(data=data), 40 if quick else 600, 10 if quick else 25,
+                      image_size=128, batch_size=4)
+        rows += curves(cfg, root, "crackforest", seeds, progress=True)
+    else:
+        notes.append("CrackForest not given or not found (--crackforest DIR): embedded set only")
+    paths = write_outputs(rows, out_dir)
+    notes.append(f"curves: {', '.join(str(p) for p in paths)}")
+    return {"table": plateau_table(rows), "notes": notes}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from isdm.config import load_config
+
+    parser = argparse.ArgumentParser(prog="python -m isdm.bench.plateau", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="dataset root (train/, test/)")
+    parser.add_argument("--name", default=None, help="dataset name in the outputs (folder name)")
+    parser.add_argument("-c", "--config", default=None, help="config (params.yaml) for the recipe")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--val-every", type=int, default=25)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default="bench/plateau")
+    args = parser.parse_args(argv)
+    cfg = _recipe(load_config(args.config, [*args.overrides, "tracking.enabled=false"]),
+                  args.steps, args.val_every)
+    name = args.name or Path(args.data).resolve().name
+    rows = curves(cfg, args.data, name, args.seeds, progress=True)
+    paths = write_outputs(rows, args.out)
+    from isdm.bench.__main__ import markdown_table
+
+    print(markdown_table(plateau_table(rows)))
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

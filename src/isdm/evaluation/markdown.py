@@ -1,0 +1,128 @@
+"""``report.md`` of an evaluation, from its summary tree (:func:`isdm.evaluation.report.build_summary`):
+setup, budget per row, the mean over architectures, the per-architecture table, synthetic sets
+compared, label fidelity, and the definitions of every number."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+__all__ = ["markdown_report", "markdown_table", "overall_table", "budget_table",
+           "comparison_table", "fidelity_table"]
+
+
+def _pm(stats: Mapping[str, Any], key: str) -> str:
+    mean, std = stats.get(f"{key}_mean", float("nan")), stats.get(f"{key}_std", float("nan"))
+    return "n/a" if not math.isfinite(mean) else f"{mean:.4f} ± {std:.4f}"
+
+
+def _mean(stats: Mapping[str, Any], key: str) -> str:
+    value = stats.get(f"{key}_mean", float("nan"))
+    return "n/a" if not math.isfinite(value) else f"{value:.4f}"
+
+
+def _gain(stats: Mapping[str, Any], suffix: str = "") -> str:
+    if f"gain{suffix}" not in stats:
+        return "baseline"
+    g, lo, hi = (stats[f"gain{suffix}{k}"] for k in ("", "_lo", "_hi"))
+    return "n/a" if not math.isfinite(g) else f"{g:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+
+
+def markdown_table(summary: Mapping[str, Any]) -> str:
+    """Architecture x row: mean ± std over seeds of mIoU (with and without background), pooled
+    micro IoU, Dice, the gain over RALLF000 with its paired-bootstrap 95 % CI, and the verdict."""
+    lines = ["| architecture | mix | seeds | mIoU | mIoU (no bg) | micro IoU | Dice | "
+             "gain mIoU [95% CI] | verdict | gain mIoU no bg [95% CI] | verdict (no bg) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for arch, rows in summary["architectures"].items():
+        for label, s in rows.items():
+            lines.append(
+                f"| {arch} | {label} | {int(s.get('n_seeds', 0))} | {_pm(s, 'miou')} | "
+                f"{_pm(s, 'miou_nobg')} | {_pm(s, 'micro_iou')} | {_pm(s, 'dice')} | {_gain(s)} | "
+                f"{s.get('verdict', '-')} | {_gain(s, '_nobg')} | {s.get('verdict_nobg', '-')} |")
+    return "\n".join(lines)
+
+
+def overall_table(summary: Mapping[str, Any]) -> str:
+    """Per row, the mean over architectures and its gain over RALLF000 (CI: same draws for
+    every architecture)."""
+    lines = ["| mix | mIoU | mIoU (no bg) | gain mIoU [95% CI] | verdict | "
+             "gain mIoU no bg [95% CI] | verdict (no bg) |", "|---|---|---|---|---|---|---|"]
+    for label, s in summary["overall"].items():
+        lines.append(f"| {label} | {_mean(s, 'miou')} | {_mean(s, 'miou_nobg')} | {_gain(s)} | "
+                     f"{s.get('verdict', '-')} | {_gain(s, '_nobg')} | {s.get('verdict_nobg', '-')} |")
+    return "\n".join(lines)
+
+
+def budget_table(budget: Mapping[str, Any]) -> str:
+    lines = ["| mix | real images | synthetic images | steps | images seen | epochs (derived) |",
+             "|---|---|---|---|---|---|"]
+    for label, b in budget["rows"].items():
+        lines.append(f"| {label} | {b['n_real']} | {b['n_synthetic']} | {b['steps']} | "
+                     f"{b['images_seen']} | {b['epochs']:.1f} |")
+    return "\n".join(lines)
+
+
+def comparison_table(comparisons: list[Mapping[str, Any]]) -> str:
+    lines = ["| architecture | mix | set vs reference | gain mIoU [95% CI] | verdict | "
+             "gain mIoU no bg [95% CI] | verdict (no bg) |", "|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        lines.append(f"| {c['arch']} | {c['mix']} | {c['set']} vs {c['reference']} | {_gain(c)} | "
+                     f"{c['verdict']} | {_gain(c, '_nobg')} | {c['verdict_nobg']} |")
+    return "\n".join(lines)
+
+
+def fidelity_table(fidelity: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    """Label fidelity per synthetic set and architecture."""
+    lines = ["| set | architecture | synthetic images | mIoU | mIoU (no bg) | micro IoU |",
+             "|---|---|---|---|---|---|"]
+    for name, by_arch in fidelity.items():
+        for arch, m in by_arch.items():
+            lines.append(f"| {name} | {arch} | {int(m.get('n_images', 0))} | "
+                         f"{m.get('miou', float('nan')):.4f} | {m.get('miou_nobg', float('nan')):.4f} | "
+                         f"{m.get('micro_iou', float('nan')):.4f} |")
+    return "\n".join(lines)
+
+
+_DEFINITIONS = [
+    "- Budget: every cell trains for the same number of optimiser steps of the same batch size, "
+    "whatever the size of its mix; an epoch (one pass over the mix's images) is derived: images "
+    "seen / training images. The weights of the best validation (real validation split) are "
+    "tested.",
+    "- IoU_c = TP_c / (TP_c + FP_c + FN_c) with counts summed over ALL test images; "
+    "`ignore_index` pixels excluded (in training losses too).",
+    "- mIoU = mean of IoU_c over classes present in prediction or ground truth (a class "
+    "absent from both over the whole test set is undefined and excluded); "
+    "'no bg' drops class 0 (binary data: the defect-class IoU).",
+    "- micro IoU = sum_c TP_c / sum_c (TP_c + FP_c + FN_c), background included "
+    "(the original ISDM tool's pooled `dataset_iou`).",
+    "- gain = mean over seeds of mIoU(mix) - mIoU(RALLF000); 95% CI from a paired "
+    "bootstrap over seeds and test images (same draws for both mixes). "
+    "Verdict 'gain' / 'loss' only when the CI excludes 0, else 'no significant difference'.",
+    "- Mean over architectures: the mean of the architectures' gains; each bootstrap replicate "
+    "applies ONE draw of seeds and test images to every architecture (they share the seeds' "
+    "validation splits and mix draws, and the test images), and the CI is the percentile "
+    "interval of the replicates' means.",
+    "- set vs reference: the same mix trained with another synthetic set against the first "
+    "set (same seeds, real images and validation split), same bootstrap.",
+    "- std is the sample standard deviation over seeds (ddof = 1).",
+]
+
+
+def markdown_report(summary: Mapping[str, Any]) -> str:
+    """The full ``report.md``."""
+    setup = "\n".join(f"- {k}: {v}" for k, v in summary["setup"].items())
+    parts = ["# isdm evaluate: does synthetic data raise the segmenter's mIoU?", "",
+             "## Setup", setup, "", "## Budget per mix", "", budget_table(summary["budget"])]
+    if summary["architectures"]:
+        parts += ["", "## Mean over architectures (real test set)", "", overall_table(summary),
+                  "", "## Real test set per architecture (mean ± std over seeds)", "",
+                  markdown_table(summary)]
+    if summary["comparisons"]:
+        parts += ["", "## Synthetic sets compared (same mix, further set vs the first)", "",
+                  comparison_table(summary["comparisons"])]
+    if any(summary["fidelity"].values()):
+        parts += ["", "## Label fidelity (real-only model, first seed, on the synthetic samples "
+                  "vs their conditioning masks)", "", fidelity_table(summary["fidelity"])]
+    parts += ["", "## Definitions", "", *_DEFINITIONS, ""]
+    return "\n".join(parts)

@@ -201,10 +201,12 @@ def test_curated_folder_round_trips_through_evaluate(env, mlflow_uri):
             "fidelity_hist.png", "weights.json", "manifest.jsonl"} <= logged
     report = env["root"] / "report"
     r = CliRunner().invoke(cli, ["evaluate", "-c", str(env["params"]), "--data", str(env["data"]),
-                                 "--synthetic", str(out), "--out", str(report), "--device", "cpu"])
+                                 "--synthetic", f"curated={out}", "--out", str(report),
+                                 "--device", "cpu"])
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader((report / "cells.csv").open()))
-    assert {(r["mix"], r["n_fake"]) for r in rows} == {("RALLF000", "0"), ("RALLFALL", str(kept))}
+    assert {(r["mix"], r["n_fake"]) for r in rows} == {("RALLF000", "0"),
+                                                       ("RALLFALL[curated]", str(kept))}
 
     from isdm.config import load_config
     from isdm.evaluation.loading import eval_data_config, load_synthetic

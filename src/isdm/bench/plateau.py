@@ -51,7 +51,7 @@ def curves(cfg: Any, data_root: str | Path, dataset: str, seeds: Sequence[int],
 
     e = cfg.evaluate
     real = load_real(data_root, "train", eval_data_config(cfg.data, e.image_size))
-    device = resolve_device(e.device)
+    device = resolve_device(cfg.runtime.device)
     rows: list[dict[str, Any]] = []
     for arch in e.architectures:
         for seed in seeds:

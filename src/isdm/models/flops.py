@@ -36,7 +36,7 @@ def forward_flops(model_cfg: Any, image_size: int | tuple[int, int], num_classes
         spade_flops / flops; ``cached_flops`` (forward given a precomputed condition, the cost of
         one sampling step).
     """
-    from isdm.models import build_model
+    from isdm.models.build import build_model
 
     with torch.device(device):
         model = build_model(model_cfg, image_size, num_classes).eval()

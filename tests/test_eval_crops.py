@@ -209,3 +209,40 @@ def test_the_curation_scorer_trains_on_crops_and_scores_crop_size_samples(rect_d
     plain = load_config(None, ["data.num_classes=3"])  # whole images: the key as before
     ident = scorer_identity(plain, rect_dir, torch.device("cpu"))
     assert "window_overlap" not in ident["evaluate"] and "crop" not in ident["data"]
+
+
+# ---------------------------------------------------------------------- CrackForest recipe
+
+
+def test_the_crackforest_command_sets_exactly_the_keys_of_its_file():
+    """configs/crackforest.yaml's `dvc exp run -S ...` command and its keys agree, and
+    params.yaml with those settings is a valid crop config."""
+    import shlex
+
+    from isdm.config import flatten
+
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "configs" / "crackforest.yaml").read_text()
+    lines = [ln[1:].strip() for ln in text.splitlines() if ln.startswith("#")]
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("dvc exp run"))
+    command = ""
+    for ln in lines[start:]:
+        command += " " + ln.rstrip("\\")
+        if not ln.endswith("\\"):
+            break
+    words = shlex.split(command)
+    settings = [words[i + 1] for i, w in enumerate(words) if w == "-S"]
+
+    def leaves(tree: dict, prefix: str = "") -> dict:
+        out: dict = {}
+        for k, v in tree.items():
+            out.update(leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+
+    file_keys = leaves(yaml.safe_load(text))
+    assert sorted(s.split("=", 1)[0] for s in settings) == sorted(file_keys)
+    params = repo / "params.yaml"
+    cfg = load_config(params, settings)
+    assert cfg == load_config(params, [f"{k}={json.dumps(v)}" for k, v in file_keys.items()])
+    assert cfg.data.crop and cfg.data.size == (64, 64) and cfg.evaluate.image_size == 64
+    assert flatten(cfg)["data.root"] == "../shared/data/crackforest"

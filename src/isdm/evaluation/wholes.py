@@ -9,8 +9,7 @@ validation and test images by sliding windows. Metrics are never computed on cro
 - :class:`WholeSet`: every image of a split decoded once, scaled by ``data.scale`` and padded
   up to at least one window where it is smaller (:func:`isdm.data.transforms.fit_placement`:
   mid-grey image, exactly 0 in the tensors; ``ignore_index`` label), kept as uint8 with the
-  defect pixels of its label, plus its mask at NATIVE size for the metrics (uint8: about 5 MiB
-  per 1024x1024 image at scale 1).
+  defect pixels of its label, plus its mask at NATIVE size for the metrics.
 - :class:`CropMix`: a training mix, real images first, then synthetic ones. Each time the batch
   stream draws a real image, a fresh crop of it is cut, centred on a defect pixel with
   probability ``data.crop_defect_prob`` (:func:`isdm.data.crops.crop_origin`), from the

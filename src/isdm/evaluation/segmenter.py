@@ -229,8 +229,8 @@ class SegmenterFit:
 
 
 def train_segmenter(model: torch.nn.Module, train: TensorSet | CropMix,
-                    val: TensorSet | WholeSet, recipe: EvaluateConfig, *, num_classes: int, ignore_index: Optional[int],
-                    seed: int, device: torch.device,
+                    val: TensorSet | WholeSet, recipe: EvaluateConfig, *, num_classes: int,
+                    ignore_index: Optional[int], seed: int, device: torch.device,
                     on_validation: Optional[Callable[[dict[str, float]], None]] = None,
                     ) -> SegmenterFit:
     """Train ``model`` on ``train`` for ``recipe.steps`` steps; keep the weights of the
@@ -259,8 +259,8 @@ def train_segmenter(model: torch.nn.Module, train: TensorSet | CropMix,
 
 def _train(model: torch.nn.Module, train: TensorSet | CropMix, val: TensorSet | WholeSet,
            recipe: EvaluateConfig, *, num_classes: int, ignore_index: Optional[int], seed: int,
-           device: torch.device,
-           on_validation: Optional[Callable[[dict[str, float]], None]]) -> SegmenterFit:
+           device: torch.device, on_validation: Optional[Callable[[dict[str, float]], None]],
+           ) -> SegmenterFit:
     from isdm.utils.precision import autocast
 
     weights, bs = recipe.encoder_weights, recipe.batch_size

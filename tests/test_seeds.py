@@ -47,6 +47,8 @@ def test_mix_streams_keep_their_values():
     keys = [f"k{i:02d}" for i in range(10)]
     assert draw_subset(keys, 4, 2, Stream.MIX_REAL) == ["k06", "k00", "k05", "k07"]
     assert draw_subset(keys, 4, 2, Stream.MIX_FAKE) == ["k07", "k09", "k01", "k04"]
+    # the downstream segmenter's crops (data.crop): key (step, slot)
+    assert generator(Stream.EVAL_CROP, 3, 1, 0).integers(100, size=5).tolist() == [7, 29, 56, 48, 44]
 
 
 def test_a_stream_is_used_as_what_it_is():

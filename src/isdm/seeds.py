@@ -18,7 +18,7 @@ fold            value                                   streams
 
 Generator streams (:func:`generator`) are ``numpy.random.default_rng(entropy)``: the sampling
 plan's mask order, the balancer's priorities and fallback draws, the evaluation mixes' subsets,
-the training crops.
+the training crops (the SDM's and the downstream segmenter's).
 
 The tags and folds are those the streams had when each lived in its own module, so every seed,
 and hence every output, is unchanged; ``tests/test_seeds.py`` pins values of each stream.
@@ -51,6 +51,7 @@ class Stream(enum.Enum):
     MIX_FAKE = "mix_fake"  # (): the order synthetic images enter a mix
     DATA_CROP = "data_crop"  # (epoch, index): the crop of training item `index` in `epoch`
     SAMPLE_CROP = "sample_crop"  # (i,) sample i's mask crop; (j, k) k-th crop of mask j (pool)
+    EVAL_CROP = "eval_crop"  # (step, slot): a downstream cell's crop at position `slot` of `step`
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ _SPECS: dict[Stream, _Spec] = {
     Stream.MIX_FAKE: _Spec(tag=(0xFA4E,)),
     Stream.DATA_CROP: _Spec(tag=(0xC40,)),
     Stream.SAMPLE_CROP: _Spec(tag=(0xC41,), fold="u64"),
+    Stream.EVAL_CROP: _Spec(tag=(0xC42,)),
 }
 
 

@@ -219,7 +219,11 @@ class EvaluateConfig(Section):
     multiple of 32 because the smp encoders downsample by 32 (an int: square; ``[H, W]``: a
     rectangle, each side a multiple of 32; whole images are brought to it by ``data.resize``);
     ``precision`` the autocast of the
-    segmenter's forward pass (``bf16``: CPUs with native bf16, or CUDA)."""
+    segmenter's forward pass (``bf16``: CPUs with native bf16, or CUDA). With ``data.crop``
+    ``image_size`` is the segmenter's random training crop of the real images at
+    ``data.scale`` (equal to ``data.image_size``, the synthetic images' size) and its window
+    for sliding-window prediction on whole validation and test images; neighbouring windows
+    overlap by ``window_overlap`` of a window (:mod:`isdm.evaluation.wholes`)."""
 
     SECTION = "evaluate"
     RULES = {
@@ -239,6 +243,7 @@ class EvaluateConfig(Section):
                             "such)"),),
         "val_fraction": (in_range(0, 1, open_lo=True, open_hi=True),),
         "bootstrap": (at_least(0),),
+        "window_overlap": (in_range(0, 1, open_hi=True),),
     }
 
     architectures: tuple[str, ...] = ("UnetPlusPlus", "FPN", "DeepLabV3Plus")
@@ -256,6 +261,7 @@ class EvaluateConfig(Section):
     precision: Literal["fp32", "bf16"] = "fp32"
     val_fraction: float = 0.2
     bootstrap: int = 1000
+    window_overlap: float = 0.25
 
     def _resolve(self) -> None:
         square_as_int(self)

@@ -7,7 +7,9 @@ reports. It is cached as ``<cache_dir>/<key>.pt`` where ``key`` digests everythi
 its weights: the real train files' bytes, the data keys that decode them, the evaluate recipe
 (without the keys that only choose cells: architectures, mixes, seeds, bootstrap, device), the
 scorer's architecture and seed, and the device type (CPU and CUDA weights differ in their last
-bits).
+bits). With ``data.crop`` it is evaluate's crop-trained cell (random crops of the real images at
+``data.scale``, whole validation images by sliding windows) and the key adds the crop keys; the
+synthetic images it scores are crops of that size, predicted whole.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ _NOT_RECIPE = ("architectures", "mixes", "seeds", "bootstrap", "device")
 class Scorer:
     """A trained scorer, what it was trained on, and the real train images it saw.
 
-    ``real`` (the real train split at ``evaluate.image_size``) serves the memorisation check."""
+    ``real`` (the real train split at ``evaluate.image_size``, whole images resized even with
+    ``data.crop``, when the scorer trains on crops) serves the memorisation check."""
 
     model: torch.nn.Module
     device: torch.device
@@ -64,9 +67,14 @@ def scorer_identity(cfg: Config, data_root: str | Path, device: torch.device) ->
     """Everything that decides the scorer's weights (see the module docstring)."""
     d = cfg.data
     recipe = {k: v for k, v in to_dict(cfg.evaluate).items() if k not in _NOT_RECIPE}
+    data = {"dataset_mode": d.dataset_mode, "num_classes": d.num_classes,
+            "ignore_index": d.ignore_index, "resize": d.resize}
+    if d.crop:  # trained on crops, validated by sliding windows
+        data.update(crop=True, scale=d.scale, crop_defect_prob=d.crop_defect_prob)
+    else:  # (keys of whole-image scorers as before the crop keys existed)
+        del recipe["window_overlap"]
     return {"dataset_sha256": dataset_digest(data_root),
-            "data": {"dataset_mode": d.dataset_mode, "num_classes": d.num_classes,
-                     "ignore_index": d.ignore_index, "resize": d.resize},
+            "data": data,
             "evaluate": recipe,
             "scorer": {"architecture": cfg.curate.architecture, "seed": cfg.curate.seed},
             "device": device.type}
@@ -84,7 +92,7 @@ def load_scorer(cfg: Config, data_root: str | Path, cache_dir: str | Path, *,
         EvaluationError: unknown architecture, or no validation image in the real train split.
     """
     from isdm.evaluation.cell import plan_cell, train_cell
-    from isdm.evaluation.loading import eval_data_config, load_real
+    from isdm.evaluation.loading import eval_data_config, load_real, load_split
     from isdm.evaluation.mixes import BASELINE
     from isdm.evaluation.segmenter import build_segmenter
     from isdm.utils.io import atomic_path
@@ -105,7 +113,8 @@ def load_scorer(cfg: Config, data_root: str | Path, cache_dir: str | Path, *,
                       int(state["best_step"]), True, real)
     empty = TensorSet(real.images[:0], real.labels[:0], [])
     cell = plan_cell(cfg, c.architecture, BASELINE, c.seed, real.keys, [])
-    model, fit = train_cell(cfg, cell, real, empty, device=dev, on_validation=on_validation)
+    train = load_split(cfg, data_root, "train") if cfg.data.crop else real  # crop: whole images
+    model, fit = train_cell(cfg, cell, train, empty, device=dev, on_validation=on_validation)
     with atomic_path(path) as tmp:
         torch.save({"state_dict": fit.state_dict, "identity_json": json.dumps(identity),
                     "best_val_miou": fit.best_val_miou, "best_step": fit.best_step}, tmp)

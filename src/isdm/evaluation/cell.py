@@ -11,10 +11,12 @@ objective. Both go through the same two steps, configured by ``cfg.evaluate`` (t
    the same images and mixes are paired), then draw the mix's real and synthetic training keys
    (:func:`isdm.evaluation.mixes.plan_mix`; a validation image is never a training image);
 2. :func:`train_cell` (concat -> build -> train): concatenate the drawn real and synthetic
-   images, build the smp model with init seeded by the cell's seed and train it with the
-   recipe (:func:`isdm.evaluation.segmenter.train_segmenter`: ``evaluate.steps`` optimiser
-   steps whatever the mix's size); the model comes back holding the weights of its best
-   validation.
+   images (with ``data.crop``: a :class:`~isdm.evaluation.wholes.CropMix` that cuts a fresh
+   crop of a real image each time it is drawn), build the smp model with init seeded by the
+   cell's seed and train it with the recipe (:func:`isdm.evaluation.segmenter.train_segmenter`:
+   ``evaluate.steps`` optimiser steps whatever the mix's size); the model comes back holding
+   the weights of its best validation (whole validation images by sliding windows with
+   ``data.crop``).
 
 The test split is never read here.
 """
@@ -35,6 +37,7 @@ from isdm.evaluation.segmenter import (
     build_segmenter,
     train_segmenter,
 )
+from isdm.evaluation.wholes import CropMix, WholeSet
 
 __all__ = ["Cell", "split_validation", "plan_cell", "train_cell"]
 
@@ -95,21 +98,27 @@ def plan_cell(cfg: Config, arch: str, mix: str, seed: int, real_keys: Sequence[s
     return Cell(arch, plan, synthetic_set if plan.mix.uses_synthetic else "")
 
 
-def train_cell(cfg: Config, cell: Cell, real: TensorSet, synthetic: TensorSet, *,
+def train_cell(cfg: Config, cell: Cell, real: TensorSet | WholeSet, synthetic: TensorSet, *,
                device: torch.device,
                on_validation: Optional[Callable[[dict[str, float]], None]] = None,
                ) -> tuple[torch.nn.Module, SegmenterFit]:
     """Train the cell's segmenter; returns the model (best validation weights loaded) and its fit.
 
     Args:
-        real: the real TRAIN images at ``evaluate.image_size`` (training and validation keys).
+        real: the real TRAIN images (training and validation keys) at ``evaluate.image_size``,
+            or whole with ``data.crop`` (:func:`isdm.evaluation.loading.load_split`).
         synthetic: the images of the cell's synthetic set (may be empty for mixes without ``F``).
         on_validation: receives each validation's ``{"step", "epoch", "train_loss",
             "val_miou", "val_miou_nobg", "seconds"}`` (``epoch`` derived: images shown /
             training images).
     """
     e, plan = cfg.evaluate, cell.plan
-    train = TensorSet.concat([real.subset(plan.real_keys), synthetic.subset(plan.synthetic_keys)])
+    if isinstance(real, WholeSet):  # data.crop: fresh crops of whole real images every step
+        train = CropMix(real.subset(plan.real_keys), synthetic.subset(plan.synthetic_keys),
+                        cell.seed)
+    else:
+        train = TensorSet.concat([real.subset(plan.real_keys),
+                                  synthetic.subset(plan.synthetic_keys)])
     val = real.subset(plan.val_keys)
     model = build_segmenter(cell.arch, e.encoder, e.encoder_weights, cfg.data.num_classes,
                             cell.seed)

@@ -4,7 +4,8 @@ Datasets here are small (that is the point of isdm), so every image is decoded a
 per ``isdm evaluate`` call and shared by all (architecture, mix, seed) cells.
 
 - Real data: ``<root>/{train,test}/{images,masks}`` through the data layer
-  (:class:`isdm.data.dataset.SegmentationFolder`, which pairs by relative path and validates).
+  (:class:`isdm.data.dataset.SegmentationFolder`, which pairs by relative path and validates);
+  with ``data.crop`` whole images at ``data.scale`` (:mod:`isdm.evaluation.wholes`).
 - Synthetic data: the sampling output ``<dir>/samples/`` (generated images) and ``<dir>/labels/``
   (uint8 class ids, ``ignore_index`` allowed, e.g. pixels a curation step left unlabelled) with
   identical file names; ``images/``, ``colored_labels/`` and ``manifest.jsonl`` are ignored.
@@ -21,11 +22,14 @@ from typing import Callable, Mapping, Sequence, TypeVar, Union
 import numpy as np
 import torch
 
-from isdm.config import DataConfig
+from isdm.config import Config, DataConfig
+from isdm.config.data import image_hw
 from isdm.errors import EvaluationError, MaskValueError
 from isdm.evaluation.segmenter import TensorSet
+from isdm.evaluation.wholes import WholeSet, load_whole
 
-__all__ = ["load_real", "load_synthetic", "eval_data_config", "synthetic_sets", "DEFAULT_SET"]
+__all__ = ["load_real", "load_split", "load_synthetic", "eval_data_config", "synthetic_sets",
+           "DEFAULT_SET"]
 
 _IMAGE_EXT = (".png", ".jpg", ".jpeg")
 T = TypeVar("T")
@@ -93,6 +97,27 @@ def load_real(root: str | Path, split: str, data_cfg: DataConfig) -> TensorSet:
 
     ds = SegmentationFolder(root, split, data_cfg, augment=False)
     return _stack([ds[i] for i in range(len(ds))])
+
+
+def load_split(cfg: Config, root: str | Path, split: str) -> TensorSet | WholeSet:
+    """The real ``split`` as the segmenter sees it: every image resized to
+    ``evaluate.image_size`` (:func:`load_real`), or with ``data.crop`` whole at ``data.scale``
+    for crops and sliding windows of ``evaluate.image_size``
+    (:func:`isdm.evaluation.wholes.load_whole`).
+
+    Raises:
+        EvaluationError: ``data.crop`` with ``evaluate.image_size`` != ``data.image_size``.
+    """
+    e, d = cfg.evaluate, cfg.data
+    if not d.crop:
+        return load_real(root, split, eval_data_config(d, e.image_size))
+    if image_hw(e.image_size) != d.size:
+        raise EvaluationError(
+            f"data.crop=true: evaluate.image_size={e.image_size} differs from data.image_size="
+            f"{d.image_size}; the segmenter's crops must match the synthetic images (the SDM's "
+            "crops at data.scale) in size and pixel scale: set evaluate.image_size to "
+            "data.image_size (each side a multiple of 32)")
+    return load_whole(root, split, d, d.size, e.window_overlap)
 
 
 def _synthetic_pairs(folder: Path) -> list[tuple[str, Path, Path]]:

@@ -12,6 +12,10 @@ the real-only baseline ``RALLF000`` first. For every architecture, seed and row 
    keep the weights of the best validation;
 3. test ONCE on the real test split with the selected weights -> per-image counts.
 
+With ``data.crop`` steps 2-3 train on random crops of the real images at ``data.scale`` and
+predict whole validation / test images by sliding windows, scored at native size
+(:mod:`isdm.evaluation.wholes`).
+
 Then (:mod:`.summary`) mean and std over seeds per (architecture, row), the paired-bootstrap
 gain of every row over ``RALLF000`` and of every further set over the first at the same mix,
 per architecture and for the mean over architectures; label fidelity of each set (the first
@@ -151,16 +155,16 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic: SyntheticSpec,
 
 
 def _load(cfg: Config, data_root: str | Path, sets: dict[str, Path]) -> tuple[Any, Any, dict]:
-    """Real train, real test and each synthetic set (key ``""``: an empty set, for rows without
-    synthetic images) at ``evaluate.image_size``, in memory."""
+    """Real train, real test (:func:`isdm.evaluation.loading.load_split`: at
+    ``evaluate.image_size``, or whole with ``data.crop``) and each synthetic set (key ``""``: an
+    empty set, for rows without synthetic images) at ``evaluate.image_size``, in memory."""
     import torch
 
-    from isdm.evaluation.loading import eval_data_config, load_real, load_synthetic
+    from isdm.evaluation.loading import eval_data_config, load_split, load_synthetic
     from isdm.evaluation.segmenter import TensorSet
 
-    size = cfg.evaluate.image_size
-    data_cfg = eval_data_config(cfg.data, size)
-    train_all, test = load_real(data_root, "train", data_cfg), load_real(data_root, "test", data_cfg)
+    data_cfg = eval_data_config(cfg.data, cfg.evaluate.image_size)
+    train_all, test = load_split(cfg, data_root, "train"), load_split(cfg, data_root, "test")
     h, w = data_cfg.size
     synth = {"": TensorSet(torch.empty(0, 3, h, w), torch.empty(0, h, w, dtype=torch.long), [])}
     synth.update({name: load_synthetic(folder, data_cfg) for name, folder in sets.items()})
@@ -220,10 +224,20 @@ def _setup(cfg: Config, data_root: Any, sets: dict[str, Path], dev: Any, seeds: 
             "budget": f"{e.steps} optimiser steps of {e.batch_size} images for every cell "
                       f"({e.steps * e.batch_size} images seen), validation every {e.val_every} "
                       "steps and after the last, best validation kept",
-            "recipe": f"{e.encoder} (weights {e.encoder_weights}), {e.image_size} px, lr {e.lr}, "
+            "recipe": f"{e.encoder} (weights {e.encoder_weights}), {_geometry(cfg)}, lr {e.lr}, "
                       f"loss {e.loss}, augment {e.augment}, precision {e.precision}",
             "seeds": ", ".join(map(str, seeds)),
             "bootstrap": f"{e.bootstrap} paired replicates over seeds and test images, 95% CI"}
+
+
+def _geometry(cfg: Config) -> str:
+    """What the segmenter sees: whole images at ``evaluate.image_size``, or crops of them."""
+    e, d = cfg.evaluate, cfg.data
+    if not d.crop:
+        return f"{e.image_size} px"
+    return (f"random {e.image_size} px crops of the images at scale {d.scale} (defect-centred "
+            f"with p {d.crop_defect_prob}), validation and test on whole images by sliding "
+            f"windows (overlap {e.window_overlap}), scored at native size")
 
 
 def _write_outputs(out: Path, summary: dict[str, Any], cells: list[dict[str, Any]],

@@ -15,6 +15,9 @@ Model selection: every ``val_every`` steps and after the last step the validatio
 weights of the best validation (earliest on ties) are kept and returned. The test set is never
 seen here.
 
+With ``data.crop`` the batches are random crops of whole real images (plus synthetic images)
+and validation predicts whole images by sliding windows (:mod:`isdm.evaluation.wholes`).
+
 Inputs are the data layer's ``[-1, 1]`` images. With ``encoder_weights`` (e.g. ``imagenet``) they
 are mapped to the ImageNet mean/std the encoder was trained with (once, not twice as upstream).
 """
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 from isdm.config import EvaluateConfig
 from isdm.errors import EvaluationError
 from isdm.evaluation.metrics import image_counts, summarize
+from isdm.evaluation.wholes import CropMix, WholeSet
 
 __all__ = ["TensorSet", "build_segmenter", "train_segmenter", "predict_counts",
            "predict_labels", "augment_batch", "batch_stream", "validation_steps",
@@ -53,6 +57,10 @@ class TensorSet:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def batch(self, idx: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels at the indices ``idx`` (the same at every ``step``)."""
+        return self.images[idx], self.labels[idx]
 
     def subset(self, keys: list[str] | tuple[str, ...]) -> "TensorSet":
         pos = {k: i for i, k in enumerate(self.keys)}
@@ -186,10 +194,16 @@ def predict_labels(model: torch.nn.Module, images: torch.Tensor, device: torch.d
     return torch.cat(out) if out else torch.empty(0, *images.shape[2:], dtype=torch.long)
 
 
-def predict_counts(model: torch.nn.Module, data: TensorSet, num_classes: int,
+@torch.no_grad()
+def predict_counts(model: torch.nn.Module, data: TensorSet | WholeSet, num_classes: int,
                    ignore_index: Optional[int], device: torch.device, batch_size: int,
                    encoder_weights: Optional[str] = None) -> np.ndarray:
-    """Per-image ``(tp, fp, fn)`` counts ``[N, C, 3]`` of the model's predictions on ``data``."""
+    """Per-image ``(tp, fp, fn)`` counts ``[N, C, 3]`` of the model's predictions on ``data``:
+    images of the input size, or whole images by sliding windows (:meth:`WholeSet.counts`)."""
+    if isinstance(data, WholeSet):
+        model.eval()
+        return data.counts(lambda x: model(normalize(x.to(device), encoder_weights)),
+                           num_classes, ignore_index, batch_size)
     pred = predict_labels(model, data.images, device, batch_size, encoder_weights)
     return image_counts(pred.numpy(), data.labels.numpy(), num_classes, ignore_index)
 
@@ -214,13 +228,15 @@ class SegmenterFit:
     train_seconds: float = 0.0
 
 
-def train_segmenter(model: torch.nn.Module, train: TensorSet, val: TensorSet,
-                    recipe: EvaluateConfig, *, num_classes: int, ignore_index: Optional[int],
-                    seed: int, device: torch.device,
+def train_segmenter(model: torch.nn.Module, train: TensorSet | CropMix,
+                    val: TensorSet | WholeSet, recipe: EvaluateConfig, *, num_classes: int,
+                    ignore_index: Optional[int], seed: int, device: torch.device,
                     on_validation: Optional[Callable[[dict[str, float]], None]] = None,
                     ) -> SegmenterFit:
     """Train ``model`` on ``train`` for ``recipe.steps`` steps; keep the weights of the
-    validation with the best mIoU.
+    validation with the best mIoU. ``train`` gives each step's batch (:meth:`TensorSet.batch`,
+    or random crops of whole images, :class:`isdm.evaluation.wholes.CropMix`); ``val`` is
+    predicted as :func:`predict_counts` does.
 
     ``recipe`` gives ``steps``, ``val_every``, ``lr``, ``batch_size``, ``loss``, ``augment``,
     ``precision`` and ``encoder_weights`` (input normalisation). Deterministic for a given seed
@@ -241,9 +257,10 @@ def train_segmenter(model: torch.nn.Module, train: TensorSet, val: TensorSet,
                       on_validation=on_validation)
 
 
-def _train(model: torch.nn.Module, train: TensorSet, val: TensorSet, recipe: EvaluateConfig, *,
-           num_classes: int, ignore_index: Optional[int], seed: int, device: torch.device,
-           on_validation: Optional[Callable[[dict[str, float]], None]]) -> SegmenterFit:
+def _train(model: torch.nn.Module, train: TensorSet | CropMix, val: TensorSet | WholeSet,
+           recipe: EvaluateConfig, *, num_classes: int, ignore_index: Optional[int], seed: int,
+           device: torch.device, on_validation: Optional[Callable[[dict[str, float]], None]],
+           ) -> SegmenterFit:
     from isdm.utils.precision import autocast
 
     weights, bs = recipe.encoder_weights, recipe.batch_size
@@ -260,7 +277,7 @@ def _train(model: torch.nn.Module, train: TensorSet, val: TensorSet, recipe: Eva
     model.train()
     for step in range(1, recipe.steps + 1):
         idx = next(batches)
-        x, y = train.images[idx], train.labels[idx]
+        x, y = train.batch(idx, step)
         if recipe.augment:
             x, y = augment_batch(x, y, gen)
         x, y = normalize(x.to(device), weights), y.to(device)

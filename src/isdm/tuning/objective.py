@@ -133,10 +133,11 @@ def finetuned_checkpoint(cfg: Config, data_root: str | Path, checkpoint: str | P
 
 
 def load_real_train(cfg: Config, data_root: str | Path) -> Any:
-    """The real train images at ``evaluate.image_size``, loaded once per worker."""
-    from isdm.evaluation.loading import eval_data_config, load_real
+    """The real train images at ``evaluate.image_size`` (whole with ``data.crop``), loaded once
+    per worker."""
+    from isdm.evaluation.loading import load_split
 
-    return load_real(data_root, "train", eval_data_config(cfg.data, cfg.evaluate.image_size))
+    return load_split(cfg, data_root, "train")
 
 
 def validation_miou(cfg: Config, real_train: Any, synthetic_dir: str | Path,

@@ -45,12 +45,12 @@ def curves(cfg: Any, data_root: str | Path, dataset: str, seeds: Sequence[int],
     """One row per validation of the baseline cell of every ``cfg.evaluate.architectures`` x
     ``seeds``, trained for ``cfg.evaluate.steps`` steps."""
     from isdm.evaluation.cell import plan_cell, train_cell
-    from isdm.evaluation.loading import eval_data_config, load_real
+    from isdm.evaluation.loading import load_split
     from isdm.evaluation.mixes import BASELINE
     from isdm.utils.runtime import resolve_device
 
     e = cfg.evaluate
-    real = load_real(data_root, "train", eval_data_config(cfg.data, e.image_size))
+    real = load_split(cfg, data_root, "train")  # whole images, or crops with data.crop
     device = resolve_device(cfg.runtime.device)
     rows: list[dict[str, Any]] = []
     for arch in e.architectures:

@@ -168,7 +168,9 @@ def test_recipe_is_the_fewest_steps_at_the_threshold():
     from isdm.bench.sample_bench import pick_recipe
 
     assert pick_recipe({"dpmpp2m": 20, "dpmpp3m": 12, "unipc": 10}) == ("unipc", 10)
-    assert pick_recipe({"dpmpp2m": 15, "dpmpp3m": 15, "unipc": None}) == ("dpmpp2m", 15)
+    tie = {"dpmpp2m": 15, "dpmpp3m": 11, "unipc": 11}
+    rmse = {("dpmpp3m", 11, "fp32"): 0.0129, ("unipc", 11, "fp32"): 0.0102}
+    assert pick_recipe(tie, rmse) == ("unipc", 11)
     assert pick_recipe({"dpmpp2m": None}) == ("dpmpp2m", 20)
 
 

@@ -11,7 +11,7 @@ resident memory (``ru_maxrss``) when it exits, so each row's memory is that comm
   datasets of growing size: seconds should grow linearly with the number of images.
 
 Full sizes: 100 and 1,000 samples; 2,000 images of 1024 px; 40, 80 and 160 train images.
-``quick``: 16 and 64 samples; 64 images of 256 px; 16 and 32 train images.
+``quick``: 8 and 32 samples; 32 images of 256 px; 8 and 16 train images.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def _evaluation_rows(tmp: Path, cfg: Path, sizes: tuple[int, ...]) -> list[dict[
 def run(quick: bool = False) -> dict[str, Any]:
     """The rows of the module docstring (``quick``: small sizes, about two minutes)."""
     sample_sizes, (folder_n, folder_px), eval_sizes = (
-        ((16, 64), (64, 256), (16, 32)) if quick else ((100, 1000), (2000, 1024), (40, 80, 160)))
+        ((8, 32), (32, 256), (8, 16)) if quick else ((100, 1000), (2000, 1024), (40, 80, 160)))
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         cfg = tmp / "bench.yaml"

@@ -31,9 +31,10 @@ def sample_dpmpp3m(model_fn: ModelFn, x_T: torch.Tensor, schedule: Schedule, *,
         x_{i-1} = (sigma_{i-1} / sigma_i) x_i - alpha_{i-1} (phi_1 x0_i - phi_2 D1 + phi_3 D2)
 
     (Lu et al.'s ``multistep_dpm_solver_third_update``). The first step is first order (DDIM),
-    the second is DPM-Solver++(2M); the step onto index 0 is taken at second order (the
-    "lower order final" of Lu et al., which keeps few-step sampling stable). The last network call
-    at index 0 (t = 0) returns its x0 directly, as :func:`isdm.solvers.dpmpp.sample_dpmpp2m`.
+    the second is DPM-Solver++(2M). The last network call at index 0 (t = 0) returns its x0
+    directly, as :func:`isdm.solvers.dpmpp.sample_dpmpp2m` (the step onto index 0 ends at
+    sigma_0 = sqrt(beta_0), not at sigma = 0, so Lu et al.'s lower-order final step is not needed:
+    on the pipeline's network it raised the error at 10-12 steps).
     N network calls for N kept steps; with an exact denoiser the result is x0 exactly.
 
     Meant for a ``"logsnr"`` schedule. Args: as :func:`isdm.solvers.dpmpp.sample_dpmpp2m`, with
@@ -53,7 +54,7 @@ def sample_dpmpp3m(model_fn: ModelFn, x_T: torch.Tensor, schedule: Schedule, *,
             break
         history = (history + [(x0, float(lam[i]))])[-3:]
         h = float(lam[i - 1] - lam[i])
-        k = min(order, len(history), 2 if i == 1 else 3)
+        k = min(order, len(history))
         phi_1 = math.expm1(-h)
         d = phi_1 * x0
         if k >= 2:

@@ -228,3 +228,32 @@ def test_gpu_bench_script_smoke_runs_on_cpu(tmp_path):
     assert {r["precision"] for r in result["table"]} == expected
     assert [r["what"].split(",")[0] for r in result["table"]] == ["training", "sampling"] * 2
     assert all(r["batch"] in (1, 2) for r in result["table"])
+
+
+def test_largest_batch_stops_at_the_first_out_of_memory():
+    import time
+
+    from isdm.bench.gpu_bench import largest_batch
+
+    tried = []
+
+    def make_step(batch):
+        def step():
+            tried.append(batch)
+            if batch > 4:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return step
+
+    far = time.perf_counter() + 60
+    batch, step = largest_batch(make_step, torch.device("cpu"), far, max_batch=64)
+    assert batch == 4 and tried == [1, 2, 4, 8] and step is not None
+    assert largest_batch(make_step, torch.device("cpu"), far, max_batch=2)[0] == 2
+    assert largest_batch(make_step, torch.device("cpu"), time.perf_counter() - 1, 64) == (None, None)
+
+    def broken(batch):
+        def step():
+            raise RuntimeError("a real bug")
+        return step
+
+    with pytest.raises(RuntimeError, match="a real bug"):
+        largest_batch(broken, torch.device("cpu"), far, max_batch=8)

@@ -42,13 +42,16 @@ def _oom(error: BaseException) -> bool:
 
 
 def largest_batch(make_step: Callable[[int], Callable[[], None]], device: torch.device,
-                  deadline: float, max_batch: int) -> tuple[Optional[int], Optional[Callable]]:
-    """Double the batch from 1 while ``make_step(batch)()`` fits in memory, ``max_batch`` and the
-    ``deadline`` (``time.perf_counter()`` value): ``(largest batch, its step)``; ``(None, None)``
-    when batch 1 does not fit."""
+                  deadline: float, max_batch: int,
+                  n_timed: int = 0) -> tuple[Optional[int], Optional[Callable]]:
+    """Double the batch from 1 while ``make_step(batch)()`` fits in memory and ``max_batch``, and
+    while the next batch (assumed twice as slow) plus ``n_timed`` timed steps of it would end
+    before ``deadline`` (a ``time.perf_counter()`` value): ``(largest batch, its step)``;
+    ``(None, None)`` when batch 1 does not fit or no time is left."""
     best: tuple[Optional[int], Optional[Callable]] = (None, None)
-    batch = 1
-    while batch <= max_batch and time.perf_counter() < deadline:
+    batch, last_s = 1, 0.0
+    while batch <= max_batch and time.perf_counter() + 2 * last_s * (1 + n_timed) < deadline:
+        start = time.perf_counter()
         try:
             step = make_step(batch)
             step()
@@ -56,9 +59,8 @@ def largest_batch(make_step: Callable[[int], Callable[[], None]], device: torch.
         except (RuntimeError, torch.OutOfMemoryError) as error:
             if not _oom(error):
                 raise
-            step = None
-        if step is None:
             break
+        last_s = time.perf_counter() - start
         best = (batch, step)
         batch *= 2
         if device.type == "cuda":
@@ -163,7 +165,7 @@ def run(tiny: bool = False, budget_s: float = 420.0, max_batch: int = 256) -> di
         used = resolve_precision(precision, device)
         train_deadline = time.perf_counter() + share / 2
         batch, step = largest_batch(training_step_fn(cfg, size, classes, device, precision),
-                                    device, train_deadline, max_batch)
+                                    device, train_deadline, max_batch, n_timed)
         row = {"what": f"training, {preset} preset, {size} px", "precision": used,
                "batch": batch}
         rows.append({**row, "images_per_s": batch / _time(step, device, n_timed)} if step
@@ -173,7 +175,7 @@ def run(tiny: bool = False, budget_s: float = 420.0, max_batch: int = 256) -> di
             torch.cuda.empty_cache()
         model = place(build_model(cfg, size, classes), device).eval()
         batch, step = largest_batch(sampling_step_fn(model, size, classes, device, used),
-                                    device, time.perf_counter() + share / 2, max_batch)
+                                    device, time.perf_counter() + share / 2, max_batch, n_timed)
         row = {"what": f"sampling, dpmpp2m 20 steps, s=1.5, {preset} preset, {size} px",
                "precision": used, "batch": batch}
         rows.append({**row, "s_per_image": 20 * _time(step, device, n_timed) / batch} if step

@@ -12,13 +12,14 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export MLFLOW_ALLOW_FILE_STORE := true
-# OpenMP threads: spinning between parallel regions (ACTIVE) makes a training step ~20 % faster
-# than sleeping (PASSIVE) when one job has the cores, but ~1.8x slower when other busy processes
-# share them (README "Tests and benchmarks"). repro and bench ask `python -m isdm.utils.cpu`, which
-# answers ACTIVE only when other processes use under a quarter of the CPUs right now (an
-# OMP_WAIT_POLICY set in the environment wins); the test suite runs several processes at once
+# OpenMP threads: spinning between parallel regions (ACTIVE) makes a training step ~1.2x faster
+# than sleeping (PASSIVE) when one job has the cores, but ~2x slower when other busy processes
+# share them, where fewer threads are faster too (README "Tests and benchmarks"). repro and bench
+# ask `python -m isdm.utils.cpu`: ACTIVE and every CPU when other processes use under a quarter
+# of the CPUs right now, else PASSIVE and the CPUs they leave free (OMP_WAIT_POLICY and
+# OMP_NUM_THREADS set in the environment win). The test suite runs several processes at once
 # (DDP, workers), so there threads always sleep.
-OMP_POLICY = OMP_WAIT_POLICY=$$(PYTHONPATH=src $(BIN)/python -m isdm.utils.cpu --explain)
+OMP_ENV = env $$(PYTHONPATH=src $(BIN)/python -m isdm.utils.cpu --explain)
 test test-fast: export OMP_WAIT_POLICY := PASSIVE
 # `make bench BENCH_ARGS=--quick`: every row at smoke-test sizes (a few minutes)
 BENCH_ARGS ?=
@@ -41,12 +42,12 @@ test-fast: setup
 
 repro: setup
 	test -d .dvc || (PATH=$(BIN):$$PATH $(BIN)/dvc init --quiet && $(BIN)/dvc config core.analytics false)
-	$(OMP_POLICY) PATH=$(BIN):$$PATH $(BIN)/dvc repro
+	$(OMP_ENV) PATH=$(BIN):$$PATH $(BIN)/dvc repro
 	PATH=$(BIN):$$PATH $(BIN)/dvc metrics show
 	@echo; cat reports/evaluate/report.md
 
 bench: setup
-	$(OMP_POLICY) PATH=$(BIN):$$PATH $(BIN)/python -m isdm.bench --out bench/results.json $(BENCH_ARGS)
+	$(OMP_ENV) PATH=$(BIN):$$PATH $(BIN)/python -m isdm.bench --out bench/results.json $(BENCH_ARGS)
 
 # one GPU, under 8 minutes: training images/s and sampling s/image of the original preset, 256 px
 bench-gpu: setup

@@ -139,22 +139,27 @@ def test_busy_cpus_from_proc_stat(tmp_path, monkeypatch):
     assert cpu.busy_cpus(0.0, str(tmp_path / "missing")) is None
 
 
-def test_wait_policy_spins_only_on_an_idle_machine():
-    assert cpu.wait_policy(0.1, 2) == "ACTIVE"
-    assert cpu.wait_policy(0.6, 2) == "PASSIVE"  # 30 % of the machine taken by others
-    assert cpu.wait_policy(2.0, 2) == "PASSIVE"
-    assert cpu.wait_policy(None, 2) == "PASSIVE"
+def test_omp_settings_spin_only_on_an_idle_machine():
+    assert cpu.omp_settings(0.1, 2) == {"OMP_WAIT_POLICY": "ACTIVE"}
+    # 30 % of the machine taken by others: sleep, and leave them their CPU
+    assert cpu.omp_settings(0.6, 2) == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+    assert cpu.omp_settings(3.0, 2) == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+    assert cpu.omp_settings(5.2, 16) == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "11"}
+    assert cpu.omp_settings(0.3, 16) == {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert cpu.omp_settings(None, 2) == {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def test_wait_policy_command_keeps_a_users_choice():
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path), "OMP_WAIT_POLICY": "ACTIVE"}
+def test_omp_command_keeps_a_users_choice():
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path), "OMP_WAIT_POLICY": "ACTIVE",
+           "OMP_NUM_THREADS": "7"}
     out = subprocess.run([sys.executable, "-m", "isdm.utils.cpu", "--explain"], env=env,
                          capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "ACTIVE" and "set in the environment" in out.stderr
-    del env["OMP_WAIT_POLICY"]
+    assert out.stdout.split() == ["OMP_WAIT_POLICY=ACTIVE", "OMP_NUM_THREADS=7"]
+    assert "CPUs busy" in out.stderr
+    del env["OMP_WAIT_POLICY"], env["OMP_NUM_THREADS"]
     out = subprocess.run([sys.executable, "-m", "isdm.utils.cpu"], env=env,
                          capture_output=True, text=True, check=True)
-    assert out.stdout.strip() in ("ACTIVE", "PASSIVE")
+    assert out.stdout.split()[0] in ("OMP_WAIT_POLICY=ACTIVE", "OMP_WAIT_POLICY=PASSIVE")
 
 
 def test_makefile_decides_the_wait_policy_at_run_time():
@@ -206,11 +211,11 @@ def test_training_on_cpu_says_what_use_checkpoint_costs(synth_dir, tmp_path, cap
     from isdm.training import train
 
     tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-    cfg = load_config(tiny, ["tracking.enabled=false", "train.max_steps=1", "train.device=cpu",
+    cfg = load_config(tiny, ["tracking.enabled=false", "train.max_steps=1",
                              f"model.use_checkpoint={str(use_checkpoint).lower()}"])
-    train(cfg, synth_dir, tmp_path, progress=False)
+    train(cfg, synth_dir, tmp_path, progress=False)  # device auto: CPU without CUDA
     said = "model.use_checkpoint=true recomputes" in capsys.readouterr().err
-    assert said == use_checkpoint
+    assert said == (use_checkpoint and not torch.cuda.is_available())
 
 
 def test_gpu_bench_script_smoke_runs_on_cpu(tmp_path):

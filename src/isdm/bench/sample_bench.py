@@ -20,7 +20,6 @@ Ratios are measured in the same run; absolute times on a shared 2-core machine a
 from __future__ import annotations
 
 import copy
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -211,7 +210,6 @@ def run(quick: bool = False, end_to_end: Optional[bool] = None, n_timed: Optiona
     """
     from isdm.utils.cpu import native_bf16
 
-    torch.set_num_threads(os.cpu_count() or 1)
     end_to_end = (not quick) if end_to_end is None else end_to_end
     n_timed = n_timed or (1 if quick else 2)
     bf16 = bf16 and native_bf16("cpu")

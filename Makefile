@@ -14,11 +14,10 @@ export HF_HUB_OFFLINE := 1
 export MLFLOW_ALLOW_FILE_STORE := true
 # OpenMP threads: spinning between parallel regions (ACTIVE) makes a training step ~1.2x faster
 # than sleeping (PASSIVE) when one job has the cores, but ~2x slower when other busy processes
-# share them, where fewer threads are faster too (README "Tests and benchmarks"). repro and bench
-# ask `python -m isdm.utils.cpu`: ACTIVE and every CPU when other processes use under a quarter
-# of the CPUs right now, else PASSIVE and the CPUs they leave free (OMP_WAIT_POLICY and
-# OMP_NUM_THREADS set in the environment win). The test suite runs several processes at once
-# (DDP, workers), so there threads always sleep.
+# share them (README "Tests and benchmarks"). repro and bench ask `python -m isdm.utils.cpu`:
+# ACTIVE when other processes use under a quarter of the CPUs right now, else PASSIVE (an
+# OMP_WAIT_POLICY set in the environment wins). The policy never changes results. The test suite
+# runs several processes at once (DDP, workers), so there threads always sleep.
 OMP_ENV = env $$(PYTHONPATH=src $(BIN)/python -m isdm.utils.cpu --explain)
 test test-fast: export OMP_WAIT_POLICY := PASSIVE
 # `make bench BENCH_ARGS=--quick`: every row at smoke-test sizes (a few minutes)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -139,27 +140,45 @@ def test_busy_cpus_from_proc_stat(tmp_path, monkeypatch):
     assert cpu.busy_cpus(0.0, str(tmp_path / "missing")) is None
 
 
-def test_omp_settings_spin_only_on_an_idle_machine():
-    assert cpu.omp_settings(0.1, 2) == {"OMP_WAIT_POLICY": "ACTIVE"}
-    # 30 % of the machine taken by others: sleep, and leave them their CPU
-    assert cpu.omp_settings(0.6, 2) == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
-    assert cpu.omp_settings(3.0, 2) == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
-    assert cpu.omp_settings(5.2, 16) == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "11"}
-    assert cpu.omp_settings(0.3, 16) == {"OMP_WAIT_POLICY": "ACTIVE"}
-    assert cpu.omp_settings(None, 2) == {"OMP_WAIT_POLICY": "PASSIVE"}
+def test_wait_policy_spins_only_on_an_idle_machine():
+    assert cpu.wait_policy(0.1, 2) == "ACTIVE"
+    assert cpu.wait_policy(0.6, 2) == "PASSIVE"  # 30 % of the machine taken by others
+    assert cpu.wait_policy(3.0, 2) == "PASSIVE"
+    assert cpu.wait_policy(3.0, 16) == "ACTIVE" and cpu.wait_policy(4.0, 16) == "PASSIVE"
+    assert cpu.wait_policy(None, 2) == "PASSIVE"
+    assert [cpu.free_cpus(b, 2) for b in (0.2, 0.6, 1.4, 3.0, None)] == [2, 1, 1, 1, 2]
+    assert cpu.free_cpus(5.2, 16) == 11
 
 
-def test_omp_command_keeps_a_users_choice():
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path), "OMP_WAIT_POLICY": "ACTIVE",
-           "OMP_NUM_THREADS": "7"}
+def test_wait_policy_command_keeps_a_users_choice():
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path), "OMP_WAIT_POLICY": "ACTIVE"}
     out = subprocess.run([sys.executable, "-m", "isdm.utils.cpu", "--explain"], env=env,
                          capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["OMP_WAIT_POLICY=ACTIVE", "OMP_NUM_THREADS=7"]
-    assert "CPUs busy" in out.stderr
-    del env["OMP_WAIT_POLICY"], env["OMP_NUM_THREADS"]
+    assert out.stdout.split() == ["OMP_WAIT_POLICY=ACTIVE"]
+    assert "(set in the environment)" in out.stderr
+    del env["OMP_WAIT_POLICY"]
     out = subprocess.run([sys.executable, "-m", "isdm.utils.cpu"], env=env,
                          capture_output=True, text=True, check=True)
     assert out.stdout.split()[0] in ("OMP_WAIT_POLICY=ACTIVE", "OMP_WAIT_POLICY=PASSIVE")
+
+
+def test_wait_policy_keeps_the_bits_and_the_thread_count_is_never_set():
+    """The wait policy is chosen automatically because it does not change a gradient's bits; the
+    thread count can (the order of float sums), so make never sets it."""
+    script = ("import sys, torch\n"
+              "torch.set_num_threads(int(sys.argv[1]))\n"
+              "torch.manual_seed(0)\n"
+              "x = torch.randn(8, 64, 64, 64).contiguous(memory_format=torch.channels_last)\n"
+              "conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(memory_format=torch.channels_last)\n"
+              "conv(x).square().sum().backward()\n"
+              "print(conv.weight.grad.double().sum().item().hex())\n")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}
+    runs = {(n, policy): subprocess.run(
+        [sys.executable, "-c", script, str(n)], env={**env, "OMP_WAIT_POLICY": policy},
+        capture_output=True, text=True, check=True).stdout
+        for n in (1, 2) for policy in ("ACTIVE", "PASSIVE")}
+    assert runs[(1, "ACTIVE")] == runs[(1, "PASSIVE")] and runs[(2, "ACTIVE")] == runs[(2, "PASSIVE")]
+    assert "OMP_NUM_THREADS" not in (Path(__file__).resolve().parents[1] / "Makefile").read_text()
 
 
 def test_makefile_decides_the_wait_policy_at_run_time():

@@ -174,6 +174,7 @@ def run(tiny: bool = False, budget_s: float = 420.0, max_batch: int = 256) -> di
         if device.type == "cuda":
             torch.cuda.empty_cache()
         model = place(build_model(cfg, size, classes), device).eval()
+        params = count_parameters(model)
         batch, step = largest_batch(sampling_step_fn(model, size, classes, device, used),
                                     device, time.perf_counter() + share / 2, max_batch, n_timed)
         row = {"what": f"sampling, dpmpp2m 20 steps, s=1.5, {preset} preset, {size} px",
@@ -183,7 +184,6 @@ def run(tiny: bool = False, budget_s: float = 420.0, max_batch: int = 256) -> di
         del model, step
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    params = count_parameters(build_model(cfg, size, classes))
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "preset": preset, "image_size": size, "params_M": params / 1e6,
             "seconds": time.perf_counter() - start, "table": rows}

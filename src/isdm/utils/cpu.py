@@ -3,13 +3,14 @@
 - :func:`native_bf16`: whether bf16 autocast runs on bf16 instructions (x86 AVX512-BF16 or AMX,
   Arm BF16) or on CUDA with bf16 support. Without them oneDNN emulates bf16 and a bf16 step is
   far slower than fp32, so bf16 is recommended only where this is True.
-- :func:`omp_settings` / ``python -m isdm.utils.cpu``: ``OMP_WAIT_POLICY`` and, on a busy
-  machine, ``OMP_NUM_THREADS`` for a job that starts now. Spinning threads (``ACTIVE``) save the
-  wake-up between parallel regions when the job has the cores to itself, but burn the time slices
-  other processes need when it does not, and every parallel region then waits for its slowest
-  thread: on a busy machine threads sleep (``PASSIVE``) and the job uses only the CPUs the other
-  processes leave free. What the others use is read from ``/proc/stat`` right now, not from the
-  load average, which still counts the previous stage of a pipeline for a minute after it ended.
+- :func:`wait_policy` / ``python -m isdm.utils.cpu``: ``OMP_WAIT_POLICY`` for a job that
+  starts now. Spinning threads (``ACTIVE``) save the wake-up between parallel regions when the job
+  has the cores to itself, but burn the time slices other processes need when it does not, and
+  every parallel region then waits for its slowest thread: on a busy machine threads sleep
+  (``PASSIVE``). What the others use is read from ``/proc/stat`` right now, not from the load
+  average, which still counts the previous stage of a pipeline for a minute after it ended. The
+  wait policy never changes results; the thread count does (it changes the order of float sums
+  in PyTorch's kernels), so it is only suggested, never set.
 
 Nothing here imports torch at import time; OpenMP reads the variables when torch is loaded, so
 they must be set before (the Makefile sets them for ``make repro`` and ``make bench``).
@@ -22,7 +23,7 @@ import sys
 import time
 from typing import Any, Optional
 
-__all__ = ["native_bf16", "busy_cpus", "omp_settings"]
+__all__ = ["native_bf16", "busy_cpus", "wait_policy", "free_cpus"]
 
 # other processes may use this many CPUs (of all) before threads should sleep rather than spin
 BUSY_THRESHOLD = 0.25
@@ -81,33 +82,35 @@ def busy_cpus(interval: float = 0.3, path: str = "/proc/stat") -> Optional[float
     return share * (os.cpu_count() or 1)
 
 
-def omp_settings(busy: Optional[float], cpus: int) -> dict[str, str]:
-    """The OpenMP environment for a job on ``cpus`` CPUs of which other processes keep ``busy``
-    busy: ``ACTIVE`` waiting (and every CPU) when they use less than :data:`BUSY_THRESHOLD` of
-    them; else ``PASSIVE`` waiting, and ``OMP_NUM_THREADS`` = the CPUs they leave free (at least
-    1) when that is fewer than ``cpus``. Unknown use (``busy`` None): ``PASSIVE``, every CPU."""
+def wait_policy(busy: Optional[float], cpus: int) -> str:
+    """``ACTIVE`` when other processes keep less than :data:`BUSY_THRESHOLD` of the ``cpus``
+    CPUs busy, ``PASSIVE`` otherwise or when unknown (``busy`` None)."""
     if busy is None:
-        return {"OMP_WAIT_POLICY": "PASSIVE"}
-    if busy < BUSY_THRESHOLD * cpus:
-        return {"OMP_WAIT_POLICY": "ACTIVE"}
-    free = max(1, cpus - round(busy))
-    return {"OMP_WAIT_POLICY": "PASSIVE", **({"OMP_NUM_THREADS": str(free)} if free < cpus else {})}
+        return "PASSIVE"
+    return "ACTIVE" if busy < BUSY_THRESHOLD * cpus else "PASSIVE"
+
+
+def free_cpus(busy: Optional[float], cpus: int) -> int:
+    """The CPUs other processes leave free (at least 1; all of them when unknown)."""
+    return cpus if busy is None else max(1, min(cpus, cpus - round(busy)))
 
 
 def main() -> int:
-    """Print ``KEY=VALUE`` pairs of :func:`omp_settings` for a job started now (each variable
-    already set in the environment is kept as it is); ``--explain`` says why on stderr."""
+    """Print ``OMP_WAIT_POLICY=<policy>`` for a job started now (the environment's value when it
+    is set); ``--explain`` says why on stderr, and suggests fewer threads on a busy machine."""
     cpus = os.cpu_count() or 1
     busy = busy_cpus()
-    settings = {**omp_settings(busy, cpus),
-                **{k: os.environ[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")
-                   if os.environ.get(k)}}
+    policy = os.environ.get("OMP_WAIT_POLICY") or wait_policy(busy, cpus)
     if "--explain" in sys.argv[1:]:
-        use = "unknown" if busy is None else f"{busy:.2f} of {cpus}"
-        print(f"[isdm] other processes keep {use} CPUs busy: "
-              + " ".join(f"{k}={v}" for k, v in settings.items())
-              + " (a variable set in the environment is kept)", file=sys.stderr)
-    print(" ".join(f"{k}={v}" for k, v in settings.items()))
+        use = "an unknown number of" if busy is None else f"{busy:.2f} of {cpus}"
+        why = "set in the environment" if os.environ.get("OMP_WAIT_POLICY") else "chosen"
+        print(f"[isdm] other processes keep {use} CPUs busy: OMP_WAIT_POLICY={policy} ({why})",
+              file=sys.stderr)
+        free = free_cpus(busy, cpus)
+        if free < cpus and not os.environ.get("OMP_NUM_THREADS"):
+            print(f"[isdm] OMP_NUM_THREADS={free} would run faster now, but results then differ "
+                  f"in their last bits from a run with {cpus} threads; not set", file=sys.stderr)
+    print(f"OMP_WAIT_POLICY={policy}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """How isdm scales: sampling many images, big image folders, evaluation vs dataset size.
 
 Every measurement runs the real ``isdm`` command in a child process, which reports its peak
-resident memory (``ru_maxrss``) when it exits, so each row's memory is that command's alone:
+resident memory (``VmHWM``) when it exits, so each row's memory is that command's alone:
 
 - ``isdm sample`` of N images (tiny 32 px network, DPM-Solver++(2M) 5 steps, batch 8): seconds
   per image and peak memory should stay flat as N grows (each sample is written and forgotten);
@@ -26,9 +26,16 @@ from typing import Any
 
 __all__ = ["run", "isdm_child", "write_big_dataset"]
 
+# the child's peak: VmHWM of its own memory map (ru_maxrss would carry the parent's peak over
+# fork + exec on Linux)
 _CHILD = ("import atexit, resource, sys\n"
-          "atexit.register(lambda: print('ISDM_MAXRSS_KB=%d' % resource.getrusage("
-          "resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr))\n"
+          "def peak_kb():\n"
+          "    try:\n"
+          "        with open('/proc/self/status') as f:\n"
+          "            return int(next(l for l in f if l.startswith('VmHWM:')).split()[1])\n"
+          "    except (OSError, StopIteration):\n"
+          "        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+          "atexit.register(lambda: print('ISDM_MAXRSS_KB=%d' % peak_kb(), file=sys.stderr))\n"
           "from isdm.cli import main\n"
           "sys.exit(main())\n")
 _LOADER = ("import sys\n"

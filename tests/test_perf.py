@@ -283,3 +283,19 @@ def test_largest_batch_stops_at_the_first_out_of_memory():
 
     with pytest.raises(RuntimeError, match="a real bug"):
         largest_batch(broken, torch.device("cpu"), far, max_batch=8)
+
+
+def test_solver_accuracy_stops_at_the_first_step_count_under_the_threshold(monkeypatch):
+    from isdm.bench import solver_accuracy
+
+    monkeypatch.setattr(solver_accuracy, "THRESHOLD", 1.0)  # any step count passes
+    rows, picks, _ = solver_accuracy.accuracy(quick=True, reference_steps=10,
+                                              candidates={"unipc": (3, 5)})
+    assert picks == {"unipc": 3}
+    assert [(r["accuracy"], r["precision"]) for r in rows] == [
+        ("unipc 3", "fp32"), ("dpmpp2m 20", "fp32"), ("unipc 3", "bf16"), ("dpmpp2m 20", "bf16")]
+    assert all(0 < r["rmse_vs_reference"] < 1 for r in rows)
+    monkeypatch.setattr(solver_accuracy, "THRESHOLD", 0.0)  # none passes
+    _, picks, _ = solver_accuracy.accuracy(quick=True, reference_steps=10,
+                                           candidates={"unipc": (3, 5)}, bf16=False)
+    assert picks == {"unipc": None}

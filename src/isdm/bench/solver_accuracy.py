@@ -100,10 +100,12 @@ def _rmse(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def accuracy(quick: bool = False, reference_steps: Optional[int] = None,
-             candidates: Optional[dict[str, tuple[int, ...]]] = None,
-             bf16: bool = True) -> tuple[list[dict], dict[str, Optional[int]], list[str]]:
+             candidates: Optional[dict[str, tuple[int, ...]]] = None, bf16: bool = True,
+             also: tuple[tuple[str, int], ...] = (("dpmpp2m", 20),)
+             ) -> tuple[list[dict], dict[str, Optional[int]], list[str]]:
     """``(rows, picks, notes)``: RMSE rows, the smallest step count of each solver at RMSE <=
-    :data:`THRESHOLD` (None if none of its candidates reaches it), notes."""
+    :data:`THRESHOLD` (None if none of its candidates reaches it), notes. The ``(solver,
+    steps)`` of ``also`` (the pipeline's setting) get rows too, in fp32 and bf16."""
     from isdm.sampling.guidance import GuidedModel
     from isdm.solvers import get_sampler, make_schedule, resolve_spacing
 
@@ -139,11 +141,18 @@ def accuracy(quick: bool = False, reference_steps: Optional[int] = None,
                 if err <= THRESHOLD:
                     picks[name] = steps
                     break
-        for name, steps in picks.items():
-            if steps is not None and bf16:
-                err = _rmse(sample(name, steps, "bf16"), ref)
-                rows.append({"accuracy": f"{name} {steps}", "precision": "bf16",
-                             "rmse_vs_reference": err, "model": model_label})
+        done = {r["accuracy"] for r in rows}
+        for name, steps in also:
+            if f"{name} {steps}" not in done:
+                rows.append({"accuracy": f"{name} {steps}", "precision": "fp32",
+                             "rmse_vs_reference": _rmse(sample(name, steps), ref),
+                             "model": model_label})
+        bf16_runs = [(n, k) for n, k in picks.items() if k is not None]
+        bf16_runs += [run for run in also if run not in bf16_runs]
+        for name, steps in bf16_runs if bf16 else []:
+            rows.append({"accuracy": f"{name} {steps}", "precision": "bf16",
+                         "rmse_vs_reference": _rmse(sample(name, steps, "bf16"), ref),
+                         "model": model_label})
     notes = [f"accuracy reference: {reference_steps}-step DDIM eta=0 (fp32), s={GUIDANCE_S}, "
              f"{segmap.shape[0]} masks, same x_T ({ref_s:.0f} s); model: {what}; a solver's pick "
              f"= its fewest steps at RMSE <= {THRESHOLD}"]

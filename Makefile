@@ -12,13 +12,18 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export MLFLOW_ALLOW_FILE_STORE := true
-# OpenMP threads: spinning between parallel regions (ACTIVE) makes a training step ~20 % faster
-# than sleeping (PASSIVE) when one job has the cores (0.52 vs 0.65 s per default-preset step on 2
-# cores); the test suite runs several processes at once (DDP, workers), so there they sleep.
-repro bench: export OMP_WAIT_POLICY := ACTIVE
+# OpenMP threads: spinning between parallel regions (ACTIVE) makes a training step ~1.2x faster
+# than sleeping (PASSIVE) when one job has the cores, but ~2x slower when other busy processes
+# share them (README "Tests and benchmarks"). repro and bench ask `python -m isdm.utils.cpu`:
+# ACTIVE when other processes use under a quarter of the CPUs right now, else PASSIVE (an
+# OMP_WAIT_POLICY set in the environment wins). The policy never changes results. The test suite
+# runs several processes at once (DDP, workers), so there threads always sleep.
+OMP_ENV = env $$(PYTHONPATH=src $(BIN)/python -m isdm.utils.cpu --explain)
 test test-fast: export OMP_WAIT_POLICY := PASSIVE
+# `make bench BENCH_ARGS=--quick`: every row at smoke-test sizes (a few minutes)
+BENCH_ARGS ?=
 
-.PHONY: setup test test-fast repro bench lint clean
+.PHONY: setup test test-fast repro bench bench-gpu lint clean
 
 setup: $(STAMP)
 
@@ -37,12 +42,16 @@ test-fast: setup
 # One MLflow pipeline id (tag isdm.pipeline) for every stage of this repro; yours wins if exported.
 repro: setup
 	test -d .dvc || (PATH=$(BIN):$$PATH $(BIN)/dvc init --quiet && $(BIN)/dvc config core.analytics false)
-	ISDM_PIPELINE_ID=$${ISDM_PIPELINE_ID:-repro-$$(date -u +%Y%m%dT%H%M%SZ)} PATH=$(BIN):$$PATH $(BIN)/dvc repro
+	ISDM_PIPELINE_ID=$${ISDM_PIPELINE_ID:-repro-$$(date -u +%Y%m%dT%H%M%SZ)} $(OMP_ENV) PATH=$(BIN):$$PATH $(BIN)/dvc repro
 	PATH=$(BIN):$$PATH $(BIN)/dvc metrics show
 	@echo; cat reports/evaluate/report.md
 
 bench: setup
-	PATH=$(BIN):$$PATH $(BIN)/python -m isdm.bench --out bench/results.json $(if $(wildcard ../shared/data/crackforest/train/images),--crackforest ../shared/data/crackforest)
+	$(OMP_ENV) PATH=$(BIN):$$PATH $(BIN)/python -m isdm.bench --out bench/results.json $(if $(wildcard ../shared/data/crackforest/train/images),--crackforest ../shared/data/crackforest) $(BENCH_ARGS)
+
+# one GPU, under 8 minutes: training images/s and sampling s/image of the original preset, 256 px
+bench-gpu: setup
+	PATH=$(BIN):$$PATH $(BIN)/python -m isdm.bench.gpu_bench --out bench/gpu.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -25,6 +25,7 @@ BENCHES = {
     "sample": "isdm.bench.sample_bench",
     "eval": "isdm.bench.eval_bench",
     "plateau": "isdm.bench.plateau",
+    "scale": "isdm.bench.scale_bench",
 }
 OPT_IN = ("plateau",)  # long (several seeds x architectures x steps): only with --only
 
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from isdm.utils.io import atomic_write_text
+
     results: dict = {
         "meta": {
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -88,10 +91,17 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_table(res.get("table", [])), flush=True)
         for line in res.get("notes", []):
             print(f"- {line}")
+    headline = [row for name in BENCHES for row in results.get(name, {}).get("headline", [])]
+    summary = ("## like for like: the original code (quoted) vs isdm (measured now)\n\n"
+               + markdown_table(headline) + "\n")
+    print("\n" + summary)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print(f"\nwrote {out}")
+    atomic_write_text(out, json.dumps(results, indent=2, default=str) + "\n")
+    atomic_write_text(out.with_suffix(".md"), summary + "".join(
+        f"\n## {name}\n\n{markdown_table(res.get('table', []))}\n"
+        for name, res in results.items() if isinstance(res, dict) and "table" in res))
+    print(f"\nwrote {out} and {out.with_suffix('.md')}")
     return 1 if failed else 0
 
 

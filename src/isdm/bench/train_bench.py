@@ -1,39 +1,40 @@
-"""Training throughput and model FLOP utilisation (MFU) of the real optimisation step.
+"""Training throughput of the real optimisation step, like for like with the original code.
 
-For each configuration and precision the benchmark times steady-state calls of
-:func:`isdm.training.loop.optimisation_step` (forward + hybrid loss + backward + AdamW + EMA) on a
-fixed random batch, after warm-up steps that are not timed. Utilisation::
+Each row times steady-state calls of :func:`isdm.training.step.optimisation_step` (forward +
+hybrid loss + backward + AdamW + EMA) on a fixed random batch, after warm-up steps that are not
+timed, with the network placed as ``isdm train`` places it on CPU (channels-last). Rows:
 
-    MFU = 3 * forward_FLOPs_per_image * images_per_s / matmul_FLOP_s
+- ``original code (quoted)``: the original ISDM code on its own config
+  (:mod:`isdm.bench.original`), the figure and its source as quoted there;
+- ``isdm, original config exactly``: the same config, ``use_checkpoint`` on, fp32;
+- ``isdm, recommended (fp32)``: the same network with ``use_checkpoint`` off (checkpointing
+  recomputes every block's forward during backward to save memory; the gradients are bit-identical,
+  and on a CPU memory is rarely the limit), fp32;
+- ``isdm, recommended (bf16)``: the same with bf16 autocast, where the CPU has native bf16;
+- the ``default`` preset (the embedded pipeline's network) in fp32 and bf16;
+- ``fp32 ceiling``: the images/s at which the step's FLOPs (3 x forward, 4 x with checkpointing)
+  would run at the fp32 ``torch.mm`` rate measured in the same run: no fp32 implementation of
+  this network gets past it on this CPU.
 
-(backward ~ 2x forward), where ``matmul_FLOP_s`` is a big fp32 ``torch.mm`` measured in the same
-run, on the same threads. Configurations:
-
-- ``default``: the embedded pipeline's preset (64 px, 5 classes, batch 8);
-- ``original-cpu``: the original ISDM code's CPU-measured set-up: 64 px, 64 channels,
-  channel_mult (1,2,3,4), 2 res blocks, attention at 32/16/8, 64 head channels, resblock_updown,
-  learn_sigma, 2 classes, batch 4 (the original reached ~0.6 img/s, ~38% of matmul peak there).
+Utilisation (MFU) = 3 x forward FLOPs/image x images/s / fp32 matmul FLOP/s. The loss-curve rows
+train the ``default`` preset in fp32 and bf16 from the same weights and batches: bf16 is only
+recommended when its curve stays on the fp32 one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable
 
 import torch
 
+from isdm.bench import original
 from isdm.config import DiffusionConfig, ModelConfig
 
-__all__ = ["run", "matmul_flops", "measure_training"]
+__all__ = ["run", "matmul_flops", "measure_training", "loss_curves", "training_rows"]
 
-ORIGINAL_CPU = ModelConfig(num_channels=64, channel_mult=(1, 2, 3, 4), num_res_blocks=2,
-                           attention_resolutions=(32, 16, 8), num_head_channels=64,
-                           resblock_updown=True, learn_sigma=True, spade_hidden=128,
-                           use_checkpoint=False)
-CONFIGS = {
-    "default": (ModelConfig(preset="default"), 64, 5, 8),
-    "original-cpu": (ORIGINAL_CPU, 64, 2, 4),
-}
+DEFAULT = ModelConfig(preset="default")
 
 
 def matmul_flops(n: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32,
@@ -106,6 +107,22 @@ def measure_training(model_cfg: ModelConfig, image_size: int, num_classes: int, 
     }
 
 
+def training_rows(bf16: bool) -> list[tuple[str, ModelConfig, int, int, int, str]]:
+    """``(label, model config, image size, classes, batch, precision)`` of each measured row."""
+    cfg, size, classes, batch = (original.ORIGINAL_CPU, original.IMAGE_SIZE,
+                                 original.NUM_CLASSES, original.BATCH)
+    fast = dataclasses.replace(cfg, use_checkpoint=False)
+    rows = [("isdm, original config exactly (use_checkpoint on)", cfg, size, classes, batch, "fp32"),
+            ("isdm, recommended: use_checkpoint off", fast, size, classes, batch, "fp32")]
+    if bf16:
+        rows.append(("isdm, recommended: use_checkpoint off, bf16 autocast", fast, size, classes,
+                     batch, "bf16"))
+    rows.append(("isdm default preset (embedded pipeline)", DEFAULT, 64, 5, 8, "fp32"))
+    if bf16:
+        rows.append(("isdm default preset (embedded pipeline)", DEFAULT, 64, 5, 8, "bf16"))
+    return rows
+
+
 def loss_curves(steps: int, precisions: tuple[str, ...] = ("fp32", "bf16"), window: int = 20,
                 batch: int = 8, seed: int = 0) -> dict[str, Any]:
     """Does bf16 autocast harm training? The ``default`` preset trained ``steps`` real steps on
@@ -117,7 +134,7 @@ def loss_curves(steps: int, precisions: tuple[str, ...] = ("fp32", "bf16"), wind
     """
     import tempfile
 
-    from isdm.config import SynthConfig, DataConfig
+    from isdm.config import DataConfig, SynthConfig
     from isdm.data import SegmentationFolder
     from isdm.data.masks import one_hot
     from isdm.data.synth import write_synthetic_dataset
@@ -127,7 +144,6 @@ def loss_curves(steps: int, precisions: tuple[str, ...] = ("fp32", "bf16"), wind
     from isdm.training.step import optimisation_step
 
     data_cfg = DataConfig()
-    model_cfg = ModelConfig(preset="default")
     diffusion = build_diffusion(DiffusionConfig(prediction="v"))  # as the embedded pipeline
     curves: dict[str, list[float]] = {}
     seconds: dict[str, float] = {}
@@ -137,7 +153,7 @@ def loss_curves(steps: int, precisions: tuple[str, ...] = ("fp32", "bf16"), wind
         items = [data[i] for i in range(len(data))]
         for precision in precisions:
             torch.manual_seed(seed)
-            model = place(build_model(model_cfg, data_cfg.image_size, data_cfg.num_classes), "cpu")
+            model = place(build_model(DEFAULT, data_cfg.image_size, data_cfg.num_classes), "cpu")
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
             scaler = torch.amp.GradScaler("cpu", enabled=False)
             ema = EMA(model, [0.999])
@@ -172,76 +188,74 @@ def loss_curves(steps: int, precisions: tuple[str, ...] = ("fp32", "bf16"), wind
     return out
 
 
-def conv_gflops(precision: str, repeats: int = 3) -> float:
-    """Achieved GFLOP/s of a 3x3 conv (128 -> 128 channels, 4 x 32 x 32) under ``precision``."""
-    from isdm.utils.precision import autocast
-
-    conv = torch.nn.Conv2d(128, 128, 3, padding=1)
-    x = torch.randn(4, 128, 32, 32)
-    flops = 2 * 128 * 128 * 9 * 4 * 32 * 32
-    best = float("inf")
-    with torch.no_grad(), autocast(precision, torch.device("cpu")):
-        conv(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            conv(x)
-            best = min(best, time.perf_counter() - start)
-    return flops / best / 1e9
-
-
 def run(quick: bool = False) -> dict[str, Any]:
-    """Benchmark both configurations in fp32 and (where the CPU runs it natively) bf16 autocast.
+    """The rows of the module docstring; ``quick`` (about a minute) times 2 steps per row and
+    runs 10-step loss curves. bf16 rows only where :func:`isdm.utils.cpu.native_bf16`."""
+    from isdm.utils.cpu import native_bf16
 
-    CPUs without bf16 instructions (AVX2 only) emulate bf16 convolutions dozens of times slower
-    than fp32; a conv probe decides, and such rows are reported as skipped with the probe's ratio.
-    """
     warmup, steps = (1, 2) if quick else (2, 7)
     peak = matmul_flops(1024 if quick else 2048)
     peak_cpu = matmul_flops(1024 if quick else 2048, clock=time.process_time)
-    peak_bf16 = matmul_flops(1024, repeats=3, dtype=torch.bfloat16)
-    probe = {p: conv_gflops(p) for p in ("fp32", "bf16")}
-    bf16_ok = probe["bf16"] >= 0.5 * probe["fp32"]
-    rows = []
-    variants = [("fp32", False), ("fp32", True), ("bf16", True)]
-    for name, (model_cfg, size, classes, batch) in CONFIGS.items():
-        for precision, channels_last in variants:
-            row: dict[str, Any] = {"config": name, "image_size": size, "classes": classes,
-                                   "batch": batch, "precision": precision,
-                                   "layout": "channels_last" if channels_last else "NCHW"}
-            if precision == "bf16" and not bf16_ok:
-                row["skipped"] = (f"no native bf16: conv probe {probe['bf16']:.2f} vs fp32 "
-                                  f"{probe['fp32']:.2f} GFLOP/s")
-                rows.append(row)
-                continue
-            res = measure_training(model_cfg, size, classes, batch, precision, warmup, steps,
-                                   channels_last=channels_last)
-            train_flops = 3 * res["fwd_GFLOP_per_img"] * 1e9
-            rows.append({**row, **res, "mfu_vs_fp32_mm": train_flops * res["images_per_s"] / peak,
-                         "mfu_cpu_time": train_flops * res["images_per_cpu_s"] / peak_cpu})
+    bf16 = native_bf16("cpu")
+    quoted = original.FIGURES["train_images_per_s"]
+    rows: list[dict[str, Any]] = [{
+        "config": f"original code (quoted): {original.CONFIG_TEXT}", "batch": original.BATCH,
+        "precision": "fp32", "images_per_s": quoted,
+        "images_per_s_overall": original.FIGURES["train_images_per_s_overall"],
+        "vs_original": 1.0, "source": original.SOURCE}]
+    for label, cfg, size, classes, batch, precision in training_rows(bf16):
+        res = measure_training(cfg, size, classes, batch, precision, warmup, steps)
+        train_flops = 3 * res["fwd_GFLOP_per_img"] * 1e9
+        row = {"config": label, "image_size": size, "classes": classes, "batch": batch,
+               "precision": precision, "use_checkpoint": cfg.use_checkpoint,
+               "layout": "channels_last", **res,
+               "mfu_vs_fp32_mm": train_flops * res["images_per_s"] / peak,
+               "mfu_cpu_time": train_flops * res["images_per_cpu_s"] / peak_cpu}
+        if cfg.num_channels == original.ORIGINAL_CPU.num_channels:
+            row["vs_original"] = res["images_per_s"] / quoted
+            row["vs_original_overall"] = (res["images_per_s"]
+                                          / original.FIGURES["train_images_per_s_overall"])
+        rows.append(row)
+    fwd = rows[1]["fwd_GFLOP_per_img"] * 1e9
+    for passes, what in ((4, "use_checkpoint on"), (3, "use_checkpoint off")):
+        rows.append({"config": f"fp32 ceiling, original config, {what}: {passes} x forward FLOPs "
+                               "at the fp32 torch.mm rate", "precision": "fp32",
+                     "images_per_s": peak / (passes * fwd),
+                     "vs_original": peak / (passes * fwd) / quoted})
     curve_steps = 10 if quick else 200
-    curves = loss_curves(curve_steps, ("fp32", "bf16") if bf16_ok else ("fp32",),
+    curves = loss_curves(curve_steps, ("fp32", "bf16") if bf16 else ("fp32",),
                          window=5 if quick else 25)
     for precision in ("fp32", "bf16"):
         if precision in curves:
             c = curves[precision]
-            rows.append({"config": f"default, loss curve over {curve_steps} steps",
-                         "precision": precision, "layout": "channels_last",
-                         "last_window_loss": c["last_window_loss"], "mean_loss": c["mean_loss"],
+            rows.append({"config": f"default preset, loss curve over {curve_steps} steps",
+                         "precision": precision, "last_window_loss": c["last_window_loss"],
+                         "mean_loss": c["mean_loss"],
                          "max_window_gap_to_fp32": c["max_window_gap_to_fp32"]})
     notes = [
-        f"fp32 matmul peak (torch.mm): {peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} threads "
-        f"({torch.backends.cpu.get_cpu_capability()}); bf16 torch.mm: {peak_bf16 / 1e9:.1f} GFLOP/s",
+        f"fp32 matmul peak (torch.mm): {peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} "
+        f"threads ({torch.backends.cpu.get_cpu_capability()}); native bf16: {bf16}",
         "MFU = 3 x forward FLOPs/image x images/s / fp32 matmul FLOP/s; steady state "
-        f"(median of {steps} steps after {warmup} warm-up steps); mfu_cpu_time uses CPU seconds "
-        "of this process for both (robust to other jobs on a shared machine)",
-        "reference: the original ISDM code, original-cpu config, ~0.6 img/s (~38% MFU) fp32",
+        f"(median of {steps} steps after {warmup} warm-up steps); mfu_cpu_time uses CPU seconds",
+        f"original code (quoted): {quoted} img/s on its train steps, "
+        f"{original.FIGURES['train_images_per_s_overall']} overall; source: {original.SOURCE}",
+        "use_checkpoint gives bit-identical gradients (tests/test_perf.py); it only trades time "
+        "for memory",
     ]
     return {"table": rows, "matmul_gflops_fp32": peak / 1e9,
-            "matmul_gflops_fp32_per_cpu_s": peak_cpu / 1e9, "matmul_gflops_bf16": peak_bf16 / 1e9,
-            "conv_probe_gflops": probe, "loss_curves": curves, "notes": notes}
+            "matmul_gflops_fp32_per_cpu_s": peak_cpu / 1e9, "native_bf16": bf16,
+            "loss_curves": curves, "headline": _headline(rows), "notes": notes}
+
+
+def _headline(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The like-for-like rows for the summary: original (quoted) and isdm on its network."""
+    return [{"what": "training, images/s (original config, batch 4)", "isdm_setting": r["config"],
+             "precision": r["precision"], "value": r["images_per_s"],
+             "original": original.FIGURES["train_images_per_s"], "ratio": r["vs_original"]}
+            for r in rows[1:] if "vs_original" in r and "ceiling" not in r["config"]]
 
 
 if __name__ == "__main__":  # pragma: no cover
     import json
 
-    print(json.dumps(run(quick=True), indent=2))
+    print(json.dumps(run(quick=True), indent=2, default=str))

@@ -180,7 +180,7 @@ class AugmentConfig(Section):
 class SampleConfig(Section):
     """Sampling. ``steps`` respaced steps of the trained chain, placed by ``spacing``
     (``uniform`` in t, ``logsnr`` uniform in log-SNR, ``auto`` = the sampler's own: logsnr for
-    dpmpp2m, uniform for ddpm / ddim); ``s`` the guidance scale
+    dpmpp2m / dpmpp3m / unipc, uniform for ddpm / ddim); ``s`` the guidance scale
     (``eps = eps_u + s (eps_c - eps_u)``: s=1 conditional, s=0 unconditional)."""
 
     SECTION = "sample"
@@ -190,7 +190,7 @@ class SampleConfig(Section):
 
     num_samples: int = 40
     batch_size: int = 8
-    sampler: Literal["ddpm", "ddim", "dpmpp2m"] = "dpmpp2m"
+    sampler: Literal["ddpm", "ddim", "dpmpp2m", "dpmpp3m", "unipc"] = "dpmpp2m"
     steps: int = 20
     spacing: Literal["auto", "uniform", "logsnr"] = "auto"
     eta: float = 0.0
@@ -291,8 +291,9 @@ class TuneConfig(Section):
         "s_low": (at_least(0),),
         "drop_rates": (NON_EMPTY, each(in_range(0, 1, open_hi=True))),
         "steps": (NON_EMPTY, each(at_least(1))),
-        "samplers": (NON_EMPTY, each(Rule(lambda v: v in ("ddpm", "ddim", "dpmpp2m"),
-                                          "must be ddpm, ddim or dpmpp2m"))),
+        "samplers": (NON_EMPTY, each(Rule(
+            lambda v: v in ("ddpm", "ddim", "dpmpp2m", "dpmpp3m", "unipc"),
+            "must be ddpm, ddim, dpmpp2m, dpmpp3m or unipc"))),
         "num_samples": (at_least(1),),
         "finetune_epochs": (at_least(1),),
         "eval_steps": (at_least(1),),

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from isdm.models.fused import GroupNorm
 from isdm.models.spade import Cond, SPADEGroupNorm
 
 __all__ = ["timestep_embedding", "ResBlock", "AttentionBlock", "Downsample", "Upsample",
@@ -97,7 +98,7 @@ class ResBlock(_Checkpointed):
         def norm(c: int) -> nn.Module:
             if self.spade:
                 return SPADEGroupNorm(c, label_channels, spade_hidden)
-            return nn.GroupNorm(32, c)
+            return GroupNorm(32, c)
 
         self.in_norm = norm(channels)
         self.in_conv = nn.Conv2d(channels, out_channels, 3, padding=1)
@@ -144,7 +145,7 @@ class AttentionBlock(_Checkpointed):
     def __init__(self, channels: int, head_channels: int) -> None:
         super().__init__()
         self.heads = channels // head_channels
-        self.norm = nn.GroupNorm(32, channels)
+        self.norm = GroupNorm(32, channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = zero_module(nn.Conv2d(channels, channels, 1))
 

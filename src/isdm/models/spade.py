@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from isdm.models.fused import GroupNorm
+
 __all__ = ["SPADEGroupNorm", "SpadeCondition", "Cond"]
 
 
@@ -97,7 +99,7 @@ class SPADEGroupNorm(nn.Module):
     def __init__(self, channels: int, label_channels: int, hidden: int, groups: int = 32,
                  eps: float = 1e-5) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels, eps=eps, affine=False)
+        self.norm = GroupNorm(groups, channels, eps=eps, affine=False)
         self.shared = nn.Conv2d(label_channels, hidden, 3, padding=1)
         self.gamma_beta = nn.Conv2d(hidden, 2 * channels, 3, padding=1)  # gamma and beta convs
         self.key = ""  # module name in the owning network

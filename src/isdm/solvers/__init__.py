@@ -13,6 +13,9 @@ name      algorithm                                        opts     default spac
 ddpm      ancestral, learned-range variance (Ho; Nichol)   -        uniform
 ddim      DDIM (Song et al. 2021)                          eta      uniform
 dpmpp2m   DPM-Solver++(2M), x0 form (Lu et al. 2022)       order    logsnr
+dpmpp3m   DPM-Solver++(3M), x0 form (Lu et al. 2022)       order    logsnr
+unipc     UniPC-bh2 predictor-corrector (Zhao et al. 2023) order,   logsnr
+                                                           corrector
 ========  ===============================================  =======  ===============
 """
 
@@ -25,19 +28,24 @@ from isdm.solvers.ddim import sample_ddim
 from isdm.solvers.ddpm import sample_ddpm
 from isdm.solvers.denoiser import Denoiser, Prediction
 from isdm.solvers.dpmpp import sample_dpmpp2m
+from isdm.solvers.dpmpp3m import sample_dpmpp3m
 from isdm.solvers.schedule import SPACINGS, Schedule, logsnr_timesteps, make_schedule
+from isdm.solvers.unipc import sample_unipc
 
 __all__ = ["SAMPLERS", "DEFAULT_SPACING", "SPACINGS", "get_sampler", "resolve_spacing",
            "Schedule", "make_schedule", "logsnr_timesteps", "Denoiser", "Prediction",
-           "sample_ddpm", "sample_ddim", "sample_dpmpp2m"]
+           "sample_ddpm", "sample_ddim", "sample_dpmpp2m", "sample_dpmpp3m", "sample_unipc"]
 
 SAMPLERS: dict[str, Callable] = {
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
     "dpmpp2m": sample_dpmpp2m,
+    "dpmpp3m": sample_dpmpp3m,
+    "unipc": sample_unipc,
 }
 # where each solver's steps sit unless the caller says otherwise (``sample.spacing: auto``)
-DEFAULT_SPACING: dict[str, str] = {"ddpm": "uniform", "ddim": "uniform", "dpmpp2m": "logsnr"}
+DEFAULT_SPACING: dict[str, str] = {"ddpm": "uniform", "ddim": "uniform", "dpmpp2m": "logsnr",
+                                   "dpmpp3m": "logsnr", "unipc": "logsnr"}
 
 
 def get_sampler(name: str) -> Callable:

@@ -89,6 +89,10 @@ class _Trainer:
         self.precision = resolve_precision(tcfg.precision, ctx.device)
         if self.precision != tcfg.precision:
             _note(ctx, f"precision {tcfg.precision} needs CUDA; training in {self.precision}")
+        if cfg.model.use_checkpoint and ctx.device.type == "cpu":
+            _note(ctx, "model.use_checkpoint=true recomputes every block's forward during "
+                       "backward to save memory: the same results, ~30 % more time per step; on a "
+                       "CPU with memory to spare --set model.use_checkpoint=false is faster")
         torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
         self.model = place(build_model(cfg.model, cfg.data.image_size, cfg.data.num_classes),
                            ctx.device)

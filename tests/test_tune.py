@@ -122,6 +122,18 @@ def test_paired_gain_is_the_mean_difference_with_its_standard_error():
     assert paired.paired_gain([0.7], [0.5]).se is None
 
 
+def test_a_gate_that_keeps_no_pair_trains_nothing_and_gains_exactly_zero(monkeypatch):
+    """No synthetic pair left: the trial's cell would be the real-only cell itself."""
+    def train(*args):
+        raise AssertionError("no cell may be trained")
+
+    monkeypatch.setattr(paired, "cell_val_miou", train)
+    seen = []
+    gain = paired.measure(_cfg("tune.repeats=2"), real=None, synthetic=[], baseline=[0.4, 0.5],
+                          on_repeat=lambda r, g: seen.append((r, g.mean)))
+    assert (gain.values, gain.mean, gain.se) == ((0.4, 0.5), 0.0, 0.0) and seen == [(0, 0.0), (1, 0.0)]
+
+
 # ----------------------------------------------------------------------------------------------
 # locks and the finetune cache
 # ----------------------------------------------------------------------------------------------
@@ -580,3 +592,18 @@ def test_isdm_tune_cli_runs_real_trials_a_final_check_and_a_rerun_joins_the_stud
     samples = [r for r in runs if r.data.tags.get("isdm.action") == "sample"
                and r.data.tags.get("mlflow.parentRunId") in trial_ids]
     assert len(samples) == 3
+
+
+def test_keys_an_earlier_version_had_are_dropped_from_checkpoints_and_explained_in_configs():
+    """A checkpoint written before the paired objective (tune.mix, tune.num_samples) or the step
+    budget (evaluate.epochs, tune.eval_epochs) still loads its config; a config file with them
+    says what replaced them."""
+    from isdm.config import config_from_json, to_dict
+    from isdm.errors import ConfigError
+
+    stored = to_dict(load_config(TINY))
+    stored["tune"].update(mix="RALLFALL", num_samples=16, eval_epochs=5)
+    stored["evaluate"]["epochs"] = 10
+    assert config_from_json(stored) == load_config(TINY)
+    with pytest.raises(ConfigError, match=r"tune\.mix: was replaced by tune\.ratios"):
+        load_config(TINY, ["tune.mix=RALLFALL"])

@@ -318,7 +318,7 @@ class TuneConfig(Section):
     samplers: tuple[str, ...] = ("dpmpp2m", "ddim")
     ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     finetune_epochs: int = 2
-    eval_steps: int = 30
+    eval_steps: int = 200
     repeats: int = 3
     architecture: str = "FPN"
     seed: int = 0

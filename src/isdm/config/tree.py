@@ -45,7 +45,9 @@ MOVED = {"data.num_workers": "runtime.num_workers", "train.device": "runtime.dev
 # Keys an earlier version had and this one replaced (a stored config may still hold them).
 REMOVED = {"tune.mix": "tune.ratios (the synthetic:real ratio is searched; the real part is "
                        "all real training images)",
-           "tune.num_samples": "tune.ratios (a trial samples ratio x the real training images)"}
+           "tune.num_samples": "tune.ratios (a trial samples ratio x the real training images)",
+           "tune.eval_epochs": "tune.eval_steps (optimiser steps of a trial's cells)",
+           "evaluate.epochs": "evaluate.steps (every mix trains the same optimiser steps)"}
 
 
 @dataclass(frozen=True)
@@ -249,7 +251,8 @@ def config_from_json(text_or_dict: str | Mapping[str, Any]) -> Config:
     contradict (a run that overrode a preset's size before presets were enforced) is replaced
     by ``''``, so such a checkpoint still loads. The :data:`MOVED` keys of an earlier version
     are dropped (they said how that run ran, not what it computed), and so are the
-    :data:`REMOVED` ones (the search's, which no stored model depends on).
+    :data:`REMOVED` ones (the downstream budget's and the search's, which no stored model
+    depends on).
     """
     data = json.loads(text_or_dict) if isinstance(text_or_dict, str) else dict(text_or_dict)
     for dotted in [*MOVED, *REMOVED]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Optional
@@ -28,7 +29,7 @@ from isdm.cli.common import DEFAULT_PARAMS, config_options, load_cli_config
               help="Optuna storage shared by workers: sqlite:///study.db, postgresql://..., or a "
                    "journal file path. Default tune.storage, else OUT/study.journal.")
 @click.option("--study-name", default=None, help="Default tune.study_name.")
-@click.option("--no-progress", is_flag=True, help="No progress bar (the per-trial lines stay).")
+@click.option("--no-progress", is_flag=True, help="No progress bars (runtime.progress=false; the per-trial lines stay).")
 @click.option("--apply", "apply_best", is_flag=True,
               help="Write OUT/best_params.yaml's knobs into the -c file (default ./params.yaml), "
                    "keeping its comments; without --data/--checkpoint no trial runs.")
@@ -56,11 +57,12 @@ def tune(config_path: Optional[str], overrides: tuple[str, ...], data_root: Opti
                                "the -c file: leave out --set")
     if data_root is not None:
         cfg = load_cli_config(config_path, overrides)
+        if no_progress:  # every bar of the study: trials, sampling, the final evaluation
+            cfg = cfg.replace(runtime=dataclasses.replace(cfg.runtime, progress=False))
         from isdm.tuning import run_study
 
         summary = run_study(cfg, data_root, checkpoint, out_dir, n_trials=n_trials,
-                            storage=storage or None, study_name=study_name,
-                            progress=False if no_progress else None)
+                            storage=storage or None, study_name=study_name)
         click.echo(json.dumps(summary, indent=2, default=str))
         if summary.get("complete"):
             click.echo(f"best parameters: {out_dir}/best_params.yaml")

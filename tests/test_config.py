@@ -264,7 +264,7 @@ def test_mix_rule_is_exactly_parse_mix():
         except EvaluationError:
             parsed = False
         try:
-            load_config(None, [f"tune.mix={code}"])
+            load_config(None, [f"evaluate.mixes=[{code}]"])
             loaded = True
         except ConfigError:
             loaded = False

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import isdm.sampling
 import isdm.tuning.objective as objective
-import isdm.tuning.results as results
+import isdm.tuning.paired as paired
+import isdm.tuning.plots as plots
 import isdm.tuning.storage as storage
 from isdm.config import load_config
 from isdm.tuning import run_study
@@ -35,18 +36,31 @@ from isdm.tuning import run_study
 storage.HEARTBEAT_INTERVAL, storage.GRACE_PERIOD = 1, 2
 
 
-def validation_miou(cfg, real_train, synthetic_dir, on_validation=None):
+class FakeSet:
+    def __init__(self, keys):
+        self.keys = list(keys)
+    def __len__(self):
+        return len(self.keys)
+    def subset(self, keys):
+        return FakeSet(keys)
+
+
+def cell_val_miou(cfg, mix, seed, real, synthetic):
+    if mix == "RALLF000":
+        return 0.5, cfg.evaluate.steps
     if os.environ.get("HANG_FILE"):  # stand for a long trial: the test kills us here
         Path(os.environ["HANG_FILE"]).write_text(str(os.getpid()))
         time.sleep(600)
-    return 1.0 - (cfg.sample.s - 2.0) ** 2 / 10
+    return 0.5 + 1.0 - (cfg.sample.s - 2.0) ** 2 / 10, cfg.evaluate.steps
 
 
-objective.load_real_train = lambda cfg, data_root: None
-objective.finetuned_checkpoint = lambda cfg, data_root, ckpt, out_dir, rate: Path(ckpt)
-objective.validation_miou = validation_miou
-isdm.sampling.run_sampling = lambda cfg, data_root, ckpt, out_dir, overwrite=False: None
-results.write_plots = lambda study, out_dir: []  # matplotlib costs seconds per process
+objective.load_real_train = lambda cfg, data_root: FakeSet([f"r{i}" for i in range(10)])
+objective.load_synthetic_set = lambda cfg, folder: FakeSet(["s0", "s1"])
+objective.finetuned_checkpoint = lambda cfg, data_root, ckpt, out_dir: Path(ckpt)
+paired.cell_val_miou = cell_val_miou
+isdm.sampling.run_sampling = lambda cfg, data_root, ckpt, out_dir, overwrite=False: {
+    "this_run": {"seconds_per_image": 0.1}}
+plots.write_plots = lambda study, out_dir: []  # matplotlib costs seconds per process
 
 if os.environ.get("BARRIER"):  # start run_study in every worker at the same moment
     folder, n = os.environ["BARRIER"].rsplit(":", 1)
@@ -70,7 +84,10 @@ def worker(tmp_path, synth_dir):
 
     def start(storage: str, *overrides: str, **env: str) -> subprocess.Popen:
         args = [sys.executable, str(script), str(TINY), str(synth_dir), str(ckpt),
-                str(tmp_path / "tune"), "tune.sampler_startup_trials=1", *overrides]
+                str(tmp_path / "tune"), "tune.sampler_startup_trials=1", "tune.repeats=1",
+                "tune.curate_min_fidelity=[]", "tune.curate_pixel_thresholds=[]",
+                "curate.min_fidelity=0", "curate.pixel_threshold=0", "tune.final_check=false",
+                *overrides]
         return subprocess.Popen(args, env={**os.environ, "STORAGE": storage, **env},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -3,7 +3,8 @@
 Each benchmark module exposes ``run(quick: bool = False) -> dict`` whose ``"table"`` entry is a
 list of flat row dicts (the eval and plateau benchmarks also take ``data_root``: the CrackForest
 folder of ``--crackforest`` or ``$ISDM_CRACKFOREST``; plateau writes its curves beside
-``--out``). Every benchmark but the long ``plateau`` runs by default; ``--only`` picks some.
+``--out``; tune measures the tuning objective's noise against its spread on the embedded
+pipeline). Every benchmark but the long ``plateau`` runs by default; ``--only`` picks some.
 Results of one invocation are measured in one run, so ratios between rows are meaningful;
 absolute times on a shared machine are noisy.
 """
@@ -26,6 +27,7 @@ BENCHES = {
     "eval": "isdm.bench.eval_bench",
     "plateau": "isdm.bench.plateau",
     "scale": "isdm.bench.scale_bench",
+    "tune": "isdm.bench.tune_bench",
 }
 OPT_IN = ("plateau",)  # long (several seeds x architectures x steps): only with --only
 

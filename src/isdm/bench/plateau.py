@@ -45,7 +45,7 @@ def curves(cfg: Any, data_root: str | Path, dataset: str, seeds: Sequence[int],
     """One row per validation of the baseline cell of every ``cfg.evaluate.architectures`` x
     ``seeds``, trained for ``cfg.evaluate.steps`` steps."""
     from isdm.evaluation.cell import plan_cell, train_cell
-    from isdm.evaluation.loading import load_split
+    from isdm.evaluation.loading import empty_set, load_split
     from isdm.evaluation.mixes import BASELINE
     from isdm.utils.runtime import resolve_device
 
@@ -57,7 +57,7 @@ def curves(cfg: Any, data_root: str | Path, dataset: str, seeds: Sequence[int],
         for seed in seeds:
             cell = plan_cell(cfg, arch, BASELINE, seed, real.keys, [])
             t0 = time.perf_counter()
-            _, fit = train_cell(cfg, cell, real, real.subset([]), device=device)
+            _, fit = train_cell(cfg, cell, real, empty_set(cfg), device=device)
             rows += [{"dataset": dataset, "arch": arch, "seed": seed, **h} for h in fit.history]
             if progress:
                 print(f"  {dataset} {arch} seed {seed}: {e.steps} steps in "

@@ -95,8 +95,8 @@ synth: {num_train: 8, num_test: 4, image_size: 32}
 model: {preset: tiny}
 train: {batch_size: 4, max_epochs: 1, max_steps: 1}
 sample: {steps: 5, batch_size: 8}
-evaluate: {architectures: [FPN], seeds: [0], steps: 20, val_every: 10, mixes: [RALLF000], bootstrap: 0,
-           image_size: 64}
+evaluate: {architectures: [FPN], seeds: [0], steps: 20, val_every: 10, mixes: [RALLF000],
+           bootstrap: 0, image_size: 64}
 tracking: {enabled: false}
 """
 
@@ -127,7 +127,8 @@ def _folder_rows(tmp: Path, cfg: Path, n: int, size: int) -> list[dict[str, Any]
     check = isdm_child(["data", "check", str(root), "-c", str(cfg), "--mode", "binary", "--json"])
     load = isdm_child([str(root)], code=_LOADER)
     what = f"{n} images of {size} px ({mib:.1f} MiB on disk, written in {gen_s:.0f} s)"
-    return [{"scale": f"isdm data check, {what}", "n": n, **check, "s_per_item": check["seconds"] / n},
+    return [{"scale": f"isdm data check, {what}", "n": n, **check,
+             "s_per_item": check["seconds"] / n},
             {"scale": f"loader pass (decode + resize to 64 px), {what}", "n": n, **load,
              "s_per_item": load["seconds"] / n}]
 

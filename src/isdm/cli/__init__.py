@@ -23,7 +23,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "sample": ("isdm.cli.sample", "sample", "Generate synthetic image/mask pairs."),
     "curate": ("isdm.cli.curate", "curate", "Score synthetic pairs, drop the misleading ones."),
     "evaluate": ("isdm.cli.evaluate", "evaluate", "Downstream mIoU of real vs synthetic mixes."),
-    "tune": ("isdm.cli.tune", "tune", "Optuna search of s, drop rate and sampler steps."),
+    "tune": ("isdm.cli.tune", "tune", "Optuna search of the generator's knobs; --apply."),
     "import-checkpoint": ("isdm.cli.import_checkpoint", "import_checkpoint",
                           "Use a model*.pt / ema_*.pt of the original ISDM tool."),
 }

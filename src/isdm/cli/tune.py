@@ -1,47 +1,77 @@
-"""``isdm tune``: an Optuna study of guidance scale, drop rate, sampler and steps."""
+"""``isdm tune``: an Optuna study of the generator's knobs against the paired validation gain;
+``--apply`` writes the best knobs into params.yaml."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 from typing import Optional
 
 import click
 
-from isdm.cli.common import config_options, load_cli_config
+from isdm.cli.common import DEFAULT_PARAMS, config_options, load_cli_config
 
 
 @click.command()
 @config_options
-@click.option("--data", "data_root", required=True, type=click.Path(file_okay=False, exists=True),
-              help="Dataset root with train/ (validation is carved from train; test is never read).")
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, exists=True),
+@click.option("--data", "data_root", default=None, type=click.Path(file_okay=False, exists=True),
+              help="Dataset root with train/ (trials validate on a split of it; only the final "
+                   "check reads test/).")
+@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False, exists=True),
               help="Checkpoint of `isdm train` to finetune per drop rate (models/sdm/best.pt).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Study folder: finetune_dr<rate>/, trials/, best_params.yaml, trials.csv, plots.")
+              help="Study folder: best_params.yaml, trials.csv, plots, final_check.*, caches.")
 @click.option("--n-trials", type=click.IntRange(min=0), default=None,
-              help="Trials to run in THIS process (default tune.n_trials; 0 = only create the study).")
+              help="Trials to run in THIS process (default tune.n_trials; 0 = only create or "
+                   "join the study and write its results).")
 @click.option("--storage", default=None,
               help="Optuna storage shared by workers: sqlite:///study.db, postgresql://..., or a "
                    "journal file path. Default tune.storage, else OUT/study.journal.")
 @click.option("--study-name", default=None, help="Default tune.study_name.")
-def tune(config_path: Optional[str], overrides: tuple[str, ...], data_root: str, checkpoint: str,
-         out_dir: str, n_trials: Optional[int], storage: Optional[str],
-         study_name: Optional[str]) -> None:
-    """Search sample.s, finetune.drop_rate, sample.steps and sample.sampler against the validation
-    mIoU of a short downstream run; write OUT/best_params.yaml (dotted params.yaml keys).
+@click.option("--no-progress", is_flag=True, help="No progress bars (runtime.progress=false; the per-trial lines stay).")
+@click.option("--apply", "apply_best", is_flag=True,
+              help="Write OUT/best_params.yaml's knobs into the -c file (default ./params.yaml), "
+                   "keeping its comments; without --data/--checkpoint no trial runs.")
+def tune(config_path: Optional[str], overrides: tuple[str, ...], data_root: Optional[str],
+         checkpoint: Optional[str], out_dir: str, n_trials: Optional[int], storage: Optional[str],
+         study_name: Optional[str], no_progress: bool, apply_best: bool) -> None:
+    """Search sample.s, finetune.drop_rate, sample.steps, sample.sampler, the synthetic:real
+    ratio and the curation gate against the paired validation-mIoU gain of real + synthetic over
+    real only (tune.repeats seeds); end with the best knobs against the config's on the TEST
+    split; write OUT/best_params.yaml (dotted params.yaml keys).
 
     \b
     isdm tune -c params.yaml --data data/synth --checkpoint models/sdm/best.pt --out reports/tune
+    isdm tune -c params.yaml --out reports/tune --apply     # best knobs -> params.yaml
     # more workers on one study (each runs --n-trials trials; they may start together, and the
     # trial of a killed worker is failed and rerun by the others):
     isdm tune ... --storage sqlite:///reports/tune/study.db --n-trials 5 &
     isdm tune ... --storage sqlite:///reports/tune/study.db --n-trials 5 &
     """
-    cfg = load_cli_config(config_path, overrides)
-    from isdm.tuning import run_study
+    if (data_root is None) != (checkpoint is None) or (data_root is None and not apply_best):
+        raise click.UsageError("give --data and --checkpoint to run trials, --apply to write the "
+                               "best knobs into params.yaml, or both")
+    if data_root is None and overrides:
+        raise click.UsageError("--apply alone runs no trial and writes only the best knobs into "
+                               "the -c file: leave out --set")
+    if data_root is not None:
+        cfg = load_cli_config(config_path, overrides)
+        if no_progress:  # every bar of the study: trials, sampling, the final evaluation
+            cfg = cfg.replace(runtime=dataclasses.replace(cfg.runtime, progress=False))
+        from isdm.tuning import run_study
 
-    summary = run_study(cfg, data_root, checkpoint, out_dir, n_trials=n_trials,
-                        storage=storage or None, study_name=study_name)
-    click.echo(json.dumps(summary, indent=2, default=str))
-    if summary.get("complete"):
-        click.echo(f"best parameters: {out_dir}/best_params.yaml")
+        summary = run_study(cfg, data_root, checkpoint, out_dir, n_trials=n_trials,
+                            storage=storage or None, study_name=study_name)
+        click.echo(json.dumps(summary, indent=2, default=str))
+        if summary.get("complete"):
+            click.echo(f"best parameters: {out_dir}/best_params.yaml")
+        if "final_check" in summary:
+            click.echo(f"final check on the test split: {summary['final_check']['verdict']} "
+                       f"({out_dir}/final_check.md)")
+    if apply_best:
+        from isdm.tuning.apply import apply_params, read_best_params
+
+        target = Path(config_path or DEFAULT_PARAMS)
+        for line in apply_params(target, read_best_params(Path(out_dir) / "best_params.yaml")):
+            click.echo(f"{target}: {line}")

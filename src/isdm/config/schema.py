@@ -269,19 +269,25 @@ class EvaluateConfig(Section):
 
 @dataclass(frozen=True)
 class TuneConfig(Section):
-    """Optuna search over the generator's knobs against validation mIoU.
+    """Optuna search over the generator's knobs against the paired validation-mIoU gain.
 
-    Each trial finetunes with a ``drop_rates`` choice (cached per rate for ``finetune_epochs``),
-    samples ``num_samples`` pairs with guidance ``s`` in ``[s_low, s_high]`` and a ``steps`` /
-    ``samplers`` choice, trains ``architecture`` on mix ``mix`` for ``eval_steps`` optimiser steps
-    (validating every ``evaluate.val_every``) and returns its best validation mIoU (never the test
-    split). ``storage`` '' = a journal file under ``--out``. With ``pruning``, a MedianPruner
-    stops a trial whose running best validation mIoU falls below the
-    median of earlier trials, after ``pruning_startup_trials`` complete trials. TPE samples at
-    random for the first ``sampler_startup_trials`` trials. ``n_trials`` 0 only creates the study
-    (and its MLflow run) for workers to join. ``curate_min_fidelity`` / ``curate_pixel_thresholds``:
-    the candidates of ``curate.min_fidelity`` / ``curate.pixel_threshold`` a trial draws from
-    (0 = that filter off; an empty list leaves the key out of the search).
+    A trial draws guidance ``s`` in ``[s_low, s_high]``, a ``drop_rates`` / ``steps`` /
+    ``samplers`` / ``ratios`` choice (``ratios``: synthetic images per real training image) and,
+    when their lists are not empty, a ``curate_min_fidelity`` / ``curate_pixel_thresholds``
+    choice (0 = that filter off); it finetunes (cached by checkpoint digest and finetune config,
+    ``finetune_epochs`` epochs), samples, curates, and trains ``architecture`` for
+    ``eval_steps`` optimiser steps with each of the ``repeats`` seeds ``seed``, ``seed + 1``,
+    ...; its value is the mean over repeats of (validation mIoU with synthetic images minus
+    that of the real-only cell of the same seed), the real-only cells being trained once per
+    study. ``objectives``: ``[gain]`` or ``[gain, cost]`` (cost = sampling seconds per image,
+    minimised: a Pareto front). ``storage`` '' = a journal file under ``--out``. With
+    ``pruning`` (single objective only), a MedianPruner stops a trial whose running mean gain
+    after a repeat falls below the median of earlier trials at that repeat, after
+    ``pruning_startup_trials`` complete trials. TPE samples at random for the first
+    ``sampler_startup_trials`` trials. ``n_trials`` 0 only creates the study (and its MLflow
+    run) for workers to join. ``final_check``: after the trials, the best trial's knobs and the
+    config's own are compared on the TEST split (``evaluate.architectures`` x ``final_seeds``,
+    the evaluate recipe, paired bootstrap).
     """
 
     SECTION = "tune"
@@ -294,16 +300,19 @@ class TuneConfig(Section):
         "samplers": (NON_EMPTY, each(Rule(
             lambda v: v in ("ddpm", "ddim", "dpmpp2m", "dpmpp3m", "unipc"),
             "must be ddpm, ddim, dpmpp2m, dpmpp3m or unipc"))),
-        "num_samples": (at_least(1),),
+        "ratios": (NON_EMPTY, each(GREATER_0)),
         "finetune_epochs": (at_least(1),),
         "eval_steps": (at_least(1),),
+        "repeats": (at_least(1),),
         "architecture": (TEXT,),
-        "mix": (MIX,),
         "seed": (SEED,),
+        "objectives": (Rule(lambda v: list(v) in (["gain"], ["gain", "cost"]),
+                            "must be [gain] or [gain, cost]"),),
         "pruning_startup_trials": (at_least(0),),
         "sampler_startup_trials": (at_least(0),),
         "curate_min_fidelity": (each(in_range(0, 1)),),
         "curate_pixel_thresholds": (each(at_least(0)),),
+        "final_seeds": (NON_EMPTY, each(SEED)),
     }
 
     n_trials: int = 10
@@ -314,17 +323,20 @@ class TuneConfig(Section):
     drop_rates: tuple[float, ...] = (0.1, 0.2, 0.3)
     steps: tuple[int, ...] = (10, 20, 30)
     samplers: tuple[str, ...] = ("dpmpp2m", "ddim")
-    num_samples: int = 16
+    ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     finetune_epochs: int = 2
-    eval_steps: int = 30
+    eval_steps: int = 200
+    repeats: int = 3
     architecture: str = "FPN"
-    mix: str = "RALLFALL"
     seed: int = 0
+    objectives: tuple[str, ...] = ("gain",)
     pruning: bool = True
     pruning_startup_trials: int = 2
     sampler_startup_trials: int = 5
     curate_min_fidelity: tuple[float, ...] = (0.0, 0.2, 0.4)
     curate_pixel_thresholds: tuple[float, ...] = (0.0, 2.0)
+    final_check: bool = True
+    final_seeds: tuple[int, ...] = (0, 1, 2)
 
     def _problems(self) -> Iterable[Problem]:
         if self.s_high < self.s_low:

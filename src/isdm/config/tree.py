@@ -37,11 +37,17 @@ from isdm.config.schema import (
 )
 from isdm.errors import ConfigError
 
-__all__ = ["Config", "SECTIONS", "MOVED", "from_dict", "to_dict", "flatten", "config_from_json"]
+__all__ = ["Config", "SECTIONS", "MOVED", "REMOVED", "from_dict", "to_dict", "flatten", "config_from_json"]
 
 # Keys that moved to the runtime section (a stored config of an earlier version still has them).
 MOVED = {"data.num_workers": "runtime.num_workers", "train.device": "runtime.device",
          "finetune.device": "runtime.device", "evaluate.device": "runtime.device"}
+# Keys an earlier version had and this one replaced (a stored config may still hold them).
+REMOVED = {"tune.mix": "tune.ratios (the synthetic:real ratio is searched; the real part is "
+                       "all real training images)",
+           "tune.num_samples": "tune.ratios (a trial samples ratio x the real training images)",
+           "tune.eval_epochs": "tune.eval_steps (optimiser steps of a trial's cells)",
+           "evaluate.epochs": "evaluate.steps (every mix trains the same optimiser steps)"}
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,8 @@ def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
             if dotted in MOVED:
                 raise ConfigError(f"{dotted}: is now {MOVED[dotted]} (the runtime section, which "
                                   "no pipeline stage lists); move it there")
+            if dotted in REMOVED:
+                raise ConfigError(f"{dotted}: was replaced by {REMOVED[dotted]}; remove it")
             what = "section" if cls is Config else "key"
             raise ConfigError(unknown_key(dotted, str(key), names, what=what))
         if cls is Config and key == "finetune" and isinstance(value, Mapping):
@@ -242,10 +250,12 @@ def config_from_json(text_or_dict: str | Mapping[str, Any]) -> Config:
     A stored config is resolved: its model sizes are the truth. A preset name those sizes
     contradict (a run that overrode a preset's size before presets were enforced) is replaced
     by ``''``, so such a checkpoint still loads. The :data:`MOVED` keys of an earlier version
-    are dropped: they said how that run ran, not what it computed.
+    are dropped (they said how that run ran, not what it computed), and so are the
+    :data:`REMOVED` ones (the downstream budget's and the search's, which no stored model
+    depends on).
     """
     data = json.loads(text_or_dict) if isinstance(text_or_dict, str) else dict(text_or_dict)
-    for dotted in MOVED:
+    for dotted in [*MOVED, *REMOVED]:
         section, key = dotted.split(".")
         if isinstance(data.get(section), Mapping) and key in data[section]:
             data[section] = {k: v for k, v in data[section].items() if k != key}

@@ -2,9 +2,10 @@
 one seed, selected on REAL validation images.
 
 ``isdm evaluate`` trains a cell per (architecture, mix, synthetic set, seed) and then tests it
-once on the real test split; ``isdm tune`` trains one cell per trial and uses its best validation mIoU as the
-objective. Both go through the same two steps, configured by ``cfg.evaluate`` (the recipe) and
-``cfg.data`` (classes, ignore index):
+once on the real test split; ``isdm tune`` trains, per repeat seed, the real-only cell and the
+trial's cell and takes the difference of their best validation mIoU (:mod:`isdm.tuning.paired`).
+Both go through the same two steps, configured by ``cfg.evaluate`` (the recipe) and ``cfg.data``
+(classes, ignore index):
 
 1. :func:`plan_cell` (split -> plan): carve the validation split off the real train keys
    (``data.dataset.split_keys`` seeded with the cell's seed, so every mix of one seed holds out

@@ -28,8 +28,8 @@ from isdm.errors import EvaluationError, MaskValueError
 from isdm.evaluation.segmenter import TensorSet
 from isdm.evaluation.wholes import WholeSet, load_whole
 
-__all__ = ["load_real", "load_split", "load_synthetic", "eval_data_config", "synthetic_sets",
-           "DEFAULT_SET"]
+__all__ = ["load_real", "load_split", "load_synthetic", "empty_set", "eval_data_config",
+           "synthetic_sets", "DEFAULT_SET"]
 
 _IMAGE_EXT = (".png", ".jpg", ".jpeg")
 T = TypeVar("T")
@@ -97,6 +97,12 @@ def load_real(root: str | Path, split: str, data_cfg: DataConfig) -> TensorSet:
 
     ds = SegmentationFolder(root, split, data_cfg, augment=False)
     return _stack([ds[i] for i in range(len(ds))])
+
+
+def empty_set(cfg: Config) -> TensorSet:
+    """No images at ``evaluate.image_size``: the synthetic side of a real-only cell."""
+    h, w = image_hw(cfg.evaluate.image_size)
+    return TensorSet(torch.empty(0, 3, h, w), torch.empty(0, h, w, dtype=torch.long), [])
 
 
 def load_split(cfg: Config, root: str | Path, split: str) -> TensorSet | WholeSet:

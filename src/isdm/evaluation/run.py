@@ -158,15 +158,11 @@ def _load(cfg: Config, data_root: str | Path, sets: dict[str, Path]) -> tuple[An
     """Real train, real test (:func:`isdm.evaluation.loading.load_split`: at
     ``evaluate.image_size``, or whole with ``data.crop``) and each synthetic set (key ``""``: an
     empty set, for rows without synthetic images) at ``evaluate.image_size``, in memory."""
-    import torch
-
-    from isdm.evaluation.loading import eval_data_config, load_split, load_synthetic
-    from isdm.evaluation.segmenter import TensorSet
+    from isdm.evaluation.loading import empty_set, eval_data_config, load_split, load_synthetic
 
     data_cfg = eval_data_config(cfg.data, cfg.evaluate.image_size)
     train_all, test = load_split(cfg, data_root, "train"), load_split(cfg, data_root, "test")
-    h, w = data_cfg.size
-    synth = {"": TensorSet(torch.empty(0, 3, h, w), torch.empty(0, h, w, dtype=torch.long), [])}
+    synth = {"": empty_set(cfg)}
     synth.update({name: load_synthetic(folder, data_cfg) for name, folder in sets.items()})
     return train_all, test, synth
 

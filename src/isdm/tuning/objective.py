@@ -1,135 +1,101 @@
-"""One Optuna trial: draw the knobs, finetune (once per drop rate), sample, train a downstream cell.
+"""One Optuna trial: draw the knobs, finetune (cached), sample, curate, measure the paired gain.
 
-1. :func:`suggest` draws ``sample.s`` in ``[tune.s_low, tune.s_high]`` and categorical
-   ``finetune.drop_rate``, ``sample.steps`` and ``sample.sampler`` (parameter names are
-   params.yaml's dotted keys); :func:`trial_config` applies them and the tune section's budgets;
-2. :func:`finetuned_checkpoint` finetunes the ``--checkpoint`` with that drop rate for
-   ``tune.finetune_epochs`` epochs, once per rate: ``<out>/finetune_dr<rate>/best.pt`` is cached
-   and shared by every worker on the same ``--out`` (a lock file makes the others wait instead of
-   training it twice);
-3. sampling writes ``tune.num_samples`` pairs into ``<out>/trials/<number>/synthetic``;
-4. :func:`validation_miou` trains the downstream cell (:mod:`isdm.evaluation.cell`) of
-   ``tune.architecture``, ``tune.mix`` and ``tune.seed`` for ``tune.eval_steps`` optimiser steps
-   and returns its best validation mIoU (validation = a split carved from the REAL train images
-   with ``evaluate.val_fraction``, scored every ``evaluate.val_every`` steps; the test split is
-   never read). Every validation reports the running best to Optuna (at its step), whose pruner
-   may stop the trial.
+1. :func:`suggest` draws ``sample.s`` in ``[tune.s_low, tune.s_high]``, categorical
+   ``finetune.drop_rate``, ``sample.steps``, ``sample.sampler``, ``synthetic_ratio``
+   (``tune.ratios``) and, when their lists are not empty, ``curate.min_fidelity`` and
+   ``curate.pixel_threshold`` (:func:`pixel_thresholds`: only 0 where labels cannot hold an
+   ignore value). Parameter names are params.yaml's dotted keys, but ``synthetic_ratio``,
+   which :func:`generator_config` turns into ``sample.num_samples`` = :func:`synthetic_count`;
+2. :func:`isdm.tuning.cache.finetuned_checkpoint` finetunes the ``--checkpoint`` with the
+   trial's drop rate for ``tune.finetune_epochs`` epochs, once per (checkpoint, finetune
+   config, data): cached in ``<out>/finetunes/<key>/`` and shared by the workers of ``--out``;
+3. sampling writes the pairs into ``<out>/trials/<number>/synthetic`` (seed ``tune.seed``);
+   its seconds per image is the trial's cost;
+4. with a curation filter on, :func:`isdm.curation.curate_folder` writes the kept pairs into
+   ``<out>/trials/<number>/curated`` (the scorer is trained once, cached in
+   ``<out>/curate_cache``, and loaded once per worker);
+5. :func:`isdm.tuning.paired.measure` trains the trial's cell per repeat seed and pairs it with
+   the study's real-only cells; after each repeat the running mean gain is reported to Optuna
+   (step = repeat index), whose MedianPruner may stop the trial (single objective only).
 
-MLflow: each trial is a child run of the study run; its finetune and sample runs are children of
-the trial run.
+Recorded per trial (Optuna user attributes, MLflow metrics of the trial run, ``trials.csv``):
+``gain``, ``gain_se``, per repeat ``gain_repeats``, ``val_miou`` and ``baseline_val_miou``,
+``n_synthetic``, ``kept_fraction`` and ``seconds_per_image``. The test split is never read.
+MLflow: each trial is a child run of the study run; its finetune and sample runs are children
+of the trial run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import errno
-import os
-import shutil
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from isdm.config import Config
+from isdm.tuning import paired
+from isdm.tuning.cache import finetuned_checkpoint
 
-__all__ = ["suggest", "trial_config", "finetuned_checkpoint", "validation_miou",
-           "load_real_train", "make_objective"]
+__all__ = ["suggest", "pixel_thresholds", "synthetic_count", "generator_config", "trial_config",
+           "load_real_train", "load_synthetic_set", "make_objective", "Curator", "RATIO"]
+
+RATIO = "synthetic_ratio"
+
+
+def pixel_thresholds(cfg: Config) -> list[float]:
+    """``tune.curate_pixel_thresholds`` without the values > 0 that curate refuses on these
+    labels (binary masks, or no ``data.ignore_index``); ``[0.0]`` if none is left."""
+    d = cfg.data
+    usable = d.dataset_mode != "binary" and d.ignore_index is not None
+    return [float(v) for v in cfg.tune.curate_pixel_thresholds if usable or v == 0] or [0.0]
 
 
 def suggest(trial: Any, cfg: Config) -> dict[str, Any]:
-    """The trial's draw, keyed by params.yaml dotted keys."""
+    """The trial's draw (see the module docstring)."""
     t = cfg.tune
-    return {
+    params = {
         "sample.s": trial.suggest_float("sample.s", t.s_low, t.s_high),
         "finetune.drop_rate": trial.suggest_categorical("finetune.drop_rate", list(t.drop_rates)),
         "sample.steps": trial.suggest_categorical("sample.steps", list(t.steps)),
         "sample.sampler": trial.suggest_categorical("sample.sampler", list(t.samplers)),
+        RATIO: trial.suggest_categorical(RATIO, list(t.ratios)),
     }
+    if t.curate_min_fidelity:
+        params["curate.min_fidelity"] = trial.suggest_categorical(
+            "curate.min_fidelity", list(t.curate_min_fidelity))
+    if t.curate_pixel_thresholds:
+        params["curate.pixel_threshold"] = trial.suggest_categorical(
+            "curate.pixel_threshold", pixel_thresholds(cfg))
+    return params
 
 
-def trial_config(cfg: Config, params: dict[str, Any]) -> Config:
-    """``cfg`` with the trial's knobs and the tune section's short budgets applied."""
+def synthetic_count(ratio: float, n_real: int) -> int:
+    """Synthetic pairs for ``ratio`` per real training image: ``max(1, round(ratio * n_real))``."""
+    return max(1, round(ratio * n_real))
+
+
+def generator_config(cfg: Config, params: dict[str, Any], n_real: int) -> Config:
+    """``cfg`` with the knobs of ``params`` and the tune section's finetune budget and sample
+    seed (``n_real``: real training images per cell, :func:`isdm.tuning.paired.real_pool_size`)."""
     t = cfg.tune
+    curate = cfg.curate
+    if "curate.min_fidelity" in params:
+        curate = dataclasses.replace(curate, min_fidelity=float(params["curate.min_fidelity"]))
+    if "curate.pixel_threshold" in params:
+        curate = dataclasses.replace(curate, pixel_threshold=float(params["curate.pixel_threshold"]))
     return cfg.replace(
         finetune=dataclasses.replace(cfg.finetune, drop_rate=float(params["finetune.drop_rate"]),
                                      max_epochs=t.finetune_epochs),
         sample=dataclasses.replace(cfg.sample, s=float(params["sample.s"]),
                                    steps=int(params["sample.steps"]),
-                                   sampler=params["sample.sampler"], num_samples=t.num_samples,
-                                   seed=t.seed),
-        evaluate=dataclasses.replace(cfg.evaluate, steps=t.eval_steps),
+                                   sampler=params["sample.sampler"], seed=t.seed,
+                                   num_samples=synthetic_count(params[RATIO], n_real)),
+        curate=curate,
     )
 
 
-# --------------------------------------------------------------------------------------------
-# one finetuned checkpoint per drop rate, shared by workers
-# --------------------------------------------------------------------------------------------
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError as e:
-        return e.errno == errno.EPERM
-    return True
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, poll: float = 1.0) -> Iterator[None]:
-    """Exclusive lock by atomic creation of ``path`` (holding the owner's pid); a lock whose
-    owner died on this machine is taken over."""
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            try:
-                owner = int(path.read_text() or "0")
-            except (OSError, ValueError):
-                owner = 0
-            if owner and not _alive(owner):
-                path.unlink(missing_ok=True)
-                continue
-            time.sleep(poll)
-    try:
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        yield
-    finally:
-        path.unlink(missing_ok=True)
-
-
-def finetuned_checkpoint(cfg: Config, data_root: str | Path, checkpoint: str | Path,
-                         out_dir: str | Path, drop_rate: float) -> Path:
-    """``<out_dir>/finetune_dr<rate>/best.pt``, finetuned from ``checkpoint`` on first use.
-
-    Training goes to a temporary folder that is renamed into place, so a folder with
-    ``best.pt`` is always complete; concurrent workers wait on ``finetune_dr<rate>.lock``.
-    """
-    from isdm.training import train
-
-    out_dir = Path(out_dir)
-    final_dir = out_dir / f"finetune_dr{drop_rate:g}"
-    best = final_dir / "best.pt"
-    if best.exists():
-        return best
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with file_lock(out_dir / f"finetune_dr{drop_rate:g}.lock"):
-        if best.exists():  # another worker finished it while we waited
-            return best
-        tmp = out_dir / f".finetune_dr{drop_rate:g}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        train(cfg, data_root, tmp, action="finetune", init_from=checkpoint, progress=False)
-        if not (tmp / "best.pt").exists():
-            raise RuntimeError(f"finetuning with drop_rate={drop_rate:g} wrote no {tmp}/best.pt")
-        shutil.rmtree(final_dir, ignore_errors=True)  # a torn folder of a killed run
-        os.replace(tmp, final_dir)
-    return best
-
-
-# --------------------------------------------------------------------------------------------
-# downstream objective
-# --------------------------------------------------------------------------------------------
+def trial_config(cfg: Config, params: dict[str, Any], n_real: int) -> Config:
+    """:func:`generator_config` at the trial budget (``evaluate.steps = tune.eval_steps``)."""
+    return paired.budget_config(generator_config(cfg, params, n_real))
 
 
 def load_real_train(cfg: Config, data_root: str | Path) -> Any:
@@ -140,81 +106,100 @@ def load_real_train(cfg: Config, data_root: str | Path) -> Any:
     return load_split(cfg, data_root, "train")
 
 
-def validation_miou(cfg: Config, real_train: Any, synthetic_dir: str | Path,
-                    on_validation: Optional[Callable[[int, float], None]] = None) -> float:
-    """Best validation mIoU of the cell (``tune.architecture``, ``tune.mix``, ``tune.seed``)
-    trained with ``cfg.evaluate``'s recipe (in a trial, :func:`trial_config` has set
-    ``evaluate.steps`` to ``tune.eval_steps``).
-
-    Args:
-        real_train: the real TRAIN images as an :class:`isdm.evaluation.segmenter.TensorSet`
-            at ``evaluate.image_size`` (:func:`load_real_train`).
-        synthetic_dir: a sampling output folder (``samples/`` + ``labels/``).
-        on_validation: called with ``(step, best validation mIoU so far)`` after every
-            validation; it may raise ``optuna.TrialPruned``.
-    """
-    from isdm.evaluation.cell import plan_cell, train_cell
+def load_synthetic_set(cfg: Config, folder: str | Path) -> Any:
+    """A sampling (or curation) output folder's pairs at ``evaluate.image_size``."""
     from isdm.evaluation.loading import eval_data_config, load_synthetic
-    from isdm.utils.runtime import resolve_device
 
-    e, t = cfg.evaluate, cfg.tune
-    synth = load_synthetic(synthetic_dir, eval_data_config(cfg.data, e.image_size))
-    cell = plan_cell(cfg, t.architecture, t.mix, t.seed, real_train.keys, synth.keys)
-    best = float("-inf")
-
-    def report(row: dict[str, float]) -> None:
-        nonlocal best
-        if row["val_miou"] == row["val_miou"]:  # not NaN
-            best = max(best, row["val_miou"])
-        if on_validation is not None:
-            on_validation(int(row["step"]), best)
-
-    _, fit = train_cell(cfg, cell, real_train, synth, device=resolve_device(cfg.runtime.device),
-                        on_validation=report)
-    return float(fit.best_val_miou)
+    return load_synthetic(folder, eval_data_config(cfg.data, cfg.evaluate.image_size))
 
 
-def _trial_name(number: int, p: dict[str, Any]) -> str:
-    return (f"trial {number}: s={p['sample.s']:.2f} drop={p['finetune.drop_rate']:g} "
-            f"{p['sample.sampler']} {p['sample.steps']} steps")
+def _trial_name(number: int, params: dict[str, Any]) -> str:
+    from isdm.tuning.console import knobs_text
+
+    return f"trial {number}: {knobs_text(params)}"
 
 
-def make_objective(cfg: Config, data_root: Path, checkpoint: Path, out_dir: Path,
-                   real_train: Any, study_run_id: Optional[str]) -> Callable[[Any], float]:
+class Curator:
+    """Curates a trial's folder with the scorer of ``base`` (loaded on first use, once per
+    worker, trained at most once per ``<out>/curate_cache`` under a lock)."""
+
+    def __init__(self, base: Config, data_root: Path, out_dir: Path) -> None:
+        self.base, self.data_root, self.cache = base, data_root, out_dir / "curate_cache"
+        self.scorer: Any = None
+
+    def __call__(self, tcfg: Config, synthetic: Path, out: Path) -> tuple[Path, float]:
+        """(folder to train on, kept fraction of the pairs)."""
+        from isdm.curation import curate_folder, load_scorer
+        from isdm.tuning.cache import lock
+
+        c = tcfg.curate
+        if c.min_fidelity == 0 and c.pixel_threshold == 0:  # no filter: the set as sampled
+            return synthetic, 1.0
+        if self.scorer is None:
+            with lock(self.cache / "scorer.lock"):
+                self.scorer = load_scorer(self.base, self.data_root, self.cache)
+        card = curate_folder(tcfg, synthetic, out, self.scorer, figures=False)
+        return out, card["counts"]["kept"] / card["counts"]["pairs"]
+
+
+def make_objective(cfg: Config, data_root: Path, checkpoint: Path, out_dir: Path, real: Any,
+                   baseline: Sequence[float], study_run_id: Optional[str]) -> Callable[[Any], Any]:
     """The function ``study.optimize`` calls once per trial (see the module docstring)."""
     import optuna
 
     from isdm import tracking
     from isdm.sampling import run_sampling
 
-    def objective(trial: optuna.Trial) -> float:
+    n_real = paired.real_pool_size(cfg, real.keys)
+    curate = Curator(cfg, data_root, out_dir)
+    prune = cfg.tune.pruning and cfg.tune.objectives == ("gain",)
+
+    def objective(trial: optuna.Trial) -> Any:
         params = suggest(trial, cfg)
-        tcfg = trial_config(cfg, params)
+        tcfg = trial_config(cfg, params, n_real)
+        folder = out_dir / "trials" / f"{trial.number:04d}"
         with tracking.start_run(cfg.tracking, name=_trial_name(trial.number, params),
                                 action="trial", dataset=str(data_root), params=params,
-                                tags={"optuna.trial": trial.number}, parent_run_id=study_run_id) as run:
-            ckpt = finetuned_checkpoint(tcfg, data_root, checkpoint, out_dir,
-                                        params["finetune.drop_rate"])
-            synthetic = out_dir / "trials" / f"{trial.number:04d}" / "synthetic"
-            run_sampling(tcfg, data_root, ckpt, synthetic, overwrite=True)
+                                tags={"optuna.trial": trial.number},
+                                parent_run_id=study_run_id) as run:
+            ckpt = finetuned_checkpoint(tcfg, data_root, checkpoint, out_dir)
+            summary = run_sampling(tcfg, data_root, ckpt, folder / "synthetic", overwrite=True)
+            cost = float(summary["this_run"]["seconds_per_image"])
+            synthetic, kept = curate(tcfg, folder / "synthetic", folder / "curated")
+            synth = load_synthetic_set(tcfg, synthetic)
+            facts = {"n_synthetic": len(synth), "kept_fraction": kept, "seconds_per_image": cost}
+            for key, value in facts.items():
+                trial.set_user_attr(key, value)
+            run.log_metrics(facts)
 
-            def on_validation(step: int, best: float) -> None:
-                run.log_metrics({"val_miou": best}, step=step)
-                trial.report(best, step)
-                if trial.should_prune():
-                    run.set_tags({"optuna.state": "PRUNED"})
-                    raise optuna.TrialPruned(f"step {step}: validation mIoU {best:.4f}")
+            def on_repeat(r: int, gain: paired.Gain) -> None:
+                _record(trial, gain)
+                run.log_metrics({"val_miou": gain.values[r], "gain_repeat": gain.diffs[r]}, step=r)
+                if prune:
+                    trial.report(gain.mean, r)
+                    if r + 1 < cfg.tune.repeats and trial.should_prune():
+                        run.set_tags({"optuna.state": "PRUNED"})
+                        raise optuna.TrialPruned(f"repeat {r}: mean gain {gain.mean:+.4f}")
 
             try:
-                value = validation_miou(tcfg, real_train, synthetic, on_validation)
+                gain = paired.measure(tcfg, real, synth, baseline, on_repeat)
             except optuna.TrialPruned as pruned:
-                prune = pruned  # leave the run FINISHED: pruning is not a failure
+                stopped: Optional[optuna.TrialPruned] = pruned  # the run stays FINISHED
             else:
-                prune = None
-                run.log_metrics({"val_miou": value})
+                stopped = None
+                run.log_metrics({"gain": gain.mean,
+                                 **({} if gain.se is None else {"gain_se": gain.se})})
                 run.set_tags({"optuna.state": "COMPLETE"})
-        if prune is not None:
-            raise prune
-        return value
+        if stopped is not None:
+            raise stopped
+        return gain.mean if cfg.tune.objectives == ("gain",) else (gain.mean, cost)
 
     return objective
+
+
+def _record(trial: Any, gain: paired.Gain) -> None:
+    trial.set_user_attr("gain", gain.mean)
+    trial.set_user_attr("gain_se", gain.se)
+    trial.set_user_attr("gain_repeats", list(gain.diffs))
+    trial.set_user_attr("val_miou", list(gain.values))
+    trial.set_user_attr("baseline_val_miou", list(gain.baseline))

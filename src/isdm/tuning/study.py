@@ -2,9 +2,15 @@
 
 Several ``isdm tune`` processes on one storage and study name share the study: trial numbers
 come from the storage, TPE is seeded per trial number (:func:`seeded_tpe`), a killed worker's
-trial is failed and retried (:mod:`isdm.tuning.storage`), and all of them log under ONE MLflow
+trial is failed and retried (:mod:`isdm.tuning.storage`), the real-only baseline is trained by
+one of them (:func:`isdm.tuning.paired.study_baseline`), and all of them log under ONE MLflow
 study run: the worker whose ``create_study`` succeeded creates it and publishes its id as the
 study user attribute :data:`STUDY_RUN_ATTR`; the others wait for that attribute.
+
+``tune.objectives``: ``[gain]`` maximises the paired gain; ``[gain, cost]`` also minimises
+the sampling seconds per image (multi-objective TPE, no pruning: Optuna prunes single-objective
+studies only). After its trials, each worker writes the study's results and, with
+``tune.final_check``, runs (or reuses) :mod:`isdm.tuning.final_check`.
 """
 
 from __future__ import annotations
@@ -14,9 +20,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from isdm.config import Config, flatten
-from isdm.errors import CheckpointError
+from isdm.errors import CheckpointError, TuningError
 from isdm.tuning import objective as objective_mod
-from isdm.tuning import results
+from isdm.tuning import paired, plots, results
 from isdm.tuning.storage import (
     fail_stale_trials,
     open_storage,
@@ -77,18 +83,25 @@ def open_study(cfg: Config, spec: str, study_name: str) -> tuple[Any, bool]:
 
     t = cfg.tune
     storage = open_storage(spec)
+    single = t.objectives == ("gain",)
     kwargs = dict(storage=storage, study_name=study_name,
                   pruner=(optuna.pruners.MedianPruner(n_startup_trials=t.pruning_startup_trials)
-                          if t.pruning else optuna.pruners.NopPruner()),
+                          if t.pruning and single else optuna.pruners.NopPruner()),
                   sampler=seeded_tpe(t.seed, t.sampler_startup_trials))
+    directions = ["maximize"] if single else ["maximize", "minimize"]
 
     def create_or_load() -> tuple[Any, bool]:
         try:
-            return optuna.create_study(direction="maximize", **kwargs), True
+            return optuna.create_study(directions=directions, **kwargs), True
         except optuna.exceptions.DuplicatedStudyError:
             return optuna.load_study(**kwargs), False
 
-    return retry_storage(create_or_load, spec)
+    study, created = retry_storage(create_or_load, spec)
+    if len(study.directions) != len(directions):
+        raise TuningError(f"study {study_name!r} in {spec} has {len(study.directions)} "
+                          f"objective(s) but tune.objectives={list(t.objectives)}; give another "
+                          "--study-name or the study's objectives")
+    return study, created
 
 
 def _study_run_id(study: Any, created: bool, tracking_on: bool) -> Optional[str]:
@@ -112,23 +125,26 @@ def _study_run_id(study: Any, created: bool, tracking_on: bool) -> Optional[str]
 
 def run_study(cfg: Config, data_root: str | Path, checkpoint: str | Path, out_dir: str | Path,
               n_trials: Optional[int] = None, storage: Optional[str] = None,
-              study_name: Optional[str] = None) -> dict[str, Any]:
+              study_name: Optional[str] = None, progress: Optional[bool] = None) -> dict[str, Any]:
     """Run ``n_trials`` trials (default ``tune.n_trials``) of the study in this process.
 
-    Writes ``<out_dir>/best_params.yaml``, ``trials.csv``, ``optimization_history.png``,
-    ``param_importances.png`` (when enough trials completed) and ``summary.json``; returns the
-    summary. ``n_trials=0`` only creates (or joins) the study and its MLflow run, and fails the
-    trials of killed workers.
+    Writes ``<out_dir>/best_params.yaml``, ``trials.csv``, ``summary.json`` and the plots of
+    :func:`isdm.tuning.plots.write_plots`, then (``tune.final_check``, once a trial completed)
+    ``final_check.json`` / ``.md``; returns the summary (with ``final_check``). ``n_trials=0``
+    only creates (or joins) the study and its MLflow run, fails the trials of killed workers
+    and writes the results of the trials so far. ``progress``: None = ``runtime.progress``.
     """
     import optuna
 
     from isdm import tracking
+    from isdm.tuning.final_check import run_final_check
 
     data_root, checkpoint, out_dir = Path(data_root), Path(checkpoint), Path(out_dir)
     if not checkpoint.is_file():
         raise CheckpointError(f"--checkpoint {checkpoint} does not exist; train one with "
                               "`isdm train` (models/sdm/best.pt)")
     n_trials = cfg.tune.n_trials if n_trials is None else n_trials
+    progress = cfg.runtime.progress if progress is None else progress
     study_name = study_name or cfg.tune.study_name
     spec = resolve_storage(storage if storage is not None else cfg.tune.storage, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -137,28 +153,68 @@ def run_study(cfg: Config, data_root: str | Path, checkpoint: str | Path, out_di
     fail_stale_trials(study, spec)
     study_run_id = _study_run_id(study, created, cfg.tracking.enabled)
     t = cfg.tune
-    name = f"tune {study_name}: {t.architecture} {t.mix}, {t.num_samples} samples"
+    name = (f"tune {study_name}: {t.architecture} x {t.repeats} seeds, {t.eval_steps} steps, "
+            f"{'+'.join(t.objectives)}")
     with tracking.start_run(cfg.tracking, name=name, action="tune", dataset=str(data_root),
                             params=None if study_run_id else flatten(cfg), run_id=study_run_id,
                             tags={"optuna.study": study_name, "optuna.storage": spec}) as run:
         if not study_run_id and (run.run_id or created):
             study.set_user_attr(STUDY_RUN_ATTR, run.run_id or "")
         if n_trials > 0:
-            real_train = objective_mod.load_real_train(cfg, data_root)
-            objective = objective_mod.make_objective(cfg, data_root, checkpoint, out_dir,
-                                                     real_train, run.run_id)
-            study.optimize(objective, n_trials=n_trials, gc_after_trial=True)
-        return _write_results(study, spec, out_dir, run)
+            _optimize(cfg, study, data_root, checkpoint, out_dir, run, n_trials, progress)
+        summary = _write_results(study, spec, out_dir, run)
+        if not t.final_check:
+            _no_final_check(out_dir)
+        elif summary["complete"]:
+            check = run_final_check(cfg, data_root, checkpoint, out_dir, study, progress=progress)
+            summary["final_check"] = {k: check[k] for k in ("verdict", "tuned_vs_current")
+                                      if k in check}
+            if "tuned_vs_current" in check:
+                c = check["tuned_vs_current"]
+                run.log_metrics({"final_gain": c["gain"], "final_gain_lo": c["gain_lo"],
+                                 "final_gain_hi": c["gain_hi"]})
+            atomic_write_json(out_dir / "summary.json", summary)
+            for path in ("final_check.json", "final_check.md", "summary.json"):
+                run.log_artifact(out_dir / path)
+        return summary
+
+
+def _no_final_check(out_dir: Path) -> None:
+    """``final_check.json`` / ``.md`` saying the check is off (the DVC stage versions them)."""
+    note = "not run (tune.final_check: false)"
+    atomic_write_json(out_dir / "final_check.json", {"verdict": note})
+    atomic_write_text(out_dir / "final_check.md", f"# Final check\n\n{note}\n")
+
+
+def _optimize(cfg: Config, study: Any, data_root: Path, checkpoint: Path, out_dir: Path,
+              run: Any, n_trials: int, progress: bool) -> None:
+    """The study's baseline (trained here or read), then this worker's trials."""
+    from isdm.tuning.console import Console
+
+    real = objective_mod.load_real_train(cfg, data_root)
+    baseline, trained = paired.study_baseline(paired.budget_config(cfg), data_root, real, study,
+                                              out_dir)
+    if trained:
+        for r, value in enumerate(baseline):
+            run.log_metrics({"baseline_val_miou": value}, step=r)
+    study.set_user_attr(results.N_REAL_ATTR, paired.real_pool_size(cfg, real.keys))
+    objective = objective_mod.make_objective(cfg, data_root, checkpoint, out_dir, real, baseline,
+                                             run.run_id)
+    console = Console(n_trials, progress)
+    try:
+        study.optimize(objective, n_trials=n_trials, gc_after_trial=True, callbacks=[console])
+    finally:
+        console.close()
 
 
 def _write_results(study: Any, spec: str, out_dir: Path, run: Any) -> dict[str, Any]:
     summary = results.summary(study, spec)
     results.write_trials_csv(study, out_dir / "trials.csv")
-    files = [out_dir / "trials.csv", *results.write_plots(study, out_dir)]
+    files = [out_dir / "trials.csv", *plots.write_plots(study, out_dir)]
     if summary["complete"]:
-        atomic_write_text(out_dir / "best_params.yaml", results.best_params_yaml(study))
+        atomic_write_text(out_dir / "best_params.yaml", results.best_params_yaml(study, out_dir))
         files.append(out_dir / "best_params.yaml")
-        run.log_metrics({"best_val_miou": summary["best_value"]})
+        run.log_metrics({"best_gain": summary["best_gain"]})
         run.set_tags({"optuna.best_trial": summary["best_trial"]})
     run.log_metrics({k: float(summary[k]) for k in ("n_trials", "complete", "pruned", "failed")})
     atomic_write_json(out_dir / "summary.json", summary)

@@ -1,0 +1,121 @@
+"""pipelines/tune/dvc.yaml: the study is a DVC stage of its own pipeline, which `dvc repro` of the
+main chain never runs and `dvc repro pipelines/tune/dvc.yaml` does (with a stand-in `isdm`)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PIPELINE = REPO / "pipelines" / "tune" / "dvc.yaml"
+MAIN_STAGES = ["data", "train", "finetune", "sample", "curate", "evaluate"]
+
+
+def _stage() -> dict:
+    return yaml.safe_load(PIPELINE.read_text())["stages"]["tune"]
+
+
+def test_tune_stage_is_a_valid_isdm_tune_call_on_existing_params_and_sources(tmp_path, monkeypatch):
+    from isdm.cli import cli
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    stage = _stage()
+    assert stage["wdir"] == "../.." and yaml.safe_load(PIPELINE.read_text())["vars"] == [
+        "../../params.yaml"]
+    assert set(stage["params"]) <= set(params) and "tune" in stage["params"]
+    for dep in stage["deps"]:
+        if dep.startswith("src/"):
+            assert (REPO / dep).is_dir(), dep
+    argv = shlex.split(stage["cmd"].replace("${data.root}", params["data"]["root"]))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / params["data"]["root"]).mkdir(parents=True)
+    (tmp_path / "models" / "sdm").mkdir(parents=True)
+    (tmp_path / "models" / "sdm" / "best.pt").write_bytes(b"")
+    ctx = cli.make_context("isdm", argv[1:])
+    sub = cli.get_command(ctx, argv[1])
+    parsed = sub.make_context(argv[1], argv[2:]).params
+    assert parsed["out_dir"] == "reports/tune" and parsed["storage"] == "reports/tune/study.journal"
+    outs = {o if isinstance(o, str) else next(iter(o)) for o in stage["outs"] + stage["plots"]}
+    assert {"reports/tune/study.journal", "reports/tune/best_params.yaml",
+            "reports/tune/trials.csv", "reports/tune/plots", "reports/tune/final_check.json"} <= outs
+
+
+_STUB = '''#!{python}
+"""Stand-in for `isdm` under DVC: writes the declared outputs of the running stage."""
+import os, re, yaml
+file, _, name = os.environ["DVC_STAGE"].rpartition(":")
+params = yaml.safe_load(open("params.yaml"))
+def lookup(m):
+    node = params
+    for part in m.group(1).split("."):
+        node = node[part]
+    return str(node)
+doc = yaml.safe_load(re.sub(r"\\$\\{{([\\w.]+)\\}}", lookup, open(file or "dvc.yaml").read()))
+stage = doc["stages"][name]
+for kind in ("outs", "metrics", "plots"):
+    for item in stage.get(kind, []):
+        path = item if isinstance(item, str) else next(iter(item))
+        if "." not in os.path.basename(path):
+            os.makedirs(path, exist_ok=True)
+            path = os.path.join(path, "x.txt")
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w") as f:
+            f.write("number,gain\\n0,0.1\\n" if path.endswith(".csv") else "{{}}")
+with open("ran.log", "a") as f:
+    f.write(name + "\\n")
+'''
+
+
+def _env(stub_bin: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PATH"] = os.pathsep.join([str(stub_bin), str(BIN), env.get("PATH", "")])
+    env.update(DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    return env
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_study_only_from_its_own_pipeline_file(tmp_path, monkeypatch):
+    if not (BIN / "dvc").exists():
+        pytest.skip("dvc not installed in this environment")
+    repo, stub_bin = tmp_path / "repo", tmp_path / "bin"
+    repo.mkdir()
+    stub_bin.mkdir()
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, repo / name)
+    (repo / "pipelines" / "tune").mkdir(parents=True)
+    shutil.copy(PIPELINE, repo / "pipelines" / "tune" / "dvc.yaml")
+    shutil.copytree(REPO / "src" / "isdm", repo / "src" / "isdm",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (stub_bin / "isdm").write_text(_STUB.format(python=sys.executable))
+    (stub_bin / "isdm").chmod(0o755)
+    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site"))
+    env = _env(stub_bin)
+
+    def run(*args: str) -> list[str]:
+        proc = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{args}:\n{proc.stdout}\n{proc.stderr}"
+        log = repo / "ran.log"
+        ran = log.read_text().split() if log.exists() else []
+        log.unlink(missing_ok=True)
+        return ran
+
+    run("git", "init", "-q")
+    run(str(BIN / "dvc"), "init", "-q")
+    assert run(str(BIN / "dvc"), "repro") == MAIN_STAGES  # the study is not part of the chain
+    assert run(str(BIN / "dvc"), "repro", "pipelines/tune/dvc.yaml") == ["tune"]
+    assert run(str(BIN / "dvc"), "repro", "pipelines/tune/dvc.yaml") == []
+    assert (repo / "pipelines" / "tune" / "dvc.lock").exists()
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["tune"]["n_trials"] = 20
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert run(str(BIN / "dvc"), "repro") == []  # tune.* re-runs nothing of the main chain
+    assert run(str(BIN / "dvc"), "repro", "pipelines/tune/dvc.yaml") == ["tune"]

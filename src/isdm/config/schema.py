@@ -250,7 +250,7 @@ class EvaluateConfig(Section):
     encoder: str = "resnet18"
     encoder_weights: Optional[str] = None
     mixes: tuple[str, ...] = ("RALLF000", "RALLFALL")
-    seeds: tuple[int, ...] = (0, 1)
+    seeds: tuple[int, ...] = (0, 1, 2)
     steps: int = 400
     val_every: int = 20
     lr: float = 1e-3

@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from isdm.utils.io import pid_running
+
 __all__ = ["Interrupted", "signals_raise", "process_tags", "end_orphans", "HOST_TAG", "PID_TAG"]
 
 HOST_TAG, PID_TAG, START_TAG = "isdm.host", "isdm.pid", "isdm.pid_start"
@@ -87,12 +89,8 @@ def process_tags() -> dict[str, str]:
 def _alive(pid: int, start: str) -> bool:
     if pid == os.getpid():
         return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_running(pid):
         return False
-    except PermissionError:  # another user's live process
-        pass
     now = _process_start(pid)
     return now != "zombie" and (not start or not now or now == start)
 

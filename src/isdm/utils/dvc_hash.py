@@ -16,16 +16,14 @@ import json
 import os
 from pathlib import Path
 
+from isdm.utils.io import file_hexdigest
+
 __all__ = ["md5_file", "md5_folder"]
 
 
 def md5_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex MD5 of a file's bytes: DVC's hash of a file output."""
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    return file_hexdigest(path, "md5", chunk)
 
 
 def md5_folder(path: str | Path) -> str:

@@ -118,7 +118,7 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
         match = _TEMP.match(entry.name)
         if match is None and not _OLD_TEMP.match(entry.name):
             continue
-        dead = match is not None and match["host"] == _HOST and not _running(int(match["pid"]))
+        dead = match is not None and match["host"] == _HOST and not pid_running(int(match["pid"]))
         with suppress(FileNotFoundError):  # its writer renamed it, or another sweep took it
             if entry.is_file(follow_symlinks=False) and (
                     dead or now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S):
@@ -134,7 +134,7 @@ def _sweep_once(folder: Path) -> None:
         _swept.add(key)
 
 
-def _running(pid: int) -> bool:
+def pid_running(pid: int) -> bool:
     """Whether process ``pid`` of this host exists (signal 0 checks without signalling)."""
     if pid == os.getpid() or os.name != "posix":  # elsewhere signal 0 is not a probe
         return True
@@ -189,10 +189,15 @@ def _size(n: int) -> str:
     return f"{n} bytes" if i == 0 else f"{value:.1f} {units[i]}"
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
+def file_hexdigest(path: str | Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file's bytes with hashlib's ``algorithm``, read ``chunk`` bytes at a time."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    return file_hexdigest(path, "sha256", chunk)

@@ -47,6 +47,21 @@ def oracle(diffusion: GaussianDiffusion, x0: torch.Tensor, calls: list | None = 
     return model_fn
 
 
+def v_oracle(diffusion: GaussianDiffusion, x0: torch.Tensor):
+    """The exact v network for data ``x0``: v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0, from
+    ``oracle``'s eps at the ORIGINAL t of ``diffusion``; variance channels passed through."""
+    eps_oracle = oracle(diffusion, x0)
+    abar_table = torch.as_tensor(diffusion.alphas_cumprod, dtype=torch.float64)
+
+    def v_fn(x_t, t):
+        eps = eps_oracle(x_t, t).double()
+        abar = abar_table[t].view(-1, 1, 1, 1)
+        v = abar.sqrt() * eps[:, :3] - (1 - abar).sqrt() * x0.double()
+        return torch.cat([v, eps[:, 3:]], dim=1).float()
+
+    return v_fn
+
+
 def known_x0() -> torch.Tensor:
     return torch.rand(SHAPE, generator=gen(7)) * 1.8 - 0.9
 
@@ -69,14 +84,7 @@ def test_v_prediction_oracle_recovers_x0_through_the_respaced_chain(chain, name,
     """A v network is converted with the TRAINED chain at the original t: samplers see eps."""
     v_chain = GaussianDiffusion(chain.betas, prediction="v")
     x0 = known_x0()
-    eps_oracle = oracle(chain, x0)
-    abar_table = torch.as_tensor(chain.alphas_cumprod, dtype=torch.float64)
-
-    def v_fn(x_t, t):
-        eps = eps_oracle(x_t, t).double()
-        abar = abar_table[t].view(-1, 1, 1, 1)
-        v = abar.sqrt() * eps[:, :3] - (1 - abar).sqrt() * x0.double()
-        return torch.cat([v, eps[:, 3:]], dim=1).float()
+    v_fn = v_oracle(chain, x0)
 
     x_T = torch.randn(SHAPE, generator=gen(1))
     out = run(name, v_fn, x_T, v_chain, 20, generator=gen(2), **opts)

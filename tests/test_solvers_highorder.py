@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_solvers import SHAPE, T, gaussian_data_model, gen, known_x0, oracle, run
+from test_solvers import SHAPE, T, gaussian_data_model, gen, known_x0, oracle, run, v_oracle
 
 from isdm.diffusion import GaussianDiffusion, get_betas
 from isdm.solvers import logsnr_timesteps, resolve_spacing
@@ -35,14 +35,7 @@ def test_oracle_recovers_x0_exactly(chain, steps, name, opts, spacing):
 def test_v_prediction_oracle_recovers_x0(chain, name, opts):
     v_chain = GaussianDiffusion(chain.betas, prediction="v")
     x0 = known_x0()
-    eps_oracle = oracle(chain, x0)
-    abar_table = torch.as_tensor(chain.alphas_cumprod, dtype=torch.float64)
-
-    def v_fn(x_t, t):
-        eps = eps_oracle(x_t, t).double()
-        abar = abar_table[t].view(-1, 1, 1, 1)
-        v = abar.sqrt() * eps[:, :3] - (1 - abar).sqrt() * x0.double()
-        return torch.cat([v, eps[:, 3:]], dim=1).float()
+    v_fn = v_oracle(chain, x0)
 
     out = run(name, v_fn, torch.randn(SHAPE, generator=gen(1)), v_chain, 20, generator=gen(2),
               **opts)

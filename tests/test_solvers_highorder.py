@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_solvers import SHAPE, T, gaussian_data_model, gen, known_x0, oracle, run, v_oracle
+from test_solvers import (
+    SHAPE,
+    T,
+    gaussian_data_model,
+    gen,
+    known_x0,
+    oracle,
+    run,
+    v_oracle,
+)
 
 from isdm.diffusion import GaussianDiffusion, get_betas
 from isdm.solvers import logsnr_timesteps, resolve_spacing

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from isdm.config import Config, flatten
@@ -36,6 +37,7 @@ def test_mkdocs_config_is_strict():
         == {"omitted_files": "warn", "unrecognized_links": "warn", "anchors": "warn"}
 
 
+@pytest.mark.slow  # 3-7 s on the shared 2-core machine (MkDocs + Material render every page)
 def test_docs_site_builds_strictly(tmp_path):
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}

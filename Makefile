@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export MLFLOW_ALLOW_FILE_STORE := true
 # OpenMP threads: spinning between parallel regions (ACTIVE) makes a training step ~1.2x faster
 # than sleeping (PASSIVE) when one job has the cores, but ~2x slower when other busy processes
-# share them (README "Tests and benchmarks"). repro and bench ask `python -m isdm.utils.cpu`:
+# share them (docs/guide/testing.md, "OpenMP threads"). repro and bench ask `python -m isdm.utils.cpu`:
 # ACTIVE when other processes use under a quarter of the CPUs right now, else PASSIVE (an
 # OMP_WAIT_POLICY set in the environment wins). The policy never changes results. The test suite
 # runs several processes at once (DDP, workers), so there threads always sleep.
@@ -23,7 +23,7 @@ test test-fast: export OMP_WAIT_POLICY := PASSIVE
 # `make bench BENCH_ARGS=--quick`: every row at smoke-test sizes (a few minutes)
 BENCH_ARGS ?=
 
-.PHONY: setup test test-fast repro bench bench-gpu lint clean
+.PHONY: setup test test-fast repro bench bench-gpu docs lint clean
 
 setup: $(STAMP)
 
@@ -53,5 +53,10 @@ bench: setup
 bench-gpu: setup
 	PATH=$(BIN):$$PATH $(BIN)/python -m isdm.bench.gpu_bench --out bench/gpu.json
 
+# the documentation site (MkDocs + Material) into site/, strictly: a broken link or a missing page
+# fails; the configuration reference page is generated from src/isdm/config/ while it builds
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site

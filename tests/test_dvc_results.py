@@ -84,7 +84,7 @@ def test_a_clone_pulls_the_committed_results_and_compares_them(tmp_path):
     git, dvc = (lambda *a: _run(env, repo, "git", *a)), (lambda *a: _run(env, repo, "dvc", *a))
     git("init", "-q", "-b", "main")
     dvc("init", "-q")
-    # README "Results from a clone": a local folder remote, the lock file committed, pushed
+    # docs/guide/pipeline.md "Results from a clone": a local folder remote, the lock file committed, pushed
     dvc("remote", "add", "-d", "storage", str(remote))
     dvc("repro", "-q")
     git("add", "-A")

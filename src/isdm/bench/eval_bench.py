@@ -9,7 +9,7 @@ resolution are hard, so the crack IoU is the number to watch (background IoU is 
 
 Sizes: quick = 128 px x 96 steps, full = 160 px x 400 steps, batch 4, validation every 16 steps
 (63 training images: 6 and 25 passes; cracks vanish below about 128 px and from-scratch training
-needs a few hundred steps; the README has the measurements).
+needs a few hundred steps; docs/results/crackforest.md has the measurements).
 The dataset folder is an argument (``python -m isdm.bench --crackforest DIR`` or
 ``$ISDM_CRACKFOREST``); without it the benchmark is skipped with a note.
 """

@@ -30,7 +30,7 @@ def place(model, device, channels_last: bool | None = None):
     """Move ``model`` to ``device`` in its fastest memory layout (in place; returns it).
 
     ``channels_last=None`` chooses by device: channels-last (NHWC) on CPU, where oneDNN's
-    convolutions run on it without layout reorders (README "Benchmark numbers" measures the
+    convolutions run on it without layout reorders (docs/results/benchmarks.md measures the
     gain), contiguous NCHW on CUDA. Activations follow the weights' layout; the values agree with
     the NCHW network to float rounding, not bit for bit.
     """

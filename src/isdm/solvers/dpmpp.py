@@ -33,8 +33,8 @@ def sample_dpmpp2m(model_fn: ModelFn, x_T: torch.Tensor, schedule: Schedule, *,
     ``order=1`` this is DDIM with eta = 0.
 
     Meant for a ``"logsnr"`` schedule (steps uniform in lambda, as Lu et al. recommend for few
-    steps): with steps uniform in t the last step to t=0 spans a large lambda gap (the README's
-    "Solver accuracy" compares the two).
+    steps): with steps uniform in t the last step to t=0 spans a large lambda gap (docs/results/benchmarks.md,
+    "Solver accuracy", compares the two).
 
     Args: as :func:`isdm.solvers.ddpm.sample_ddpm` (``generator`` is checked but unused: the
     solver is deterministic); ``clip_denoised`` clamps each x0_i to [-1, 1] (thresholding);

@@ -1,17 +1,15 @@
-"""``load_config``: file -> (original ISDM mapping) -> ``--set`` overrides -> validated tree."""
+"""``load_config``: files -> (original ISDM mapping) -> ``--set`` overrides -> validated tree
+(the layering itself: :mod:`isdm.config.layers`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
-import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from isdm.config.files import parse_yaml, read_file
-from isdm.config.legacy import legacy_to_tree
-from isdm.config.tree import SECTIONS, Config, from_dict
+from isdm.config.files import parse_yaml
+from isdm.config.tree import SECTIONS, Config
 from isdm.errors import ConfigError
 
 __all__ = ["load_config", "apply_overrides", "is_sectioned"]
@@ -32,20 +30,9 @@ def is_sectioned(data: Mapping[str, Any]) -> bool:
     :func:`_section_like`); the original's flat configs are scalar keys plus ``balance_args``.
     An empty file is an (empty) tree: the built-in defaults.
     """
-    if not data or any(k in SECTIONS for k in data):
+    if not data or any(str(k).split(".")[0] in SECTIONS for k in data):  # also sample.s: 2
         return True
     return 2 * sum(_section_like(str(k), v) for k, v in data.items()) > len(data)
-
-
-def _non_finite(data: Any, prefix: str = "") -> list[str]:
-    """``key=value`` of every nan / inf anywhere in a parsed file, keys as the file writes them
-    (also keys an original config's mapping would ignore)."""
-    if isinstance(data, Mapping):
-        return [x for k, v in data.items()
-                for x in _non_finite(v, f"{prefix}.{k}" if prefix else str(k))]
-    if isinstance(data, list):
-        return [x for i, v in enumerate(data) for x in _non_finite(v, f"{prefix}[{i}]")]
-    return [f"{prefix}={data}"] if isinstance(data, float) and not math.isfinite(data) else []
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -81,35 +68,32 @@ def apply_overrides(tree: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
 
 def load_config(
-    path: str | Path | None = None,
+    path: str | Path | Sequence[str | Path] | None = None,
     overrides: Sequence[str] = (),
     action: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Config:
-    """Load a config strictly.
+    """Load a config strictly: the defaults, then each file, then ``env``, then ``overrides``.
 
     Args:
-        path: ``params.yaml``-style YAML/JSON with sections, or an original ISDM flat JSON
-            config (``config_train.json`` / ``config_finetune.json`` / ``config_sample.json``),
-            or None for the built-in defaults. Which of the two a file is: :func:`is_sectioned`.
+        path: one file or several (base first, then overlays, deep-merged in order; see
+            :mod:`isdm.config.layers`), or None for the built-in defaults. A file is
+            ``params.yaml``-style YAML/JSON with sections, or an original ISDM flat JSON
+            config (``config_train.json`` / ``config_finetune.json`` / ``config_sample.json``);
+            which of the two: :func:`is_sectioned`.
         overrides: ``section.key=value`` strings applied last.
         action: ``train`` / ``finetune`` / ``sample``: tells the legacy mapper where flat keys
             such as ``batch_size`` or ``drop_rate`` belong. Ignored for sectioned files.
+        env: environment variables of :data:`isdm.config.layers.ENV_VARS` to read (the CLI
+            passes ``os.environ``); None = none.
 
     Raises:
-        ConfigError: naming the file, the dotted key, the value and the valid range; for an
-            original config's keys that change results but are not reproduced, a warning on
-            the ``isdm.config`` logger instead (:mod:`isdm.config.legacy`).
+        ConfigError: naming the file (or ``--set`` / ``env NAME``), the dotted key, the value
+            and the valid range; for an original config's keys that change results but are not
+            reproduced, a warning on the ``isdm.config`` logger instead
+            (:mod:`isdm.config.legacy`).
     """
-    tree: dict[str, Any] = {}
-    if path is not None:
-        data = read_file(Path(path))
-        bad = _non_finite(data)
-        if bad:
-            raise ConfigError(f"{path}: {', '.join(bad)}: must be a finite number (not nan or inf)")
-        tree = data if is_sectioned(data) else legacy_to_tree(data, action=action, source=str(path))
-    tree = apply_overrides(json.loads(json.dumps(tree)), overrides)
-    try:
-        return from_dict(Config, tree)
-    except ConfigError as e:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{e}") from None
+    from isdm.config.layers import resolve
+
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+    return resolve(paths, overrides, action=action, env=env).config

@@ -15,6 +15,8 @@ merge (:func:`isdm.config.tree.finetune_tree`); ``model`` keys not given come fr
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 import math
 from dataclasses import dataclass, field
@@ -26,11 +28,11 @@ from isdm.config.files import parse_yaml, read_file
 from isdm.config.legacy import legacy_to_tree
 from isdm.config.model import MODEL_PRESETS
 from isdm.config.schema import FINETUNE_DEFAULTS
-from isdm.config.tree import Config, _upgrade_data, check_keys, flatten, from_dict
+from isdm.config.tree import SECTIONS, Config, _upgrade_data, check_keys, flatten, from_dict
 from isdm.errors import ConfigError
 
 __all__ = ["Layer", "Resolved", "ENV_VARS", "file_layer", "set_layer", "env_layer", "merge",
-           "resolve", "leaves", "nest"]
+           "resolve", "leaves", "nest", "is_sectioned", "apply_overrides"]
 
 #: Environment variables read by the CLI (not by library calls): how a command runs here, which
 #: no pipeline stage lists. MLFLOW_TRACKING_URI is read by isdm.tracking when
@@ -72,6 +74,58 @@ def _non_finite(data: Any, prefix: str = "") -> list[str]:
     if isinstance(data, list):
         return [x for i, v in enumerate(data) for x in _non_finite(v, f"{prefix}[{i}]")]
     return [f"{prefix}={data}"] if isinstance(data, float) and not math.isfinite(data) else []
+
+
+def _section_like(key: str, value: Any) -> bool:
+    """A section name, a near-miss of one (``trian``), or a mapping under another key than
+    ``balance_args`` (the only mapping of the original's flat configs)."""
+    return (key in SECTIONS or bool(difflib.get_close_matches(key, SECTIONS, n=1, cutoff=0.8))
+            or isinstance(value, Mapping) and key != "balance_args")
+
+
+def is_sectioned(data: Mapping[str, Any]) -> bool:
+    """True for params.yaml-style trees, False for the original tool's flat configs.
+
+    Decided by the file's shape, so that a misspelt section name (``trian:``) is reported as
+    such: a tree has a known section name or mostly section-like keys (see
+    :func:`_section_like`); the original's flat configs are scalar keys plus ``balance_args``.
+    An empty file is an (empty) tree: the built-in defaults.
+    """
+    if not data or any(str(k).split(".")[0] in SECTIONS for k in data):  # also sample.s: 2
+        return True
+    return 2 * sum(_section_like(str(k), v) for k, v in data.items()) > len(data)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (value parsed as YAML) to a nested dict, in place.
+    A key given twice takes the later value: that is what an override is for."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.lr=1e-4")
+        dotted, raw = item.split("=", 1)
+        dotted = dotted.strip()
+        if "." not in dotted:
+            raise ConfigError(
+                f"--set {item!r}: use a dotted key section.key (sections: "
+                f"{', '.join(f.name for f in dataclasses.fields(Config))})"
+            )
+        try:
+            value = parse_yaml(raw)
+        except ConfigError as e:
+            raise ConfigError(f"--set {item!r}: {e}") from None
+        _set_dotted(tree, dotted, value)
+    return tree
 
 
 def nest(data: Mapping[str, Any], source: str, prefix: str = "") -> dict[str, Any]:
@@ -127,9 +181,7 @@ def _checked(tree: dict[str, Any], source: str) -> Layer:
 
 def file_layer(path: str | Path, action: str | None = None) -> Layer:
     """A params.yaml-style YAML / JSON file, or an original ISDM flat JSON config (mapped for
-    ``action``, see :func:`isdm.config.loading.is_sectioned`)."""
-    from isdm.config.loading import is_sectioned
-
+    ``action``, see :func:`is_sectioned`)."""
     data = read_file(Path(path))
     bad = _non_finite(data)
     if bad:
@@ -141,8 +193,6 @@ def file_layer(path: str | Path, action: str | None = None) -> Layer:
 
 def set_layer(overrides: Sequence[str], source: str = "--set") -> Layer:
     """``section.key=value`` strings (values parsed as YAML); a later one wins."""
-    from isdm.config.loading import apply_overrides
-
     return _checked(apply_overrides({}, overrides), source)
 
 

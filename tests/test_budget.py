@@ -36,7 +36,7 @@ def test_a_step_budget_is_the_same_work_on_a_larger_dataset():
     b = plan(EMBEDDED, "train", num_images=226, steps_per_epoch=28, world_size=1)
     assert b.line().startswith("train budget: 1000 steps (train.max_steps=1000) of 8 images")
     assert b.line().endswith("35.7 epochs of the 226 training images at 28 steps per epoch")
-    old = plan(TrainConfig(max_epochs=200, patience=0), "train", num_images=226,
+    old = plan(TrainConfig(max_epochs=200, max_steps=0), "train", num_images=226,
                steps_per_epoch=28, world_size=1)
     assert old.steps == 5600
     assert old.source == "train.max_epochs=200 x 28 steps per epoch"

@@ -53,7 +53,8 @@ def test_unknown_schedule_names_the_choices():
 
 
 def test_build_diffusion_from_config():
-    d = build_diffusion(DiffusionConfig(diffusion_steps=20, noise_schedule="cosine"))
+    d = build_diffusion(DiffusionConfig(diffusion_steps=20, noise_schedule="cosine",
+                                        prediction="eps"))
     assert d.num_timesteps == 20 and d.prediction == "eps"
     np.testing.assert_array_equal(d.betas, get_betas("cosine", 20))
     v = build_diffusion(DiffusionConfig(diffusion_steps=50, prediction="v"))

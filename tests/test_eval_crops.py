@@ -214,35 +214,28 @@ def test_the_curation_scorer_trains_on_crops_and_scores_crop_size_samples(rect_d
 # ---------------------------------------------------------------------- CrackForest recipe
 
 
-def test_the_crackforest_command_sets_exactly_the_keys_of_its_file():
-    """configs/crackforest.yaml's `dvc exp run -S ...` command and its keys agree, and
-    params.yaml with those settings is a valid crop config."""
-    import shlex
+def test_the_crackforest_overlay_is_a_crop_config_from_the_cli_and_from_dvc(tmp_path,
+                                                                           monkeypatch):
+    """configs/crackforest.yaml layered on params.yaml (`-c params.yaml -c overlay`) is a valid
+    crop config, and `isdm config apply` writes params.yaml into the same config (what
+    `dvc exp run` then runs)."""
+    import shutil
 
-    from isdm.config import flatten
+    from click.testing import CliRunner
+
+    from isdm.cli import cli
+    from isdm.config import to_dict
 
     repo = Path(__file__).resolve().parents[1]
-    text = (repo / "configs" / "crackforest.yaml").read_text()
-    lines = [ln[1:].strip() for ln in text.splitlines() if ln.startswith("#")]
-    start = next(i for i, ln in enumerate(lines) if ln.startswith("dvc exp run"))
-    command = ""
-    for ln in lines[start:]:
-        command += " " + ln.rstrip("\\")
-        if not ln.endswith("\\"):
-            break
-    words = shlex.split(command)
-    settings = [words[i + 1] for i, w in enumerate(words) if w == "-S"]
-
-    def leaves(tree: dict, prefix: str = "") -> dict:
-        out: dict = {}
-        for k, v in tree.items():
-            out.update(leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-        return out
-
-    file_keys = leaves(yaml.safe_load(text))
-    assert sorted(s.split("=", 1)[0] for s in settings) == sorted(file_keys)
-    params = repo / "params.yaml"
-    cfg = load_config(params, settings)
-    assert cfg == load_config(params, [f"{k}={json.dumps(v)}" for k, v in file_keys.items()])
-    assert cfg.data.crop and cfg.data.size == (64, 64) and cfg.evaluate.image_size == 64
-    assert flatten(cfg)["data.root"] == "../shared/data/crackforest"
+    overlay = repo / "configs" / "crackforest.yaml"
+    cfg = load_config([repo / "params.yaml", overlay])
+    assert cfg.data.crop and cfg.data.scale == 0.5 and cfg.data.size == (64, 64)
+    assert cfg.evaluate.image_size == 64 and cfg.data.dataset_mode == "binary"
+    assert cfg.data.root == "../shared/data/crackforest" and cfg.curate.pixel_threshold == 0
+    assert (cfg.train.max_steps, cfg.finetune.max_steps) == (2500, 300)
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(repo / "params.yaml", "params.yaml")
+    result = CliRunner().invoke(cli, ["config", "apply", str(overlay)])
+    assert result.exit_code == 0, result.output
+    assert "params.yaml: data.crop: false -> true" in result.output
+    assert to_dict(load_config("params.yaml")) == to_dict(cfg)

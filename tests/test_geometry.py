@@ -254,5 +254,8 @@ def test_old_keep_aspect_configs_still_load(tmp_path):
         assert config_from_json(json.dumps(tree)).data.resize == resize
     (tmp_path / "old.yaml").write_text("data:\n  keep_aspect: true\n")
     assert load_config(tmp_path / "old.yaml").data.resize == "crop"
+    (tmp_path / "both.yaml").write_text("data:\n  keep_aspect: true\n  resize: pad\n")
     with pytest.raises(ConfigError, match="keep only data.resize"):
-        load_config(tmp_path / "old.yaml", ["data.resize=pad"])
+        load_config(tmp_path / "both.yaml")
+    # a later layer (an overlay, --set) overrides the resize an old file's keep_aspect meant
+    assert load_config(tmp_path / "old.yaml", ["data.resize=pad"]).data.resize == "pad"

@@ -49,7 +49,7 @@ def _train_steps(precision: str, steps: int = 3) -> tuple[list[float], float, fl
 
     model = place(_model(), CUDA).train()
     before = [p.detach().clone() for p in model.parameters()]
-    diffusion = build_diffusion(DiffusionConfig())
+    diffusion = build_diffusion(DiffusionConfig(prediction="eps"))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     ema = EMA(model, [0.99])
@@ -156,7 +156,8 @@ def test_sampling_engine_on_cuda_is_deterministic():
 
     model = place(_model(classes=5), CUDA).eval()
     cfg = Config().replace(sample=SampleConfig(steps=4, precision="bf16"))
-    engine = SampleEngine(model, build_diffusion(DiffusionConfig()), cfg, CUDA, batch_size=2)
+    diffusion = build_diffusion(DiffusionConfig(prediction="eps"))
+    engine = SampleEngine(model, diffusion, cfg, CUDA, batch_size=2)
     labels = np.zeros((2, 32, 32), dtype=np.uint8)
     labels[:, 8:16] = 1
     a, b = engine(labels, [1, 2]), engine(labels, [1, 2])

@@ -86,7 +86,7 @@ def _train(cfg: ModelConfig, precision: str, steps: int = 3) -> torch.Tensor:
 
     torch.manual_seed(0)
     model = place(build_model(cfg, 32, 3), "cpu").train()
-    diffusion = build_diffusion(DiffusionConfig())
+    diffusion = build_diffusion(DiffusionConfig(prediction="eps"))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     ema = EMA(model, [0.99])

@@ -1,6 +1,7 @@
 """dvc.yaml and MLproject: every command is a valid `isdm` invocation, every params entry exists in
 params.yaml, the dataset comes from data.root, and DVC re-runs exactly the stages a change touches
-(with a stand-in `isdm`): none for runtime keys, all after `data` for another data.root."""
+(with a stand-in `isdm`): none for runtime keys, all after `data` for another data.root. MLproject
+passes its `config` and `overrides` through instead of declaring the knobs."""
 
 from __future__ import annotations
 
@@ -136,7 +137,7 @@ def test_every_stage_command_is_a_valid_isdm_invocation(in_fake_tree):
     for name, stage in _dvc_yaml()["stages"].items():
         argv = shlex.split(stage["cmd"])
         ctx = _parse_isdm(argv)
-        assert ctx.params.get("config_path") == "params.yaml", name
+        assert ctx.params.get("config_paths") == ("params.yaml",), name
 
 
 def test_stage_params_exist_in_params_yaml():
@@ -153,8 +154,9 @@ def _params_of(stage: dict) -> set[str]:
 
 
 def test_stages_list_only_what_they_read():
-    """Sampling knobs must not invalidate the diffusion model (a change of sample.s re-runs only
-    sample and evaluate); tuning and tracking never invalidate a stage."""
+    """Sampling knobs must not invalidate the diffusion model (a change of sample.s re-runs
+    sample, curate and evaluate); tuning and tracking never invalidate a stage; finetune lists
+    train, whose keys it inherits; every stage depends on the config code (the defaults)."""
     stages = _dvc_yaml()["stages"]
     for name in ("data", "train", "finetune"):
         assert not any(p.startswith("sample") for p in _params_of(stages[name])), name
@@ -165,7 +167,9 @@ def test_stages_list_only_what_they_read():
         assert not any(p.split(".")[0] in ("tune", "tracking") for p in _params_of(stages[name]))
     assert "sample" in _params_of(stages["sample"]) and "evaluate" in _params_of(stages["evaluate"])
     assert "curate" in _params_of(stages["curate"]) and "curate" not in _params_of(stages["evaluate"])
-    assert "finetune" in _params_of(stages["finetune"]) and "train" not in _params_of(stages["finetune"])
+    assert {"train", "finetune"} <= _params_of(stages["finetune"])
+    assert "finetune" not in _params_of(stages["train"])
+    assert all("src/isdm/config" in stage["deps"] for stage in stages.values())
 
 
 def test_metrics_and_plots_are_dvc_cached_and_plots_exist():
@@ -209,7 +213,10 @@ def test_mlproject_entry_points_call_the_cli(in_fake_tree):
     for name, entry in entries.items():
         argv = _render(entry)
         ctx = _parse_isdm(argv)
-        assert ctx.params.get("config_path") == "params.yaml", name
+        assert ctx.params.get("config_paths")[0] == "params.yaml", name
+        declared = set(entry["parameters"])
+        assert declared <= {"config", "tune_config", "overrides", "data", "out", "init",
+                            "checkpoint", "synthetic", "curated"}, (name, declared)
 
 
 def test_mlproject_paths_equal_the_dvc_stages(in_fake_tree):
@@ -225,24 +232,24 @@ def test_mlproject_paths_equal_the_dvc_stages(in_fake_tree):
 
 
 def test_mlproject_knobs_default_to_the_config_file(in_fake_tree):
-    """No -P value, no override: the config file decides (here the tiny preset, whose
-    sample.steps 3 / num_samples 4 MLproject must not replace); a given -P value wins."""
+    """No -P value: the config file decides (here the tiny preset, whose sample.steps 3 /
+    num_samples 4 MLproject must not replace); `-P overrides="K=V K=V"` reaches the config."""
     from isdm.cli.common import load_cli_config
 
     shutil.copy(REPO / "configs" / "tiny.yaml", in_fake_tree / "tiny.yaml")
     expected = flatten(load_config("tiny.yaml"))
 
     def resolved(entry: dict, **given: str) -> dict:
-        ctx = _parse_isdm(_render(entry, {"config": "tiny.yaml", **given}))
+        files = {k: "tiny.yaml" for k in ("config", "tune_config") if k in entry["parameters"]}
+        ctx = _parse_isdm(_render(entry, {**files, **given}))
         with ctx:
-            return flatten(load_cli_config(ctx.params["config_path"], ctx.params["overrides"]))
+            return flatten(load_cli_config(ctx.params["config_paths"], ctx.params["overrides"]))
 
     entries = _mlproject()["entry_points"]
     for name, entry in entries.items():
         assert resolved(entry) == expected, name
-    got = resolved(entries["sample"], s="3.0", steps="7")
-    assert (got["sample.s"], got["sample.steps"]) == (3.0, 7)
-    assert got == {**expected, "sample.s": 3.0, "sample.steps": 7}
+    got = resolved(entries["sample"], overrides="sample.s=3.0 'evaluate.seeds=[4, 5]'")
+    assert got == {**expected, "sample.s": 3.0, "evaluate.seeds": [4, 5]}
 
 
 def _env(first: Path | None = None) -> dict[str, str]:
@@ -265,7 +272,7 @@ def test_mlflow_run_data_entry_point(tmp_path, mlflow_uri):
     pytest.importorskip("isdm.data.synth")
     out = tmp_path / "synth"
     cmd = [str(BIN / "mlflow"), "run", str(REPO), "-e", "data", "--env-manager", "local",
-           "--experiment-name", "isdm-synth", "-P", f"out={out}", "-P", "seed=3"]
+           "--experiment-name", "isdm-synth", "-P", f"out={out}", "-P", "overrides=synth.seed=3"]
     proc = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert any((out / "train" / "images").rglob("*.png"))
@@ -273,7 +280,7 @@ def test_mlflow_run_data_entry_point(tmp_path, mlflow_uri):
 
     client = mlflow.MlflowClient(mlflow_uri)  # not the process-wide URI an earlier test set
     runs = client.search_runs([client.get_experiment_by_name("isdm-synth").experiment_id])
-    assert len(runs) == 1 and runs[0].data.params["seed"] == "3"
+    assert len(runs) == 1 and runs[0].data.params["overrides"] == "synth.seed=3"
     assert runs[0].info.status == "FINISHED"
 
 
@@ -347,7 +354,7 @@ def _write_params(repo: Path, **changes) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for dotted, value in changes.items():
         section, key = dotted.split(".")
-        params[section][key] = value
+        params.setdefault(section, {})[key] = value
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -388,7 +395,8 @@ def test_dvc_reruns_only_the_stages_a_change_touches(tmp_path, monkeypatch):
     assert _ran(repo) == ["finetune", "sample", "curate", "evaluate"]
     assert yaml.safe_load((repo / "params.yaml").read_text())["finetune"]["drop_rate"] == 0.3
 
-    # how commands run invalidates nothing
+    # how commands run invalidates nothing (not in params.yaml: flags and ISDM_* variables; even
+    # written there, no stage lists it)
     _write_params(repo, **{"runtime.num_workers": 4, "runtime.device": "cpu",
                            "runtime.progress": False})
     assert json.loads(_dvc(repo, "status", "--json").stdout) == {}

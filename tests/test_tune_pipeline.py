@@ -1,5 +1,6 @@
 """pipelines/tune/dvc.yaml: the study is a DVC stage of its own pipeline, which `dvc repro` of the
-main chain never runs and `dvc repro pipelines/tune/dvc.yaml` does (with a stand-in `isdm`)."""
+main chain never runs and `dvc repro pipelines/tune/dvc.yaml` does (with a stand-in `isdm`); its
+knobs live in its own params file, pipelines/tune/params.yaml, an overlay on params.yaml."""
 
 from __future__ import annotations
 
@@ -30,7 +31,11 @@ def test_tune_stage_is_a_valid_isdm_tune_call_on_existing_params_and_sources(tmp
     stage = _stage()
     assert stage["wdir"] == "../.." and yaml.safe_load(PIPELINE.read_text())["vars"] == [
         "../../params.yaml"]
-    assert set(stage["params"]) <= set(params) and "tune" in stage["params"]
+    root = [p for p in stage["params"] if isinstance(p, str)]
+    own = [p for p in stage["params"] if isinstance(p, dict)]
+    assert set(root) <= set(params) and "tune" not in params
+    assert own == [{"pipelines/tune/params.yaml": ["tune"]}]
+    assert (REPO / "pipelines" / "tune" / "params.yaml").is_file()
     for dep in stage["deps"]:
         if dep.startswith("src/"):
             assert (REPO / dep).is_dir(), dep
@@ -43,6 +48,7 @@ def test_tune_stage_is_a_valid_isdm_tune_call_on_existing_params_and_sources(tmp
     sub = cli.get_command(ctx, argv[1])
     parsed = sub.make_context(argv[1], argv[2:]).params
     assert parsed["out_dir"] == "reports/tune" and parsed["storage"] == "reports/tune/study.journal"
+    assert parsed["config_paths"] == ("params.yaml", "pipelines/tune/params.yaml")
     outs = {o if isinstance(o, str) else next(iter(o)) for o in stage["outs"] + stage["plots"]}
     assert {"reports/tune/study.journal", "reports/tune/best_params.yaml",
             "reports/tune/trials.csv", "reports/tune/plots", "reports/tune/final_check.json"} <= outs
@@ -92,7 +98,8 @@ def test_dvc_repro_runs_the_study_only_from_its_own_pipeline_file(tmp_path, monk
     for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
         shutil.copy(REPO / name, repo / name)
     (repo / "pipelines" / "tune").mkdir(parents=True)
-    shutil.copy(PIPELINE, repo / "pipelines" / "tune" / "dvc.yaml")
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(PIPELINE.parent / name, repo / "pipelines" / "tune" / name)
     shutil.copytree(REPO / "src" / "isdm", repo / "src" / "isdm",
                     ignore=shutil.ignore_patterns("__pycache__"))
     (stub_bin / "isdm").write_text(_STUB.format(python=sys.executable))
@@ -114,8 +121,9 @@ def test_dvc_repro_runs_the_study_only_from_its_own_pipeline_file(tmp_path, monk
     assert run(str(BIN / "dvc"), "repro", "pipelines/tune/dvc.yaml") == ["tune"]
     assert run(str(BIN / "dvc"), "repro", "pipelines/tune/dvc.yaml") == []
     assert (repo / "pipelines" / "tune" / "dvc.lock").exists()
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    own = repo / "pipelines" / "tune" / "params.yaml"
+    params = yaml.safe_load(own.read_text())
     params["tune"]["n_trials"] = 20
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    own.write_text(yaml.safe_dump(params, sort_keys=False))
     assert run(str(BIN / "dvc"), "repro") == []  # tune.* re-runs nothing of the main chain
     assert run(str(BIN / "dvc"), "repro", "pipelines/tune/dvc.yaml") == ["tune"]

@@ -81,7 +81,7 @@ def training_step_fn(cfg: Any, size: int, classes: int, device: torch.device,
 
     torch.manual_seed(0)
     model = place(build_model(cfg, size, classes), device).train()
-    diffusion = build_diffusion(DiffusionConfig())
+    diffusion = build_diffusion(DiffusionConfig(prediction="eps"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     precision = resolve_precision(precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")

@@ -186,7 +186,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="dataset root (train/, test/)")
     parser.add_argument("--name", default=None, help="dataset name in the outputs (folder name)")
-    parser.add_argument("-c", "--config", default=None, help="config (params.yaml) for the recipe")
+    parser.add_argument("-c", "--config", action="append", default=None,
+                        help="config (params.yaml) for the recipe; repeat for overlays")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--val-every", type=int, default=25)

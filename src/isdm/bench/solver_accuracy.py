@@ -71,7 +71,7 @@ def _model(quick: bool) -> tuple[torch.nn.Module, Any, torch.Tensor, str]:
     preset, size = ("tiny", 32) if quick else ("default", 64)
     cfg = ModelConfig(preset=preset, **MODEL_PRESETS[preset])
     model = place(randomize_zero_init(build_model(cfg, size, 2).eval()), "cpu")
-    return model, build_diffusion(DiffusionConfig()), binary_mask(1, size), (
+    return model, build_diffusion(DiffusionConfig(prediction="eps")), binary_mask(1, size), (
         f"RANDOMLY INITIALISED {preset} preset at {size} px (no checkpoint at {path}"
         f"{' or --quick' if quick else ''}): a weak proxy for a trained model")
 

@@ -72,7 +72,7 @@ def measure_training(model_cfg: ModelConfig, image_size: int, num_classes: int, 
 
     torch.manual_seed(0)
     model = place(build_model(model_cfg, image_size, num_classes), "cpu", channels_last)
-    diffusion = build_diffusion(DiffusionConfig())
+    diffusion = build_diffusion(DiffusionConfig(prediction="eps"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     ema = EMA(model, [0.9999])

@@ -20,8 +20,9 @@ generator's knobs move), on the embedded pipeline at the config's tune budget
 One row per setting (seeds, mean, std and se of the differences, seconds) and a summary row.
 Sizes: quick = a tiny SDM (32 px, 30 training steps) on a 12-image embedded set, 10-step
 cells, 3 noise seeds, 2 repeats: a smoke test of the machinery, its numbers mean nothing;
-full = the config (``./params.yaml`` if present), the embedded dataset (``data/synth`` if
-present, else written from ``synth``), the checkpoint ``$ISDM_BENCH_CHECKPOINT`` or
+full = the config (``./params.yaml`` and ``pipelines/tune/params.yaml`` if present), the
+embedded dataset (``data/synth`` if present, else written from ``synth``), the checkpoint
+``$ISDM_BENCH_CHECKPOINT`` or
 ``models/sdm/best.pt`` (else one is trained with the config's ``train`` section), 5 noise seeds.
 ``python -m isdm.bench.tune_bench [-c params.yaml] [--set tune.eval_steps=400 ...] [--seeds K]
 [--data DIR --checkpoint CKPT]`` runs other budgets.
@@ -132,7 +133,7 @@ def _checkpoint(cfg: Any, data_root: Path, work: Path, quick: bool) -> Path:
     return work / "sdm" / "best.pt"
 
 
-def run(quick: bool = False, config: Optional[str | Path] = None,
+def run(quick: bool = False, config: Optional[str | Path | Sequence[str | Path]] = None,
         overrides: Sequence[str] = (), data_root: Optional[str | Path] = None,
         checkpoint: Optional[str | Path] = None, seeds: Optional[int] = None) -> dict:
     """The bench entry (module docstring); ``table``: one row per setting and the summary row."""
@@ -140,7 +141,7 @@ def run(quick: bool = False, config: Optional[str | Path] = None,
     from isdm.data.synth import write_synthetic_dataset
 
     if config is None and not quick and Path("params.yaml").is_file():
-        config = "params.yaml"
+        config = [p for p in ("params.yaml", "pipelines/tune/params.yaml") if Path(p).is_file()]
     cfg = load_config(config, [*(_QUICK if quick else []), "tracking.enabled=false",
                                "runtime.progress=false", *overrides])
     k = seeds or (3 if quick else 5)
@@ -173,7 +174,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m isdm.bench.tune_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-c", "--config", default=None)
+    parser.add_argument("-c", "--config", action="append", default=None,
+                        help="config files, base then overlays (default ./params.yaml and "
+                             "pipelines/tune/params.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--data", default=None, help="embedded dataset root (default data/synth)")
     parser.add_argument("--checkpoint", default=None, help="SDM checkpoint (default models/sdm/best.pt)")

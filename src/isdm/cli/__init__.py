@@ -17,7 +17,7 @@ import click
 # command name -> (module, attribute, one-line help shown by `isdm --help`)
 _COMMANDS: dict[str, tuple[str, str, str]] = {
     "data": ("isdm.cli.data", "data", "Check a dataset or write the embedded synthetic one."),
-    "config": ("isdm.cli.config_cmd", "config", "Show the resolved config."),
+    "config": ("isdm.cli.config_cmd", "config", "Show the resolved config; apply an overlay."),
     "train": ("isdm.cli.train", "train", "Train a Semantic Diffusion Model."),
     "finetune": ("isdm.cli.train", "finetune", "Finetune with mask dropout for guidance."),
     "sample": ("isdm.cli.sample", "sample", "Generate synthetic image/mask pairs."),

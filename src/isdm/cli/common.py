@@ -2,43 +2,80 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import click
 
-from isdm.config import Config, load_config
+from isdm.config import Config, Resolved, resolve
 
 DEFAULT_PARAMS = "params.yaml"
-_IF_GIVEN = "isdm.overrides_if_given"  # click context meta key of --set-if-given
+_MORE = "isdm.more_overrides"  # click context meta key of --overrides
 
 
-def _keep_given(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> None:
-    """``--set-if-given KEY=`` (empty value) is dropped; anything else is a ``--set``."""
-    ctx.meta[_IF_GIVEN] = [v for v in values if not (v.count("=") == 1 and v.endswith("="))]
+def _split_overrides(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> None:
+    try:
+        ctx.meta[_MORE] = shlex.split(value or "")
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def config_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``-c/--config FILE``, repeatable ``--set section.key=value`` and ``--set-if-given``."""
-    f = click.option("--set-if-given", multiple=True, metavar="SECTION.KEY=VALUE",
-                     expose_value=False, callback=_keep_given,
-                     help="As --set, but an empty VALUE keeps the config's value (MLproject "
-                          "parameters that default to params.yaml). --set wins.")(f)
+    """Repeatable ``-c/--config FILE`` (base, then overlays), repeatable ``--set
+    section.key=value`` and ``--overrides "K=V K=V"`` (one string: MLproject's parameter)."""
+    f = click.option("--overrides", "overrides_text", default=None, metavar='"K=V ..."',
+                     callback=_split_overrides, expose_value=False,
+                     help="Several --set values in one shell-quoted string (MLproject passes "
+                          "-P overrides=... this way); --set wins.")(f)
     f = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
                      help="Override one config value (repeatable), e.g. --set train.lr=1e-4.")(f)
-    f = click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
-                     default=None,
-                     help="params.yaml-style YAML/JSON or an original ISDM JSON config. "
-                          "Default: ./params.yaml if present, else built-in defaults.")(f)
+    f = click.option("-c", "--config", "config_paths", type=click.Path(dir_okay=False),
+                     multiple=True,
+                     help="Config file, repeatable: a params.yaml-style base, then overlays "
+                          "deep-merged in order (e.g. -c params.yaml -c configs/crackforest.yaml), "
+                          "or an original ISDM JSON config. Default: ./params.yaml if present, "
+                          "else the built-in defaults.")(f)
     return f
 
 
-def load_cli_config(config_path: Optional[str], overrides: Sequence[str],
-                    action: Optional[str] = None) -> Config:
-    """Load the config for a command (``./params.yaml`` when ``-c`` is not given and it exists),
-    with the command's ``--set-if-given`` values first, then ``overrides``."""
-    if config_path is None and Path(DEFAULT_PARAMS).exists():
-        config_path = DEFAULT_PARAMS
+def config_files(config_paths: Sequence[str]) -> list[str]:
+    """The ``-c`` files, or ``./params.yaml`` when none is given and it exists."""
+    if not config_paths and Path(DEFAULT_PARAMS).exists():
+        return [DEFAULT_PARAMS]
+    return list(config_paths)
+
+
+def resolve_cli_config(config_paths: Sequence[str], overrides: Sequence[str],
+                       action: Optional[str] = None) -> Resolved:
+    """:func:`isdm.config.resolve` for a command: its ``-c`` files (:func:`config_files`), the
+    ``ISDM_*`` environment variables (:data:`isdm.config.ENV_VARS`), then its ``--overrides``
+    and ``--set`` values."""
     ctx = click.get_current_context(silent=True)
-    given = ctx.meta.get(_IF_GIVEN, []) if ctx is not None else []
-    return load_config(config_path, [*given, *overrides], action=action)
+    more = ctx.meta.get(_MORE, []) if ctx is not None else []
+    return resolve(config_files(config_paths), [*more, *overrides], action=action, env=os.environ)
+
+
+def load_cli_config(config_paths: Sequence[str], overrides: Sequence[str],
+                    action: Optional[str] = None) -> Config:
+    """The resolved config of a command (see :func:`resolve_cli_config`)."""
+    return resolve_cli_config(config_paths, overrides, action).config
+
+
+def original_config(config_paths: Sequence[str]) -> Optional[str]:
+    """The ``-c`` file that is an original ISDM flat JSON config, if any (its checkpoint paths
+    are defaults of ``--resume`` / ``--init`` / ``--checkpoint``)."""
+    from isdm.config import is_sectioned
+
+    for path in config_paths:
+        if not path.endswith(".json"):
+            continue
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(raw, dict) and not is_sectioned(raw):
+            return path
+    return None

@@ -25,7 +25,7 @@ from isdm.cli.common import config_options, load_cli_config
                    "(default: <out>/../.curate_cache).")
 @click.option("--device", default=None,
               help="auto, cpu, cuda, cuda:1 ... Default: runtime.device of the config.")
-def curate(config_path: Optional[str], overrides: tuple[str, ...], data_root: str,
+def curate(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root: str,
            synthetic_dir: str, out_dir: str, cache_dir: Optional[str],
            device: Optional[str]) -> None:
     """Keep the synthetic pairs whose image shows its mask: drop pairs with fidelity below
@@ -34,7 +34,7 @@ def curate(config_path: Optional[str], overrides: tuple[str, ...], data_root: st
     (card.md, card.json, best_worst.png, closest_pairs.png, fidelity_hist.png)."""
     from isdm.curation import run_curation
 
-    cfg = load_cli_config(config_path, overrides)
+    cfg = load_cli_config(config_paths, overrides)
     card = run_curation(cfg, data_root, synthetic_dir, out_dir, cache_dir=cache_dir,
                         device=device)
     c, mem = card["counts"], card["memorisation"]

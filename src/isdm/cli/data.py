@@ -24,7 +24,7 @@ def data() -> None:
               default=None, help="Override data.dataset_mode (binary implies --num-classes 2).")
 @click.option("--num-classes", type=int, default=None, help="Override data.num_classes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def check(directory: str, config_path: Optional[str], overrides: tuple[str, ...],
+def check(directory: str, config_paths: tuple[str, ...], overrides: tuple[str, ...],
           mode: Optional[str], num_classes: Optional[int], as_json: bool) -> None:
     """Validate DIR/{train,test}/{images,masks} and print per-class pixel and image counts,
     each defect class's pixels per image after data.image_size / resize / crop, the images'
@@ -44,7 +44,7 @@ def check(directory: str, config_path: Optional[str], overrides: tuple[str, ...]
             num_classes = 2
     if num_classes is not None:
         extra.append(f"data.num_classes={num_classes}")
-    cfg = load_cli_config(config_path, extra)
+    cfg = load_cli_config(config_paths, extra)
     report = scan_dataset(directory, cfg.data, progress=cfg.runtime.progress and not as_json
                           and sys.stderr.isatty(), placed=True)
     names = class_names(report.root, report.mode, report.num_classes)
@@ -62,13 +62,14 @@ def check(directory: str, config_path: Optional[str], overrides: tuple[str, ...]
 @click.argument("out_dir", metavar="OUT_DIR", type=click.Path(file_okay=False))
 @config_options
 @click.option("--binary", is_flag=True, help="Write 0/255 masks of 'any defect' (synth.binary=true).")
-def synth(out_dir: str, config_path: Optional[str], overrides: tuple[str, ...], binary: bool) -> None:
+def synth(out_dir: str, config_paths: tuple[str, ...], overrides: tuple[str, ...],
+          binary: bool) -> None:
     """Write the embedded procedural dataset (textured surfaces with defects) to OUT_DIR."""
     import time
 
     from isdm.data.synth import CLASS_NAMES, write_synthetic_dataset
 
-    cfg = load_cli_config(config_path, overrides)
+    cfg = load_cli_config(config_paths, overrides)
     scfg = dataclasses.replace(cfg.synth, binary=True) if binary else cfg.synth
     start = time.perf_counter()
     write_synthetic_dataset(out_dir, scfg, progress=cfg.runtime.progress and sys.stderr.isatty())

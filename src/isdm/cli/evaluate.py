@@ -24,7 +24,7 @@ from isdm.cli.common import config_options, load_cli_config
               help="auto, cpu, cuda, cuda:1 ... Default: runtime.device of the config.")
 @click.option("--fidelity-only", is_flag=True,
               help="Train only the real-only baseline (first seed) and report label fidelity.")
-def evaluate(config_path: str | None, overrides: tuple[str, ...], data_root: str,
+def evaluate(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root: str,
              synthetic: tuple[str, ...], out_dir: str, device: str | None,
              fidelity_only: bool) -> None:
     """Train smp segmenters on R<a>F<b> mixes (several seeds, the same optimiser steps for every
@@ -34,7 +34,7 @@ def evaluate(config_path: str | None, overrides: tuple[str, ...], data_root: str
     from isdm.evaluation import run_evaluation
     from isdm.evaluation.markdown import fidelity_table, overall_table
 
-    cfg = load_cli_config(config_path, overrides)
+    cfg = load_cli_config(config_paths, overrides)
     result = run_evaluation(cfg, data_root, list(synthetic) or None, out_dir, device=device,
                             fidelity_only=fidelity_only)
     summary = result["summary"]

@@ -9,23 +9,15 @@ from typing import Optional
 
 import click
 
-from isdm.cli.common import config_options, load_cli_config
+from isdm.cli.common import config_options, load_cli_config, original_config
 
 
-def _legacy_model_path(config_path: Optional[str]) -> Optional[str]:
-    """``model_path`` of an original ISDM flat JSON config, if that is what ``-c`` names."""
-    if not config_path or not config_path.endswith(".json"):
-        return None
-    from isdm.config import is_sectioned
+def _legacy_model_path(config_paths: tuple[str, ...]) -> Optional[str]:
+    """``model_path`` of an original ISDM flat JSON config, if ``-c`` names one."""
     from isdm.config import legacy_paths
 
-    try:
-        raw = json.loads(Path(config_path).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(raw, dict) or is_sectioned(raw):
-        return None
-    return legacy_paths(raw).get("model_path")
+    path = original_config(config_paths)
+    return legacy_paths(json.loads(Path(path).read_text())).get("model_path") if path else None
 
 
 @click.command()
@@ -49,7 +41,7 @@ def _legacy_model_path(config_path: Optional[str]) -> Optional[str]:
               help="auto, cpu, cuda, cuda:1 ... Default: runtime.device of the config.")
 @click.option("--max-new", type=int, default=None,
               help="Stop after this many new samples (a later run resumes).")
-def sample(config_path: Optional[str], overrides: tuple[str, ...], data_root: Optional[str],
+def sample(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root: Optional[str],
            checkpoint: Optional[str], out_dir: str, shard: str, overwrite: bool,
            device: Optional[str], max_new: Optional[int]) -> None:
     """Generate exactly sample.num_samples synthetic image/mask pairs into --out.
@@ -60,8 +52,8 @@ def sample(config_path: Optional[str], overrides: tuple[str, ...], data_root: Op
     """
     from isdm.sampling.job import parse_shard
 
-    cfg = load_cli_config(config_path, overrides, action="sample")
-    checkpoint = checkpoint or _legacy_model_path(config_path)
+    cfg = load_cli_config(config_paths, overrides, action="sample")
+    checkpoint = checkpoint or _legacy_model_path(config_paths)
     if not checkpoint:
         raise click.UsageError("--checkpoint is required (or an original config with model_path)")
     try:

@@ -16,7 +16,7 @@ from typing import Optional
 
 import click
 
-from isdm.cli.common import config_options, load_cli_config
+from isdm.cli.common import config_options, load_cli_config, original_config
 
 
 def _data_option(f):
@@ -39,14 +39,13 @@ def _common(f):
 
 
 def _legacy_resume_checkpoint(config_path: Optional[str]) -> Optional[str]:
-    """``resume_checkpoint`` of an original ISDM flat JSON config, if that is what ``-c`` names
-    (the file was parsed by :func:`load_cli_config` already)."""
-    if not config_path or not config_path.endswith(".json"):
+    """``resume_checkpoint`` of the original ISDM flat JSON config ``config_path`` (the file was
+    parsed by :func:`load_cli_config` already)."""
+    if config_path is None:
         return None
-    from isdm.config import is_sectioned, legacy_paths
+    from isdm.config import legacy_paths
 
-    raw = json.loads(Path(config_path).read_text())
-    return None if is_sectioned(raw) else legacy_paths(raw).get("resume_checkpoint")
+    return legacy_paths(json.loads(Path(config_path).read_text())).get("resume_checkpoint")
 
 
 def _start_flags(action: str, config_path: Optional[str], init: Optional[str],
@@ -69,11 +68,11 @@ def _start_flags(action: str, config_path: Optional[str], init: Optional[str],
     return legacy, None
 
 
-def _run(action: str, config_path: Optional[str], overrides: tuple[str, ...], data: Optional[str],
-         out: str, init: Optional[str], resume: Optional[str], overwrite: bool,
+def _run(action: str, config_paths: tuple[str, ...], overrides: tuple[str, ...],
+         data: Optional[str], out: str, init: Optional[str], resume: Optional[str], overwrite: bool,
          no_progress: bool) -> None:
-    cfg = load_cli_config(config_path, overrides, action=action)
-    init, resume = _start_flags(action, config_path, init, resume)
+    cfg = load_cli_config(config_paths, overrides, action=action)
+    init, resume = _start_flags(action, original_config(config_paths), init, resume)
     if action == "finetune" and init is None and resume is None:
         raise click.UsageError("finetune needs --init CKPT (a checkpoint of `isdm train`), "
                                "--resume, or an original config with resume_checkpoint")
@@ -91,7 +90,7 @@ def _run(action: str, config_path: Optional[str], overrides: tuple[str, ...], da
 
 @click.command()
 @_common
-def train(config_path: Optional[str], overrides: tuple[str, ...], data: Optional[str], out: str,
+def train(config_paths: tuple[str, ...], overrides: tuple[str, ...], data: Optional[str], out: str,
           resume: Optional[str], overwrite: bool, no_progress: bool) -> None:
     """Train an SDM from scratch on DATA/train (config section `train`).
 
@@ -105,7 +104,7 @@ def train(config_path: Optional[str], overrides: tuple[str, ...], data: Optional
     Before the first step it prints its budget (steps, images per step, epochs on this dataset)
     and after step 3 its estimated duration.
     """
-    _run("train", config_path, overrides, data, out, None, resume, overwrite, no_progress)
+    _run("train", config_paths, overrides, data, out, None, resume, overwrite, no_progress)
 
 
 @click.command()
@@ -114,8 +113,8 @@ def train(config_path: Optional[str], overrides: tuple[str, ...], data: Optional
               help="Checkpoint of `isdm train` to start from (model + EMA weights; the network "
                    "sizes come from it). Required unless --resume is given or the original "
                    "config names a resume_checkpoint.")
-def finetune(config_path: Optional[str], overrides: tuple[str, ...], data: Optional[str], out: str,
-             resume: Optional[str], overwrite: bool, no_progress: bool,
+def finetune(config_paths: tuple[str, ...], overrides: tuple[str, ...], data: Optional[str],
+             out: str, resume: Optional[str], overwrite: bool, no_progress: bool,
              init: Optional[str]) -> None:
     """Finetune a trained SDM with mask dropout (config section `finetune`, drop_rate > 0) so
     that it also models the unconditional case needed for classifier-free guidance.
@@ -124,4 +123,4 @@ def finetune(config_path: Optional[str], overrides: tuple[str, ...], data: Optio
     isdm finetune -c params.yaml --data data/synth --init models/sdm/best.pt --out models/sdm_ft
     isdm finetune -c configs/config_finetune.json --init models/sdm/best.pt --out models/sdm_ft
     """
-    _run("finetune", config_path, overrides, data, out, init, resume, overwrite, no_progress)
+    _run("finetune", config_paths, overrides, data, out, init, resume, overwrite, no_progress)

@@ -31,9 +31,10 @@ from isdm.cli.common import DEFAULT_PARAMS, config_options, load_cli_config
 @click.option("--study-name", default=None, help="Default tune.study_name.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (runtime.progress=false; the per-trial lines stay).")
 @click.option("--apply", "apply_best", is_flag=True,
-              help="Write OUT/best_params.yaml's knobs into the -c file (default ./params.yaml), "
-                   "keeping its comments; without --data/--checkpoint no trial runs.")
-def tune(config_path: Optional[str], overrides: tuple[str, ...], data_root: Optional[str],
+              help="Write OUT/best_params.yaml's knobs into the first -c file (default "
+                   "./params.yaml), keeping its comments; without --data/--checkpoint no trial "
+                   "runs.")
+def tune(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root: Optional[str],
          checkpoint: Optional[str], out_dir: str, n_trials: Optional[int], storage: Optional[str],
          study_name: Optional[str], no_progress: bool, apply_best: bool) -> None:
     """Search sample.s, finetune.drop_rate, sample.steps, sample.sampler, the synthetic:real
@@ -56,7 +57,7 @@ def tune(config_path: Optional[str], overrides: tuple[str, ...], data_root: Opti
         raise click.UsageError("--apply alone runs no trial and writes only the best knobs into "
                                "the -c file: leave out --set")
     if data_root is not None:
-        cfg = load_cli_config(config_path, overrides)
+        cfg = load_cli_config(config_paths, overrides)
         if no_progress:  # every bar of the study: trials, sampling, the final evaluation
             cfg = cfg.replace(runtime=dataclasses.replace(cfg.runtime, progress=False))
         from isdm.tuning import run_study
@@ -72,6 +73,6 @@ def tune(config_path: Optional[str], overrides: tuple[str, ...], data_root: Opti
     if apply_best:
         from isdm.tuning.apply import apply_params, read_best_params
 
-        target = Path(config_path or DEFAULT_PARAMS)
+        target = Path(config_paths[0] if config_paths else DEFAULT_PARAMS)
         for line in apply_params(target, read_best_params(Path(out_dir) / "best_params.yaml")):
             click.echo(f"{target}: {line}")

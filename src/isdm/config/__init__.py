@@ -1,6 +1,7 @@
-"""One typed, frozen config tree mirroring the sections of ``params.yaml``.
+"""One typed, frozen config tree; ``params.yaml`` holds the knobs a user changes.
 
-Every hyperparameter of isdm lives here, in frozen dataclasses, one per ``params.yaml`` section::
+Every hyperparameter of isdm and every default lives here, in frozen dataclasses, one per
+section (the defaults are the embedded pipeline's values)::
 
     Config
       data       DataConfig        dataset layout, classes, resize
@@ -12,23 +13,28 @@ Every hyperparameter of isdm lives here, in frozen dataclasses, one per ``params
       sample     SampleConfig      samplers, guidance, mask sources, balancing
       evaluate   EvaluateConfig    downstream segmentation
       curate     CurateConfig      the quality gate on synthetic pairs
-      tune       TuneConfig        Optuna search space and budget
-      tracking   TrackingConfig    MLflow
-      runtime    RuntimeConfig     device, loader workers, progress bars (no stage lists it)
+      tune       TuneConfig        Optuna search space and budget (pipelines/tune/params.yaml)
+      tracking   TrackingConfig    MLflow (ISDM_* variables, --set; not in params.yaml)
+      runtime    RuntimeConfig     device, loader workers, progress bars (likewise)
 
 Loading is strict: an unknown key, a key written twice, a value of the wrong type or out of its
 range (``nan`` and ``inf`` included) raises :class:`ConfigError` naming the dotted key, the value
 and the valid range; unknown keys get the closest valid key ("did you mean weight_decay?").
+Configs layer (defaults, ``-c`` files in order, ``ISDM_*`` variables, ``--set``) and every
+resolved value knows its source: :mod:`.layers`; ``finetune`` inherits from ``train`` what it
+does not set (:func:`isdm.config.tree.finetune_tree`).
 
 Modules: :mod:`.checks` (rules, the section base class), :mod:`.model` (``model`` section and
 presets), :mod:`.data` (``data``: geometry), :mod:`.schema` (the other sections but ``runtime``:
 :mod:`.runtime`, and ``curate``: :mod:`.curation`), :mod:`.tree` (:class:`Config`, dict
 conversion), :mod:`.files` (strict YAML/JSON), :mod:`.loading` (:func:`load_config`),
+:mod:`.layers` (overlays, sources), :mod:`.edit` (writing values into params.yaml),
 :mod:`.legacy` (the original ISDM tool's flat JSON configs).
 """
 
 from isdm.config.curation import CurateConfig
 from isdm.config.files import save_config
+from isdm.config.layers import ENV_VARS, Resolved, resolve
 from isdm.config.legacy import legacy_paths, legacy_to_tree
 from isdm.config.loading import apply_overrides, is_sectioned, load_config
 from isdm.config.model import MODEL_PRESETS, ModelConfig, default_channel_mult
@@ -46,7 +52,14 @@ from isdm.config.schema import (
                                 TuneConfig,
                                 canonical_dataset_mode,
 )
-from isdm.config.tree import Config, config_from_json, flatten, from_dict, to_dict
+from isdm.config.tree import (
+                              FORMER_DEFAULTS,
+                              Config,
+                              config_from_json,
+                              flatten,
+                              from_dict,
+                              to_dict,
+)
 from isdm.errors import ConfigError
 
 __all__ = [
@@ -67,6 +80,10 @@ __all__ = [
     "RuntimeConfig",
     "MODEL_PRESETS",
     "load_config",
+    "resolve",
+    "Resolved",
+    "ENV_VARS",
+    "FORMER_DEFAULTS",
     "save_config",
     "config_from_json",
     "from_dict",

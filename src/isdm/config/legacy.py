@@ -256,16 +256,21 @@ KNOWN_KEYS = sorted(set(_MAP) | set(IGNORED) | set(_WARNINGS))
 def _original_defaults(action: str) -> dict[str, Any]:
     """The original tool's own defaults for keys its JSON files usually omit
     (guided-diffusion ``model_and_diffusion_defaults`` and ``get_training_defaults``), so an
-    original config means what it meant there: e.g. no ``channel_mult`` = chosen by image size."""
-    tree: dict[str, Any] = {
+    original config means what it meant there: e.g. no ``channel_mult`` = chosen by image size;
+    on top of :data:`isdm.config.tree.FORMER_DEFAULTS` (configs/original.yaml: eps prediction,
+    epoch budgets), where isdm's defaults are the embedded pipeline's."""
+    from isdm.config.tree import FORMER_DEFAULTS
+
+    tree: dict[str, Any] = {section: dict(keys) for section, keys in FORMER_DEFAULTS.items()}
+    tree |= {
         "model": {"num_channels": 128, "channel_mult": [], "num_res_blocks": 2,
                   "attention_resolutions": [16, 8], "num_head_channels": 64, "dropout": 0.0,
                   "resblock_updown": False, "use_scale_shift_norm": True, "learn_sigma": False,
                   "spade_hidden": 128, "use_checkpoint": False},
     }
     if action in ("train", "finetune"):
-        tree[action] = {"lr": 1e-4, "weight_decay": 0.0, "ema_rates": [0.9999],
-                        "grad_clip": 0.0, "batch_size": 1}
+        tree[action] |= {"lr": 1e-4, "weight_decay": 0.0, "ema_rates": [0.9999],
+                         "grad_clip": 0.0, "batch_size": 1}
     else:
         tree["sample"] = {"batch_size": 1, "sampler": "ddpm", "steps": 1000, "s": 1.0}
     return tree

@@ -5,7 +5,8 @@ Presets mean what they say. ``preset`` names a network of :data:`MODEL_PRESETS`:
 - A preset sets every SIZE key (all keys but ``preset`` and the training knobs ``dropout`` and
   ``use_checkpoint``, which do not change the weights). A size key given with another value
   than the preset's is an error that names both values; repeating the preset's value is fine
-  (``params.yaml`` does, so that every key is visible).
+  (a stored config, resolved, names the preset and all its sizes; ``params.yaml`` gives only
+  the preset, so switching presets is one change).
 - ``dropout`` / ``use_checkpoint`` take the preset's value unless given.
 - ``preset: ''`` = no preset: every key not given takes the ``default`` preset's value.
 - ``preset`` not given: the same as ``''``, and the resolved ``preset`` is ``default`` when

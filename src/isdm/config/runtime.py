@@ -11,8 +11,10 @@ __all__ = ["RuntimeConfig"]
 
 @dataclass(frozen=True)
 class RuntimeConfig(Section):
-    """How a command runs on this machine, for every command; no ``dvc.yaml`` stage lists this
-    section, so changing it re-runs nothing (as ``tracking`` and ``tune``).
+    """How a command runs on this machine, for every command; not in ``params.yaml`` and listed
+    by no ``dvc.yaml`` stage, so changing it re-runs nothing (as ``tracking``). Set it with the
+    environment variables ``ISDM_DEVICE``, ``ISDM_NUM_WORKERS``, ``ISDM_PROGRESS``
+    (:data:`isdm.config.layers.ENV_VARS`), a command's flags or ``--set runtime.<key>=...``.
 
     ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:<i>`` or ``mps``; a
     command's ``--device`` overrides it; under torchrun each training process takes its

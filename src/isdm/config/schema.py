@@ -57,7 +57,8 @@ class DiffusionConfig(Section):
     """The trained Markov chain: ``T = diffusion_steps`` steps of a ``linear``/``cosine`` schedule.
 
     ``prediction`` is what the network's first 3 output channels mean: ``eps`` (the noise, the
-    original's choice) or ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0`` (Salimans & Ho 2022),
+    original's choice: configs/original.yaml) or
+    ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0`` (Salimans & Ho 2022),
     converted to eps before every loss and sampler, so the hybrid loss (MSE on eps + L_vb) and
     the samplers are the same for both. ``v`` learns far faster in short runs: an untrained
     network's zero output means x0 ~ 0 at high noise instead of the huge x0 = x_t / sqrt(abar_t)
@@ -69,7 +70,7 @@ class DiffusionConfig(Section):
 
     diffusion_steps: int = 1000
     noise_schedule: Literal["linear", "cosine"] = "linear"
-    prediction: Literal["eps", "v"] = "eps"
+    prediction: Literal["eps", "v"] = "v"
 
     def _problems(self) -> Iterable[Problem]:
         if self.noise_schedule == "linear" and self.diffusion_steps <= 20:
@@ -90,6 +91,10 @@ class TrainConfig(Section):
     two must be set). ``grad_clip`` 0 = no clipping. ``ema_warmup``: EMA decay
     ``min(rate, (1+n)/(10+n))`` after n updates, so short runs get a useful average.
     ``precision``: fp16 needs CUDA (falls back to fp32 on CPU); bf16 runs on both.
+
+    The defaults are the embedded pipeline's: a budget of 1000 steps (the same work on any
+    dataset), no early stopping (a 5-step epoch's mean loss is too noisy to stop on) and a
+    learning rate for short CPU runs. The former epoch-based defaults: configs/original.yaml.
     """
 
     SECTION = "train"  # also the finetune section: from_dict puts its keys under "finetune"
@@ -108,11 +113,11 @@ class TrainConfig(Section):
         "log_every": (at_least(1),),
     }
 
-    lr: float = 2e-4
+    lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 8
-    max_epochs: int = 30
-    patience: int = 10
+    max_epochs: int = 0
+    patience: int = 0
     grad_clip: float = 1.0
     ema_rates: tuple[float, ...] = (0.999,)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -121,7 +126,7 @@ class TrainConfig(Section):
     save_last: bool = True
     select_on: Literal["train_loss", "val_loss"] = "train_loss"
     val_fraction: float = 0.0
-    max_steps: int = 0
+    max_steps: int = 1000
     log_every: int = 10
     ema_warmup: bool = True
 
@@ -135,7 +140,9 @@ class TrainConfig(Section):
                           "held-out split: set val_fraction in (0, 1), e.g. 0.2")
 
 
-FINETUNE_DEFAULTS = dict(lr=1e-4, max_epochs=10, patience=5, drop_rate=0.2)
+#: Where the ``finetune`` section's defaults differ from ``train``'s: every other finetune key
+#: inherits the ``train`` value of the same config (:func:`isdm.config.tree.finetune_tree`).
+FINETUNE_DEFAULTS = dict(lr=5e-4, max_steps=150, drop_rate=0.2)
 
 
 @dataclass(frozen=True)
@@ -287,7 +294,7 @@ class TuneConfig(Section):
     ``sampler_startup_trials`` trials. ``n_trials`` 0 only creates the study (and its MLflow
     run) for workers to join. ``final_check``: after the trials, the best trial's knobs and the
     config's own are compared on the TEST split (``evaluate.architectures`` x ``final_seeds``,
-    the evaluate recipe, paired bootstrap).
+    the evaluate recipe, paired bootstrap). The study's knobs live in pipelines/tune/params.yaml.
     """
 
     SECTION = "tune"
@@ -347,7 +354,8 @@ class TuneConfig(Section):
 class TrackingConfig(Section):
     """MLflow. Empty ``tracking_uri`` = ``$MLFLOW_TRACKING_URI`` or the embedded local store;
     empty ``experiment`` = ``isdm-<dataset folder name>``; ``register_model``: each finetune
-    registers a new version of the MLflow model ``isdm-sdm``."""
+    registers a new version of the MLflow model ``isdm-sdm``. Not in ``params.yaml``: set with
+    ``ISDM_TRACKING``, ``ISDM_EXPERIMENT``, ``ISDM_REGISTER_MODEL`` or ``--set``."""
 
     SECTION = "tracking"
 

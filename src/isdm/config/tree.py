@@ -37,7 +37,8 @@ from isdm.config.schema import (
 )
 from isdm.errors import ConfigError
 
-__all__ = ["Config", "SECTIONS", "MOVED", "REMOVED", "from_dict", "to_dict", "flatten", "config_from_json"]
+__all__ = ["Config", "SECTIONS", "MOVED", "REMOVED", "from_dict", "to_dict", "flatten",
+           "config_from_json", "check_keys", "finetune_tree", "FORMER_DEFAULTS"]
 
 # Keys that moved to the runtime section (a stored config of an earlier version still has them).
 MOVED = {"data.num_workers": "runtime.num_workers", "train.device": "runtime.device",
@@ -48,6 +49,15 @@ REMOVED = {"tune.mix": "tune.ratios (the synthetic:real ratio is searched; the r
            "tune.num_samples": "tune.ratios (a trial samples ratio x the real training images)",
            "tune.eval_epochs": "tune.eval_steps (optimiser steps of a trial's cells)",
            "evaluate.epochs": "evaluate.steps (every mix trains the same optimiser steps)"}
+# The built-in defaults before the pipeline's values became the defaults (issue 23): a stored
+# config of an earlier version that lacks one of these keys meant this value. configs/original.yaml
+# holds the same values as an overlay.
+FORMER_DEFAULTS = {
+    "diffusion": {"prediction": "eps"},
+    "train": {"lr": 2e-4, "max_epochs": 30, "patience": 10, "max_steps": 0},
+    "finetune": {"lr": 1e-4, "max_epochs": 10, "patience": 5, "max_steps": 0},
+}
+_TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
 @dataclass(frozen=True)
@@ -162,10 +172,12 @@ def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from ``data`` strictly: unknown keys, wrong types and values out
     of range raise :class:`ConfigError` with the dotted key (under ``prefix``).
 
-    ``Config.finetune`` starts from the finetune defaults (drop_rate 0.2, lr 1e-4, ...).
+    ``Config.finetune`` inherits: see :func:`finetune_tree`.
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    if cls is Config:
+        data = _with_finetune(data)
     hints = type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
@@ -173,15 +185,7 @@ def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            if dotted in MOVED:
-                raise ConfigError(f"{dotted}: is now {MOVED[dotted]} (the runtime section, which "
-                                  "no pipeline stage lists); move it there")
-            if dotted in REMOVED:
-                raise ConfigError(f"{dotted}: was replaced by {REMOVED[dotted]}; remove it")
-            what = "section" if cls is Config else "key"
-            raise ConfigError(unknown_key(dotted, str(key), names, what=what))
-        if cls is Config and key == "finetune" and isinstance(value, Mapping):
-            value = {**FINETUNE_DEFAULTS, **value}
+            _unknown(cls, dotted, str(key), names)
         if cls is Config and key == "data" and isinstance(value, Mapping):
             value = _upgrade_data(value, dotted)
         try:
@@ -195,6 +199,61 @@ def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
         return cls(**kwargs)
     except SectionError as e:
         raise e.under(prefix) if prefix else e from None
+
+
+def finetune_tree(train: Mapping[str, Any] | None,
+                  finetune: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``finetune`` section a config means: the ``train`` keys it gives, then the finetune
+    defaults that differ from train's (:data:`isdm.config.schema.FINETUNE_DEFAULTS`: lr, max_steps,
+    drop_rate), then the ``finetune`` keys it gives. So ``finetune`` states only what differs
+    from ``train``: ``train.batch_size: 4`` finetunes with batch 4 too, ``train.lr`` does not
+    reach finetune's own ``lr``."""
+    inherited = {k: v for k, v in (train or {}).items() if k in _TRAIN_KEYS}
+    return {**inherited, **FINETUNE_DEFAULTS, **(finetune or {})}
+
+
+def _with_finetune(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    train, finetune = data.get("train"), data.get("finetune")
+    sections = (Mapping, type(None))
+    if not isinstance(train, sections) or not isinstance(finetune, sections):
+        return data  # from_dict reports the section that is not a mapping
+    if train is None and finetune is None:
+        return data
+    return {**data, "finetune": finetune_tree(train, finetune)}
+
+
+def check_keys(data: Mapping[str, Any], prefix: str = "", cls: type = Config) -> None:
+    """Check one layer of a config (a file, ``--set`` values) for unknown keys and wrong types,
+    without the range rules, which need the merged tree (:func:`from_dict` applies them).
+
+    Raises:
+        ConfigError: naming the dotted key (with the closest valid key for an unknown one).
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            _unknown(cls, dotted, str(key), names)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
+            check_keys(value, dotted, tp)
+        else:
+            _coerce(value, tp, dotted)
+
+
+def _unknown(cls: type, dotted: str, key: str, names: list[str]) -> None:
+    if cls is DataConfig and key == "keep_aspect":
+        return  # read as data.resize (_upgrade_data)
+    if dotted in MOVED:
+        raise ConfigError(f"{dotted}: is now {MOVED[dotted]} (the runtime section, which "
+                          "no pipeline stage lists); move it there")
+    if dotted in REMOVED:
+        raise ConfigError(f"{dotted}: was replaced by {REMOVED[dotted]}; remove it")
+    what = "section" if cls is Config else "key"
+    raise ConfigError(unknown_key(dotted, key, names, what=what))
 
 
 def _upgrade_data(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -252,13 +311,17 @@ def config_from_json(text_or_dict: str | Mapping[str, Any]) -> Config:
     by ``''``, so such a checkpoint still loads. The :data:`MOVED` keys of an earlier version
     are dropped (they said how that run ran, not what it computed), and so are the
     :data:`REMOVED` ones (the downstream budget's and the search's, which no stored model
-    depends on).
+    depends on). A key of :data:`FORMER_DEFAULTS` that a stored section lacks (a version before
+    the key existed) takes the default of that time, not today's.
     """
     data = json.loads(text_or_dict) if isinstance(text_or_dict, str) else dict(text_or_dict)
     for dotted in [*MOVED, *REMOVED]:
         section, key = dotted.split(".")
         if isinstance(data.get(section), Mapping) and key in data[section]:
             data[section] = {k: v for k, v in data[section].items() if k != key}
+    for section, former in FORMER_DEFAULTS.items():
+        if isinstance(data.get(section), Mapping):
+            data[section] = {**former, **data[section]}
     model = data.get("model")
     if isinstance(model, Mapping) and model.get("preset") in MODEL_PRESETS \
             and preset_clashes(model["preset"], model):

@@ -188,7 +188,8 @@ def summary_md(record: dict[str, Any]) -> str:
              _env_line(h.get("env")), "",
              f"**Commit** {record['commit']}; recipe {record['recipe']} over {record['params']}",
              "", "**Verdict**: " + ("every phase ran ok" if not bad else
-                                    f"not ok: {', '.join(bad)} (see results.tar.gz logs/)"),
+                                    f"not ok: {', '.join(bad)} (see results.tar.gz logs/)")
+             + (f"; interrupted ({record['interrupted']})" if "interrupted" in record else ""),
              "", "| phase | status | rc | seconds | CPU s | cap s | note |",
              "|---|---|---|---|---|---|---|"]
     for name, e in record["phases"].items():

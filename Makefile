@@ -22,8 +22,12 @@ OMP_ENV = env $$(PYTHONPATH=src $(BIN)/python -m isdm.utils.cpu --explain)
 test test-fast: export OMP_WAIT_POLICY := PASSIVE
 # `make bench BENCH_ARGS=--quick`: every row at smoke-test sizes (a few minutes)
 BENCH_ARGS ?=
+# `make bench-gpu BENCH_GPU_ARGS="--budget-s 90 --out x.json"` (python -m isdm.bench.gpu_bench -h)
+BENCH_GPU_ARGS ?=
+# `make setup-offline`: wheels the GPU image lacks (scripts/gpu_wheels.sh fetches them)
+WHEELS ?= .whl
 
-.PHONY: setup test test-fast repro bench bench-gpu docs lint clean
+.PHONY: setup setup-offline test test-fast repro bench bench-gpu gpu-check docs lint clean
 
 setup: $(STAMP)
 
@@ -32,6 +36,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_PINS) -e ".[dev]"
 	touch $(STAMP)
+
+# No package index, torch already installed (a GPU image, the device machine): a venv on top of
+# $(PYTHON)'s packages + $(WHEELS)/*.whl + this checkout's src; it writes $(STAMP) itself
+setup-offline:
+	$(PYTHON) scripts/setup_offline.py --venv $(VENV) --wheels $(WHEELS)
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -51,7 +60,13 @@ bench: setup
 
 # one GPU, under 8 minutes: training images/s and sampling s/image of the original preset, 256 px
 bench-gpu: setup
-	PATH=$(BIN):$$PATH $(BIN)/python -m isdm.bench.gpu_bench --out bench/gpu.json
+	PATH=$(BIN):$$PATH $(BIN)/python -m isdm.bench.gpu_bench --out bench/gpu.json $(BENCH_GPU_ARGS)
+
+# the whole GPU check (docs/guide/gpu.md): set-up, CUDA tests, bench-gpu, the pipeline on CUDA, under
+# 8 minutes -> $OUT or gpu_results/; GPU_CHECK_ARGS=--tiny rehearses it on the CPU
+GPU_CHECK_ARGS ?=
+gpu-check:
+	PYTHON=$(PYTHON) bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
 
 # the documentation site (MkDocs + Material) into site/, strictly: a broken link or a missing page
 # fails; the configuration reference page is generated from src/isdm/config/ while it builds

@@ -167,7 +167,7 @@ def test_original_finetune_config_routes_to_finetune_section():
 
 
 @pytest.mark.parametrize("name", ["config_train.json", "config_finetune.json",
-                                  "config_sample.json", "tiny.yaml"])
+                                  "config_sample.json", "tiny.yaml", "gpu.yaml"])
 def test_shipped_configs_load(name):
     load_config(REPO / "configs" / name)
 

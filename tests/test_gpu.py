@@ -23,6 +23,18 @@ TINY = ModelConfig(preset="tiny", **MODEL_PRESETS["tiny"])
 CUDA = torch.device("cuda")
 
 
+@pytest.fixture
+def exact_fp32():
+    """fp32 convolutions and matmuls without TF32 while the test runs. cuDNN convolutions use TF32
+    (10-bit mantissa) by default on Ampere and later GPUs, so two fp32 paths that agree to float
+    rounding (NCHW vs channels-last, one batched pass vs two) could differ by ~1e-3 there; the
+    tests compare the paths, not TF32."""
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+
+
 def _inputs(batch: int = 2, size: int = 32, classes: int = 3, device=CUDA):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=g)
@@ -92,7 +104,7 @@ def test_fp16_grad_scaler_skips_an_overflowing_step():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_autocast_forward_agrees_with_fp32(dtype):
+def test_autocast_forward_agrees_with_fp32(dtype, exact_fp32):
     from isdm.utils.precision import autocast
 
     model = place(_model(), CUDA).eval()
@@ -105,7 +117,7 @@ def test_autocast_forward_agrees_with_fp32(dtype):
     assert (out.float() - ref).abs().max() < (0.02 if dtype == torch.float16 else 0.1)
 
 
-def test_channels_last_on_cuda_gives_the_same_outputs():
+def test_channels_last_on_cuda_gives_the_same_outputs(exact_fp32):
     nchw = place(_model(), CUDA)
     nhwc = place(copy.deepcopy(nchw), CUDA, channels_last=True)
     assert nhwc.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
@@ -114,7 +126,7 @@ def test_channels_last_on_cuda_gives_the_same_outputs():
         torch.testing.assert_close(nhwc(x, t, segmap), nchw(x, t, segmap), rtol=1e-3, atol=1e-4)
 
 
-def test_batched_guidance_equals_two_passes_on_cuda():
+def test_batched_guidance_equals_two_passes_on_cuda(exact_fp32):
     from isdm.sampling.guidance import GuidedModel
 
     model = place(_model(), CUDA).eval()
@@ -130,7 +142,7 @@ def test_batched_guidance_equals_two_passes_on_cuda():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_sdpa_attention_matches_the_softmax_formula(dtype):
+def test_sdpa_attention_matches_the_softmax_formula(dtype, exact_fp32):
     from isdm.models.blocks import AttentionBlock
 
     block = AttentionBlock(64, 32).to(CUDA)
@@ -175,7 +187,7 @@ def test_ddp_nccl_training(synth_dir, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--standalone", "--no-python", str(isdm), "train", "-c", tiny, "--data",
            str(synth_dir), "--out", str(out), "--no-progress", "--set", "train.max_epochs=1",
-           "--set", "train.batch_size=2", "--set", "train.device=cuda",
+           "--set", "train.batch_size=2", "--set", "runtime.device=cuda",
            "--set", "tracking.enabled=false"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]

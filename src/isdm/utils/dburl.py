@@ -66,9 +66,13 @@ def missing_driver(url: str) -> Optional[str]:
     """The pip package to install for the database driver ``url`` needs, or ``None`` when it is
     importable (or the dialect is not one this module knows)."""
     module, package = _DRIVERS.get(_scheme(url), (None, None))
-    if module is None or importlib.util.find_spec(module) is not None:
+    if module is None:
         return None
-    return package
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a module blocked in sys.modules has no spec
+        found = False
+    return None if found else package
 
 
 def engine_kwargs(url: str) -> dict[str, Any]:

@@ -4,13 +4,17 @@ store is in it, and a tiny SDM checkpoint (helpers in :mod:`servers`)."""
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-from servers import TINY, MlflowServer, Postgres
+
+# tests/ on the path: test_services_mlflow runs tests/test_lineage.py's checks on the server
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from servers import TINY, MlflowServer, Postgres  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -152,6 +152,7 @@ class Link:
                 pass
 
     def cut(self) -> None:
+        self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept(); new connections are refused
         self.listener.close()
         with self.lock:
             for s in self.sockets:

@@ -38,6 +38,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
+from isdm.errors import TrackingError
+
 __all__ = ["Run", "NullRun", "start_run", "resolve_tracking_uri", "pipeline_id"]
 
 _INVOCATION_ID: Optional[str] = None  # this process's pipeline id outside DVC (see pipeline_id)
@@ -208,6 +210,10 @@ def start_run(
     except (KeyboardInterrupt, liveness.Interrupted):
         _end_run(mlflow, uri, "KILLED", quiet=True)
         raise
+    except TrackingError:  # the server stopped answering: one short try to end the run
+        with remote.one_try():
+            _end_run(mlflow, uri, "FAILED", quiet=True)
+        raise
     except BaseException:
         _end_run(mlflow, uri, "FAILED", quiet=True)
         raise
@@ -218,8 +224,6 @@ def _end_run(mlflow: Any, uri: str, status: str, quiet: bool) -> None:
     """End the active run with ``status``. A server that stopped answering is a TrackingError,
     or, while another error is on its way out (``quiet``), ignored (the run is left RUNNING for
     :func:`liveness.end_orphans`); MLflow has forgotten the run locally either way."""
-    from isdm.errors import TrackingError
-
     try:
         with remote.connection_errors(uri):
             mlflow.end_run(status=status)

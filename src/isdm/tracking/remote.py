@@ -30,8 +30,8 @@ from typing import Iterator
 from isdm.errors import TrackingError
 from isdm.utils import dburl
 
-__all__ = ["prepare", "connection_errors", "is_http", "is_network_failure", "HTTP_DEFAULTS",
-           "HEALTH_TIMEOUT"]
+__all__ = ["prepare", "connection_errors", "one_try", "is_http", "is_network_failure",
+           "HTTP_DEFAULTS", "HEALTH_TIMEOUT"]
 
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
@@ -158,3 +158,20 @@ def connection_errors(uri: str) -> Iterator[None]:
             "the command (train: --resume <out>/last.pt continues from its last checkpoint), or "
             "rerun with --set tracking.enabled=false (MLflow's waits: "
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT)") from None
+
+
+@contextmanager
+def one_try() -> Iterator[None]:
+    """MLflow requests inside the block make one attempt of at most 5 s: for the last words to a
+    server that just stopped answering (ending the run), which are not worth a second wait."""
+    names = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

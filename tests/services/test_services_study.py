@@ -71,7 +71,7 @@ def study(tmp_path_factory, postgres, mlflow_server, synth_dir, tiny_sdm):
     out = root / "tune"
     # README: the same command on every worker, the study in the shared database
     args = ["tune", "-c", str(config), "--data", str(synth_dir), "--checkpoint", str(tiny_sdm),
-            "--out", str(out), "--storage", storage, "--no-progress"]
+            "--out", str(out), "--storage", storage]
     env = isdm_env(MLFLOW_TRACKING_URI=mlflow_server.url)
     client = mlflow.MlflowClient(mlflow_server.url)
     # README: the workers without the final check, a last one with --n-trials 0 runs it once

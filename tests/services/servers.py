@@ -73,7 +73,7 @@ class Service:
         return self.log.read_text(errors="replace")[-3000:]
 
     def stop(self) -> None:
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
             try:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:

@@ -224,6 +224,8 @@ def _end_run(mlflow: Any, uri: str, status: str, quiet: bool) -> None:
     """End the active run with ``status``. A server that stopped answering is a TrackingError,
     or, while another error is on its way out (``quiet``), ignored (the run is left RUNNING for
     :func:`liveness.end_orphans`); MLflow has forgotten the run locally either way."""
+    from isdm.tracking import remote
+
     try:
         with remote.connection_errors(uri):
             mlflow.end_run(status=status)

@@ -33,8 +33,8 @@ from __future__ import annotations
 import random
 import time
 import warnings
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
 from isdm.config import TuneConfig

@@ -164,8 +164,9 @@ def _run_study(cfg: Config, data_root: Path, checkpoint: Path, out_dir: Path, n_
     t = cfg.tune
     name = (f"tune {study_name}: {t.architecture} x {t.repeats} seeds, {t.eval_steps} steps, "
             f"{'+'.join(t.objectives)}")
+    params = {**flatten(cfg), "tune.storage": safe_url(t.storage)}  # no password in MLflow
     with tracking.start_run(cfg.tracking, name=name, action="tune", dataset=str(data_root),
-                            params=None if study_run_id else flatten(cfg), run_id=study_run_id,
+                            params=None if study_run_id else params, run_id=study_run_id,
                             tags={"optuna.study": study_name,
                                   "optuna.storage": safe_url(spec)}) as run:
         if not study_run_id and (run.run_id or created):

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.slow
 STUDY = "isdm"
 EXPERIMENT = "isdm-services-study"
 GRACE = 4.0
+PASSWORD = "s3cret-pw"
 TUNE = {  # one finetune (one drop rate), one repeat of one segmenter step per trial, no curation
     "n_trials": 2, "drop_rates": [0.2], "steps": [2], "eval_steps": 1, "repeats": 1,
     "curate_min_fidelity": [], "curate_pixel_thresholds": [], "pruning": False,
@@ -66,7 +67,9 @@ def study(tmp_path_factory, postgres, mlflow_server, synth_dir, tiny_sdm):
     import mlflow
 
     root = tmp_path_factory.mktemp("study")
-    storage = postgres.database("optuna")
+    # a password in the URL (the server trusts local connections): it must not be written out
+    storage = postgres.database("optuna").replace("postgres:@", f"postgres:{PASSWORD}@", 1)
+    assert PASSWORD in storage
     config = write_config(root / "params.yaml", tune=TUNE, tracking={"experiment": EXPERIMENT},
                           finetune={"max_steps": 2, "drop_rate": 0.2},  # final check: cached
                           evaluate={"val_fraction": 0.25, "batch_size": 4})
@@ -143,6 +146,20 @@ def test_the_joining_worker_writes_the_results_of_the_whole_study(study):
     rows = (out / "trials.csv").read_text().splitlines()
     assert len(rows) == 1 + len(trials)
     assert "final check on the test split" in study["third"].stdout
+
+
+def test_the_storage_password_is_written_nowhere(study):
+    out = study["out"]
+    written = [p.read_text(errors="replace") for p in out.rglob("*") if p.is_file()
+               and p.suffix in (".json", ".csv", ".yaml", ".md", ".log")]
+    assert written and not [w for w in written if PASSWORD in w]
+    assert "postgres:***@" in json.loads((out / "summary.json").read_text())["storage"]
+    (tune_run,) = study["client"].search_runs([study["experiment_id"]],
+                                              "tags.`isdm.action` = 'tune'")
+    logged = [*tune_run.data.params.values(), *tune_run.data.tags.values()]
+    assert not [v for v in logged if PASSWORD in v]
+    assert tune_run.data.tags["optuna.storage"].startswith("postgresql://postgres:***@")
+    assert PASSWORD not in study["third"].stdout + study["third"].stderr
 
 
 def test_optuna_dashboard_serves_the_study(study, tmp_path):

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Iterable
 
 __all__ = ["IsdmError", "ConfigError", "DatasetError", "MaskValueError", "CheckpointError",
-           "OutputExistsError", "EvaluationError", "CurationError", "WriteError", "TuningError"]
+           "OutputExistsError", "EvaluationError", "CurationError", "WriteError", "TuningError",
+           "TrackingError"]
 
 
 class IsdmError(Exception):
@@ -71,3 +72,8 @@ class WriteError(IsdmError, OSError):
 
 class TuningError(IsdmError, RuntimeError):
     """An Optuna study cannot be opened or shared: the message names the storage and the fix."""
+
+
+class TrackingError(IsdmError, RuntimeError):
+    """The MLflow tracking store cannot be reached or stopped answering: the message names the
+    URI, the reason and the fix."""

@@ -2,7 +2,7 @@
 
 Every test runs real `run_study` worker processes on one storage, with stand-ins for finetune,
 sampling and the downstream cell (a trial's value is a function of its parameters), Optuna
-heartbeats every second and a 2 s grace period.
+heartbeats every second and a 2 s grace period (tune.heartbeat_interval / heartbeat_grace).
 """
 
 from __future__ import annotations
@@ -29,11 +29,8 @@ import isdm.sampling
 import isdm.tuning.objective as objective
 import isdm.tuning.paired as paired
 import isdm.tuning.plots as plots
-import isdm.tuning.storage as storage
 from isdm.config import load_config
 from isdm.tuning import run_study
-
-storage.HEARTBEAT_INTERVAL, storage.GRACE_PERIOD = 1, 2
 
 
 class FakeSet:
@@ -87,7 +84,7 @@ def worker(tmp_path, synth_dir):
                 str(tmp_path / "tune"), "tune.sampler_startup_trials=1", "tune.repeats=1",
                 "tune.curate_min_fidelity=[]", "tune.curate_pixel_thresholds=[]",
                 "curate.min_fidelity=0", "curate.pixel_threshold=0", "tune.final_check=false",
-                *overrides]
+                "tune.heartbeat_interval=1", "tune.heartbeat_grace=2", *overrides]
         return subprocess.Popen(args, env={**os.environ, "STORAGE": storage, **env},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -295,6 +295,9 @@ class TuneConfig(Section):
     run) for workers to join. ``final_check``: after the trials, the best trial's knobs and the
     config's own are compared on the TEST split (``evaluate.architectures`` x ``final_seeds``,
     the evaluate recipe, paired bootstrap). The study's knobs live in pipelines/tune/params.yaml.
+    Workers sharing a study: a running trial records a heartbeat every ``heartbeat_interval``
+    seconds; one silent for ``heartbeat_grace`` seconds (its worker was killed) is failed and its
+    parameters retried by the next worker.
     """
 
     SECTION = "tune"
@@ -320,6 +323,7 @@ class TuneConfig(Section):
         "curate_min_fidelity": (each(in_range(0, 1)),),
         "curate_pixel_thresholds": (each(at_least(0)),),
         "final_seeds": (NON_EMPTY, each(SEED)),
+        "heartbeat_interval": (GREATER_0,),
     }
 
     n_trials: int = 10
@@ -344,10 +348,16 @@ class TuneConfig(Section):
     curate_pixel_thresholds: tuple[float, ...] = (0.0, 2.0)
     final_check: bool = True
     final_seeds: tuple[int, ...] = (0, 1, 2)
+    heartbeat_interval: float = 30.0
+    heartbeat_grace: float = 120.0
 
     def _problems(self) -> Iterable[Problem]:
         if self.s_high < self.s_low:
             yield Problem("s_high", self.s_high, f"must be >= tune.s_low={self.s_low}")
+        if self.heartbeat_grace <= self.heartbeat_interval:
+            yield Problem("heartbeat_grace", self.heartbeat_grace,
+                          f"must be > tune.heartbeat_interval={self.heartbeat_interval} (a "
+                          "running trial would be failed between two of its heartbeats)")
 
 
 @dataclass(frozen=True)

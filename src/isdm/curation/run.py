@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from isdm.config import Config, flatten, save_config
+from isdm.config import Config, save_config
 from isdm.curation import filters
 from isdm.curation.folder import Pair
 from isdm.curation.scorer import Scorer
@@ -176,14 +176,17 @@ def run_curation(cfg: Config, data_root: str | Path, synthetic_dir: str | Path,
     from isdm import tracking
     from isdm.curation.folder import prepare_out
     from isdm.curation.scorer import load_scorer
+    from isdm.lineage import curate_params, generator_tags, read_generator
 
     c = cfg.curate
     check_policy(cfg)
     prepare_out(out_dir, synthetic_dir)  # refuse before the scorer is trained
     name = (f"curate fidelity>={c.min_fidelity:g} pixels>{c.pixel_threshold:g}x "
             f"{c.architecture} seed {c.seed}")
+    record = read_generator(synthetic_dir)  # the set's generator, not today's params.yaml
     with tracking.start_run(cfg.tracking, name=name, action="curate", dataset=str(data_root),
-                            params=flatten(cfg)) as run:
+                            params=curate_params(cfg, record),
+                            tags=generator_tags(record, synthetic_dir)) as run:
         scorer = load_scorer(cfg, data_root, cache_dir or default_cache_dir(out_dir),
                              device=device, on_validation=lambda r: run.log_metrics(
                                  {"scorer_val_miou": r["val_miou"]}, step=int(r["step"])))

@@ -16,6 +16,10 @@ Grouping: every run is tagged ``isdm.pipeline`` (:func:`pipeline_id`) and ``isdm
 evaluate run). Under ``mlflow run`` (which exports ``$MLFLOW_RUN_ID``) the project's run is
 reused, in its own experiment.
 
+A tracking server (``http://...``): bounded waits, a reachability check before the first run,
+and a clear :class:`isdm.errors.TrackingError` when it cannot be reached or stops answering
+mid-run (:mod:`isdm.tracking.remote`).
+
 Status: a run ends FINISHED, FAILED (an exception) or KILLED (Ctrl-C, SIGTERM, SIGHUP; and,
 for SIGKILL, when a later run finds its process gone): :mod:`isdm.tracking.liveness`.
 
@@ -33,6 +37,8 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
+
+from isdm.errors import TrackingError
 
 __all__ = ["Run", "NullRun", "start_run", "resolve_tracking_uri", "pipeline_id"]
 
@@ -184,12 +190,57 @@ def start_run(
     if not getattr(tracking, "enabled", True):
         yield NullRun()
         return
+    from isdm.tracking import liveness, remote
+
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    uri = resolve_tracking_uri(getattr(tracking, "tracking_uri", ""))
+    remote.prepare(uri)
     import mlflow
 
+    mlflow.set_tracking_uri(uri)
+    with remote.connection_errors(uri):
+        run_obj, parent, outermost = _open_run(mlflow, tracking, name, action, dataset, tags,
+                                               parent_run_id, run_id)
+    try:
+        with remote.connection_errors(uri), liveness.signals_raise(outermost=outermost):
+            run = Run(run_obj, parent)
+            if params:
+                run.log_params(params)
+            yield run
+    except (KeyboardInterrupt, liveness.Interrupted):
+        _end_run(mlflow, uri, "KILLED", quiet=True)
+        raise
+    except TrackingError:  # the server stopped answering: one short try to end the run
+        with remote.one_try():
+            _end_run(mlflow, uri, "FAILED", quiet=True)
+        raise
+    except BaseException:
+        _end_run(mlflow, uri, "FAILED", quiet=True)
+        raise
+    _end_run(mlflow, uri, "FINISHED", quiet=False)
+
+
+def _end_run(mlflow: Any, uri: str, status: str, quiet: bool) -> None:
+    """End the active run with ``status``. A server that stopped answering is a TrackingError,
+    or, while another error is on its way out (``quiet``), ignored (the run is left RUNNING for
+    :func:`liveness.end_orphans`); MLflow has forgotten the run locally either way."""
+    from isdm.tracking import remote
+
+    try:
+        with remote.connection_errors(uri):
+            mlflow.end_run(status=status)
+    except TrackingError:
+        if not quiet:
+            raise
+
+
+def _open_run(mlflow: Any, tracking: Any, name: str, action: str, dataset: str,
+              tags: Optional[Mapping[str, Any]], parent_run_id: Optional[str],
+              run_id: Optional[str]) -> tuple[Any, Optional[str], bool]:
+    """Start (or continue) the MLflow run of :func:`start_run`; ``(run, parent run id, whether
+    it is the outermost run of this process)``."""
     from isdm.tracking import liveness
 
-    mlflow.set_tracking_uri(resolve_tracking_uri(getattr(tracking, "tracking_uri", "")))
     active = mlflow.active_run()
     project_run = os.environ.get("MLFLOW_RUN_ID") if active is None and not parent_run_id else None
     existing = run_id or project_run  # `mlflow run` exports MLFLOW_RUN_ID: resume its run
@@ -210,16 +261,4 @@ def start_run(
         all_tags["mlflow.parentRunId"] = parent
     run_obj = mlflow.start_run(run_id=run_id, run_name=name, experiment_id=experiment_id,
                                nested=active is not None, tags={k: str(v) for k, v in all_tags.items()})
-    status = "FAILED"
-    try:
-        with liveness.signals_raise(outermost=active is None):
-            run = Run(run_obj, parent)
-            if params:
-                run.log_params(params)
-            yield run
-        status = "FINISHED"
-    except (KeyboardInterrupt, liveness.Interrupted):
-        status = "KILLED"
-        raise
-    finally:
-        mlflow.end_run(status=status)
+    return run_obj, parent, active is None

@@ -76,6 +76,10 @@ def _version(client: Any, uri: str) -> Any:
         found = client.search_model_versions(f"name = '{name}'", max_results=1,
                                              order_by=["version_number DESC"])
     except MlflowException as e:
+        from isdm.tracking.remote import is_network_failure
+
+        if is_network_failure(e):
+            raise  # the server did not answer: connection_errors says so
         found = None
         reason = str(e).splitlines()[0]
     else:
@@ -92,6 +96,14 @@ def resolve_checkpoint(uri: str, tracking_uri: str) -> tuple[Path, dict[str, str
     ``{"model_uri", "model_version", "model_run_id"}`` (the finetune run that logged it)."""
     import mlflow
 
+    from isdm.tracking import remote
+
+    remote.prepare(tracking_uri)
+    with remote.connection_errors(tracking_uri):
+        return _download(mlflow, uri, tracking_uri)
+
+
+def _download(mlflow: Any, uri: str, tracking_uri: str) -> tuple[Path, dict[str, str]]:
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     version = _version(client, uri)
     cache = Path(os.environ.get("ISDM_CACHE") or Path.home() / ".cache" / "isdm")

@@ -28,7 +28,9 @@ from isdm.tuning.storage import (
     open_storage,
     resolve_storage,
     retry_storage,
+    storage_errors,
 )
+from isdm.utils.dburl import safe_url
 from isdm.utils.io import atomic_write_json, atomic_write_text
 
 __all__ = ["run_study", "open_study", "seeded_tpe", "STUDY_RUN_ATTR", "STUDY_RUN_WAIT"]
@@ -82,7 +84,7 @@ def open_study(cfg: Config, spec: str, study_name: str) -> tuple[Any, bool]:
     import optuna
 
     t = cfg.tune
-    storage = open_storage(spec)
+    storage = open_storage(spec, t.heartbeat_interval, t.heartbeat_grace)
     single = t.objectives == ("gain",)
     kwargs = dict(storage=storage, study_name=study_name,
                   pruner=(optuna.pruners.MedianPruner(n_startup_trials=t.pruning_startup_trials)
@@ -98,7 +100,7 @@ def open_study(cfg: Config, spec: str, study_name: str) -> tuple[Any, bool]:
 
     study, created = retry_storage(create_or_load, spec)
     if len(study.directions) != len(directions):
-        raise TuningError(f"study {study_name!r} in {spec} has {len(study.directions)} "
+        raise TuningError(f"study {study_name!r} in {safe_url(spec)} has {len(study.directions)} "
                           f"objective(s) but tune.objectives={list(t.objectives)}; give another "
                           "--study-name or the study's objectives")
     return study, created
@@ -136,9 +138,6 @@ def run_study(cfg: Config, data_root: str | Path, checkpoint: str | Path, out_di
     """
     import optuna
 
-    from isdm import tracking
-    from isdm.tuning.final_check import run_final_check
-
     data_root, checkpoint, out_dir = Path(data_root), Path(checkpoint), Path(out_dir)
     if not checkpoint.is_file():
         raise CheckpointError(f"--checkpoint {checkpoint} does not exist; train one with "
@@ -149,15 +148,27 @@ def run_study(cfg: Config, data_root: str | Path, checkpoint: str | Path, out_di
     spec = resolve_storage(storage if storage is not None else cfg.tune.storage, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with storage_errors(spec):
+        return _run_study(cfg, data_root, checkpoint, out_dir, n_trials, spec, study_name,
+                          progress)
+
+
+def _run_study(cfg: Config, data_root: Path, checkpoint: Path, out_dir: Path, n_trials: int,
+               spec: str, study_name: str, progress: bool) -> dict[str, Any]:
+    from isdm import tracking
+    from isdm.tuning.final_check import run_final_check
+
     study, created = open_study(cfg, spec, study_name)
     fail_stale_trials(study, spec)
     study_run_id = _study_run_id(study, created, cfg.tracking.enabled)
     t = cfg.tune
     name = (f"tune {study_name}: {t.architecture} x {t.repeats} seeds, {t.eval_steps} steps, "
             f"{'+'.join(t.objectives)}")
+    params = {**flatten(cfg), "tune.storage": safe_url(t.storage)}  # no password in MLflow
     with tracking.start_run(cfg.tracking, name=name, action="tune", dataset=str(data_root),
-                            params=None if study_run_id else flatten(cfg), run_id=study_run_id,
-                            tags={"optuna.study": study_name, "optuna.storage": spec}) as run:
+                            params=None if study_run_id else params, run_id=study_run_id,
+                            tags={"optuna.study": study_name,
+                                  "optuna.storage": safe_url(spec)}) as run:
         if not study_run_id and (run.run_id or created):
             study.set_user_attr(STUDY_RUN_ATTR, run.run_id or "")
         if n_trials > 0:
@@ -208,7 +219,7 @@ def _optimize(cfg: Config, study: Any, data_root: Path, checkpoint: Path, out_di
 
 
 def _write_results(study: Any, spec: str, out_dir: Path, run: Any) -> dict[str, Any]:
-    summary = results.summary(study, spec)
+    summary = results.summary(study, safe_url(spec))
     results.write_trials_csv(study, out_dir / "trials.csv")
     files = [out_dir / "trials.csv", *plots.write_plots(study, out_dir)]
     if summary["complete"]:

@@ -17,6 +17,14 @@ REPO = Path(__file__).resolve().parents[1]
 CRACKFOREST = (REPO.parent / "shared" / "data" / "crackforest").resolve()
 
 
+@pytest.fixture(autouse=True)
+def cell_store(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets its own empty cell store ($ISDM_CELL_CACHE), never the repository's."""
+    root = tmp_path_factory.mktemp("cells")
+    monkeypatch.setenv("ISDM_CELL_CACHE", str(root))
+    return root
+
+
 @pytest.fixture(scope="session")
 def crackforest_dir() -> Path:
     """The read-only CrackForest dataset beside the checkout; skips when absent."""

@@ -193,22 +193,23 @@ def test_tiny_crop_evaluation_scores_whole_test_images(rect_dir, mlflow_uri, tmp
 
 
 def test_the_curation_scorer_trains_on_crops_and_scores_crop_size_samples(rect_dir, tmp_path):
-    from isdm.curation.scorer import load_scorer, pixel_scores, scorer_identity
+    from isdm.curation.scorer import load_scorer, pixel_scores
+    from isdm.evaluation.spec import cell_spec
 
     cfg = _cfg("evaluate.architectures=[FPN]", "evaluate.steps=2", "evaluate.val_every=2",
                "evaluate.batch_size=4", "curate.architecture=FPN")
-    scorer = load_scorer(cfg, rect_dir, tmp_path / "cache", device="cpu")
+    scorer = load_scorer(cfg, rect_dir, cell_cache=tmp_path / "cells", device="cpu")
     assert scorer.identity["data"]["crop"] is True
-    assert "window_overlap" in scorer.identity["evaluate"]
+    assert "window_overlap" in scorer.identity["recipe"]
     assert scorer.real.images.shape[-2:] == (32, 32)  # memorisation: whole images, resized
     syn = load_real(rect_dir, "test", eval_data_config(cfg.data, 32))
     labels = [ids.numpy().astype(np.uint8) for ids in syn.labels]
     scores = list(pixel_scores(scorer, syn.images, labels, 255, 4))
     assert len(scores) == 3 and all(loss.shape == pred.shape == (32, 32) for loss, pred in scores)
     assert all(np.isfinite(loss).all() for loss, _ in scores)
-    plain = load_config(None, ["data.num_classes=3"])  # whole images: the key as before
-    ident = scorer_identity(plain, rect_dir, torch.device("cpu"))
-    assert "window_overlap" not in ident["evaluate"] and "crop" not in ident["data"]
+    plain = load_config(None, ["data.num_classes=3"])  # whole images: no crop keys
+    ident = cell_spec(plain, "FPN", "RALLF000", 0, real="r").identity()
+    assert "window_overlap" not in ident["recipe"] and "crop" not in ident["data"]
 
 
 # ---------------------------------------------------------------------- CrackForest recipe

@@ -22,31 +22,9 @@ from isdm.evaluation.segmenter import TensorSet, build_segmenter, predict_counts
 from isdm.evaluation.wholes import CropMix, load_whole
 from isdm.evaluation.windows import sliding_logits, window_stride
 
-H, W = 48, 72  # the tiny dataset's native size (rectangular)
+from conftest import RECT_HW, write_rect_pairs
 
-
-def _write_pairs(root: Path, split: str, n: int, seed: int, size=(H, W)) -> None:
-    rng = np.random.default_rng(seed)
-    (root / split / "images").mkdir(parents=True)
-    (root / split / "masks").mkdir(parents=True)
-    h, w = size
-    for i in range(n):
-        ids = np.zeros((h, w), dtype=np.uint8)
-        for c in (1, 2):  # one rectangle of each defect class
-            top, left = rng.integers(0, h - 6), rng.integers(0, w - 6)
-            ids[top:top + rng.integers(3, 7), left:left + rng.integers(3, 7)] = c
-        rgb = rng.integers(0, 60, (h, w, 3)).astype(np.uint8) + (ids * 90)[..., None]
-        Image.fromarray(rgb).save(root / split / "images" / f"{i:03d}.png")
-        Image.fromarray(ids).save(root / split / "masks" / f"{i:03d}.png")
-
-
-@pytest.fixture(scope="module")
-def rect_dir(tmp_path_factory) -> Path:
-    """3 classes, 8 train / 3 test pairs of 48x72 (H x W)."""
-    root = tmp_path_factory.mktemp("rect")
-    _write_pairs(root, "train", 8, 0)
-    _write_pairs(root, "test", 3, 1)
-    return root
+H, W = RECT_HW  # the tiny dataset's native size (rectangular)
 
 
 def _cfg(*overrides: str) -> Config:
@@ -59,7 +37,7 @@ def _cfg(*overrides: str) -> Config:
 
 def test_sliding_window_prediction_equals_the_whole_image_prediction_in_one_window(tmp_path):
     """An image that fits one window: the same logits and counts as the whole-image path."""
-    _write_pairs(tmp_path, "test", 2, 3, size=(32, 64))
+    write_rect_pairs(tmp_path, "test", 2, 3, size=(32, 64))
     model = build_segmenter("FPN", "resnet18", None, 3, 0).eval()
     cfg = _cfg("data.image_size=[32, 64]", "evaluate.image_size=[32, 64]")
     whole = load_split(cfg, tmp_path, "test")

@@ -150,3 +150,28 @@ def test_a_killed_cell_job_resumes_from_its_saved_progress(synth_dir, tmp_path, 
     a, b = record.load_weights(), clean.load_weights()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert run_job(job(store), torch.device("cpu"))[1] is False  # now from the store
+
+
+def test_auto_validation_keeps_validation_under_a_tenth_of_the_forward_passes(synth_dir,
+                                                                              rect_dir):
+    """val_every 0: the smallest interval at which a validation's forward passes (images or
+    windows) are at most VAL_SHARE of the training's (3 per batch image per step)."""
+    import math
+
+    from isdm.evaluation.loading import load_split
+    from isdm.evaluation.loop import val_windows
+    from isdm.evaluation.segmenter import VAL_SHARE, validation_interval, validation_share
+
+    assert validation_interval(7, 8, 1000) == 7  # an explicit interval is kept
+    assert validation_interval(0, 8, 8) == 4 and validation_interval(0, 4, 240) == 200
+    assert validation_share(4, 8, 8) <= VAL_SHARE < validation_share(3, 8, 8)
+    cfg = _cfg("evaluate.val_every=0", "evaluate.steps=2")
+    cell, real, synth = _setup(cfg, synth_dir)
+    run = _run(cfg, cell, real, synth)
+    assert run.val_every == math.ceil(len(cell.plan.val_keys) / (VAL_SHARE * 3 * 4))
+    run.advance(2)
+    assert run.finish().fit.val_every == run.val_every
+    crops = load_config(None, ["data.crop=true", "data.image_size=32", "data.num_classes=3",
+                               "evaluate.image_size=32"])
+    whole = load_split(crops, rect_dir, "test")  # 48 x 72 images, 32 px windows, stride 24
+    assert val_windows(whole) == whole.num_windows() == 3 * (2 * 3)

@@ -224,7 +224,7 @@ class EvaluateConfig(Section):
     ``data.scale`` (equal to ``data.image_size``, the synthetic images' size) and its window
     for sliding-window prediction on whole validation and test images; neighbouring windows
     overlap by ``window_overlap`` of a window (:mod:`isdm.evaluation.wholes`). ``val_every`` 0
-    = as often as keeps validation under a tenth of a cell's forward passes
+    = as often as keeps validation under a tenth of the training's forward passes
     (:func:`isdm.evaluation.segmenter.validation_interval`). ``workers``: cells trained side by
     side in separate processes, ``threads``: torch threads per cell; 0 = auto (CPU: 1 thread
     per cell and one worker per core, at most one per cell; CUDA: one worker per visible GPU).

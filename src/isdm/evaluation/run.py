@@ -25,6 +25,7 @@ one child per cell) via :mod:`.report` and :mod:`isdm.tracking`.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -168,12 +169,14 @@ def _plan(cfg: Config, data_root: str | Path, sets: dict[str, Path], rows: list[
     """Check the names, load the data, plan every cell (an impossible mix fails before any
     training starts) and make its job."""
     from isdm.evaluation.cell import plan_cell
-    from isdm.evaluation.segmenter import build_segmenter
+    from isdm.evaluation.segmenter import build_segmenter, precision_warning
     from isdm.evaluation.worker import Digests, make_job
 
     e = cfg.evaluate
     for arch in e.architectures:  # unknown names / unavailable weights fail before any work
         build_segmenter(arch, e.encoder, e.encoder_weights, cfg.data.num_classes, 0)
+    if (warning := precision_warning(e.precision, dev)) is not None:
+        print(f"warning: {warning}", file=sys.stderr)
     digests = Digests(data_root)
     train_all, test, synth = _load(cfg, data_root, sets, digests)
     jobs = []

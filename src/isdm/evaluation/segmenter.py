@@ -13,7 +13,7 @@ device); the permutations and the augmentation draw from one CPU ``torch.Generat
 with the cell's seed. The forward pass runs under ``precision`` autocast
 (:func:`isdm.utils.precision.autocast`); the loss, the optimiser and every prediction stay
 float32. Validation every ``val_every`` steps (0 = :func:`validation_interval`: as often as
-keeps validation under :data:`VAL_SHARE` of a cell's forward passes).
+keeps validation under :data:`VAL_SHARE` of the training's forward passes).
 
 Inputs are the data layer's ``[-1, 1]`` images. With ``encoder_weights`` (e.g. ``imagenet``) they
 are mapped to the ImageNet mean/std the encoder was trained with (once, not twice as upstream).
@@ -36,7 +36,8 @@ from isdm.evaluation.wholes import WholeSet
 
 __all__ = ["TensorSet", "build_segmenter", "predict_counts", "predict_labels", "augment_batch",
            "BatchStream", "batch_stream", "validation_steps", "validation_interval",
-           "validation_share", "loss_function", "make_optimizer", "normalize", "VAL_SHARE"]
+           "validation_share", "loss_function", "make_optimizer", "normalize", "VAL_SHARE",
+           "precision_warning"]
 
 # auto validation (val_every 0): validation forward passes at most this share of the training's
 VAL_SHARE = 0.1
@@ -206,9 +207,8 @@ def validation_interval(val_every: int, batch_size: int, val_windows: int) -> in
 
 
 def validation_share(val_every: int, batch_size: int, val_windows: int) -> float:
-    """The share of a cell's forward passes its validations take (estimated as above)."""
-    val = val_windows / val_every
-    return val / (val + TRAIN_PASSES * batch_size)
+    """Forward passes of the validations per forward pass of the training (as above)."""
+    return val_windows / (val_every * TRAIN_PASSES * batch_size)
 
 
 def loss_function(kind: str, ignore_index: Optional[int],
@@ -223,6 +223,16 @@ def loss_function(kind: str, ignore_index: Optional[int],
     if kind == "dice_ce":
         return lambda logits, y: dice(logits, y) + F.cross_entropy(logits, y, ignore_index=ce_ignore)
     raise EvaluationError(f"evaluate.loss={kind!r}: use 'dice' or 'dice_ce'")
+
+
+def precision_warning(precision: str, device: torch.device) -> Optional[str]:
+    """A warning for bf16 autocast where bf16 is emulated (slower than fp32), else None."""
+    from isdm.utils.cpu import native_bf16
+
+    if precision != "bf16" or native_bf16(device):
+        return None
+    return (f"evaluate.precision=bf16 on {device.type}: bf16 is not native here (emulated, "
+            "slower than fp32, and not checked to track fp32); set evaluate.precision=fp32")
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, device: torch.device) -> torch.optim.Optimizer:

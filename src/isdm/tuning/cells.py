@@ -11,6 +11,7 @@ reads the test split): their spec's ``test`` is ``''``.
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
@@ -32,6 +33,7 @@ class StudyCells:
                  cell_cache: Optional[str | Path] = None, device: Optional[str] = None,
                  progress: bool = False) -> None:
         from isdm.evaluation.pool import CellPool
+        from isdm.evaluation.segmenter import precision_warning
         from isdm.evaluation.store import CellStore, resolve_root
         from isdm.evaluation.worker import Digests
         from isdm.utils.runtime import resolve_device
@@ -42,6 +44,8 @@ class StudyCells:
         self.digests = Digests(data_root)
         self.pool = CellPool.for_cells(cfg.evaluate, self.device, cfg.tune.repeats,
                                        progress=progress, desc="cells")
+        if (warning := precision_warning(cfg.evaluate.precision, self.device)) is not None:
+            print(f"warning: {warning}", file=sys.stderr)
 
     def __enter__(self) -> "StudyCells":
         return self

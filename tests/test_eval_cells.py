@@ -222,3 +222,28 @@ def test_workers_and_threads_follow_the_cores_the_gpus_and_the_cells(monkeypatch
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert pool.plan_workers(0, 0, torch.device("cuda"), 27) == (2, 4, ["cuda:0", "cuda:1"])
     assert pool.plan_workers(0, 0, torch.device("cuda:1"), 27) == (1, 8, ["cuda:1"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in state  # a zombie has exited
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
+def test_a_worker_whose_parent_is_killed_ends_instead_of_waiting_forever(tmp_path):
+    parent = ("import subprocess, sys\n"
+              "child = subprocess.Popen([sys.executable, '-c', 'import os; from isdm.evaluation."
+              "pool import _watch_parent; print(os.getpid(), flush=True); "
+              "_watch_parent(os.getppid()); import time; time.sleep(60)'], stdout=subprocess.PIPE, "
+              "text=True)\n"
+              "print(child.stdout.readline().strip(), flush=True)\n")
+    out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO / "src")}, timeout=60)
+    pid = int(out.stdout.strip())
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid)

@@ -93,8 +93,20 @@ def _settings(threads: int, device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = bench
 
 
+def _watch_parent(parent: int) -> None:
+    """End this worker when its parent is gone (``kill -9`` of the command): an orphan would
+    wait for work forever. A cell in training keeps its saved progress."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
 def _init_worker(devices: Any, threads: int) -> None:
-    """A spawned worker: take a device, set the threads (for its whole life)."""
+    """A spawned worker: take a device, set the threads (for its whole life), and watch the
+    parent."""
+    import threading
+
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     device = torch.device(devices.get())
     torch.set_num_threads(threads)
     if device.type == "cuda":

@@ -109,6 +109,7 @@ def env(synth_dir, tmp_path_factory):
     params.write_text(yaml.safe_dump({
         "data": {"image_size": 32},
         "evaluate": {"architectures": ["FPN"], "mixes": ["RALLF000", "RALLFALL"], "seeds": [0],
+                     "workers": 1,
                      "steps": 2, "val_every": 2, "image_size": 32, "batch_size": 4,
                      "bootstrap": 20},
         "curate": {"min_fidelity": 0.0, "pixel_threshold": 1.5},

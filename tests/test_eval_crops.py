@@ -145,6 +145,7 @@ def test_tiny_crop_evaluation_scores_whole_test_images(rect_dir, mlflow_uri, tmp
     params.write_text(yaml.safe_dump({
         "data": {"num_classes": 3, "image_size": 32, "crop": True, "crop_defect_prob": 0.5},
         "evaluate": {"architectures": ["FPN"], "mixes": ["RALLF000", "RALLFALL"], "seeds": [0],
+                     "workers": 1,
                      "steps": 3, "val_every": 2, "image_size": 32, "batch_size": 4,
                      "bootstrap": 20, "window_overlap": 0.5}}))
     out = tmp_path / "out"

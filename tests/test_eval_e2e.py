@@ -33,6 +33,7 @@ def _config(tmp_path: Path, **evaluate) -> Path:
 
     section = dict(architectures=["FPN", "DeepLabV3Plus"], encoder="resnet18", mixes=["RALLF000", "RALLF4"],
                    seeds=[0, 1], steps=2, val_every=1, image_size=32, batch_size=4, bootstrap=50,
+                   workers=1,
                    lr=1e-3)
     section.update(evaluate)
     path = tmp_path / "params.yaml"

@@ -236,9 +236,10 @@ def test_paired_cells_are_evaluates_cells_at_equal_steps(synth_dir, tmp_path):
     assert by_mix["RALLF000"]["steps"] == by_mix["RALLFALL[synthetic]"]["steps"] == 3
 
 
-def test_a_trials_cells_come_from_the_pool_and_the_store(synth_dir, tmp_path, cell_store):
-    """measure() runs a trial's repeats on the study's pool into the cell store (untested
-    cells of the trial's set); the same trial again reads all of them back."""
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_a_trials_cells_come_from_the_pool_and_the_store(synth_dir, tmp_path, cell_store, workers):
+    """measure() runs a trial's repeats on the study's pool (side by side with 2 workers) into
+    the cell store (untested cells of the trial's set); the same trial again reads them back."""
     import json
 
     from isdm.data.digest import dataset_digest, synthetic_digest
@@ -247,10 +248,11 @@ def test_a_trials_cells_come_from_the_pool_and_the_store(synth_dir, tmp_path, ce
     syn = _copy_as_synthetic(synth_dir, tmp_path / "syn")
     cfg = paired.budget_config(load_config(TINY, [
         "tracking.enabled=false", "evaluate.batch_size=4", "tune.eval_steps=2", "tune.repeats=2",
-        "tune.architecture=FPN"]))
+        "tune.architecture=FPN", f"evaluate.workers={workers}", "evaluate.threads=1"]))
     real = tune_objective.load_real_train(cfg, synth_dir)
     synth = tune_objective.load_synthetic_set(cfg, syn)
     with StudyCells(cfg, synth_dir) as cells:
+        assert cells.pool.workers == workers
         first = paired.measure(cfg, real, synth, [0.0, 0.0], folder=syn, cells=cells)
         assert (cells.pool.trained, cells.pool.from_store) == (2, 0)
         again = paired.measure(cfg, real, synth, [0.0, 0.0], folder=syn, cells=cells)

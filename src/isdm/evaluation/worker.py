@@ -65,9 +65,13 @@ class Digests:
         return self._cache[name]
 
     def synthetic(self, folder: str | Path) -> str:
+        """The digest of a synthetic folder's ``samples/`` + ``labels/``, computed again when
+        either folder changed (a rewritten file is renamed into place: the folder's mtime)."""
         from isdm.data.digest import synthetic_digest
 
-        key = f"synthetic:{Path(folder).resolve()}"
+        stamps = [(Path(folder) / sub).stat().st_mtime_ns if (Path(folder) / sub).is_dir() else 0
+                  for sub in ("samples", "labels")]
+        key = f"synthetic:{Path(folder).resolve()}:{stamps}"
         if key not in self._cache:
             self._cache[key] = synthetic_digest(folder)
         return self._cache[key]
@@ -155,7 +159,7 @@ def _train(job: CellJob, store: CellStore, device: torch.device) -> CellRecord:
         run, resumed = CellRun(cfg, job.cell, real, synth, device=device), 0
     saved = time.perf_counter()
     while run.step < steps:
-        run.advance(min(steps, run.step + _CHUNK))
+        run.advance(min(steps, run.step + min(run.val_every, _CHUNK)))
         due = job.save_every_s is not None and time.perf_counter() - saved >= job.save_every_s
         if due and run.step < steps:
             store.save_progress(spec, {"key": spec.key, "run": run.state_dict()})

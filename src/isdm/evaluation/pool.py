@@ -4,7 +4,7 @@ bench.
 
 Why processes: one small segmenter step (64 px, batch 8) keeps one core busy but leaves a
 second thread mostly waiting, so two cells on one thread each train about 1.5x as many steps per
-second as one cell on two threads. Workers are spawned (not forked: torch's thread pools do not
+second as one cell on two threads (FPN on a quiet 2-core AVX2 machine). Workers are spawned (not forked: torch's thread pools do not
 survive a fork) and each loads the data once (:func:`isdm.evaluation.worker.load_real`).
 
 :func:`plan_workers`: ``evaluate.threads`` (0 = auto: 1 on CPU; on CUDA the cores shared among

@@ -17,6 +17,14 @@ REPO = Path(__file__).resolve().parents[1]
 CRACKFOREST = (REPO.parent / "shared" / "data" / "crackforest").resolve()
 
 
+@pytest.fixture(autouse=True)
+def cell_store(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets its own empty cell store ($ISDM_CELL_CACHE), never the repository's."""
+    root = tmp_path_factory.mktemp("cells")
+    monkeypatch.setenv("ISDM_CELL_CACHE", str(root))
+    return root
+
+
 @pytest.fixture(scope="session")
 def crackforest_dir() -> Path:
     """The read-only CrackForest dataset beside the checkout; skips when absent."""
@@ -34,6 +42,37 @@ def synth_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     write_synthetic_dataset(out, SynthConfig(seed=0, num_train=8, num_test=4, image_size=32))
     return out
+
+
+RECT_HW = (48, 72)  # rect_dir's native size (rectangular)
+
+
+def write_rect_pairs(root: Path, split: str, n: int, seed: int, size=RECT_HW) -> None:
+    """``n`` pairs of random rectangles of classes 1 and 2 on noise into ``root/split``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / split / "images").mkdir(parents=True)
+    (root / split / "masks").mkdir(parents=True)
+    h, w = size
+    for i in range(n):
+        ids = np.zeros((h, w), dtype=np.uint8)
+        for c in (1, 2):  # one rectangle of each defect class
+            top, left = rng.integers(0, h - 6), rng.integers(0, w - 6)
+            ids[top:top + rng.integers(3, 7), left:left + rng.integers(3, 7)] = c
+        rgb = rng.integers(0, 60, (h, w, 3)).astype(np.uint8) + (ids * 90)[..., None]
+        Image.fromarray(rgb).save(root / split / "images" / f"{i:03d}.png")
+        Image.fromarray(ids).save(root / split / "masks" / f"{i:03d}.png")
+
+
+@pytest.fixture(scope="session")
+def rect_dir(tmp_path_factory) -> Path:
+    """3 classes, 8 train / 3 test pairs of 48x72 (H x W)."""
+    root = tmp_path_factory.mktemp("rect")
+    write_rect_pairs(root, "train", 8, 0)
+    write_rect_pairs(root, "test", 3, 1)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -109,6 +109,7 @@ def env(synth_dir, tmp_path_factory):
     params.write_text(yaml.safe_dump({
         "data": {"image_size": 32},
         "evaluate": {"architectures": ["FPN"], "mixes": ["RALLF000", "RALLFALL"], "seeds": [0],
+                     "workers": 1,
                      "steps": 2, "val_every": 2, "image_size": 32, "batch_size": 4,
                      "bootstrap": 20},
         "curate": {"min_fidelity": 0.0, "pixel_threshold": 1.5},
@@ -120,7 +121,7 @@ def env(synth_dir, tmp_path_factory):
 def _curate(env, out: Path, *extra: str, cache: str = "cache") -> str:
     r = CliRunner().invoke(cli, ["curate", "-c", str(env["params"]), "--data", str(env["data"]),
                                  "--synthetic", str(env["syn"]), "--out", str(out),
-                                 "--cache-dir", str(env["root"] / cache), "--device", "cpu",
+                                 "--cell-cache", str(env["root"] / cache), "--device", "cpu",
                                  *extra])
     assert r.exit_code == 0, r.output
     return r.output
@@ -141,7 +142,7 @@ def test_curation_is_deterministic_for_a_seed(env):
     assert "scorer trained" in _curate(env, a, cache="cache_a")
     assert "scorer trained" in _curate(env, b, cache="cache_b")  # trained again from scratch
     assert _tree(a) == _tree(b) and len(_tree(a)) > 20
-    assert "scorer reused" in _curate(env, b, cache="cache_a")  # replaces b, cached scorer
+    assert "scorer from the cell store" in _curate(env, b, cache="cache_a")  # replaces b
     assert _tree(a) == _tree(b)
     assert _tree(env["syn"]) == before  # the synthetic folder is only read
 
@@ -221,7 +222,7 @@ def test_curate_refuses_what_it_must_not_write(env, tmp_path):
     def fails(*args: str) -> str:
         r = CliRunner().invoke(cli, ["curate", "-c", str(env["params"]), "--data", str(env["data"]),
                                      "--synthetic", str(env["syn"]), "--device", "cpu",
-                                     "--cache-dir", str(env["root"] / "cache"), *args])
+                                     "--cell-cache", str(env["root"] / "cache"), *args])
         assert r.exit_code == 1, r.output
         return r.output
 

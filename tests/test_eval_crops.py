@@ -22,31 +22,9 @@ from isdm.evaluation.segmenter import TensorSet, build_segmenter, predict_counts
 from isdm.evaluation.wholes import CropMix, load_whole
 from isdm.evaluation.windows import sliding_logits, window_stride
 
-H, W = 48, 72  # the tiny dataset's native size (rectangular)
+from conftest import RECT_HW, write_rect_pairs
 
-
-def _write_pairs(root: Path, split: str, n: int, seed: int, size=(H, W)) -> None:
-    rng = np.random.default_rng(seed)
-    (root / split / "images").mkdir(parents=True)
-    (root / split / "masks").mkdir(parents=True)
-    h, w = size
-    for i in range(n):
-        ids = np.zeros((h, w), dtype=np.uint8)
-        for c in (1, 2):  # one rectangle of each defect class
-            top, left = rng.integers(0, h - 6), rng.integers(0, w - 6)
-            ids[top:top + rng.integers(3, 7), left:left + rng.integers(3, 7)] = c
-        rgb = rng.integers(0, 60, (h, w, 3)).astype(np.uint8) + (ids * 90)[..., None]
-        Image.fromarray(rgb).save(root / split / "images" / f"{i:03d}.png")
-        Image.fromarray(ids).save(root / split / "masks" / f"{i:03d}.png")
-
-
-@pytest.fixture(scope="module")
-def rect_dir(tmp_path_factory) -> Path:
-    """3 classes, 8 train / 3 test pairs of 48x72 (H x W)."""
-    root = tmp_path_factory.mktemp("rect")
-    _write_pairs(root, "train", 8, 0)
-    _write_pairs(root, "test", 3, 1)
-    return root
+H, W = RECT_HW  # the tiny dataset's native size (rectangular)
 
 
 def _cfg(*overrides: str) -> Config:
@@ -59,7 +37,7 @@ def _cfg(*overrides: str) -> Config:
 
 def test_sliding_window_prediction_equals_the_whole_image_prediction_in_one_window(tmp_path):
     """An image that fits one window: the same logits and counts as the whole-image path."""
-    _write_pairs(tmp_path, "test", 2, 3, size=(32, 64))
+    write_rect_pairs(tmp_path, "test", 2, 3, size=(32, 64))
     model = build_segmenter("FPN", "resnet18", None, 3, 0).eval()
     cfg = _cfg("data.image_size=[32, 64]", "evaluate.image_size=[32, 64]")
     whole = load_split(cfg, tmp_path, "test")
@@ -167,6 +145,7 @@ def test_tiny_crop_evaluation_scores_whole_test_images(rect_dir, mlflow_uri, tmp
     params.write_text(yaml.safe_dump({
         "data": {"num_classes": 3, "image_size": 32, "crop": True, "crop_defect_prob": 0.5},
         "evaluate": {"architectures": ["FPN"], "mixes": ["RALLF000", "RALLFALL"], "seeds": [0],
+                     "workers": 1,
                      "steps": 3, "val_every": 2, "image_size": 32, "batch_size": 4,
                      "bootstrap": 20, "window_overlap": 0.5}}))
     out = tmp_path / "out"
@@ -193,22 +172,23 @@ def test_tiny_crop_evaluation_scores_whole_test_images(rect_dir, mlflow_uri, tmp
 
 
 def test_the_curation_scorer_trains_on_crops_and_scores_crop_size_samples(rect_dir, tmp_path):
-    from isdm.curation.scorer import load_scorer, pixel_scores, scorer_identity
+    from isdm.curation.scorer import load_scorer, pixel_scores
+    from isdm.evaluation.spec import cell_spec
 
     cfg = _cfg("evaluate.architectures=[FPN]", "evaluate.steps=2", "evaluate.val_every=2",
                "evaluate.batch_size=4", "curate.architecture=FPN")
-    scorer = load_scorer(cfg, rect_dir, tmp_path / "cache", device="cpu")
+    scorer = load_scorer(cfg, rect_dir, cell_cache=tmp_path / "cells", device="cpu")
     assert scorer.identity["data"]["crop"] is True
-    assert "window_overlap" in scorer.identity["evaluate"]
+    assert "window_overlap" in scorer.identity["recipe"]
     assert scorer.real.images.shape[-2:] == (32, 32)  # memorisation: whole images, resized
     syn = load_real(rect_dir, "test", eval_data_config(cfg.data, 32))
     labels = [ids.numpy().astype(np.uint8) for ids in syn.labels]
     scores = list(pixel_scores(scorer, syn.images, labels, 255, 4))
     assert len(scores) == 3 and all(loss.shape == pred.shape == (32, 32) for loss, pred in scores)
     assert all(np.isfinite(loss).all() for loss, _ in scores)
-    plain = load_config(None, ["data.num_classes=3"])  # whole images: the key as before
-    ident = scorer_identity(plain, rect_dir, torch.device("cpu"))
-    assert "window_overlap" not in ident["evaluate"] and "crop" not in ident["data"]
+    plain = load_config(None, ["data.num_classes=3"])  # whole images: no crop keys
+    ident = cell_spec(plain, "FPN", "RALLF000", 0, real="r").identity()
+    assert "window_overlap" not in ident["recipe"] and "crop" not in ident["data"]
 
 
 # ---------------------------------------------------------------------- CrackForest recipe

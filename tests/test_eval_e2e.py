@@ -33,6 +33,7 @@ def _config(tmp_path: Path, **evaluate) -> Path:
 
     section = dict(architectures=["FPN", "DeepLabV3Plus"], encoder="resnet18", mixes=["RALLF000", "RALLF4"],
                    seeds=[0, 1], steps=2, val_every=1, image_size=32, batch_size=4, bootstrap=50,
+                   workers=1,
                    lr=1e-3)
     section.update(evaluate)
     path = tmp_path / "params.yaml"
@@ -123,7 +124,8 @@ def test_same_seed_same_weights_and_selection_keeps_the_best_validation():
     import torch
 
     from isdm.config import EvaluateConfig
-    from isdm.evaluation.segmenter import build_segmenter, train_segmenter
+    from isdm.evaluation.loop import train_segmenter
+    from isdm.evaluation.segmenter import build_segmenter
 
     recipe = EvaluateConfig(steps=5, val_every=2, lr=1e-3, batch_size=2, loss="dice_ce", augment=True)
     data = _random_set(6)
@@ -150,7 +152,8 @@ def test_a_mix_with_twice_the_images_gets_the_same_optimiser_steps(monkeypatch):
     import torch
 
     from isdm.config import EvaluateConfig
-    from isdm.evaluation.segmenter import build_segmenter, train_segmenter
+    from isdm.evaluation.loop import train_segmenter
+    from isdm.evaluation.segmenter import build_segmenter
 
     calls = {"steps": 0}
     real_step = torch.optim.Adam.step
@@ -214,7 +217,7 @@ def test_ignored_pixels_do_not_move_the_loss(kind):
     ignored pixels changes neither the loss nor any gradient outside them."""
     import torch
 
-    from isdm.evaluation.segmenter import _loss_fn
+    from isdm.evaluation.segmenter import loss_function as _loss_fn
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 3, 8, 8, generator=g)

@@ -38,6 +38,7 @@ def test_plateau_command_writes_curves_of_every_seed(synth_dir, tmp_path, capsys
     assert main(["--data", str(synth_dir), "--name", "tiny", "--steps", "3", "--val-every", "2",
                  "--seeds", "0", "1", "--set", "evaluate.image_size=32",
                  "--set", "evaluate.architectures=[FPN]", "--set", "evaluate.batch_size=4",
+                 "--workers", "1",
                  "--out", str(out)]) == 0
     rows = list(csv.DictReader((out / "plateau_tiny.csv").open()))
     assert [(r["arch"], r["seed"], r["step"]) for r in rows] == [

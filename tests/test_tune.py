@@ -124,10 +124,10 @@ def test_paired_gain_is_the_mean_difference_with_its_standard_error():
 
 def test_a_gate_that_keeps_no_pair_trains_nothing_and_gains_exactly_zero(monkeypatch):
     """No synthetic pair left: the trial's cell would be the real-only cell itself."""
-    def train(*args):
+    def train(*args, **kwargs):
         raise AssertionError("no cell may be trained")
 
-    monkeypatch.setattr(paired, "cell_val_miou", train)
+    monkeypatch.setattr(paired, "repeat_values", train)
     seen = []
     gain = paired.measure(_cfg("tune.repeats=2"), real=None, synthetic=[], baseline=[0.4, 0.5],
                           on_repeat=lambda r, g: seen.append((r, g.mean)))
@@ -215,6 +215,7 @@ def test_paired_cells_are_evaluates_cells_at_equal_steps(synth_dir, tmp_path):
     """Both cells of a repeat train tune.eval_steps steps and score what `isdm evaluate`
     reports for (FPN, mix, seed 1) at evaluate.steps = tune.eval_steps."""
     from isdm.evaluation import run_evaluation
+    from isdm.tuning.cells import StudyCells
 
     syn = _copy_as_synthetic(synth_dir, tmp_path / "syn")
     cfg = paired.budget_config(load_config(TINY, [
@@ -224,13 +225,50 @@ def test_paired_cells_are_evaluates_cells_at_equal_steps(synth_dir, tmp_path):
     cells = run_evaluation(cfg, synth_dir, syn, tmp_path / "out", progress=False)["cells"]
     real = tune_objective.load_real_train(cfg, synth_dir)
     synth = tune_objective.load_synthetic_set(cfg, syn)
-    base = paired.cell_val_miou(cfg, "RALLF000", 1, real, real.subset([]))
-    mixed = paired.cell_val_miou(cfg, "RALLFALL", 1, real, synth)
+    with StudyCells(cfg, synth_dir) as study_cells:
+        (base,) = paired.repeat_values(cfg, "RALLF000", real, real.subset([]), None,
+                                       study_cells, [1])
+        (mixed,) = paired.repeat_values(cfg, "RALLFALL", real, synth, syn, study_cells, [1])
     assert base[1] == mixed[1] == 3 == cfg.tune.eval_steps
     by_mix = {c["mix"]: c for c in cells}
     assert base[0] == by_mix["RALLF000"]["best_val_miou"]
     assert mixed[0] == by_mix["RALLFALL[synthetic]"]["best_val_miou"]
     assert by_mix["RALLF000"]["steps"] == by_mix["RALLFALL[synthetic]"]["steps"] == 3
+
+
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_a_trials_cells_come_from_the_pool_and_the_store(synth_dir, tmp_path, cell_store, workers):
+    """measure() runs a trial's repeats on the study's pool (side by side with 2 workers) into
+    the cell store (untested cells of the trial's set); the same trial again reads them back."""
+    import json
+
+    from isdm.data.digest import dataset_digest, synthetic_digest
+    from isdm.tuning.cells import StudyCells
+
+    syn = _copy_as_synthetic(synth_dir, tmp_path / "syn")
+    cfg = paired.budget_config(load_config(TINY, [
+        "tracking.enabled=false", "evaluate.batch_size=4", "tune.eval_steps=2", "tune.repeats=2",
+        "tune.architecture=FPN", f"evaluate.workers={workers}", "evaluate.threads=1"]))
+    real = tune_objective.load_real_train(cfg, synth_dir)
+    synth = tune_objective.load_synthetic_set(cfg, syn)
+    with StudyCells(cfg, synth_dir) as cells:
+        assert cells.pool.workers == workers
+        first = paired.measure(cfg, real, synth, [0.0, 0.0], folder=syn, cells=cells)
+        assert (cells.pool.trained, cells.pool.from_store) == (2, 0)
+        again = paired.measure(cfg, real, synth, [0.0, 0.0], folder=syn, cells=cells)
+        assert (cells.pool.trained, cells.pool.from_store) == (2, 2)
+    assert again == first
+    specs = [json.loads((d / "record.json").read_text())["spec"] for d in cell_store.iterdir()
+             if (d / "record.json").is_file()]
+    assert sorted(s["seed"] for s in specs) == [0, 1]
+    assert all(s["mix"] == "RALLFALL" and s["arch"] == "FPN" and s["steps"] == 2
+               and s["test"] == "" and s["synthetic"] == synthetic_digest(syn)
+               and s["real"] == dataset_digest(synth_dir) for s in specs)
+    assert [v for v in first.values] == [
+        json.loads((cell_store / d / "record.json").read_text())["fit"]["best_val_miou"]
+        for d in sorted((p.name for p in cell_store.iterdir() if not p.name.startswith(".")),
+                        key=lambda k: json.loads((cell_store / k / "record.json").read_text())
+                        ["spec"]["seed"])]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,13 +313,18 @@ def cell_val_miou(cfg, mix, seed, real, synthetic):
     if mix != "RALLF000":
         value += 0.1 * (1.0 - (cfg.sample.s - 2.0) ** 2 / 10)
     return value, cfg.evaluate.steps
+
+def repeat_values(cfg, mix, real, synthetic, folder, cells, seeds=None):
+    from isdm.tuning.paired import repeat_seeds
+    for seed in (repeat_seeds(cfg) if seeds is None else seeds):
+        yield cell_val_miou(cfg, mix, seed, real, synthetic)
 '''
 _PATCH = '''
 import isdm.sampling, isdm.tuning.objective as objective, isdm.tuning.paired as paired
 objective.finetuned_checkpoint = finetuned_checkpoint
 objective.load_real_train = load_real_train
 objective.load_synthetic_set = load_synthetic_set
-paired.cell_val_miou = cell_val_miou
+paired.repeat_values = repeat_values
 isdm.sampling.run_sampling = run_sampling
 '''
 # stand-in studies: no curation gate (its scorer trains a real segmenter), no final check
@@ -300,7 +343,7 @@ def standins(monkeypatch, tmp_path):
     exec(_STANDINS, namespace)
     for name in ("finetuned_checkpoint", "load_real_train", "load_synthetic_set"):
         monkeypatch.setattr(tune_objective, name, namespace[name])
-    monkeypatch.setattr(paired, "cell_val_miou", namespace["cell_val_miou"])
+    monkeypatch.setattr(paired, "repeat_values", namespace["repeat_values"])
     import isdm.sampling
 
     monkeypatch.setattr(isdm.sampling, "run_sampling", namespace["run_sampling"])
@@ -462,7 +505,7 @@ def test_final_check_compares_tuned_and_current_knobs_once(tmp_path, synth_dir, 
                         lambda cfg, data_root, checkpoint, out_dir: Path(checkpoint))
     calls = []
 
-    def fake_evaluation(cfg, data_root, synthetic, out_dir, progress=None):
+    def fake_evaluation(cfg, data_root, synthetic, out_dir, progress=None, cell_cache=None):
         calls.append((sorted(synthetic), cfg.evaluate.seeds, cfg.evaluate.mixes))
         stats = {"gain": 0.02, "gain_lo": 0.01, "gain_hi": 0.03, "verdict": "gain",
                  "gain_nobg": 0.0, "gain_nobg_lo": -0.01, "gain_nobg_hi": 0.01,

@@ -4,7 +4,9 @@ Each benchmark module exposes ``run(quick: bool = False) -> dict`` whose ``"tabl
 list of flat row dicts (the eval and plateau benchmarks also take ``data_root``: the CrackForest
 folder of ``--crackforest`` or ``$ISDM_CRACKFOREST``; plateau writes its curves beside
 ``--out``; tune measures the tuning objective's noise against its spread on the embedded
-pipeline). Every benchmark but the long ``plateau`` runs by default; ``--only`` picks some.
+pipeline; cells measures the segmenter's GFLOP per step and its share of the machine's fp32
+matmul rate, bare and as whole cells on the pool). Every benchmark but the long ``plateau`` runs
+by default; ``--only`` picks some.
 Results of one invocation are measured in one run, so ratios between rows are meaningful;
 absolute times on a shared machine are noisy.
 """
@@ -25,6 +27,7 @@ BENCHES = {
     "train": "isdm.bench.train_bench",
     "sample": "isdm.bench.sample_bench",
     "eval": "isdm.bench.eval_bench",
+    "cells": "isdm.bench.cell_bench",
     "plateau": "isdm.bench.plateau",
     "scale": "isdm.bench.scale_bench",
     "tune": "isdm.bench.tune_bench",

@@ -53,8 +53,9 @@ def run(quick: bool = False, data_root: str | Path | None = None) -> dict:
     for arch in cfg.evaluate.architectures:
         one = cfg.replace(evaluate=_with(cfg.evaluate, architectures=(arch,)))
         t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory() as out:
-            res = run_evaluation(one, root, None, out, progress=False)
+        with tempfile.TemporaryDirectory() as out:  # a fresh cell store: trained now
+            res = run_evaluation(one, root, None, out, progress=False,
+                                 cell_cache=Path(out) / "cells")
         cell = res["cells"][0]
         rows.append({"arch": arch, "encoder": one.evaluate.encoder,
                      "image_size": one.evaluate.image_size, "steps": one.evaluate.steps,

@@ -4,7 +4,10 @@
 measured against an under-trained segmenter says little. This tool trains the baseline cell of
 each architecture and seed (:mod:`isdm.evaluation.cell`, the evaluate recipe with
 ``evaluate.steps`` = ``--steps``, validated every ``--val-every`` steps on the REAL validation
-split; the test split is never read) and records every validation:
+split), side by side on the cell pool (:mod:`isdm.evaluation.pool`) into the cell store: they
+are evaluate's real-only cells (tested once at the end like those; the curves never read the
+test counts), so an evaluate with the same recipe and steps reuses them. It records every
+validation:
 
 - ``plateau_<dataset>.csv``: ``dataset, arch, seed, step, epoch, train_loss, val_miou,
   val_miou_nobg, seconds`` (``seconds``: since the previous validation, training + validation);
@@ -28,7 +31,6 @@ import argparse
 import dataclasses
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -41,28 +43,42 @@ _FIELDS = ("dataset", "arch", "seed", "step", "epoch", "train_loss", "val_miou",
 
 
 def curves(cfg: Any, data_root: str | Path, dataset: str, seeds: Sequence[int],
-           progress: bool = False) -> list[dict[str, Any]]:
+           progress: bool = False, cell_cache: Optional[str | Path] = None) -> list[dict[str, Any]]:
     """One row per validation of the baseline cell of every ``cfg.evaluate.architectures`` x
-    ``seeds``, trained for ``cfg.evaluate.steps`` steps."""
-    from isdm.evaluation.cell import plan_cell, train_cell
-    from isdm.evaluation.loading import empty_set, load_split
+    ``seeds``, trained for ``cfg.evaluate.steps`` steps on the pool (``evaluate.workers`` /
+    ``evaluate.threads``) into the cell store ``cell_cache`` (default
+    :func:`isdm.evaluation.store.resolve_root`); cells already there are read."""
+    from isdm.evaluation.cell import plan_cell
     from isdm.evaluation.mixes import BASELINE
+    from isdm.evaluation.pool import CellPool
+    from isdm.evaluation.store import CellStore, resolve_root
+    from isdm.evaluation.worker import Digests, load_real, make_job
     from isdm.utils.runtime import resolve_device
 
     e = cfg.evaluate
-    real = load_split(cfg, data_root, "train")  # whole images, or crops with data.crop
+    digests, store = Digests(data_root), CellStore(resolve_root(cell_cache))
+    real = load_real(cfg, data_root, "train", digests.split("train"))  # whole with data.crop
     device = resolve_device(cfg.runtime.device)
-    rows: list[dict[str, Any]] = []
-    for arch in e.architectures:
-        for seed in seeds:
-            cell = plan_cell(cfg, arch, BASELINE, seed, real.keys, [])
-            t0 = time.perf_counter()
-            _, fit = train_cell(cfg, cell, real, empty_set(cfg), device=device)
-            rows += [{"dataset": dataset, "arch": arch, "seed": seed, **h} for h in fit.history]
+    jobs = [make_job(cfg, data_root, plan_cell(cfg, arch, BASELINE, seed, real.keys, []),
+                     digests=digests, synthetic=None, test=bool(digests.split("test")),
+                     device_type=device.type, store=store)
+            for arch in e.architectures for seed in seeds]
+    records = {}
+    with CellPool.for_cells(e, device, len(jobs), progress=progress,
+                            desc=f"plateau {dataset}") as pool:
+        for outcome in pool.run(jobs):
+            records[id(outcome.job)] = outcome.record
             if progress:
-                print(f"  {dataset} {arch} seed {seed}: {e.steps} steps in "
-                      f"{time.perf_counter() - t0:.0f} s, best val mIoU {fit.best_val_miou:.4f} "
-                      f"at step {fit.best_step}", file=sys.stderr, flush=True)
+                fit = outcome.record.fit
+                print(f"  {dataset} {outcome.job.cell.name}: {fit['steps']} steps in "
+                      f"{fit['train_seconds']:.0f} s{'' if outcome.trained else ' (stored)'}, "
+                      f"best val mIoU {outcome.record.best_val_miou:.4f} at step "
+                      f"{fit['best_step']}", file=sys.stderr, flush=True)
+    rows: list[dict[str, Any]] = []
+    for job in jobs:
+        rows += [{"dataset": dataset, "arch": job.cell.arch, "seed": job.cell.seed,
+                  **{k: (float("nan") if v is None else v) for k, v in h.items()}}
+                 for h in records[id(job)].fit["history"]]
     return rows
 
 
@@ -161,19 +177,22 @@ def run(quick: bool = False, data_root: Optional[str | Path] = None,
     seeds = [0] if quick else [0, 1, 2]
     base = Config(tracking=TrackingConfig(enabled=False))
     rows, notes = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        write_synthetic_dataset(tmp, SynthConfig())
+    with tempfile.TemporaryDirectory() as tmp:  # a fresh cell store: every cell trained now
+        write_synthetic_dataset(Path(tmp) / "data", SynthConfig())
         cfg = _recipe(base, 40 if quick else 1000, 10 if quick else 25)
-        rows += curves(cfg, tmp, "embedded", seeds, progress=True)
-    root = Path(data_root) if data_root else None
-    if root is not None and (root / "train" / "images").is_dir():
-        data = DataConfig(root=str(root), dataset_mode="binary", num_classes=2, ignore_index=None,
-                          image_size=128)
-        cfg = _recipe(base.replace(data=data), 40 if quick else 600, 10 if quick else 25,
-                      image_size=128, batch_size=4)
-        rows += curves(cfg, root, "crackforest", seeds, progress=True)
-    else:
-        notes.append("CrackForest not given or not found (--crackforest DIR): embedded set only")
+        rows += curves(cfg, Path(tmp) / "data", "embedded", seeds, progress=True,
+                       cell_cache=Path(tmp) / "cells")
+        root = Path(data_root) if data_root else None
+        if root is not None and (root / "train" / "images").is_dir():
+            data = DataConfig(root=str(root), dataset_mode="binary", num_classes=2,
+                              ignore_index=None, image_size=128)
+            cfg = _recipe(base.replace(data=data), 40 if quick else 600, 10 if quick else 25,
+                          image_size=128, batch_size=4)
+            rows += curves(cfg, root, "crackforest", seeds, progress=True,
+                           cell_cache=Path(tmp) / "cells")
+        else:
+            notes.append("CrackForest not given or not found (--crackforest DIR): embedded set "
+                         "only")
     paths = write_outputs(rows, out_dir)
     notes.append(f"curves: {', '.join(str(p) for p in paths)}")
     return {"table": plateau_table(rows), "notes": notes}
@@ -193,11 +212,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--val-every", type=int, default=25)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="bench/plateau")
+    parser.add_argument("--cell-cache", default=None,
+                        help="cell store (default $ISDM_CELL_CACHE, else ./.isdm/cells)")
+    parser.add_argument("--workers", type=int, default=None, help="evaluate.workers")
+    parser.add_argument("--threads", type=int, default=None, help="evaluate.threads")
     args = parser.parse_args(argv)
-    cfg = _recipe(load_config(args.config, [*args.overrides, "tracking.enabled=false"]),
+    pool = [f"evaluate.{k}={v}" for k, v in (("workers", args.workers),
+                                              ("threads", args.threads)) if v is not None]
+    cfg = _recipe(load_config(args.config, [*args.overrides, *pool, "tracking.enabled=false"]),
                   args.steps, args.val_every)
     name = args.name or Path(args.data).resolve().name
-    rows = curves(cfg, args.data, name, args.seeds, progress=True)
+    rows = curves(cfg, args.data, name, args.seeds, progress=True, cell_cache=args.cell_cache)
     paths = write_outputs(rows, args.out)
     from isdm.bench.__main__ import markdown_table
 

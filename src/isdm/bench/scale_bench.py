@@ -141,7 +141,8 @@ def _evaluation_rows(tmp: Path, cfg: Path, sizes: tuple[int, ...]) -> list[dict[
                      "--set", "synth.image_size=64", "--set", "data.image_size=64"]
         isdm_child(["data", "synth", str(data), "-c", str(cfg), *sizes_set])
         res = isdm_child(["evaluate", "-c", str(cfg), "--data", str(data),
-                          "--out", str(tmp / f"report{n}"), *sizes_set])
+                          "--out", str(tmp / f"report{n}"), "--cell-cache", str(tmp / "cells"),
+                          *sizes_set])  # a fresh cell store: the cell is trained now
         rows.append({"scale": f"isdm evaluate, {n} train images (FPN, 20 steps, 64 px)", "n": n,
                      **res, "s_per_item": res["seconds"] / n})
     return rows

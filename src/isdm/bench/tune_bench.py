@@ -63,7 +63,16 @@ def _settings(cfg: Any, n_real: int) -> list[tuple[str, dict[str, Any]]]:
 
 def measure_settings(cfg: Any, data_root: str | Path, checkpoint: str | Path, work: str | Path,
                      noise_seeds: Sequence[int]) -> list[dict[str, Any]]:
-    """One row per setting of :func:`_settings`: its paired differences per seed."""
+    """One row per setting of :func:`_settings`: its paired differences per seed (the cells of
+    a setting side by side on the pool, into the cell store ``<work>/cells``)."""
+    from isdm.tuning.cells import StudyCells
+
+    with StudyCells(cfg, data_root, cell_cache=Path(work) / "cells") as cells:
+        return _measure(cfg, data_root, checkpoint, work, noise_seeds, cells)
+
+
+def _measure(cfg: Any, data_root: str | Path, checkpoint: str | Path, work: str | Path,
+             noise_seeds: Sequence[int], cells: Any) -> list[dict[str, Any]]:
     from isdm.evaluation.loading import empty_set
     from isdm.sampling import run_sampling
     from isdm.tuning import paired
@@ -80,7 +89,8 @@ def measure_settings(cfg: Any, data_root: str | Path, checkpoint: str | Path, wo
     seeds = sorted(set(noise_seeds) | set(paired.repeat_seeds(cfg)))
     t0 = time.perf_counter()
     empty = empty_set(bcfg)
-    base = {s: paired.cell_val_miou(bcfg, "RALLF000", s, real, empty)[0] for s in seeds}
+    base = dict(zip(seeds, (v for v, _ in paired.repeat_values(bcfg, "RALLF000", real, empty, None,
+                                                                cells, seeds))))
     rows = [{"setting": "real-only baseline", "seeds": len(seeds),
              "val_miou_mean": statistics.fmean(base.values()),
              "seconds": time.perf_counter() - t0}]
@@ -92,8 +102,8 @@ def measure_settings(cfg: Any, data_root: str | Path, checkpoint: str | Path, wo
         run_sampling(tcfg, data_root, ckpt, folder, overwrite=True)
         synth = load_synthetic_set(tcfg, folder)
         run_seeds = list(noise_seeds) if i == 0 else paired.repeat_seeds(cfg)
-        diffs = [paired.cell_val_miou(tcfg, paired.TRIAL_MIX, s, real, synth)[0] - base[s]
-                 for s in run_seeds]
+        values = paired.repeat_values(tcfg, paired.TRIAL_MIX, real, synth, folder, cells, run_seeds)
+        diffs = [v - base[s] for (v, _), s in zip(values, run_seeds)]
         sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
         rows.append({"setting": name, "s": knobs["sample.s"],
                      "synthetic_ratio": knobs["synthetic_ratio"],

@@ -20,13 +20,14 @@ from isdm.cli.common import config_options, load_cli_config
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="The curated folder (same layout; an earlier `isdm curate` output there is "
                    "replaced, any other content refused).")
-@click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
-              help="Where trained scorers are cached by dataset digest and config "
-                   "(default: <out>/../.curate_cache).")
+@click.option("--cell-cache", default=None, type=click.Path(file_okay=False),
+              help="The cell store the scorer (evaluate's real-only cell of curate.architecture "
+                   "and curate.seed) comes from or goes to (default $ISDM_CELL_CACHE, else "
+                   "./.isdm/cells).")
 @click.option("--device", default=None,
               help="auto, cpu, cuda, cuda:1 ... Default: runtime.device of the config.")
 def curate(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root: str,
-           synthetic_dir: str, out_dir: str, cache_dir: Optional[str],
+           synthetic_dir: str, out_dir: str, cell_cache: Optional[str],
            device: Optional[str]) -> None:
     """Keep the synthetic pairs whose image shows its mask: drop pairs with fidelity below
     curate.min_fidelity, ignore pixels whose loss is above curate.pixel_threshold x their class's
@@ -35,13 +36,13 @@ def curate(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root:
     from isdm.curation import run_curation
 
     cfg = load_cli_config(config_paths, overrides)
-    card = run_curation(cfg, data_root, synthetic_dir, out_dir, cache_dir=cache_dir,
+    card = run_curation(cfg, data_root, synthetic_dir, out_dir, cell_cache=cell_cache,
                         device=device)
     c, mem = card["counts"], card["memorisation"]
     click.echo(f"{out_dir}: kept {c['kept']} of {c['pairs']} pairs (dropped {c['dropped']} with "
                f"fidelity < {card['policy']['min_fidelity']}), {c['pixels_ignored']} pixels "
                f"ignored; near-copies of real images: {mem['near_copies']}; scorer "
-               f"{'reused' if card['scorer_reused'] else 'trained'} "
+               f"{'from the cell store' if card['scorer_reused'] else 'trained'} "
                f"(validation mIoU {card['scorer']['best_val_miou']})")
     if not c["kept"]:
         click.echo("warning: no pair was kept; lower curate.min_fidelity", err=True)

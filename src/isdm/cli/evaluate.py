@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from isdm.cli.cells import cell_options, parse_shard, shard_message, with_pool_flags
 from isdm.cli.common import config_options, load_cli_config
 
 
@@ -24,19 +25,29 @@ from isdm.cli.common import config_options, load_cli_config
               help="auto, cpu, cuda, cuda:1 ... Default: runtime.device of the config.")
 @click.option("--fidelity-only", is_flag=True,
               help="Train only the real-only baseline (first seed) and report label fidelity.")
+@cell_options
+@click.option("--shard", default=None, metavar="I/N", callback=parse_shard,
+              help="Train only cells I, I+N, I+2N, ... into the cell store and write no report "
+                   "(several machines or GPUs into one shared --cell-cache); a run without "
+                   "--shard then finds every cell there and only writes the report.")
 def evaluate(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root: str,
              synthetic: tuple[str, ...], out_dir: str, device: str | None,
-             fidelity_only: bool) -> None:
+             fidelity_only: bool, cell_cache: str | None, workers: int | None,
+             threads: int | None, shard: tuple[int, int] | None) -> None:
     """Train smp segmenters on R<a>F<b> mixes (several seeds, the same optimiser steps for every
     mix), test once on the real test split, and report mean ± std mIoU, the paired-bootstrap
     gain over RALLF000 (per architecture and for their mean), synthetic sets compared with the
-    first, and label fidelity."""
+    first, and label fidelity. Every finished cell goes into the cell store as it finishes: a
+    re-run (after a kill, or with only a new synthetic set) trains only the missing cells."""
     from isdm.evaluation import run_evaluation
     from isdm.evaluation.markdown import fidelity_table, overall_table
 
-    cfg = load_cli_config(config_paths, overrides)
+    cfg = with_pool_flags(load_cli_config(config_paths, overrides), workers, threads)
     result = run_evaluation(cfg, data_root, list(synthetic) or None, out_dir, device=device,
-                            fidelity_only=fidelity_only)
+                            fidelity_only=fidelity_only, cell_cache=cell_cache, shard=shard)
+    if shard is not None:
+        click.echo(shard_message(result))
+        return
     summary = result["summary"]
     click.echo("")
     click.echo(result["table"])
@@ -48,3 +59,4 @@ def evaluate(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_roo
     click.echo(f"\nwrote {out_dir}/metrics.json (headline: "
                f"{', '.join(f'{k} {v:.4f}' for k, v in result['headline'].items())}), "
                "report.json, report.md, miou.png, cells.csv, counts.npz")
+    click.echo(f"cells: {result['trained']} trained, {result['from_store']} from the cell store")

@@ -10,6 +10,7 @@ from typing import Optional
 
 import click
 
+from isdm.cli.cells import cell_options, with_pool_flags
 from isdm.cli.common import DEFAULT_PARAMS, config_options, load_cli_config
 
 
@@ -30,13 +31,15 @@ from isdm.cli.common import DEFAULT_PARAMS, config_options, load_cli_config
                    "journal file path. Default tune.storage, else OUT/study.journal.")
 @click.option("--study-name", default=None, help="Default tune.study_name.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (runtime.progress=false; the per-trial lines stay).")
+@cell_options
 @click.option("--apply", "apply_best", is_flag=True,
               help="Write OUT/best_params.yaml's knobs into the first -c file (default "
                    "./params.yaml), keeping its comments; without --data/--checkpoint no trial "
                    "runs.")
 def tune(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root: Optional[str],
          checkpoint: Optional[str], out_dir: str, n_trials: Optional[int], storage: Optional[str],
-         study_name: Optional[str], no_progress: bool, apply_best: bool) -> None:
+         study_name: Optional[str], no_progress: bool, cell_cache: Optional[str],
+         workers: Optional[int], threads: Optional[int], apply_best: bool) -> None:
     """Search sample.s, finetune.drop_rate, sample.steps, sample.sampler, the synthetic:real
     ratio and the curation gate against the paired validation-mIoU gain of real + synthetic over
     real only (tune.repeats seeds); end with the best knobs against the config's on the TEST
@@ -57,13 +60,14 @@ def tune(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root: O
         raise click.UsageError("--apply alone runs no trial and writes only the best knobs into "
                                "the -c file: leave out --set")
     if data_root is not None:
-        cfg = load_cli_config(config_paths, overrides)
+        cfg = with_pool_flags(load_cli_config(config_paths, overrides), workers, threads)
         if no_progress:  # every bar of the study: trials, sampling, the final evaluation
             cfg = cfg.replace(runtime=dataclasses.replace(cfg.runtime, progress=False))
         from isdm.tuning import run_study
 
         summary = run_study(cfg, data_root, checkpoint, out_dir, n_trials=n_trials,
-                            storage=storage or None, study_name=study_name)
+                            storage=storage or None, study_name=study_name,
+                            cell_cache=cell_cache)
         click.echo(json.dumps(summary, indent=2, default=str))
         if summary.get("complete"):
             click.echo(f"best parameters: {out_dir}/best_params.yaml")

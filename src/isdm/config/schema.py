@@ -230,7 +230,14 @@ class EvaluateConfig(Section):
     ``image_size`` is the segmenter's random training crop of the real images at
     ``data.scale`` (equal to ``data.image_size``, the synthetic images' size) and its window
     for sliding-window prediction on whole validation and test images; neighbouring windows
-    overlap by ``window_overlap`` of a window (:mod:`isdm.evaluation.wholes`)."""
+    overlap by ``window_overlap`` of a window (:mod:`isdm.evaluation.wholes`). ``val_every`` 0
+    = as often as keeps validation under a tenth of the training's forward passes
+    (:func:`isdm.evaluation.segmenter.validation_interval`). ``workers``: cells trained side by
+    side in separate processes, ``threads``: torch threads per cell; 0 = auto (CPU: 1 thread
+    per cell and one worker per core, at most one per cell; CUDA: one worker per visible GPU).
+    Neither changes what a cell estimates, so neither is in a cell's key
+    (:mod:`isdm.evaluation.spec`); the thread count changes a result's last bits, and the
+    cell store records it."""
 
     SECTION = "evaluate"
     RULES = {
@@ -241,7 +248,7 @@ class EvaluateConfig(Section):
         "mixes": (NON_EMPTY, each(MIX)),
         "seeds": (NON_EMPTY, each(SEED)),
         "steps": (at_least(1),),
-        "val_every": (at_least(1),),
+        "val_every": (at_least(0),),
         "lr": (GREATER_0,),
         "batch_size": (at_least(2),),
         "image_size": (Rule(lambda v: (isinstance(v, int) or len(v) == 2)
@@ -251,6 +258,8 @@ class EvaluateConfig(Section):
         "val_fraction": (in_range(0, 1, open_lo=True, open_hi=True),),
         "bootstrap": (at_least(0),),
         "window_overlap": (in_range(0, 1, open_hi=True),),
+        "workers": (at_least(0),),
+        "threads": (at_least(0),),
     }
 
     architectures: tuple[str, ...] = ("UnetPlusPlus", "FPN", "DeepLabV3Plus")
@@ -269,6 +278,8 @@ class EvaluateConfig(Section):
     val_fraction: float = 0.2
     bootstrap: int = 1000
     window_overlap: float = 0.25
+    workers: int = 0
+    threads: int = 0
 
     def _resolve(self) -> None:
         square_as_int(self)

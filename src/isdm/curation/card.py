@@ -110,7 +110,7 @@ def card_data(cfg: Config, src: Path, pairs: Sequence[Pair], class_means: np.nda
     """Every number of the card (see the module docstring)."""
     kept = [p for p in pairs if p.kept]
     order = ranked(pairs)
-    recipe = scorer.identity["evaluate"]
+    recipe = {**scorer.identity["recipe"], "steps": scorer.identity["steps"]}
     return {
         "isdm": "curate",
         "synthetic": str(src),
@@ -118,8 +118,8 @@ def card_data(cfg: Config, src: Path, pairs: Sequence[Pair], class_means: np.nda
         "scorer": {"architecture": cfg.curate.architecture, "seed": cfg.curate.seed,
                    "trained_on": "real train split (mix RALLF000, evaluate recipe)",
                    "recipe": recipe, "best_val_miou": _num(scorer.best_val_miou),
-                   "best_step": scorer.best_step, "cache_key": scorer.key,
-                   "dataset_sha256": scorer.identity["dataset_sha256"]},
+                   "best_step": scorer.best_step, "cell_key": scorer.key,
+                   "dataset_sha256": scorer.identity["real"]},
         "policy": to_dict(cfg.curate),
         "counts": {"pairs": len(pairs), "kept": len(kept), "dropped": len(pairs) - len(kept),
                    "pixels_ignored": int(sum(int(p.ignored.sum()) for p in kept))},
@@ -143,8 +143,8 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines = [f"# Synthetic dataset card: {card['synthetic']}", "",
              f"**Generator:** {gen}", "",
              f"**Scorer:** {sc['architecture']} seed {sc['seed']}, {sc['trained_on']}; best "
-             f"validation mIoU {sc['best_val_miou']} (step {sc['best_step']}); cache key "
-             f"`{sc['cache_key']}`.", "",
+             f"validation mIoU {sc['best_val_miou']} (step {sc['best_step']}); cell "
+             f"`{sc['cell_key']}` of the cell store.", "",
              f"**Policy:** drop a pair with fidelity < {pol['min_fidelity']}; ignore a pixel whose "
              f"loss > {pol['pixel_threshold']} x its class's mean loss (0 = off); hardness "
              f"weights with power {pol['hardness_power']} (`weights.json`).", "",

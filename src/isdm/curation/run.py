@@ -12,7 +12,7 @@
 5. write the curated folder (:mod:`.folder`) with its card (:mod:`.card`, :mod:`.figures`) and
    rename it into place.
 
-:func:`run_curation` adds the cached scorer and one MLflow run (params, counts, card artifacts).
+:func:`run_curation` adds the scorer (a cell of the cell store) and one MLflow run (params, counts, card artifacts).
 Nothing here draws random numbers: the output is a function of the inputs and the scorer, whose
 training is seeded by ``curate.seed``.
 """
@@ -31,13 +31,7 @@ from isdm.curation.folder import Pair
 from isdm.curation.scorer import Scorer
 from isdm.errors import CurationError
 
-__all__ = ["curate_folder", "run_curation", "default_cache_dir", "check_policy"]
-
-
-def default_cache_dir(out_dir: str | Path) -> Path:
-    """``<out>/../.curate_cache``: beside the curated folder, so it outlives it (DVC deletes
-    a stage's outputs before running it)."""
-    return Path(out_dir).resolve().parent / ".curate_cache"
+__all__ = ["curate_folder", "run_curation", "check_policy"]
 
 
 def check_policy(cfg: Config) -> None:
@@ -165,10 +159,10 @@ def _draw(root: Path, card: dict[str, Any], pairs: list[Pair], synth: Any, score
 
 
 def run_curation(cfg: Config, data_root: str | Path, synthetic_dir: str | Path,
-                 out_dir: str | Path, *, cache_dir: Optional[str | Path] = None,
+                 out_dir: str | Path, *, cell_cache: Optional[str | Path] = None,
                  device: Optional[str] = None) -> dict[str, Any]:
-    """:func:`curate_folder` with the cached scorer (trained on ``data_root``'s train split on
-    first use, in ``cache_dir``, default :func:`default_cache_dir`), inside one MLflow run.
+    """:func:`curate_folder` with the scorer (its cell from the cell store ``cell_cache``,
+    trained on ``data_root``'s train split on first use), inside one MLflow run.
 
     Returns:
         The card, plus ``scorer_reused`` (bool).
@@ -187,7 +181,7 @@ def run_curation(cfg: Config, data_root: str | Path, synthetic_dir: str | Path,
     with tracking.start_run(cfg.tracking, name=name, action="curate", dataset=str(data_root),
                             params=curate_params(cfg, record),
                             tags=generator_tags(record, synthetic_dir)) as run:
-        scorer = load_scorer(cfg, data_root, cache_dir or default_cache_dir(out_dir),
+        scorer = load_scorer(cfg, data_root, cell_cache=cell_cache,
                              device=device, on_validation=lambda r: run.log_metrics(
                                  {"scorer_val_miou": r["val_miou"]}, step=int(r["step"])))
         card = curate_folder(cfg, synthetic_dir, out_dir, scorer)

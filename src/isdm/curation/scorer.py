@@ -1,21 +1,20 @@
-"""The scorer: a segmenter trained on the REAL train split only, cached, and its per-pixel scores.
+"""The scorer: a segmenter trained on the REAL train split only, and its per-pixel scores.
 
-The scorer is the downstream cell (:mod:`isdm.evaluation.cell`) of ``curate.architecture``, the
-real-only mix ``RALLF000`` and seed ``curate.seed``, trained with the ``evaluate`` recipe: the
-same model ``isdm evaluate`` trains for that cell, so its label fidelity is the one evaluate
-reports. It is cached as ``<cache_dir>/<key>.pt`` where ``key`` digests everything that decides
-its weights: the real train files' bytes, the data keys that decode them, the evaluate recipe
-(without the keys that only choose cells: architectures, mixes, seeds, bootstrap, device), the
-scorer's architecture and seed, and the device type (CPU and CUDA weights differ in their last
-bits). With ``data.crop`` it is evaluate's crop-trained cell (random crops of the real images at
-``data.scale``, whole validation images by sliding windows) and the key adds the crop keys; the
-synthetic images it scores are crops of that size, predicted whole.
+The scorer IS the downstream cell (:mod:`isdm.evaluation.cell`) of ``curate.architecture``, the
+real-only mix ``RALLF000`` and seed ``curate.seed``, trained with the ``evaluate`` recipe through
+the same code (:mod:`isdm.evaluation.worker`) and kept in the same cell store
+(:mod:`isdm.evaluation.store`, keyed by :class:`isdm.evaluation.spec.CellSpec`: the real train
+files, the data keys that decode them, the evaluate recipe, the architecture, seed, steps and
+device type): ``curate`` reuses the cell ``evaluate`` trained and the reverse, and its label
+fidelity is the one evaluate reports. Where the dataset has a test split the scorer's record
+holds its test counts too (as every evaluate cell's: curate never reads them), so that evaluate
+finds the cell complete. With ``data.crop`` it is evaluate's crop-trained cell (random crops of
+the real images at ``data.scale``, whole validation images by sliding windows); the synthetic
+images it scores are crops of that size, predicted whole.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -23,20 +22,21 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from isdm.config import Config, to_dict
+from isdm.config import Config
+from isdm.data.digest import dataset_digest
 from isdm.evaluation.segmenter import TensorSet
 
-__all__ = ["Scorer", "dataset_digest", "scorer_identity", "load_scorer", "pixel_scores"]
-
-_NOT_RECIPE = ("architectures", "mixes", "seeds", "bootstrap", "device")
+__all__ = ["Scorer", "dataset_digest", "load_scorer", "pixel_scores"]
 
 
 @dataclass
 class Scorer:
     """A trained scorer, what it was trained on, and the real train images it saw.
 
-    ``real`` (the real train split at ``evaluate.image_size``, whole images resized even with
-    ``data.crop``, when the scorer trains on crops) serves the memorisation check."""
+    ``identity`` is its cell's spec (:meth:`isdm.evaluation.spec.CellSpec.identity`), ``key``
+    its key in the cell store; ``real`` (the real train split at ``evaluate.image_size``, whole
+    images resized even with ``data.crop``, when the scorer trains on crops) serves the
+    memorisation check."""
 
     model: torch.nn.Module
     device: torch.device
@@ -49,76 +49,52 @@ class Scorer:
 
     @property
     def encoder_weights(self) -> Optional[str]:
-        return self.identity["evaluate"]["encoder_weights"]
+        return self.identity["recipe"]["encoder_weights"]
 
 
-def dataset_digest(root: str | Path, split: str = "train") -> str:
-    """SHA-256 over the relative path and SHA-256 of every file under ``<root>/<split>``."""
-    from isdm.utils.io import sha256_file
-
-    base = Path(root) / split
-    h = hashlib.sha256()
-    for path in sorted(p for p in base.rglob("*") if p.is_file()):
-        h.update(f"{path.relative_to(base).as_posix()}\0{sha256_file(path)}\n".encode())
-    return h.hexdigest()
-
-
-def scorer_identity(cfg: Config, data_root: str | Path, device: torch.device) -> dict[str, Any]:
-    """Everything that decides the scorer's weights (see the module docstring)."""
-    d = cfg.data
-    recipe = {k: v for k, v in to_dict(cfg.evaluate).items() if k not in _NOT_RECIPE}
-    data = {"dataset_mode": d.dataset_mode, "num_classes": d.num_classes,
-            "ignore_index": d.ignore_index, "resize": d.resize}
-    if d.crop:  # trained on crops, validated by sliding windows
-        data.update(crop=True, scale=d.scale, crop_defect_prob=d.crop_defect_prob)
-    else:  # (keys of whole-image scorers as before the crop keys existed)
-        del recipe["window_overlap"]
-    return {"dataset_sha256": dataset_digest(data_root),
-            "data": data,
-            "evaluate": recipe,
-            "scorer": {"architecture": cfg.curate.architecture, "seed": cfg.curate.seed},
-            "device": device.type}
-
-
-def load_scorer(cfg: Config, data_root: str | Path, cache_dir: str | Path, *,
+def load_scorer(cfg: Config, data_root: str | Path, *, cell_cache: Optional[str | Path] = None,
                 device: Optional[str] = None,
                 on_validation: Optional[Callable[[dict[str, float]], None]] = None) -> Scorer:
-    """The cached scorer of this config and dataset, trained (and cached) on first use.
+    """The scorer of this config and dataset: its cell from the store, trained (and stored) on
+    first use.
 
     Args:
+        cell_cache: the cell store (default :func:`isdm.evaluation.store.resolve_root`).
         device: None uses ``runtime.device`` (``auto`` = CUDA when available).
-        on_validation: receives each validation's row (see :func:`isdm.evaluation.cell.train_cell`).
+        on_validation: receives each validation's row of a scorer trained here (see
+            :class:`isdm.evaluation.cell.CellRun`).
     Raises:
         EvaluationError: unknown architecture, or no validation image in the real train split.
     """
-    from isdm.evaluation.cell import plan_cell, train_cell
-    from isdm.evaluation.loading import eval_data_config, load_real, load_split
+    from isdm.evaluation.cell import plan_cell
+    from isdm.evaluation.cell_runs import stored_model
+    from isdm.evaluation.loading import eval_data_config, load_real
     from isdm.evaluation.mixes import BASELINE
+    from isdm.evaluation.pool import CellPool
     from isdm.evaluation.segmenter import build_segmenter
-    from isdm.utils.io import atomic_path
+    from isdm.evaluation.store import CellStore, resolve_root
+    from isdm.evaluation.worker import Digests, load_real as load_split_once, make_job
     from isdm.utils.runtime import resolve_device
 
     e, c = cfg.evaluate, cfg.curate
     dev = resolve_device(cfg.runtime.device if device is None else device)
     build_segmenter(c.architecture, e.encoder, None, cfg.data.num_classes, c.seed)  # name check
-    real = load_real(data_root, "train", eval_data_config(cfg.data, e.image_size))
-    identity = scorer_identity(cfg, data_root, dev)
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"{key}.pt"
-    if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model = build_segmenter(c.architecture, e.encoder, None, cfg.data.num_classes, c.seed)
-        model.load_state_dict(state["state_dict"])
-        return Scorer(model.to(dev), dev, key, identity, float(state["best_val_miou"]),
-                      int(state["best_step"]), True, real)
-    empty = TensorSet(real.images[:0], real.labels[:0], [])
-    cell = plan_cell(cfg, c.architecture, BASELINE, c.seed, real.keys, [])
-    train = load_split(cfg, data_root, "train") if cfg.data.crop else real  # crop: whole images
-    model, fit = train_cell(cfg, cell, train, empty, device=dev, on_validation=on_validation)
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": fit.state_dict, "identity_json": json.dumps(identity),
-                    "best_val_miou": fit.best_val_miou, "best_step": fit.best_step}, tmp)
-    return Scorer(model, dev, key, identity, fit.best_val_miou, fit.best_step, False, real)
+    digests = Digests(data_root)
+    train = load_split_once(cfg, data_root, "train", digests.split("train"))
+    real = load_real(data_root, "train", eval_data_config(cfg.data, e.image_size)) \
+        if cfg.data.crop else train  # whole images resized, for the memorisation check
+    cell = plan_cell(cfg, c.architecture, BASELINE, c.seed, train.keys, [])
+    store = CellStore(resolve_root(cell_cache))
+    job = make_job(cfg, data_root, cell, digests=digests, synthetic=None,
+                   test=bool(digests.split("test")), device_type=dev.type, store=store)
+    with CellPool.for_cells(e, dev, 1) as pool:
+        (outcome,) = list(pool.run([job]))
+    record = outcome.record
+    if outcome.trained and on_validation is not None:
+        for row in record.fit["history"]:
+            on_validation(row)
+    return Scorer(stored_model(cfg, record, dev), dev, record.key, record.spec,
+                  record.best_val_miou, int(record.fit["best_step"]), not outcome.trained, real)
 
 
 @torch.no_grad()

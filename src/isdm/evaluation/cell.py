@@ -11,36 +11,38 @@ Both go through the same two steps, configured by ``cfg.evaluate`` (the recipe) 
    (``data.dataset.split_keys`` seeded with the cell's seed, so every mix of one seed holds out
    the same images and mixes are paired), then draw the mix's real and synthetic training keys
    (:func:`isdm.evaluation.mixes.plan_mix`; a validation image is never a training image);
-2. :func:`train_cell` (concat -> build -> train): concatenate the drawn real and synthetic
+2. :class:`CellRun` (concat -> build -> train): concatenate the drawn real and synthetic
    images (with ``data.crop``: a :class:`~isdm.evaluation.wholes.CropMix` that cuts a fresh
    crop of a real image each time it is drawn), build the smp model with init seeded by the
-   cell's seed and train it with the recipe (:func:`isdm.evaluation.segmenter.train_segmenter`:
-   ``evaluate.steps`` optimiser steps whatever the mix's size); the model comes back holding
-   the weights of its best validation (whole validation images by sliding windows with
-   ``data.crop``).
+   cell's seed and train it with the recipe (:class:`isdm.evaluation.loop.SegmenterRun`:
+   ``evaluate.steps`` optimiser steps whatever the mix's size), selecting the weights of its
+   best validation (whole validation images by sliding windows with ``data.crop``);
+3. :meth:`CellRun.finish`: the selection, and with a test split the per-image test counts of
+   the selected weights (tested ONCE).
 
-The test split is never read here.
+``CellRun.advance(k)`` / ``state_dict()`` / ``load_state_dict()`` / ``advance(N)`` /
+``finish()`` gives the bits of ``advance(N)`` / ``finish()``: a long cell saves its progress
+and a killed one resumes; the plateau calibration trains in chunks and checks its curve between
+them. :func:`train_cell` is the one-go form.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 
 from isdm.config import Config
 from isdm.errors import EvaluationError
 from isdm.evaluation.mixes import MixPlan, mix_label, plan_mix
-from isdm.evaluation.segmenter import (
-    SegmenterFit,
-    TensorSet,
-    build_segmenter,
-    train_segmenter,
-)
+from isdm.evaluation.loop import SegmenterFit, SegmenterRun
+from isdm.evaluation.segmenter import TensorSet, build_segmenter
 from isdm.evaluation.wholes import CropMix, WholeSet
 
-__all__ = ["Cell", "split_validation", "plan_cell", "train_cell"]
+__all__ = ["Cell", "CellResult", "CellRun", "split_validation", "plan_cell", "train_cell"]
 
 
 @dataclass(frozen=True)
@@ -99,11 +101,18 @@ def plan_cell(cfg: Config, arch: str, mix: str, seed: int, real_keys: Sequence[s
     return Cell(arch, plan, synthetic_set if plan.mix.uses_synthetic else "")
 
 
-def train_cell(cfg: Config, cell: Cell, real: TensorSet | WholeSet, synthetic: TensorSet, *,
-               device: torch.device,
-               on_validation: Optional[Callable[[dict[str, float]], None]] = None,
-               ) -> tuple[torch.nn.Module, SegmenterFit]:
-    """Train the cell's segmenter; returns the model (best validation weights loaded) and its fit.
+@dataclass
+class CellResult:
+    """A finished cell: its fit (selection, history, the selected weights in
+    ``fit.state_dict``) and the test counts ``[N, C, 3]`` of those weights (None untested)."""
+
+    fit: SegmenterFit
+    counts: Optional[np.ndarray] = None
+
+
+class CellRun:
+    """One cell in training: the sets of its plan, its seeded model and its
+    :class:`~isdm.evaluation.loop.SegmenterRun`.
 
     Args:
         real: the real TRAIN images (training and validation keys) at ``evaluate.image_size``,
@@ -113,17 +122,73 @@ def train_cell(cfg: Config, cell: Cell, real: TensorSet | WholeSet, synthetic: T
             "val_miou", "val_miou_nobg", "seconds"}`` (``epoch`` derived: images shown /
             training images).
     """
-    e, plan = cfg.evaluate, cell.plan
-    if isinstance(real, WholeSet):  # data.crop: fresh crops of whole real images every step
-        train = CropMix(real.subset(plan.real_keys), synthetic.subset(plan.synthetic_keys),
-                        cell.seed)
-    else:
-        train = TensorSet.concat([real.subset(plan.real_keys),
-                                  synthetic.subset(plan.synthetic_keys)])
-    val = real.subset(plan.val_keys)
-    model = build_segmenter(cell.arch, e.encoder, e.encoder_weights, cfg.data.num_classes,
+
+    def __init__(self, cfg: Config, cell: Cell, real: TensorSet | WholeSet,
+                 synthetic: TensorSet, *, device: torch.device,
+                 on_validation: Optional[Callable[[dict[str, float]], None]] = None) -> None:
+        e, plan = cfg.evaluate, cell.plan
+        if isinstance(real, WholeSet):  # data.crop: fresh crops of whole real images every step
+            train = CropMix(real.subset(plan.real_keys), synthetic.subset(plan.synthetic_keys),
                             cell.seed)
-    fit = train_segmenter(model, train, val, e, num_classes=cfg.data.num_classes,
-                          ignore_index=cfg.data.ignore_index, seed=cell.seed, device=device,
-                          on_validation=on_validation)
-    return model, fit
+        else:
+            train = TensorSet.concat([real.subset(plan.real_keys),
+                                      synthetic.subset(plan.synthetic_keys)])
+        self.cfg, self.cell, self.device = cfg, cell, device
+        self.model = build_segmenter(cell.arch, e.encoder, e.encoder_weights, cfg.data.num_classes,
+                                     cell.seed)
+        self.loop = SegmenterRun(self.model, train, real.subset(plan.val_keys), e,
+                                 num_classes=cfg.data.num_classes,
+                                 ignore_index=cfg.data.ignore_index, seed=cell.seed,
+                                 device=device, on_validation=on_validation)
+
+    @property
+    def step(self) -> int:
+        return self.loop.step
+
+    @property
+    def val_every(self) -> int:
+        return self.loop.val_every
+
+    def advance(self, to_step: int) -> None:
+        """Train up to optimiser step ``to_step``."""
+        self.loop.advance(to_step)
+
+    def finish(self, test: Optional[TensorSet | WholeSet] = None) -> CellResult:
+        """The selection at the current step and, given the real ``test`` split, its test
+        counts (on a copy of the model: the run can go on training)."""
+        from isdm.evaluation.segmenter import predict_counts
+
+        fit = self.loop.finish()
+        counts = None
+        if test is not None:
+            e = self.cfg.evaluate
+            model = self.best_model(fit)
+            counts = predict_counts(model, test, self.cfg.data.num_classes,
+                                    self.cfg.data.ignore_index, self.device, e.batch_size,
+                                    e.encoder_weights)
+        return CellResult(fit, counts)
+
+    def best_model(self, fit: SegmenterFit) -> torch.nn.Module:
+        """A copy of the model holding the selected weights of ``fit``."""
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(fit.state_dict)
+        return model.eval()
+
+    def state_dict(self) -> dict:
+        return self.loop.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loop.load_state_dict(state)
+
+
+def train_cell(cfg: Config, cell: Cell, real: TensorSet | WholeSet, synthetic: TensorSet, *,
+               device: torch.device,
+               on_validation: Optional[Callable[[dict[str, float]], None]] = None,
+               ) -> tuple[torch.nn.Module, SegmenterFit]:
+    """Train the cell's segmenter for ``evaluate.steps`` steps in one go; returns the model
+    (best validation weights loaded) and its fit (see :class:`CellRun`)."""
+    run = CellRun(cfg, cell, real, synthetic, device=device, on_validation=on_validation)
+    run.advance(cfg.evaluate.steps)
+    fit = run.finish().fit
+    run.model.load_state_dict(fit.state_dict)
+    return run.model, fit

@@ -25,6 +25,8 @@ one child per cell) via :mod:`.report` and :mod:`isdm.tracking`.
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,8 +37,9 @@ from isdm.errors import EvaluationError
 from isdm.evaluation import report
 from isdm.evaluation.loading import SyntheticSpec, synthetic_sets
 from isdm.evaluation.mixes import BASELINE, mix_label, parse_mix
+from isdm.evaluation.cell_runs import log_cell
 
-__all__ = ["run_evaluation", "EvaluationError", "resolve_mixes", "report_rows"]
+__all__ = ["run_evaluation", "run_shard", "EvaluationError", "resolve_mixes", "report_rows"]
 
 
 def resolve_mixes(mixes: tuple[str, ...], fidelity_only: bool = False) -> list[str]:
@@ -67,14 +70,11 @@ def _check(mixes: list[str], sets: dict[str, Path]) -> None:
                                   "with samples/ and labels/)")
 
 
-def _finite(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and np.isfinite(v)}
-
-
 def run_evaluation(cfg: Config, data_root: str | Path, synthetic: SyntheticSpec,
                    out_dir: str | Path, *, device: Optional[str] = None,
-                   fidelity_only: bool = False, progress: Optional[bool] = None) -> dict[str, Any]:
+                   fidelity_only: bool = False, progress: Optional[bool] = None,
+                   cell_cache: Optional[str | Path] = None,
+                   shard: Optional[tuple[int, int]] = None) -> dict[str, Any]:
     """Run the whole evaluation and write its files into ``out_dir`` (:mod:`.report`:
     ``metrics.json`` (headline), ``report.json``, ``cells.csv``, ``report.md``, ``miou.png``,
     ``counts.npz``).
@@ -85,15 +85,19 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic: SyntheticSpec,
         device: None = ``cfg.runtime.device`` (``auto`` = CUDA when available).
         progress: None = ``cfg.runtime.progress``.
         fidelity_only: train only the real-only baseline (first seed) and report label fidelity.
+        cell_cache: the cell store (:func:`isdm.evaluation.store.resolve_root`: default
+            ``$ISDM_CELL_CACHE``, else ``./.isdm/cells``); cells found there are not trained.
+        shard: ``(i, n)``: train only cells ``i, i + n, i + 2n, ...`` into the store and write no
+            report (:func:`run_shard`).
     Returns:
-        ``{"summary", "headline", "cells", "table", "report", "out_dir"}``; ``summary`` is the
-        ``report.json`` tree (:func:`isdm.evaluation.report.headline` reads it).
+        ``{"summary", "headline", "cells", "table", "report", "out_dir", "trained",
+        "from_store"}``; ``summary`` is the ``report.json`` tree
+        (:func:`isdm.evaluation.report.headline` reads it). With ``shard``:
+        :func:`run_shard`'s dict.
     """
-    from tqdm.auto import tqdm
-
     from isdm import lineage, tracking
-    from isdm.evaluation.cell import plan_cell
-    from isdm.evaluation.segmenter import build_segmenter
+    from isdm.evaluation.pool import CellPool
+    from isdm.evaluation.store import CellStore, resolve_root
     from isdm.utils.runtime import resolve_device
 
     e = cfg.evaluate
@@ -106,103 +110,136 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic: SyntheticSpec,
     seeds = list(e.seeds[:1] if fidelity_only else e.seeds)
     dev = resolve_device(cfg.runtime.device if device is None else device)
     progress = cfg.runtime.progress if progress is None else progress
+    store = CellStore(resolve_root(cell_cache))
+    plan = _plan(cfg, data_root, sets, rows, seeds, dev, store)
+    if shard is not None:
+        return run_shard(plan, shard, dev, progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    for arch in e.architectures:  # unknown names / unavailable weights fail before any work
-        build_segmenter(arch, e.encoder, e.encoder_weights, cfg.data.num_classes, 0)
-    train_all, test, synth = _load(cfg, data_root, sets)
-    for seed in seeds:  # an impossible mix fails before any training starts
-        for mix, name in rows:
-            plan_cell(cfg, e.architectures[0], mix, seed, train_all.keys, synth[name].keys, name)
-
-    cells: list[dict[str, Any]] = []
-    counts: dict[tuple[str, str], list[np.ndarray]] = {}
+    first_seed_baselines = {i for i, job in enumerate(plan.jobs)
+                            if job.cell.mix == BASELINE and job.cell.seed == seeds[0]}
     fidelity: dict[str, dict[str, dict[str, float]]] = {name: {} for name in sets}
+    outcomes: dict[int, Any] = {}
     labels = [mix_label(m, s) for m, s in rows]
     name = f"evaluate {'+'.join(e.architectures)} x {'+'.join(labels)} x {len(seeds)} seeds"
+    missing = len(plan.jobs) - store.count([j.spec for j in plan.jobs])
     with tracking.start_run(cfg.tracking, name=name, action="evaluate",
-                            dataset=str(data_root)) as parent:
+                            dataset=str(data_root)) as parent, \
+            CellPool.for_cells(e, dev, missing, progress=progress, desc="evaluate") as pool:
         # lineage (issue 13): the generator of the first synthetic set (the others, e.g. its
         # curated copy, come from the same generator), its run ids, the datasets
         first = next(iter(sets.values()), None)
         generator = lineage.track_evaluation(parent, cfg, data_root, first)
         lineage.track_further_sets(parent, cfg, dict(list(sets.items())[1:]))
-        bar = tqdm(total=len(e.architectures) * len(seeds) * len(rows), desc="evaluate",
-                   unit="cell", disable=not progress)
-        for arch in e.architectures:
-            for seed in seeds:
-                for mix, set_name in rows:
-                    cell = plan_cell(cfg, arch, mix, seed, train_all.keys, synth[set_name].keys,
-                                     set_name)
-                    bar.set_postfix_str(cell.name)
-                    fid_sets = {n: synth[n] for n in sets} if (mix == BASELINE
-                                                               and seed == seeds[0]) else {}
-                    row, cell_counts, fid = _run_cell(cfg, cell, train_all, test, synth[set_name],
-                                                      dev, str(data_root), parent.run_id, fid_sets)
-                    cells.append(row)
-                    counts.setdefault((arch, cell.label), []).append(cell_counts)
-                    for n, metrics in fid.items():
-                        fidelity[n][arch] = metrics
-                    bar.update(1)
-        bar.close()
-        setup = _setup(cfg, data_root, sets, dev, seeds, train_all, test, synth)
+        index = {id(job): i for i, job in enumerate(plan.jobs)}
+        for outcome in pool.run(plan.jobs):
+            i = index[id(outcome.job)]
+            outcomes[i] = outcome
+            fid_sets = {n: plan.synth[n] for n in sets} if i in first_seed_baselines else {}
+            fid = log_cell(cfg, outcome, len(plan.test), str(data_root), parent.run_id,
+                           fid_sets, dev)
+            for n, metrics in fid.items():
+                fidelity[n][outcome.job.cell.arch] = metrics
+        cells, counts = _collect(plan, [outcomes[i] for i in range(len(plan.jobs))])
+        setup = _setup(cfg, data_root, sets, dev, seeds, plan.train, plan.test, plan.synth)
+        setup["cells"] = (f"{len(cells)}: {pool.trained} trained in this run "
+                          f"({pool.describe()}), {pool.from_store} from the cell store "
+                          f"{store.root}")
         summary = report.build_summary(cfg, cells, counts, rows, list(sets), seeds, fidelity, setup)
         result = _write_outputs(out, summary, cells, counts, parent)
         # lineage (issue 13): the headline onto the sample run
         lineage.track_downstream(parent, generator, result["headline"])
-        return result
+        return {**result, "trained": pool.trained, "from_store": pool.from_store}
 
 
-def _load(cfg: Config, data_root: str | Path, sets: dict[str, Path]) -> tuple[Any, Any, dict]:
+@dataclass
+class Plan:
+    """The data of an evaluation and its cell jobs, in report order (architecture, seed, row)."""
+
+    train: Any
+    test: Any
+    synth: dict[str, Any]
+    jobs: list[Any]
+    store: Any
+
+
+def _plan(cfg: Config, data_root: str | Path, sets: dict[str, Path], rows: list[tuple[str, str]],
+          seeds: list[int], dev: Any, store: Any) -> Plan:
+    """Check the names, load the data, plan every cell (an impossible mix fails before any
+    training starts) and make its job."""
+    from isdm.evaluation.cell import plan_cell
+    from isdm.evaluation.segmenter import build_segmenter, precision_warning
+    from isdm.evaluation.worker import Digests, make_job
+
+    e = cfg.evaluate
+    for arch in e.architectures:  # unknown names / unavailable weights fail before any work
+        build_segmenter(arch, e.encoder, e.encoder_weights, cfg.data.num_classes, 0)
+    if (warning := precision_warning(e.precision, dev)) is not None:
+        print(f"warning: {warning}", file=sys.stderr)
+    digests = Digests(data_root)
+    train_all, test, synth = _load(cfg, data_root, sets, digests)
+    jobs = []
+    for arch in e.architectures:
+        for seed in seeds:
+            for mix, set_name in rows:
+                cell = plan_cell(cfg, arch, mix, seed, train_all.keys, synth[set_name].keys,
+                                 set_name)
+                jobs.append(make_job(cfg, data_root, cell, digests=digests,
+                                     synthetic=sets.get(set_name), test=True,
+                                     device_type=dev.type, store=store))
+    return Plan(train_all, test, synth, jobs, store)
+
+
+def run_shard(plan: Plan, shard: tuple[int, int], dev: Any, progress: bool) -> dict[str, Any]:
+    """Train this shard's cells (every ``n``-th from the ``i``-th) into the store; no report,
+    no MLflow run. Returns ``{"shard", "cells", "shard_cells", "trained", "from_store",
+    "present"}`` (``present``: cells of the whole evaluation now in the store)."""
+    from isdm.evaluation.pool import CellPool
+
+    i, n = shard
+    if not 0 <= i < n:
+        raise EvaluationError(f"--shard {i}/{n}: use i/n with 0 <= i < n, e.g. --shard 0/2")
+    mine = plan.jobs[i::n]
+    missing = len(mine) - plan.store.count([j.spec for j in mine])
+    with CellPool.for_cells(plan.jobs[0].cfg.evaluate, dev, missing, progress=progress,
+                            desc=f"evaluate shard {i}/{n}") as pool:
+        for _ in pool.run(mine):
+            pass
+    return {"shard": [i, n], "cells": len(plan.jobs), "shard_cells": len(mine),
+            "trained": pool.trained, "from_store": pool.from_store,
+            "present": plan.store.count([j.spec for j in plan.jobs]),
+            "store": str(plan.store.root)}
+
+
+def _load(cfg: Config, data_root: str | Path, sets: dict[str, Path],
+          digests: Any) -> tuple[Any, Any, dict]:
     """Real train, real test (:func:`isdm.evaluation.loading.load_split`: at
     ``evaluate.image_size``, or whole with ``data.crop``) and each synthetic set (key ``""``: an
-    empty set, for rows without synthetic images) at ``evaluate.image_size``, in memory."""
-    from isdm.evaluation.loading import empty_set, eval_data_config, load_split, load_synthetic
+    empty set, for rows without synthetic images) at ``evaluate.image_size``, in memory (kept
+    for the cells this process trains, :mod:`.worker`)."""
+    from isdm.evaluation.loading import empty_set
+    from isdm.evaluation.worker import load_real, load_synthetic_set
 
-    data_cfg = eval_data_config(cfg.data, cfg.evaluate.image_size)
-    train_all, test = load_split(cfg, data_root, "train"), load_split(cfg, data_root, "test")
+    train_all = load_real(cfg, data_root, "train", digests.split("train"))
+    test = load_real(cfg, data_root, "test", digests.split("test"))
     synth = {"": empty_set(cfg)}
-    synth.update({name: load_synthetic(folder, data_cfg) for name, folder in sets.items()})
+    synth.update({name: load_synthetic_set(cfg, folder, digests.synthetic(folder))
+                  for name, folder in sets.items()})
     return train_all, test, synth
 
 
-def _run_cell(cfg: Config, cell: Any, train_all: Any, test: Any, synth: Any, dev: Any,
-              dataset: str, parent_run_id: Optional[str], fid_sets: dict[str, Any],
-              ) -> tuple[dict[str, Any], np.ndarray, dict[str, dict[str, float]]]:
-    """Train, select and test one cell inside its own child run; label fidelity of the trained
-    model on each set of ``fid_sets`` (the real-only model of the first seed)."""
-    from isdm import tracking
-    from isdm.evaluation.cell import train_cell
-    from isdm.evaluation.fidelity import label_fidelity
-    from isdm.evaluation.metrics import summarize
-    from isdm.evaluation.segmenter import predict_counts
+def _collect(plan: Plan, outcomes: list[Any]) -> tuple[list[dict[str, Any]],
+                                                       dict[tuple[str, str], list[np.ndarray]]]:
+    """The rows of ``cells.csv`` and the test counts per (architecture, row), in plan order."""
+    from isdm.evaluation.cell_runs import cell_row
 
-    e, nc, ign, plan = cfg.evaluate, cfg.data.num_classes, cfg.data.ignore_index, cell.plan
-    params = {"arch": cell.arch, "mix": cell.label, "set": cell.synthetic_set, "seed": cell.seed,
-              "n_real": len(plan.real_keys), "n_fake": len(plan.synthetic_keys),
-              "n_val": len(plan.val_keys), "n_test": len(test), "encoder": e.encoder}
-    fid = {}
-    with tracking.start_run(cfg.tracking, name=cell.name, action="evaluate-cell", dataset=dataset,
-                            params=params, parent_run_id=parent_run_id) as child:
-        model, fit = train_cell(
-            cfg, cell, train_all, synth, device=dev,
-            on_validation=lambda r: child.log_metrics(
-                _finite({k: r[k] for k in ("train_loss", "val_miou", "val_miou_nobg")}),
-                step=int(r["step"])))
-        counts = predict_counts(model, test, nc, ign, dev, e.batch_size, e.encoder_weights)
-        budget = {"steps": fit.steps, "images_seen": fit.images_seen, "epochs": fit.epochs,
-                  "best_step": fit.best_step, "best_val_miou": fit.best_val_miou,
-                  "train_seconds": fit.train_seconds}
-        row = {**params, **budget, **summarize(counts)}
-        child.log_metrics(_finite({f"test_{k}": v for k, v in summarize(counts).items()}))
-        child.log_metrics(_finite(budget))
-        for name, images in fid_sets.items():
-            fid[name], _ = label_fidelity(model, images, num_classes=nc, ignore_index=ign,
-                                          device=dev, batch_size=e.batch_size,
-                                          encoder_weights=e.encoder_weights)
-            child.log_metrics(_finite({f"fidelity_{name}_{k}": v for k, v in fid[name].items()}))
-    return row, counts, fid
+    cells, counts = [], {}
+    for outcome in outcomes:
+        cells.append(cell_row(outcome, len(plan.test)))
+        counts.setdefault((outcome.job.cell.arch, outcome.job.cell.label), []).append(
+            outcome.record.counts)
+    return cells, counts
 
 
 def _setup(cfg: Config, data_root: Any, sets: dict[str, Path], dev: Any, seeds: list[int],

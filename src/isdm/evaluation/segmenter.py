@@ -1,22 +1,19 @@
-"""The downstream segmenter: an smp model, its seeded training loop and its test-set counts.
+"""The downstream segmenter: the smp model, its batches, augmentation, loss, optimiser and
+predictions (the loop that trains it is :mod:`isdm.evaluation.loop`).
 
-Recipe (all from :class:`isdm.config.EvaluateConfig`): Adam(lr) for exactly ``steps`` optimiser
-steps, whatever the size of the training mix, on batches of ``batch_size`` images taken from a
-seeded stream (:func:`batch_stream`: seeded permutations of the mix's images, one after the
-other, cut every ``batch_size``; one permutation = one pass = one "epoch", a derived number
-only); loss ``dice`` (smp ``DiceLoss(mode="multiclass", ignore_index)``, the original's) or
-``dice_ce`` (Dice + cross-entropy, both ignoring ``ignore_index``); optional augmentation (joint
-per-sample horizontal/vertical flips plus light brightness/contrast jitter); the permutations
-and the augmentation draw from one ``torch.Generator`` seeded with the cell's seed. The forward
-pass runs under ``precision`` autocast (:func:`isdm.utils.precision.autocast`); the loss, the
-optimiser and every prediction stay float32.
-Model selection: every ``val_every`` steps and after the last step the validation mIoU
-(:func:`metrics.summarize`, background included) is computed on the REAL validation images; the
-weights of the best validation (earliest on ties) are kept and returned. The test set is never
-seen here.
-
-With ``data.crop`` the batches are random crops of whole real images (plus synthetic images)
-and validation predicts whole images by sliding windows (:mod:`isdm.evaluation.wholes`).
+Recipe (all from :class:`isdm.config.EvaluateConfig`): Adam(lr) (fused where torch has the
+kernel: CPU and CUDA) for exactly ``steps`` optimiser steps, whatever the size of the training
+mix, on batches of ``batch_size`` images taken from a seeded stream (:class:`BatchStream`:
+seeded permutations of the mix's images, one after the other, cut every ``batch_size``; one
+permutation = one pass = one "epoch", a derived number only); loss ``dice`` (smp
+``DiceLoss(mode="multiclass", ignore_index)``, the original's) or ``dice_ce`` (Dice +
+cross-entropy, both ignoring ``ignore_index``); optional augmentation (joint per-sample
+horizontal/vertical flips plus light brightness/contrast jitter, on the whole batch on its
+device); the permutations and the augmentation draw from one CPU ``torch.Generator`` seeded
+with the cell's seed. The forward pass runs under ``precision`` autocast
+(:func:`isdm.utils.precision.autocast`); the loss, the optimiser and every prediction stay
+float32. Validation every ``val_every`` steps (0 = :func:`validation_interval`: as often as
+keeps validation under :data:`VAL_SHARE` of the training's forward passes).
 
 Inputs are the data layer's ``[-1, 1]`` images. With ``encoder_weights`` (e.g. ``imagenet``) they
 are mapped to the ImageNet mean/std the encoder was trained with (once, not twice as upstream).
@@ -24,24 +21,28 @@ are mapped to the ImageNet mean/std the encoder was trained with (once, not twic
 
 from __future__ import annotations
 
-import copy
+import math
 import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from isdm.config import EvaluateConfig
 from isdm.errors import EvaluationError
-from isdm.evaluation.metrics import image_counts, summarize
-from isdm.evaluation.wholes import CropMix, WholeSet
+from isdm.evaluation.metrics import image_counts
+from isdm.evaluation.wholes import WholeSet
 
-__all__ = ["TensorSet", "build_segmenter", "train_segmenter", "predict_counts",
-           "predict_labels", "augment_batch", "batch_stream", "validation_steps",
-           "SegmenterFit"]
+__all__ = ["TensorSet", "build_segmenter", "predict_counts", "predict_labels", "augment_batch",
+           "BatchStream", "batch_stream", "validation_steps", "validation_interval",
+           "validation_share", "loss_function", "make_optimizer", "normalize", "VAL_SHARE",
+           "precision_warning"]
+
+# auto validation (val_every 0): validation forward passes at most this share of the training's
+VAL_SHARE = 0.1
+# a training image costs about three forward passes (forward + backward), a validated one one
+TRAIN_PASSES = 3
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,6 +62,10 @@ class TensorSet:
     def batch(self, idx: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and labels at the indices ``idx`` (the same at every ``step``)."""
         return self.images[idx], self.labels[idx]
+
+    def to(self, device: torch.device) -> "TensorSet":
+        """The same set with its tensors on ``device`` (a CUDA cell keeps its mix there)."""
+        return TensorSet(self.images.to(device), self.labels.to(device), self.keys)
 
     def subset(self, keys: list[str] | tuple[str, ...]) -> "TensorSet":
         pos = {k: i for i, k in enumerate(self.keys)}
@@ -127,38 +132,51 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor,
     """Joint random flips and light photometric jitter, per sample, from ``generator``.
 
     Args:
-        images: ``[B, 3, H, W]`` in [-1, 1]; labels: ``[B, H, W]`` ids (flipped like the image).
+        images: ``[B, 3, H, W]`` in [-1, 1]; labels: ``[B, H, W]`` ids (flipped like the image),
+            on any device; ``generator`` is a CPU generator (the same draws on every device).
     Returns:
         New tensors; brightness shift in [-0.1, 0.1] and contrast factor in [0.8, 1.2], clamped
-        back to [-1, 1]. Labels are never interpolated.
+        back to [-1, 1]. Labels are never interpolated. Whole-batch ops (no per-sample Python,
+        no host synchronisation).
     """
     b = images.shape[0]
-    images, labels = images.clone(), labels.clone()
-    r = torch.rand(b, 4, generator=generator)
-    h, v = r[:, 0] < 0.5, r[:, 1] < 0.5
-    images[h], labels[h] = images[h].flip(-1), labels[h].flip(-1)
-    images[v], labels[v] = images[v].flip(-2), labels[v].flip(-2)
+    r = torch.rand(b, 4, generator=generator).to(images.device, non_blocking=True)
+    for flip, dim in ((r[:, 0] < 0.5, -1), (r[:, 1] < 0.5, -2)):
+        images = torch.where(flip.view(b, 1, 1, 1), images.flip(dim), images)
+        labels = torch.where(flip.view(b, 1, 1), labels.flip(dim), labels)
     contrast = (0.8 + 0.4 * r[:, 2]).view(b, 1, 1, 1)
     shift = (0.2 * r[:, 3] - 0.1).view(b, 1, 1, 1)
     mean = images.mean(dim=(1, 2, 3), keepdim=True)
     return ((images - mean) * contrast + mean + shift).clamp(-1.0, 1.0), labels
 
 
-def batch_stream(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Endless batches of exactly ``batch_size`` indices into ``range(n)``.
+class BatchStream:
+    """Endless batches of exactly ``batch_size`` indices into ``range(n)``, checkpointable.
 
     The stream is ``randperm(n) ++ randperm(n) ++ ...`` (each permutation drawn from
     ``generator`` when the stream reaches it) cut every ``batch_size`` indices, so after ``k``
     steps every mix has been shown ``k * batch_size`` images: ``k * batch_size / n`` passes
-    ("epochs"). A batch that spans two passes may hold an image twice. Every batch has
-    ``batch_size`` >= 2 images (BatchNorm, e.g. DeepLabV3+'s image pooling, needs 2).
+    ("epochs"). A batch that spans two passes may hold an image twice. Its state is the
+    indices drawn but not yet served (``pending``); the generator's state is its owner's.
     """
-    pending = torch.empty(0, dtype=torch.long)
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.pending = torch.empty(0, dtype=torch.long)
+
+    def next(self) -> torch.Tensor:
+        while len(self.pending) < self.batch_size:
+            self.pending = torch.cat([self.pending, torch.randperm(self.n, generator=self.generator)])
+        batch, self.pending = self.pending[:self.batch_size], self.pending[self.batch_size:]
+        return batch
+
+
+def batch_stream(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """:class:`BatchStream` as an iterator. Every batch has ``batch_size`` >= 2 images
+    (BatchNorm, e.g. DeepLabV3+'s image pooling, needs 2)."""
+    stream = BatchStream(n, batch_size, generator)
     while True:
-        while len(pending) < batch_size:
-            pending = torch.cat([pending, torch.randperm(n, generator=generator)])
-        yield pending[:batch_size]
-        pending = pending[batch_size:]
+        yield stream.next()
 
 
 def validation_steps(steps: int, val_every: int) -> list[int]:
@@ -170,7 +188,32 @@ def validation_steps(steps: int, val_every: int) -> list[int]:
     return sorted(set(range(val_every, steps + 1, val_every)) | {steps})
 
 
-def _loss_fn(kind: str, ignore_index: Optional[int]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def validation_interval(val_every: int, batch_size: int, val_windows: int) -> int:
+    """``val_every``, or for 0 the smallest interval whose validations cost at most
+    :data:`VAL_SHARE` of the training's forward passes:
+
+        val_windows / (val_every * TRAIN_PASSES * batch_size) <= VAL_SHARE
+
+    (``val_windows``: forward passes of one validation, the validation images or their sliding
+    windows). A pure function of the data and the recipe, so the choice is the same on every
+    machine.
+
+    >>> validation_interval(0, 8, 8), validation_interval(0, 4, 240), validation_interval(20, 4, 240)
+    (4, 200, 20)
+    """
+    if val_every > 0:
+        return val_every
+    return max(1, math.ceil(val_windows / (VAL_SHARE * TRAIN_PASSES * batch_size)))
+
+
+def validation_share(val_every: int, batch_size: int, val_windows: int) -> float:
+    """Forward passes of the validations per forward pass of the training (as above)."""
+    return val_windows / (val_every * TRAIN_PASSES * batch_size)
+
+
+def loss_function(kind: str, ignore_index: Optional[int],
+                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``dice`` or ``dice_ce`` (see the module docstring), ignoring ``ignore_index``."""
     from segmentation_models_pytorch.losses import DiceLoss
 
     dice = DiceLoss(mode="multiclass", from_logits=True, ignore_index=ignore_index)
@@ -180,6 +223,23 @@ def _loss_fn(kind: str, ignore_index: Optional[int]) -> Callable[[torch.Tensor, 
     if kind == "dice_ce":
         return lambda logits, y: dice(logits, y) + F.cross_entropy(logits, y, ignore_index=ce_ignore)
     raise EvaluationError(f"evaluate.loss={kind!r}: use 'dice' or 'dice_ce'")
+
+
+def precision_warning(precision: str, device: torch.device) -> Optional[str]:
+    """A warning for bf16 autocast where bf16 is emulated (slower than fp32), else None."""
+    from isdm.utils.cpu import native_bf16
+
+    if precision != "bf16" or native_bf16(device):
+        return None
+    return (f"evaluate.precision=bf16 on {device.type}: bf16 is not native here (emulated, "
+            "slower than fp32, and not checked to track fp32); set evaluate.precision=fp32")
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """Adam(lr); the fused kernel on CPU and CUDA (one kernel for every parameter instead of
+    a dozen ops each: ~8x faster on a CPU, the same update up to the last bits)."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=fused)
 
 
 @torch.no_grad()
@@ -206,104 +266,3 @@ def predict_counts(model: torch.nn.Module, data: TensorSet | WholeSet, num_class
                            num_classes, ignore_index, batch_size)
     pred = predict_labels(model, data.images, device, batch_size, encoder_weights)
     return image_counts(pred.numpy(), data.labels.numpy(), num_classes, ignore_index)
-
-
-@dataclass
-class SegmenterFit:
-    """The selected validation (its step and mIoU), the run's budget and history, the weights.
-
-    ``history`` holds one row per validation: ``{"step", "epoch", "train_loss", "val_miou",
-    "val_miou_nobg", "seconds"}`` where ``epoch`` = images shown so far / training images
-    (derived), ``train_loss`` is the mean batch loss since the previous validation and
-    ``seconds`` the time since then (training and this validation).
-    """
-
-    best_step: int
-    best_val_miou: float
-    steps: int = 0
-    images_seen: int = 0
-    epochs: float = 0.0
-    history: list[dict[str, float]] = field(default_factory=list)
-    state_dict: dict[str, torch.Tensor] = field(default_factory=dict)
-    train_seconds: float = 0.0
-
-
-def train_segmenter(model: torch.nn.Module, train: TensorSet | CropMix,
-                    val: TensorSet | WholeSet, recipe: EvaluateConfig, *, num_classes: int,
-                    ignore_index: Optional[int], seed: int, device: torch.device,
-                    on_validation: Optional[Callable[[dict[str, float]], None]] = None,
-                    ) -> SegmenterFit:
-    """Train ``model`` on ``train`` for ``recipe.steps`` steps; keep the weights of the
-    validation with the best mIoU. ``train`` gives each step's batch (:meth:`TensorSet.batch`,
-    or random crops of whole images, :class:`isdm.evaluation.wholes.CropMix`); ``val`` is
-    predicted as :func:`predict_counts` does.
-
-    ``recipe`` gives ``steps``, ``val_every``, ``lr``, ``batch_size``, ``loss``, ``augment``,
-    ``precision`` and ``encoder_weights`` (input normalisation). Deterministic for a given seed
-    on CPU: data order and augmentation come from ``torch.Generator().manual_seed(seed)``,
-    dropout from the (forked) global RNG seeded with it. ``on_validation`` receives each
-    history row (for MLflow / progress / pruning).
-    """
-    if len(train) < 2:
-        raise EvaluationError(f"a training mix needs at least 2 images, got {len(train)}")
-    if len(val) == 0:
-        raise EvaluationError("the validation split is empty: raise evaluate.val_fraction")
-    # dropout (e.g. FPN's decoder) draws from the global RNG: fork it and seed it for this cell
-    cuda = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(int(seed))
-        return _train(model, train, val, recipe, num_classes=num_classes,
-                      ignore_index=ignore_index, seed=seed, device=device,
-                      on_validation=on_validation)
-
-
-def _train(model: torch.nn.Module, train: TensorSet | CropMix, val: TensorSet | WholeSet,
-           recipe: EvaluateConfig, *, num_classes: int, ignore_index: Optional[int], seed: int,
-           device: torch.device, on_validation: Optional[Callable[[dict[str, float]], None]],
-           ) -> SegmenterFit:
-    from isdm.utils.precision import autocast
-
-    weights, bs = recipe.encoder_weights, recipe.batch_size
-    model.to(device)
-    gen = torch.Generator().manual_seed(int(seed))
-    batches = batch_stream(len(train), bs, gen)
-    criterion = _loss_fn(recipe.loss, ignore_index)
-    optim = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    result = SegmenterFit(best_step=0, best_val_miou=float("-inf"), steps=recipe.steps,
-                          images_seen=recipe.steps * bs, epochs=recipe.steps * bs / len(train))
-    checks = set(validation_steps(recipe.steps, recipe.val_every))
-    t_start = t0 = time.perf_counter()
-    losses: list[float] = []
-    model.train()
-    for step in range(1, recipe.steps + 1):
-        idx = next(batches)
-        x, y = train.batch(idx, step)
-        if recipe.augment:
-            x, y = augment_batch(x, y, gen)
-        x, y = normalize(x.to(device), weights), y.to(device)
-        optim.zero_grad(set_to_none=True)
-        with autocast(recipe.precision, device):
-            logits = model(x)
-        batch_loss = criterion(logits.float(), y)
-        batch_loss.backward()
-        optim.step()
-        losses.append(float(batch_loss.detach()))
-        if step not in checks:
-            continue
-        scores = summarize(predict_counts(model, val, num_classes, ignore_index, device, bs, weights))
-        model.train()
-        row = {"step": float(step), "epoch": step * bs / len(train),
-               "train_loss": float(np.mean(losses)), "val_miou": scores["miou"],
-               "val_miou_nobg": scores["miou_nobg"], "seconds": time.perf_counter() - t0}
-        losses, t0 = [], time.perf_counter()
-        result.history.append(row)
-        if on_validation is not None:
-            on_validation(row)
-        if np.isfinite(row["val_miou"]) and row["val_miou"] > result.best_val_miou \
-                or result.best_step == 0:
-            result.best_step, result.best_val_miou = step, row["val_miou"]
-            result.state_dict = copy.deepcopy({k: v.detach().cpu()
-                                               for k, v in model.state_dict().items()})
-    model.load_state_dict(result.state_dict)
-    result.train_seconds = time.perf_counter() - t_start
-    return result

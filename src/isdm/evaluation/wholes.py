@@ -75,6 +75,11 @@ class WholeSet:
                                    placements=[self.placements[i] for i in idx],
                                    targets=[self.targets[i] for i in idx])
 
+    def num_windows(self) -> int:
+        """Sliding windows of one pass over the set (the forward passes of a validation)."""
+        return sum(len(crops.sliding_windows(a.image.shape[0], a.image.shape[1], self.window,
+                                             self.stride)) for a in self.arrays)
+
     def canvas(self, index: int) -> torch.Tensor:
         """Image ``index`` at ``data.scale`` as float32 ``[3, H', W']`` in [-1, 1], padding 0."""
         a = self.arrays[index]

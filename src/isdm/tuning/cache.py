@@ -48,7 +48,7 @@ def finetune_identity(cfg: Config, data_root: str | Path, checkpoint: str | Path
     """Everything that decides a finetune's weights: the checkpoint's SHA-256, the finetune
     section (drop rate, budget, optimiser), the data keys that decode the images and the
     SHA-256 of the real train files."""
-    from isdm.curation.scorer import dataset_digest
+    from isdm.data.digest import dataset_digest
     from isdm.training.checkpoint import checkpoint_hash
 
     data = {k: v for k, v in to_dict(cfg.data).items() if k != "root"}

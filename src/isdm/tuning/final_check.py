@@ -64,14 +64,14 @@ def _stats(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_final_check(cfg: Config, data_root: str | Path, checkpoint: str | Path,
-                    out_dir: str | Path, study: Any, *,
-                    progress: Optional[bool] = None) -> Optional[dict[str, Any]]:
+                    out_dir: str | Path, study: Any, *, progress: Optional[bool] = None,
+                    cell_cache: Optional[str | Path] = None) -> Optional[dict[str, Any]]:
     """Run (or reuse) the check for the study's best trial; None before a trial completed.
     Writes ``<out_dir>/final_check.json`` / ``.md``; the sets and the evaluation's files go to
-    ``<out_dir>/final_check/``."""
+    ``<out_dir>/final_check/``; its cells go through the cell store ``cell_cache``."""
     import json
 
-    from isdm.curation.scorer import dataset_digest
+    from isdm.data.digest import dataset_digest
     from isdm.evaluation import run_evaluation
     from isdm.training.checkpoint import checkpoint_hash
     from isdm.tuning import results
@@ -103,11 +103,12 @@ def run_final_check(cfg: Config, data_root: str | Path, checkpoint: str | Path,
         if knobs["tuned"] == knobs["current"]:
             check["verdict"] = "same knobs: the best trial's knobs are the config's own"
         else:
-            curator = Curator(cfg, data_root, out)
+            curator = Curator(cfg, data_root, cell_cache)
             folders = {name: _build_set(g, data_root, checkpoint, out, out / "final_check" / name,
                                         curator) for name, g in sets.items()}
             res = run_evaluation(cfg.replace(evaluate=e), data_root, folders,
-                                 out / "final_check" / "evaluate", progress=progress)
+                                 out / "final_check" / "evaluate", progress=progress,
+                                 cell_cache=cell_cache)
             check.update(_read(res["summary"]))
         atomic_write_json(path, check)
         atomic_write_text(out / "final_check.md", final_markdown(check))

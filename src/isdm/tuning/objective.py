@@ -12,11 +12,13 @@
 3. sampling writes the pairs into ``<out>/trials/<number>/synthetic`` (seed ``tune.seed``);
    its seconds per image is the trial's cost;
 4. with a curation filter on, :func:`isdm.curation.curate_folder` writes the kept pairs into
-   ``<out>/trials/<number>/curated`` (the scorer is trained once, cached in
-   ``<out>/curate_cache``, and loaded once per worker);
-5. :func:`isdm.tuning.paired.measure` trains the trial's cell per repeat seed and pairs it with
-   the study's real-only cells; after each repeat the running mean gain is reported to Optuna
-   (step = repeat index), whose MedianPruner may stop the trial (single objective only).
+   ``<out>/trials/<number>/curated`` (the scorer is evaluate's cell from the cell store,
+   trained at most once, and loaded once per worker);
+5. :func:`isdm.tuning.paired.measure` trains the trial's cell per repeat seed, side by side on
+   the study's pool (:class:`isdm.tuning.cells.StudyCells`, into the cell store), and pairs it
+   with the study's real-only cells; after each repeat (in repeat order) the running mean gain
+   is reported to Optuna (step = repeat index), whose MedianPruner may stop the trial (single
+   objective only; the repeats not yet started are cancelled).
 
 Recorded per trial (Optuna user attributes, MLflow metrics of the trial run, ``trials.csv``):
 ``gain``, ``gain_se``, per repeat ``gain_repeats``, ``val_miou`` and ``baseline_val_miou``,
@@ -121,37 +123,38 @@ def _trial_name(number: int, params: dict[str, Any]) -> str:
 
 class Curator:
     """Curates a trial's folder with the scorer of ``base`` (loaded on first use, once per
-    worker, trained at most once per ``<out>/curate_cache`` under a lock)."""
+    worker; its cell is trained at most once per cell store, under the cell's lock)."""
 
-    def __init__(self, base: Config, data_root: Path, out_dir: Path) -> None:
-        self.base, self.data_root, self.cache = base, data_root, out_dir / "curate_cache"
+    def __init__(self, base: Config, data_root: Path, cell_cache: Optional[str | Path] = None,
+                 ) -> None:
+        self.base, self.data_root, self.cell_cache = base, data_root, cell_cache
         self.scorer: Any = None
 
     def __call__(self, tcfg: Config, synthetic: Path, out: Path) -> tuple[Path, float]:
         """(folder to train on, kept fraction of the pairs)."""
         from isdm.curation import curate_folder, load_scorer
-        from isdm.tuning.cache import lock
 
         c = tcfg.curate
         if c.min_fidelity == 0 and c.pixel_threshold == 0:  # no filter: the set as sampled
             return synthetic, 1.0
         if self.scorer is None:
-            with lock(self.cache / "scorer.lock"):
-                self.scorer = load_scorer(self.base, self.data_root, self.cache)
+            self.scorer = load_scorer(self.base, self.data_root, cell_cache=self.cell_cache)
         card = curate_folder(tcfg, synthetic, out, self.scorer, figures=False)
         return out, card["counts"]["kept"] / card["counts"]["pairs"]
 
 
 def make_objective(cfg: Config, data_root: Path, checkpoint: Path, out_dir: Path, real: Any,
-                   baseline: Sequence[float], study_run_id: Optional[str]) -> Callable[[Any], Any]:
-    """The function ``study.optimize`` calls once per trial (see the module docstring)."""
+                   baseline: Sequence[float], study_run_id: Optional[str],
+                   cells: Any) -> Callable[[Any], Any]:
+    """The function ``study.optimize`` calls once per trial (see the module docstring);
+    ``cells``: the study's :class:`isdm.tuning.cells.StudyCells`."""
     import optuna
 
     from isdm import tracking
     from isdm.sampling import run_sampling
 
     n_real = paired.real_pool_size(cfg, real.keys)
-    curate = Curator(cfg, data_root, out_dir)
+    curate = Curator(cfg, data_root, cells.store.root)
     prune = cfg.tune.pruning and cfg.tune.objectives == ("gain",)
 
     def objective(trial: optuna.Trial) -> Any:
@@ -182,7 +185,8 @@ def make_objective(cfg: Config, data_root: Path, checkpoint: Path, out_dir: Path
                         raise optuna.TrialPruned(f"repeat {r}: mean gain {gain.mean:+.4f}")
 
             try:
-                gain = paired.measure(tcfg, real, synth, baseline, on_repeat)
+                gain = paired.measure(tcfg, real, synth, baseline, on_repeat, folder=synthetic,
+                                      cells=cells)
             except optuna.TrialPruned as pruned:
                 stopped: Optional[optuna.TrialPruned] = pruned  # the run stays FINISHED
             else:

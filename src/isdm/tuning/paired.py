@@ -15,31 +15,35 @@ the trial's synthetic set). Both train ``tune.eval_steps`` optimiser steps
 cells alike; what is left is the synthetic set's effect plus the part of the seed noise that
 the synthetic images change.
 
-The real-only cells do not depend on the trial, so they are trained once per study
-(:func:`study_baseline`): cached in ``<out>/baselines/<key>.json`` (``key`` digests the real
-train files, the data keys, the evaluate recipe at the trial budget, the architecture, the
-seeds and the device type) and stored in the study's user attribute :data:`BASELINE_ATTR`; with
-several workers the first takes a file lock and trains them, the others wait and read.
+Every cell is an evaluate cell (:mod:`isdm.evaluation.cell`) run by the study's pool into the
+cell store (:class:`isdm.tuning.cells.StudyCells`, :func:`repeat_values`): the repeats of a
+trial train side by side, and a cell already in the store (keyed by the real train files, the
+data keys, the evaluate recipe at the trial budget, the architecture, mix, seed, the synthetic
+set's files and the device type) is read, not trained. The real-only cells do not depend on the
+trial, so they are computed once per study (:func:`study_baseline`) and kept in the study's
+user attribute :data:`BASELINE_ATTR`; with several workers the first takes a file lock and
+computes them, the others wait and read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from isdm.config import Config, to_dict
 from isdm.errors import TuningError
 
-__all__ = ["Gain", "BASELINE_ATTR", "TRIAL_MIX", "budget_config", "repeat_seeds",
-           "real_pool_size", "cell_val_miou", "paired_gain", "measure", "baseline_identity",
-           "study_baseline"]
+__all__ = ["Gain", "BASELINE_ATTR", "TRIAL_MIX", "BASELINE_MIX", "budget_config",
+           "repeat_seeds", "real_pool_size", "repeat_values", "paired_gain", "measure",
+           "baseline_identity", "study_baseline"]
 
 BASELINE_ATTR = "isdm.baseline"
 TRIAL_MIX = "RALLFALL"
-_NOT_RECIPE = ("architectures", "mixes", "seeds", "bootstrap")
+BASELINE_MIX = "RALLF000"
+_NOT_RECIPE = ("architectures", "mixes", "seeds", "bootstrap", "workers", "threads")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,16 +76,16 @@ def real_pool_size(cfg: Config, real_keys: Sequence[str]) -> int:
     return len(split_validation(real_keys, cfg.evaluate.val_fraction, cfg.tune.seed)[1])
 
 
-def cell_val_miou(cfg: Config, mix: str, seed: int, real: Any, synthetic: Any) -> tuple[float, int]:
-    """(best validation mIoU, optimiser steps) of the cell (``tune.architecture``, ``mix``,
-    ``seed``) trained with ``cfg.evaluate``'s recipe on ``real`` + ``synthetic``
-    (:class:`isdm.evaluation.segmenter.TensorSet` s at ``evaluate.image_size``)."""
-    from isdm.evaluation.cell import plan_cell, train_cell
-    from isdm.utils.runtime import resolve_device
-
-    cell = plan_cell(cfg, cfg.tune.architecture, mix, seed, real.keys, synthetic.keys)
-    _, fit = train_cell(cfg, cell, real, synthetic, device=resolve_device(cfg.runtime.device))
-    return float(fit.best_val_miou), int(fit.steps)
+def repeat_values(cfg: Config, mix: str, real: Any, synthetic: Any, folder: Optional[str | Path],
+                  cells: Any, seeds: Optional[Sequence[int]] = None) -> Iterator[tuple[float, int]]:
+    """``(best validation mIoU, optimiser steps)`` of the cell (``tune.architecture``, ``mix``,
+    seed) for each of ``seeds`` (default :func:`repeat_seeds`), in that order, trained with
+    ``cfg.evaluate``'s recipe on ``real`` + ``synthetic`` (the images of ``folder``; None for
+    ``RALLF000``) by ``cells`` (a :class:`isdm.tuning.cells.StudyCells`: side by side, from
+    the store when there)."""
+    jobs = cells.jobs(cfg, mix, repeat_seeds(cfg) if seeds is None else seeds, real, synthetic,
+                      folder)
+    yield from cells.values(jobs)
 
 
 def paired_gain(values: Sequence[float], baseline: Sequence[float]) -> Gain:
@@ -94,29 +98,37 @@ def paired_gain(values: Sequence[float], baseline: Sequence[float]) -> Gain:
 
 
 def measure(cfg: Config, real: Any, synthetic: Any, baseline: Sequence[float],
-            on_repeat: Optional[Callable[[int, Gain], None]] = None) -> Gain:
-    """Train the trial's cell for every repeat seed and pair it with ``baseline``.
+            on_repeat: Optional[Callable[[int, Gain], None]] = None, *,
+            folder: Optional[str | Path] = None, cells: Any = None) -> Gain:
+    """Train the trial's cell for every repeat seed (side by side, :func:`repeat_values`) and
+    pair it with ``baseline``.
 
-    ``cfg`` has the trial budget (:func:`budget_config`). ``on_repeat(r, gain so far)`` runs
-    after each repeat (it may raise ``optuna.TrialPruned``). An empty ``synthetic`` set (the
-    curation gate kept no pair) trains exactly the real-only cell, so its values are the
-    baseline's and its gain is 0 without training.
+    ``cfg`` has the trial budget (:func:`budget_config`); ``synthetic`` holds the images of
+    ``folder``. ``on_repeat(r, gain so far)`` runs after each repeat, in repeat order (it may
+    raise ``optuna.TrialPruned``: the repeats not yet started are cancelled). An empty
+    ``synthetic`` set (the curation gate kept no pair) trains exactly the real-only cell, so
+    its values are the baseline's and its gain is 0 without training.
     """
     values: list[float] = []
     gain = None
-    for r, seed in enumerate(repeat_seeds(cfg)):
-        values.append(cell_val_miou(cfg, TRIAL_MIX, seed, real, synthetic)[0] if len(synthetic)
-                      else baseline[r])
-        gain = paired_gain(values, baseline[:len(values)])
-        if on_repeat is not None:
-            on_repeat(r, gain)
+    if len(synthetic):
+        source: Iterator[float] = (v for v, _ in repeat_values(cfg, TRIAL_MIX, real, synthetic,
+                                                                folder, cells))
+    else:
+        source = (b for b in baseline[:cfg.tune.repeats])
+    with contextlib.closing(source):  # a pruned trial cancels the repeats not yet started
+        for r, value in enumerate(source):
+            values.append(value)
+            gain = paired_gain(values, baseline[:len(values)])
+            if on_repeat is not None:
+                on_repeat(r, gain)
     assert gain is not None  # tune.repeats >= 1
     return gain
 
 
 def baseline_identity(cfg: Config, data_root: str | Path, device_type: str) -> dict[str, Any]:
     """What decides the real-only values: ``cfg`` at the trial budget (see module docstring)."""
-    from isdm.curation.scorer import dataset_digest
+    from isdm.data.digest import dataset_digest
 
     d = cfg.data
     return {"dataset_sha256": dataset_digest(data_root),
@@ -128,43 +140,41 @@ def baseline_identity(cfg: Config, data_root: str | Path, device_type: str) -> d
 
 
 def study_baseline(cfg: Config, data_root: str | Path, real: Any, study: Any,
-                   out_dir: str | Path) -> tuple[list[float], bool]:
-    """(best validation mIoU of the real-only cell per repeat seed, trained here?).
+                   out_dir: str | Path, cells: Any) -> tuple[list[float], bool]:
+    """(best validation mIoU of the real-only cell per repeat seed, computed here?).
 
-    Read from the study, else from ``<out_dir>/baselines/<key>.json``, else trained under the
-    file lock and written to both. ``cfg`` has the trial budget.
+    Read from the study, else computed (from the cell store, or trained by ``cells``) under
+    the file lock ``<out_dir>/baseline.lock`` and written to the study. ``cfg`` has the trial
+    budget.
 
     Raises:
         TuningError: the study holds a baseline of another recipe, dataset, seeds or device
             (its trials would not be comparable with this worker's).
     """
     from isdm.tuning.cache import digest, lock
-    from isdm.utils.io import atomic_write_json
-    from isdm.utils.runtime import resolve_device
 
-    identity = baseline_identity(cfg, data_root, resolve_device(cfg.runtime.device).type)
+    identity = baseline_identity(cfg, data_root, cells.device.type)
     key = digest(identity)
-    stored = study.user_attrs.get(BASELINE_ATTR)
-    if stored is not None and stored["key"] != key:
-        raise TuningError(
-            f"study {study.study_name!r} was measured against another real-only baseline (key "
-            f"{stored['key']}, this worker's {key}: the data, the evaluate recipe, tune.eval_steps, "
-            "tune.architecture, tune.seed, tune.repeats or the device type differ); give a new "
-            "--study-name, or the study's settings")
-    if stored is not None:
-        return list(stored["val_miou"]), False
-    path = Path(out_dir) / "baselines" / f"{key}.json"
-    trained = False
-    with lock(path.with_suffix(".lock")):
-        if not path.exists():
-            from isdm.evaluation.loading import empty_set
 
-            empty = empty_set(cfg)
-            cells = [cell_val_miou(cfg, "RALLF000", seed, real, empty) for seed in repeat_seeds(cfg)]
-            atomic_write_json(path, {"identity": identity, "seeds": repeat_seeds(cfg),
-                                     "val_miou": [v for v, _ in cells],
-                                     "steps": [n for _, n in cells]})
-            trained = True
-        values = json.loads(path.read_text())["val_miou"]
-    study.set_user_attr(BASELINE_ATTR, {"key": key, "seeds": repeat_seeds(cfg), "val_miou": values})
-    return list(values), trained
+    def stored() -> Optional[list[float]]:
+        attr = study.user_attrs.get(BASELINE_ATTR)
+        if attr is not None and attr["key"] != key:
+            raise TuningError(
+                f"study {study.study_name!r} was measured against another real-only baseline "
+                f"(key {attr['key']}, this worker's {key}: the data, the evaluate recipe, "
+                "tune.eval_steps, tune.architecture, tune.seed, tune.repeats or the device type "
+                "differ); give a new --study-name, or the study's settings")
+        return None if attr is None else list(attr["val_miou"])
+
+    if (values := stored()) is not None:
+        return values, False
+    with lock(Path(out_dir) / "baseline.lock"):
+        if (values := stored()) is not None:  # another worker computed it while we waited
+            return values, False
+        from isdm.evaluation.loading import empty_set
+
+        values = [v for v, _ in repeat_values(cfg, BASELINE_MIX, real, empty_set(cfg), None,
+                                               cells)]
+        study.set_user_attr(BASELINE_ATTR, {"key": key, "seeds": repeat_seeds(cfg),
+                                            "val_miou": values})
+    return values, True

@@ -127,7 +127,8 @@ def _study_run_id(study: Any, created: bool, tracking_on: bool) -> Optional[str]
 
 def run_study(cfg: Config, data_root: str | Path, checkpoint: str | Path, out_dir: str | Path,
               n_trials: Optional[int] = None, storage: Optional[str] = None,
-              study_name: Optional[str] = None, progress: Optional[bool] = None) -> dict[str, Any]:
+              study_name: Optional[str] = None, progress: Optional[bool] = None,
+              cell_cache: Optional[str | Path] = None) -> dict[str, Any]:
     """Run ``n_trials`` trials (default ``tune.n_trials``) of the study in this process.
 
     Writes ``<out_dir>/best_params.yaml``, ``trials.csv``, ``summary.json`` and the plots of
@@ -135,6 +136,8 @@ def run_study(cfg: Config, data_root: str | Path, checkpoint: str | Path, out_di
     ``final_check.json`` / ``.md``; returns the summary (with ``final_check``). ``n_trials=0``
     only creates (or joins) the study and its MLflow run, fails the trials of killed workers
     and writes the results of the trials so far. ``progress``: None = ``runtime.progress``.
+    ``cell_cache``: the cell store of the downstream cells (default
+    :func:`isdm.evaluation.store.resolve_root`), shared with evaluate and curate.
     """
     import optuna
 
@@ -150,11 +153,12 @@ def run_study(cfg: Config, data_root: str | Path, checkpoint: str | Path, out_di
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with storage_errors(spec):
         return _run_study(cfg, data_root, checkpoint, out_dir, n_trials, spec, study_name,
-                          progress)
+                          progress, cell_cache)
 
 
 def _run_study(cfg: Config, data_root: Path, checkpoint: Path, out_dir: Path, n_trials: int,
-               spec: str, study_name: str, progress: bool) -> dict[str, Any]:
+               spec: str, study_name: str, progress: bool,
+               cell_cache: Optional[str | Path]) -> dict[str, Any]:
     from isdm import tracking
     from isdm.tuning.final_check import run_final_check
 
@@ -172,12 +176,14 @@ def _run_study(cfg: Config, data_root: Path, checkpoint: Path, out_dir: Path, n_
         if not study_run_id and (run.run_id or created):
             study.set_user_attr(STUDY_RUN_ATTR, run.run_id or "")
         if n_trials > 0:
-            _optimize(cfg, study, data_root, checkpoint, out_dir, run, n_trials, progress)
+            _optimize(cfg, study, data_root, checkpoint, out_dir, run, n_trials, progress,
+                      cell_cache)
         summary = _write_results(study, spec, out_dir, run)
         if not t.final_check:
             _no_final_check(out_dir)
         elif summary["complete"]:
-            check = run_final_check(cfg, data_root, checkpoint, out_dir, study, progress=progress)
+            check = run_final_check(cfg, data_root, checkpoint, out_dir, study, progress=progress,
+                                    cell_cache=cell_cache)
             summary["final_check"] = {k: check[k] for k in ("verdict", "tuned_vs_current")
                                       if k in check}
             if "tuned_vs_current" in check:
@@ -198,24 +204,28 @@ def _no_final_check(out_dir: Path) -> None:
 
 
 def _optimize(cfg: Config, study: Any, data_root: Path, checkpoint: Path, out_dir: Path,
-              run: Any, n_trials: int, progress: bool) -> None:
-    """The study's baseline (trained here or read), then this worker's trials."""
+              run: Any, n_trials: int, progress: bool, cell_cache: Optional[str | Path]) -> None:
+    """The study's baseline (computed here or read), then this worker's trials, their cells
+    on one pool (:class:`isdm.tuning.cells.StudyCells`)."""
+    from isdm.tuning.cells import StudyCells
     from isdm.tuning.console import Console
 
     real = objective_mod.load_real_train(cfg, data_root)
-    baseline, trained = paired.study_baseline(paired.budget_config(cfg), data_root, real, study,
-                                              out_dir)
-    if trained:
-        for r, value in enumerate(baseline):
-            run.log_metrics({"baseline_val_miou": value}, step=r)
-    study.set_user_attr(results.N_REAL_ATTR, paired.real_pool_size(cfg, real.keys))
-    objective = objective_mod.make_objective(cfg, data_root, checkpoint, out_dir, real, baseline,
-                                             run.run_id)
-    console = Console(n_trials, progress)
-    try:
-        study.optimize(objective, n_trials=n_trials, gc_after_trial=True, callbacks=[console])
-    finally:
-        console.close()
+    with StudyCells(cfg, data_root, cell_cache=cell_cache) as cells:
+        baseline, computed = paired.study_baseline(paired.budget_config(cfg), data_root, real,
+                                                   study, out_dir, cells)
+        if computed:
+            for r, value in enumerate(baseline):
+                run.log_metrics({"baseline_val_miou": value}, step=r)
+        study.set_user_attr(results.N_REAL_ATTR, paired.real_pool_size(cfg, real.keys))
+        objective = objective_mod.make_objective(cfg, data_root, checkpoint, out_dir, real,
+                                                 baseline, run.run_id, cells)
+        console = Console(n_trials, progress)
+        try:
+            study.optimize(objective, n_trials=n_trials, gc_after_trial=True,
+                           callbacks=[console])
+        finally:
+            console.close()
 
 
 def _write_results(study: Any, spec: str, out_dir: Path, run: Any) -> dict[str, Any]:

@@ -1,0 +1,257 @@
+"""Cells side by side: a pool of worker processes that run cell jobs (:mod:`.worker`) into the
+cell store (:mod:`.store`), used by ``evaluate``, ``curate``'s scorer, ``tune`` and the plateau
+bench.
+
+Why processes: one small segmenter step (64 px, batch 8) keeps one core busy but leaves a
+second thread mostly waiting, so two cells on one thread each train about 1.5x as many steps per
+second as one cell on two threads (FPN on a quiet 2-core AVX2 machine). Workers are spawned (not forked: torch's thread pools do not
+survive a fork) and each loads the data once (:func:`isdm.evaluation.worker.load_real`).
+
+:func:`plan_workers`: ``evaluate.threads`` (0 = auto: 1 on CPU; on CUDA the cores shared among
+the workers) and ``evaluate.workers`` (0 = auto: one per core / ``threads`` on CPU, one per
+visible GPU on CUDA, each worker on its own GPU), never more than the cells to run. One worker
+runs the cells in the calling process (no spawn) at ``threads`` threads, so ``workers: 1`` and
+``workers: 2`` give the same bits for the same threads per cell.
+
+:meth:`CellPool.run` yields each cell as it comes: first those already in the store (no worker
+is started when all are), then the trained ones in the order they finish; a cell is in the store
+before it is yielded, so a killed run loses only the cells in training (whose progress is saved
+every :data:`isdm.evaluation.worker.SAVE_EVERY_S` seconds). One progress bar counts cells done,
+trained and taken from the store (a non-TTY gets a plain line every :data:`LINE_EVERY_S`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+
+from isdm.errors import EvaluationError
+from isdm.evaluation.store import CellRecord, CellStore
+from isdm.evaluation.worker import CellJob, run_job
+
+__all__ = ["CellOutcome", "CellPool", "plan_workers", "available_cpus", "LINE_EVERY_S"]
+
+LINE_EVERY_S = 30.0
+_WORKER: dict[str, Any] = {}  # the device of this worker process
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    """A job's record and whether this run trained it (False: it came from the store)."""
+
+    job: CellJob
+    record: CellRecord
+    trained: bool
+
+
+def available_cpus() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def plan_workers(workers: int, threads: int, device: torch.device,
+                 n_cells: int) -> tuple[int, int, list[str]]:
+    """``(workers, threads per worker, device of each worker)`` (see the module docstring)."""
+    cpus = available_cpus()
+    if device.type == "cuda":
+        gpus = ([f"cuda:{device.index}"] if device.index is not None
+                else [f"cuda:{i}" for i in range(max(1, torch.cuda.device_count()))])
+        n = workers or len(gpus)
+        t = threads or max(1, cpus // n)
+        devices = [gpus[i % len(gpus)] for i in range(n)]
+    else:
+        t = threads or 1
+        n = workers or max(1, cpus // t)
+        devices = [str(device)] * n
+    n = max(1, min(n, n_cells))
+    return n, t, devices[:n]
+
+
+@contextlib.contextmanager
+def _settings(threads: int, device: torch.device) -> Iterator[None]:
+    """This process at ``threads`` torch threads (and cuDNN autotuning on CUDA) for a while."""
+    before = torch.get_num_threads()
+    bench = torch.backends.cudnn.benchmark
+    torch.set_num_threads(threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        torch.backends.cudnn.benchmark = bench
+
+
+def _watch_parent(parent: int) -> None:
+    """End this worker when its parent is gone (``kill -9`` of the command): an orphan would
+    wait for work forever. A cell in training keeps its saved progress."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _init_worker(devices: Any, threads: int) -> None:
+    """A spawned worker: take a device, set the threads (for its whole life), and watch the
+    parent."""
+    import threading
+
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    device = torch.device(devices.get())
+    torch.set_num_threads(threads)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    _WORKER["device"] = device
+
+
+def _work(job: CellJob) -> tuple[CellRecord, bool]:
+    return run_job(job, _WORKER["device"])
+
+
+class _Progress:
+    """Cells done / trained / from the store: a tqdm bar on a terminal, else plain lines."""
+
+    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+        self.total, self.desc, self.enabled = total, desc, enabled and total > 0
+        self.trained = self.stored = 0
+        self.t0 = self.last = time.monotonic()
+        self.bar = None
+        if self.enabled and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="cell")
+
+    def update(self, trained: bool) -> None:
+        self.trained += trained
+        self.stored += not trained
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"trained {self.trained}, from the store {self.stored}")
+            self.bar.update(1)
+            return
+        now, done = time.monotonic(), self.trained + self.stored
+        if now - self.last >= LINE_EVERY_S or done == self.total:
+            self.last = now
+            print(f"{self.desc}: {done}/{self.total} cells ({self.trained} trained, {self.stored} "
+                  f"from the store), {now - self.t0:.0f} s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class CellPool:
+    """Runs cell jobs on ``workers`` processes of ``threads`` threads each (see the module
+    docstring); a context manager (the workers stop at its end)."""
+
+    def __init__(self, *, workers: int, threads: int, devices: Sequence[str],
+                 progress: bool = False, desc: str = "cells") -> None:
+        self.workers, self.threads, self.devices = workers, threads, list(devices)
+        self.progress, self.desc = progress, desc
+        self._executor: Optional[ProcessPoolExecutor] = None
+        self.trained = self.from_store = 0
+
+    @classmethod
+    def for_cells(cls, evaluate: Any, device: torch.device, n_cells: int, *,
+                  progress: bool = False, desc: str = "cells") -> "CellPool":
+        """A pool sized by ``evaluate.workers`` / ``evaluate.threads`` for ``n_cells`` cells."""
+        workers, threads, devices = plan_workers(evaluate.workers, evaluate.threads, device,
+                                                 n_cells)
+        return cls(workers=workers, threads=threads, devices=devices, progress=progress,
+                   desc=desc)
+
+    def __enter__(self) -> "CellPool":
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.close(terminate=exc_type is not None)
+
+    def close(self, terminate: bool = False) -> None:
+        """Stop the workers: after their cells (default), or at once (``terminate``: an error
+        or an interrupt, whose cells in training keep their saved progress)."""
+        if self._executor is None:
+            return
+        if terminate:  # the executor has no public way to stop a running task
+            for process in list(getattr(self._executor, "_processes", {}).values()):
+                process.terminate()
+        self._executor.shutdown(wait=not terminate, cancel_futures=True)
+        self._executor = None
+
+    def describe(self) -> str:
+        return (f"{self.workers} worker{'s' * (self.workers > 1)} x {self.threads} "
+                f"thread{'s' * (self.threads > 1)} ({', '.join(sorted(set(self.devices)))})")
+
+    def run(self, jobs: Sequence[CellJob]) -> Iterator[CellOutcome]:
+        """Every job's outcome: stored ones first, then as trained cells finish."""
+        progress = _Progress(len(jobs), self.desc, self.progress)
+        missing = []
+        try:
+            for job in jobs:
+                record = CellStore(job.store).get(job.spec)
+                if record is None:
+                    missing.append(job)
+                    continue
+                yield self._done(CellOutcome(job, record, False), progress)
+            runner = self._inline if self.workers == 1 or len(missing) == 1 else self._parallel
+            for outcome in runner(missing):
+                yield self._done(outcome, progress)
+        finally:
+            progress.close()
+
+    def _done(self, outcome: CellOutcome, progress: _Progress) -> CellOutcome:
+        self.trained += outcome.trained
+        self.from_store += not outcome.trained
+        progress.update(outcome.trained)
+        return outcome
+
+    def _inline(self, jobs: Sequence[CellJob]) -> Iterator[CellOutcome]:
+        device = torch.device(self.devices[0])
+        for job in jobs:
+            with _settings(self.threads, device):
+                record, trained = run_job(job, device)
+            yield CellOutcome(job, record, trained)
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")
+            queue = ctx.Queue()
+            for device in self.devices:
+                queue.put(device)
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=ctx,
+                                                 initializer=_init_worker,
+                                                 initargs=(queue, self.threads))
+        return self._executor
+
+    def _parallel(self, jobs: Sequence[CellJob]) -> Iterator[CellOutcome]:
+        pool = self._pool()
+        futures: dict[Future, CellJob] = {pool.submit(_work, job): job for job in jobs}
+        order = {f: i for i, f in enumerate(futures)}
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in sorted(done, key=order.__getitem__):
+                    record, trained = future.result()
+                    yield CellOutcome(futures[future], record, trained)
+        except BrokenProcessPool:
+            self._executor = None
+            raise EvaluationError(
+                "a cell worker process died (killed, or out of memory: lower evaluate.workers); "
+                "the cells finished so far are in the store, run the command again") from None
+        finally:
+            for future in pending:
+                future.cancel()

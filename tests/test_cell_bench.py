@@ -1,0 +1,43 @@
+"""The segmenter-efficiency bench: counted GFLOP per step, the bare step and pooled cells."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def embedded64(tmp_path_factory):
+    from isdm.config import SynthConfig
+    from isdm.data.synth import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("embedded64")
+    write_synthetic_dataset(root, SynthConfig(num_train=10, num_test=2, image_size=64))
+    return root
+
+
+@pytest.mark.slow
+def test_gflop_per_step_is_counted_and_a_cell_is_timed_in_its_worker(embedded64):
+    from isdm.bench import cell_bench
+
+    cpu = torch.device("cpu")
+    flops = cell_bench.step_flops("FPN", embedded64, cpu)
+    assert 12e9 < flops < 14.5e9  # forward + backward of FPN/resnet18, 64 px, batch 8, 5 classes
+    assert cell_bench.bare_step("FPN", embedded64, cpu, warmup=0, steps=1) > 0
+    pool = cell_bench.pool_cells("FPN", embedded64, cpu, steps=2, cells=1)
+    assert pool["cells"] == 1 and 0 < pool["cell_s"] <= pool["pool_s"]
+
+
+def test_a_row_gives_achieved_gflops_and_their_ratio_to_the_matmul_rate(monkeypatch):
+    from isdm.bench import cell_bench
+
+    monkeypatch.setattr(cell_bench, "step_flops", lambda arch, root, device: 20e9)
+    monkeypatch.setattr(cell_bench, "bare_step", lambda *a, **k: 0.5)
+    monkeypatch.setattr(cell_bench, "pool_cells", lambda arch, root, device, steps, cells: {
+        "workers": 2, "threads": 1, "cells": 2, "cell_s": 4.0, "pool_s": 6.0})
+    row = cell_bench._row("FPN", Path("."), torch.device("cpu"), 80.0, quick=True)
+    assert (row["gflop_per_step"], row["step_ms"], row["step_gflops"]) == (20.0, 500.0, 40.0)
+    assert row["step_mfu"] == 0.5
+    assert row["cells_gflops"] == 2 * 4 * 20.0 / 4.0 and row["cells_mfu"] == 40.0 / 80.0

@@ -2,7 +2,8 @@
 
 The scorer IS the downstream cell (:mod:`isdm.evaluation.cell`) of ``curate.architecture``, the
 real-only mix ``RALLF000`` and seed ``curate.seed``, trained with the ``evaluate`` recipe through
-the same code (:mod:`isdm.evaluation.worker`) and kept in the same cell store
+the same code (:mod:`isdm.evaluation.worker`), for ``evaluate.steps`` (``auto``: the calibrated
+steps of ``curate.architecture``, :mod:`isdm.evaluation.calibration`), and kept in the same cell store
 (:mod:`isdm.evaluation.store`, keyed by :class:`isdm.evaluation.spec.CellSpec`: the real train
 files, the data keys that decode them, the evaluate recipe, the architecture, seed, steps and
 device type): ``curate`` reuses the cell ``evaluate`` trained and the reverse, and its label
@@ -66,6 +67,7 @@ def load_scorer(cfg: Config, data_root: str | Path, *, cell_cache: Optional[str 
     Raises:
         EvaluationError: unknown architecture, or no validation image in the real train split.
     """
+    from isdm.evaluation.calibration import resolve_steps
     from isdm.evaluation.cell import plan_cell
     from isdm.evaluation.cell_runs import stored_model
     from isdm.evaluation.loading import eval_data_config, load_real
@@ -85,8 +87,10 @@ def load_scorer(cfg: Config, data_root: str | Path, *, cell_cache: Optional[str 
         if cfg.data.crop else train  # whole images resized, for the memorisation check
     cell = plan_cell(cfg, c.architecture, BASELINE, c.seed, train.keys, [])
     store = CellStore(resolve_root(cell_cache))
+    steps, _ = resolve_steps(cfg, data_root, [c.architecture], store=store, device=dev)
     job = make_job(cfg, data_root, cell, digests=digests, synthetic=None,
-                   test=bool(digests.split("test")), device_type=dev.type, store=store)
+                   test=bool(digests.split("test")), device_type=dev.type, store=store,
+                   steps=steps[c.architecture])
     with CellPool.for_cells(e, dev, 1) as pool:
         (outcome,) = list(pool.run([job]))
     record = outcome.record

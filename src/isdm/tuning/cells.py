@@ -25,7 +25,8 @@ class StudyCells:
 
     Args:
         cfg: the study's config (``evaluate.workers`` / ``evaluate.threads`` size the pool, at
-            most ``tune.repeats`` workers: the cells that can run side by side).
+            most the largest rung of repeats, ``tune.repeats`` or ``tune.max_repeats``: the
+            cells that can run side by side).
         cell_cache: the cell store (default :func:`isdm.evaluation.store.resolve_root`).
     """
 
@@ -42,8 +43,9 @@ class StudyCells:
         self.device = resolve_device(cfg.runtime.device if device is None else device)
         self.store = CellStore(resolve_root(cell_cache))
         self.digests = Digests(data_root)
-        self.pool = CellPool.for_cells(cfg.evaluate, self.device, cfg.tune.repeats,
-                                       progress=progress, desc="cells")
+        rung = max(cfg.tune.repeats, cfg.tune.max_repeats - cfg.tune.repeats)
+        self.pool = CellPool.for_cells(cfg.evaluate, self.device, rung, progress=progress,
+                                       desc="cells")
         if (warning := precision_warning(cfg.evaluate.precision, self.device)) is not None:
             print(f"warning: {warning}", file=sys.stderr)
 

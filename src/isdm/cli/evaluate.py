@@ -50,6 +50,8 @@ def evaluate(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_roo
         return
     summary = result["summary"]
     click.echo("")
+    for arch, a in summary["calibration"]["architectures"].items():
+        click.echo(f"steps {arch}: {a['steps']} ({a['reason']}: {a['evidence']})")
     click.echo(result["table"])
     click.echo("\nMean over architectures:")
     click.echo(overall_table(summary))

@@ -31,8 +31,9 @@ class CalibrationConfig(Section):
     its points, so training longer moves the baseline by less than re-drawing its seeds would.
     ``max_steps`` caps the calibration (a cost bound: "cap reached" in the report). A curve whose
     seed-mean validation mIoU WITHOUT background stays below ``min_defect_iou`` over its last
-    quarter is flat at the background-only level, not a plateau: calibration goes on to the cap,
-    and a baseline still below it there makes the comparison void (the report says so).
+    quarter has not learned the defects (e.g. it predicts background only): flat there is not a
+    plateau, calibration goes on to the cap, and a baseline still below it there makes the
+    comparison void (the report says so).
 
     None of these keys changes a cell (they are not in a cell's key): they choose N, and N is.
     """

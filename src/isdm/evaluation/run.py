@@ -154,7 +154,8 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic: SyntheticSpec,
         setup = _setup(cfg, data_root, sets, dev, seeds, plan.train, plan.test, plan.synth, steps)
         setup["cells"] = (f"{len(cells)}: {pool.trained} trained in this run "
                           f"({pool.describe()}), {pool.from_store} from the cell store "
-                          f"{store.root}")
+                          f"{store.root}" + ("; the real-only cells are the calibration's"
+                                             if calibrations else ""))
         calibration = _calibration(cfg, steps, calibrations, ordered)
         summary = report.build_summary(cfg, cells, counts, rows, list(sets), seeds, fidelity, setup,
                                        calibration)

@@ -110,7 +110,8 @@ def run_final_check(cfg: Config, data_root: str | Path, checkpoint: str | Path,
                                  out / "final_check" / "evaluate", progress=progress,
                                  cell_cache=cell_cache)
             check.update(_read(res["summary"]))
-            check["steps"] = res["summary"]["budget"]["steps_per_architecture"]  # auto: resolved
+            budget = res["summary"].get("budget", {})
+            check["steps"] = budget.get("steps_per_architecture", e.steps)  # auto: resolved
         atomic_write_json(path, check)
         atomic_write_text(out / "final_check.md", final_markdown(check))
     return check

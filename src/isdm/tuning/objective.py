@@ -221,8 +221,13 @@ class _Planner:
 
         from isdm.tuning.cache import lock
 
-        if gain is None:
+        if gain is None:  # no decision possible yet (startup trials): one rung of R repeats
             target, action = self.rule.first, "more"
+            if self.rule.adaptive and target < self.rule.repeats:
+                state = repeats.study_state(self.trial.study.get_trials(deepcopy=False),
+                                            self.trial.number, self.rule, [], 0)
+                if state.best is None or state.sigma is None:
+                    target = self.rule.repeats
             self.trial.set_user_attr(repeats.PLANNED_ATTR, target)
         else:
             with lock(self.out_dir / "repeats.lock"):

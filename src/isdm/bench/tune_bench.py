@@ -308,7 +308,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="cell store (default: a fresh one in a temp folder)")
     parser.add_argument("--corners", action="store_true",
                         help="the noise / spread of the objective at the four corners instead")
-    parser.add_argument("--seeds", type=int, default=None, help="--corners: noise seeds k (default 5)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="--corners: noise seeds k (default 5)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     res = run(args.quick, args.config, args.overrides, args.data, args.checkpoint, args.seeds,

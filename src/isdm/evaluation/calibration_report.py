@@ -114,7 +114,8 @@ def _num(value: Any, spec: str) -> str:
 
 
 def mlflow_metrics(calibration: Mapping[str, Any]) -> dict[str, float]:
-    """``calibration.<arch>.steps`` / ``.rise`` / ``.threshold`` / ``.void``, ``calibration.void``."""
+    """``calibration.<arch>.steps`` / ``.rise`` / ``.threshold`` / ``.void`` and
+    ``calibration.void``."""
     out = {"calibration.void": float(calibration["void"])}
     for arch, a in calibration["architectures"].items():
         out[f"calibration.{arch}.steps"] = float(a["steps"])

@@ -72,8 +72,9 @@ class PlateauRule:
 
     def describe(self) -> str:
         """The rule in one sentence (report.md)."""
+        first = max(self.min_steps, MIN_VALIDATIONS * self.val_every)
         return (f"validation every {self.val_every} steps, checked every {self.chunk} steps; "
-                f"stop at the first check N >= {max(self.min_steps, MIN_VALIDATIONS * self.val_every)} "
+                f"stop at the first check N >= {first} "
                 f"where the seed-mean validation mIoU rose by less than max({self.rise_floor:g}, "
                 f"{self.rise_se:g} x its standard error) over the last quarter of the curve "
                 f"(mean of the last quarter minus the quarter before) and the defect classes "

@@ -1,7 +1,8 @@
 """A trial's value: the paired validation-mIoU gain of real + synthetic over real only.
 
 Repeat ``r = 0, 1, ...`` uses the segmenter seed ``seed_r = tune.seed + r`` in EVERY trial
-(how many repeats a trial runs: ``tune.repeats``, or the adaptive rule of :mod:`.repeats`). For each ``seed_r`` two downstream cells (:mod:`isdm.evaluation.cell`) of
+(how many repeats a trial runs: ``tune.repeats``, or the adaptive rule of :mod:`.repeats`).
+For each ``seed_r`` two downstream cells (:mod:`isdm.evaluation.cell`) of
 ``tune.architecture`` are planned with that seed, so they share the validation split, the real
 training images, the initial weights and the batch-order seed (common random numbers): the
 real-only cell ``RALLF000`` and the trial's cell ``RALLFALL`` (all real training images plus

@@ -94,8 +94,8 @@ def fidelity_table(fidelity: Mapping[str, Mapping[str, Mapping[str, float]]]) ->
 _DEFINITIONS = [
     "- Budget: every cell of an architecture trains for the same number of optimiser steps of "
     "the same batch size, whatever the size of its mix (with `evaluate.steps: auto` the steps "
-    "its real-only baseline's validation curve calibrated); an epoch (one pass over the mix's images) is derived: images "
-    "seen / training images. The weights of the best validation (real validation split) are "
+    "its real-only baseline's validation curve calibrated); an epoch (one pass over the mix's "
+    "images) is derived: images seen / training images. The weights of the best validation (real validation split) are "
     "tested.",
     "- IoU_c = TP_c / (TP_c + FP_c + FN_c) with counts summed over ALL test images; "
     "`ignore_index` pixels excluded (in training losses too).",

@@ -229,7 +229,8 @@ class EvaluateConfig(Section):
     :mod:`isdm.evaluation.calibration`), the same for every row of that architecture; the
     validation split (``val_fraction`` of the real train split) is scored every ``val_every``
     steps and after the last, and the best validation's weights are tested. ``batch_size`` >= 2
-    because of BatchNorm; ``image_size`` a multiple of 32 because the smp encoders downsample by 32 (an int: square; ``[H, W]``: a
+    because of BatchNorm; ``image_size`` a multiple of 32 because the smp encoders downsample by 32
+    (an int: square; ``[H, W]``: a
     rectangle, each side a multiple of 32; whole images are brought to it by ``data.resize``);
     ``precision`` the autocast of the
     segmenter's forward pass (``bf16``: CPUs with native bf16, or CUDA). With ``data.crop``
@@ -313,7 +314,8 @@ class TuneConfig(Section):
     same test, and a trial that leads the study (its mean >= the best) goes on to
     ``max_repeats`` (no extension when it is <= ``repeats``) while the repeats saved by pruned
     trials pay for it (never more segmenter steps than ``repeats`` per trial). The rule decides
-    once ``pruning_startup_trials`` trials completed. ``objectives``: ``[gain]`` or ``[gain, cost]`` (cost = sampling seconds per image,
+    once ``pruning_startup_trials`` trials completed. ``objectives``: ``[gain]`` or ``[gain, cost]``
+    (cost = sampling seconds per image,
     minimised: a Pareto front). ``storage`` '' = a journal file under ``--out``. TPE samples
     at random for the first ``sampler_startup_trials`` trials. ``n_trials`` 0 only creates the
     study (and its MLflow run) for workers to join. ``final_check``: after the trials, the best

@@ -5,7 +5,8 @@ real-only mix ``RALLF000`` and seed ``curate.seed``, trained with the ``evaluate
 the same code (:mod:`isdm.evaluation.worker`), for ``evaluate.steps`` (``auto``: the
 calibrated steps of ``curate.architecture``, :mod:`isdm.evaluation.calibration`), and kept in
 the same cell store (:mod:`isdm.evaluation.store`, keyed by
-:class:`isdm.evaluation.spec.CellSpec`: the real train files, the data keys that decode them, the evaluate recipe, the architecture, seed, steps and
+:class:`isdm.evaluation.spec.CellSpec`: the real train files, the data keys that decode them, the
+evaluate recipe, the architecture, seed, steps and
 device type): ``curate`` reuses the cell ``evaluate`` trained and the reverse, and its label
 fidelity is the one evaluate reports. Where the dataset has a test split the scorer's record
 holds its test counts too (as every evaluate cell's: curate never reads them), so that evaluate

@@ -95,8 +95,8 @@ _DEFINITIONS = [
     "- Budget: every cell of an architecture trains for the same number of optimiser steps of "
     "the same batch size, whatever the size of its mix (with `evaluate.steps: auto` the steps "
     "its real-only baseline's validation curve calibrated); an epoch (one pass over the mix's "
-    "images) is derived: images seen / training images. The weights of the best validation (real validation split) are "
-    "tested.",
+    "images) is derived: images seen / training images. The weights of the best validation (real "
+    "validation split) are tested.",
     "- IoU_c = TP_c / (TP_c + FP_c + FN_c) with counts summed over ALL test images; "
     "`ignore_index` pixels excluded (in training losses too).",
     "- mIoU = mean of IoU_c over classes present in prediction or ground truth (a class "

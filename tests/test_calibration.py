@@ -5,6 +5,7 @@ real-only cell again; the report and MLflow carry the curve and the chosen steps
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -162,3 +163,20 @@ def test_evaluate_auto_reuses_the_calibration_cells_and_reports_the_steps(synth_
     monkeypatch.setattr(worker, "_train", no_training)
     scorer = load_scorer(cfg, synth_dir)
     assert scorer.reused and scorer.identity["steps"] == 8
+
+    # tune at eval_steps auto: 8 steps, and its real-only cells of seeds 0, 1 are the
+    # calibration's (tested twins: read, not trained; the search reads only their fit)
+    from isdm.evaluation.loading import empty_set, load_split
+    from isdm.tuning import paired
+    from isdm.tuning.cells import StudyCells
+
+    tcfg = cfg.replace(tune=dataclasses.replace(cfg.tune, eval_steps="auto", architecture="FPN"))
+    with StudyCells(tcfg, synth_dir) as cells:
+        tcfg, calibration = paired.resolve_budget(tcfg, synth_dir, cells)
+        assert tcfg.tune.eval_steps == 8 and calibration.steps == 8
+        bcfg = paired.budget_config(tcfg)
+        real = load_split(bcfg, synth_dir, "train")
+        values = list(paired.repeat_values(bcfg, "RALLF000", real, empty_set(bcfg), None, cells,
+                                           [0, 1]))
+    stored = {c["seed"]: c["best_val_miou"] for c in res["cells"] if c["mix"] == "RALLF000"}
+    assert values == [(stored[0], 8), (stored[1], 8)]

@@ -74,7 +74,7 @@ def test_errors_of_several_layers_name_each(tmp_path, base):
     text = str(e.value)
     assert text.startswith("2 invalid values:")
     assert f"{over}: train.lr=-1.0: must be > 0" in text
-    assert "--set: evaluate.steps=0: must be >= 1" in text
+    assert "--set: evaluate.steps=0: must be an integer >= 1 or auto" in text
 
 
 def test_finetune_inherits_from_train_what_it_does_not_set(tmp_path):

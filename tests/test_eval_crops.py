@@ -187,7 +187,7 @@ def test_the_curation_scorer_trains_on_crops_and_scores_crop_size_samples(rect_d
     assert len(scores) == 3 and all(loss.shape == pred.shape == (32, 32) for loss, pred in scores)
     assert all(np.isfinite(loss).all() for loss, _ in scores)
     plain = load_config(None, ["data.num_classes=3"])  # whole images: no crop keys
-    ident = cell_spec(plain, "FPN", "RALLF000", 0, real="r").identity()
+    ident = cell_spec(plain, "FPN", "RALLF000", 0, real="r", steps=1).identity()
     assert "window_overlap" not in ident["recipe"] and "crop" not in ident["data"]
 
 

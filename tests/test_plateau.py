@@ -46,3 +46,16 @@ def test_plateau_command_writes_curves_of_every_seed(synth_dir, tmp_path, capsys
     assert all(0.0 <= float(r["val_miou"]) <= 1.0 for r in rows)
     assert (out / "plateau.png").read_bytes()[:4] == b"\x89PNG"
     assert "| tiny | FPN | 2 |" in capsys.readouterr().out
+
+
+def test_plateau_table_says_where_auto_would_stop_with_the_calibrations_own_rule():
+    """The bench replays the calibration's rule (isdm.evaluation.plateau_rule): the curve of
+    tests/test_plateau_rule.py (seed mean min(0.05 j, 0.5), seeds +- 0.01) stops at 180."""
+    from isdm.config.calibration import CalibrationConfig
+
+    base = [min(0.05 * j, 0.5) for j in range(1, 41)]
+    rows = _rows("A", {0: [v + 0.01 for v in base], 1: [v - 0.01 for v in base]})
+    (row,) = plateau_table(rows, calibration=CalibrationConfig(check_every=2))
+    assert (row["auto_steps"], row["auto_reason"]) == (180, "plateau")
+    (short,) = plateau_table(rows[:7] + rows[40:47], calibration=CalibrationConfig(check_every=2))
+    assert (short["auto_steps"], short["auto_reason"]) == (None, "not within the curves")

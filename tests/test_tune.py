@@ -388,8 +388,12 @@ def test_study_records_paired_gains_and_writes_results(tmp_path, synth_dir, mlfl
     assert summary["best_gain_se"] == pytest.approx(0.0, abs=1e-12)  # the seed noise cancels
     assert (out / "plots" / "optimization_history.png").stat().st_size > 0
     rows = (out / "trials.csv").read_text().splitlines()
-    assert rows[0].split(",")[:8] == ["number", "state", "gain", "gain_se", "gain_r0", "gain_r1",
-                                      "val_miou_r0", "val_miou_r1"]
+    assert rows[0].split(",")[:8] == ["number", "state", "gain", "gain_se", "repeats", "gain_r0",
+                                      "gain_r1", "val_miou_r0"]
+    # fixed repeats: 4 trials x 2 repeats + 2 real-only cells, each of tune.eval_steps = 2 steps
+    assert summary["segmenter_cells"] == {"trials": 8, "baseline": 2, "total": 10,
+                                          "fixed_total": 10}
+    assert (summary["eval_steps"], summary["segmenter_steps"]) == (2, 20)
     assert len(rows) == 5
     # one console line per finished trial
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("trial ")]
@@ -401,6 +405,7 @@ def test_study_records_paired_gains_and_writes_results(tmp_path, synth_dir, mlfl
     assert all(t.data.metrics["gain"] == pytest.approx(_gain(float(t.data.params["sample.s"])))
                for t in trials)
     assert study_run.data.metrics["best_gain"] == pytest.approx(summary["best_gain"])
+    assert study_run.data.metrics["segmenter_steps"] == 20.0
 
     # resuming the study adds trials under the same study run and the same baseline
     summary = tuning.run_study(cfg, synth_dir, ckpt, out, n_trials=1, progress=False)
@@ -424,6 +429,39 @@ def test_repeats_share_seeds_and_splits_across_trials_and_the_baseline_is_traine
         ref = baseline[c["seed"]]
         assert (c["val"], c["real"]) == (ref["val"], ref["real"])
     assert {c["steps"] for c in cells} == {cfg.tune.eval_steps}
+
+
+@pytest.mark.slow
+def test_adaptive_repeats_prune_extend_and_never_cost_more_than_fixed_repeats(
+        tmp_path, synth_dir, standins, ckpt):
+    """Stand-in gains without seed noise: a trial below the best is pruned after its first
+    repeat, the others run tune.repeats, a leader runs max_repeats once the pruned trials saved
+    enough; every repeat is an intermediate value; the study uses no more cells than fixed
+    repeats would."""
+    import optuna
+
+    cfg = _cfg("tune.repeats=2", "tune.min_repeats=1", "tune.max_repeats=4",
+               "tune.pruning_startup_trials=1",
+               "tracking.enabled=false", *_NO_GATE)
+    summary = tuning.run_study(cfg, synth_dir, ckpt, tmp_path / "tune", n_trials=12,
+                               progress=False)
+    study = optuna.load_study(study_name="isdm", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "tune" / "study.journal"))))
+    trials = study.get_trials()
+    S = optuna.trial.TrialState
+    repeats = {t.number: len(t.user_attrs["gain_repeats"]) for t in trials}
+    assert {repeats[t.number] for t in trials if t.state == S.PRUNED} == {1}
+    assert {repeats[t.number] for t in trials if t.state == S.COMPLETE} == {2, 4}
+    assert all(sorted(t.intermediate_values) == list(range(repeats[t.number])) for t in trials)
+    best = max(t.value for t in trials if t.state == S.COMPLETE)
+    extended = [t for t in trials if repeats[t.number] == 4]
+    assert all(t.value == best or t.user_attrs["repeat_decisions"][-1].startswith("2: more")
+               for t in extended)
+    cells = summary["segmenter_cells"]
+    assert cells["total"] <= cells["fixed_total"] == 12 * 2 + 2
+    assert cells["trials"] == sum(repeats.values()) and cells["baseline"] == 4
+    baseline = [c["seed"] for c in _cells(standins) if c["mix"] == "RALLF000"]
+    assert baseline == [0, 1, 2, 3]  # seeds 2 and 3 once, when the first leader needed them
 
 
 def test_a_study_measured_against_another_baseline_is_refused(tmp_path, synth_dir, standins, ckpt):

@@ -15,8 +15,12 @@ validation:
   a band of ± one std, one row of panels per dataset;
 - a table per (dataset, architecture): the best of the seed-mean curve, the first step at which
   it comes within ``tol`` (0.01) of that best (``plateau_step``), the mean of its last quarter
-  minus the mean of the quarter before (``last_quarter_rise``: ~0 once plateaued), and the
-  cost (``s_per_step``, training plus its validations; ``steps_per_s``).
+  minus the mean of the quarter before (``last_quarter_rise``: ~0 once plateaued;
+  :func:`isdm.evaluation.plateau_rule.quarter_rise`), where ``evaluate.steps: auto`` would
+  have stopped on these curves (``auto_steps``, ``auto_reason``: the calibration's own rule,
+  :func:`isdm.evaluation.plateau_rule.first_stop`, with the config's
+  ``evaluate.calibration``; empty when the curves end first), and the cost (``s_per_step``,
+  training plus its validations; ``steps_per_s``).
 
 ``python -m isdm.bench.plateau --data DIR [-c params.yaml] [--set k=v] --steps N --val-every K
 --seeds 0 1 2 --out DIR`` runs one dataset with the config's evaluate recipe;
@@ -89,9 +93,37 @@ def _mean_curve(rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.nd
     return np.array(steps), np.nanmean(by_step, axis=1), np.nanstd(by_step, axis=1)
 
 
-def plateau_table(rows: list[dict[str, Any]], tol: float = 0.01) -> list[dict[str, Any]]:
-    """Per (dataset, architecture): the seed-mean curve's best, plateau step and last-quarter
-    rise (module docstring), for ``val_miou`` and ``val_miou_nobg``, and the cost."""
+def _seed_curves(rows: list[dict[str, Any]], key: str) -> tuple[list[int], np.ndarray]:
+    """(steps, ``key`` per seed ``[S, n]``) at the steps every seed validated."""
+    seeds = sorted({r["seed"] for r in rows})
+    steps = sorted(set.intersection(*[{r["step"] for r in rows if r["seed"] == s} for s in seeds]))
+    values = np.array([[next(r[key] for r in rows if r["seed"] == s and r["step"] == t)
+                        for t in steps] for s in seeds], dtype=float)
+    return [int(t) for t in steps], values
+
+
+def _auto(rows: list[dict[str, Any]], calibration: Any) -> dict[str, Any]:
+    """Where the calibration rule stops on these curves (validation interval: their spacing)."""
+    from isdm.evaluation.plateau_rule import PlateauRule, first_stop
+
+    steps, miou = _seed_curves(rows, "val_miou")
+    _, nobg = _seed_curves(rows, "val_miou_nobg")
+    val_every = steps[0] if steps else 1
+    stop = first_stop(PlateauRule.from_config(calibration, val_every), steps, miou, nobg)
+    return {"auto_steps": None if stop is None else stop.step,
+            "auto_reason": "not within the curves" if stop is None else stop.decision}
+
+
+def plateau_table(rows: list[dict[str, Any]], tol: float = 0.01,
+                  calibration: Any = None) -> list[dict[str, Any]]:
+    """Per (dataset, architecture): the seed-mean curve's best, plateau step, last-quarter
+    rise and where ``evaluate.steps: auto`` would stop (module docstring; ``calibration``: an
+    ``evaluate.calibration`` section, default the built-in one), for ``val_miou`` and
+    ``val_miou_nobg``, and the cost."""
+    from isdm.config.calibration import CalibrationConfig
+    from isdm.evaluation.plateau_rule import quarter_rise
+
+    calibration = calibration or CalibrationConfig()
     table = []
     for dataset, arch in dict.fromkeys((r["dataset"], r["arch"]) for r in rows):
         sub = [r for r in rows if r["dataset"] == dataset and r["arch"] == arch]
@@ -100,12 +132,11 @@ def plateau_table(rows: list[dict[str, Any]], tol: float = 0.01) -> list[dict[st
         for key in ("val_miou", "val_miou_nobg"):
             steps, mean, _ = _mean_curve(sub, key)
             best = float(np.nanmax(mean))
-            quarter = max(1, len(mean) // 4)
             out[f"{key}_best"] = best
             out[f"{key}_final"] = float(mean[-1])
             out[f"{key}_plateau_step"] = int(steps[np.argmax(mean >= best - tol)])
-            out[f"{key}_last_quarter_rise"] = float(np.nanmean(mean[-quarter:])
-                                                    - np.nanmean(mean[-2 * quarter:-quarter]))
+            out[f"{key}_last_quarter_rise"] = quarter_rise(mean)
+        out.update(_auto(sub, calibration))
         seconds = sum(r["seconds"] for r in sub)
         total_steps = sum(max(r["step"] for r in sub if r["seed"] == s) for s in {r["seed"] for r in sub})
         out["steps"] = int(max(r["step"] for r in sub))
@@ -226,7 +257,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     paths = write_outputs(rows, args.out)
     from isdm.bench.__main__ import markdown_table
 
-    print(markdown_table(plateau_table(rows)))
+    print(markdown_table(plateau_table(rows, calibration=cfg.evaluate.calibration)))
     print("wrote " + ", ".join(map(str, paths)))
     return 0
 

@@ -19,8 +19,8 @@ from isdm.cli.common import config_options, load_cli_config
                    "RALLFALL[curated]) and each further set is compared with the first. A bare "
                    "DIR is named 'synthetic'. Needed by mixes with F>0 and for label fidelity.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Where metrics.json (headline), report.json, report.md, miou.png, cells.csv "
-                   "and counts.npz go.")
+              help="Where metrics.json (headline), report.json, report.md, miou.png, cells.csv, "
+                   "counts.npz, calibration.json and calibration.png go.")
 @click.option("--device", default=None,
               help="auto, cpu, cuda, cuda:1 ... Default: runtime.device of the config.")
 @click.option("--fidelity-only", is_flag=True,
@@ -50,6 +50,8 @@ def evaluate(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_roo
         return
     summary = result["summary"]
     click.echo("")
+    for arch, a in summary["calibration"]["architectures"].items():
+        click.echo(f"steps {arch}: {a['steps']} ({a['reason']}: {a['evidence']})")
     click.echo(result["table"])
     click.echo("\nMean over architectures:")
     click.echo(overall_table(summary))
@@ -58,5 +60,6 @@ def evaluate(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_roo
         click.echo(fidelity_table(summary["fidelity"]))
     click.echo(f"\nwrote {out_dir}/metrics.json (headline: "
                f"{', '.join(f'{k} {v:.4f}' for k, v in result['headline'].items())}), "
-               "report.json, report.md, miou.png, cells.csv, counts.npz")
+               "report.json, report.md, miou.png, cells.csv, counts.npz, calibration.json, "
+               "calibration.png")
     click.echo(f"cells: {result['trained']} trained, {result['from_store']} from the cell store")

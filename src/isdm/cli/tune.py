@@ -42,8 +42,9 @@ def tune(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root: O
          workers: Optional[int], threads: Optional[int], apply_best: bool) -> None:
     """Search sample.s, finetune.drop_rate, sample.steps, sample.sampler, the synthetic:real
     ratio and the curation gate against the paired validation-mIoU gain of real + synthetic over
-    real only (tune.repeats seeds); end with the best knobs against the config's on the TEST
-    split; write OUT/best_params.yaml (dotted params.yaml keys).
+    real only (at tune.eval_steps, auto = calibrated; adaptive repeats: pruned trials, more for
+    the leaders); end with the best knobs against the config's on the TEST split; write
+    OUT/best_params.yaml (dotted params.yaml keys).
 
     \b
     isdm tune -c params.yaml --data data/synth --checkpoint models/sdm/best.pt --out reports/tune

@@ -23,6 +23,7 @@ from isdm.config.checks import (
     each,
     in_range,
 )
+from isdm.config.calibration import CalibrationConfig
 from isdm.config.data import DataConfig, canonical_dataset_mode, image_hw, square_as_int
 
 __all__ = ["DataConfig", "image_hw", "SynthConfig", "DiffusionConfig", "TrainConfig",
@@ -32,6 +33,9 @@ __all__ = ["DataConfig", "image_hw", "SynthConfig", "DiffusionConfig", "TrainCon
 
 SEED = at_least(0)
 # The grammar of isdm.evaluation.mixes.parse_mix, checked here so that a typo fails at load.
+# evaluate.steps / tune.eval_steps: a number of optimiser steps, or "auto" (calibrated)
+STEPS = Rule(lambda v: v == "auto" or (isinstance(v, int) and v >= 1),
+             "must be an integer >= 1 or auto (calibrated: evaluate.calibration)")
 MIX = Rule(lambda v: re.fullmatch(r"R(ALL|\d+)F(ALL|\d+)", v) is not None
            and re.fullmatch(r"R0+F0+", v) is None,
            "must be R<a>F<b> with a, b digits or ALL (e.g. RALLF000, R20F100), not both 0")
@@ -220,10 +224,13 @@ class SampleConfig(Section):
 class EvaluateConfig(Section):
     """Downstream segmentation: smp models trained on ``R<a>F<b>`` mixes, tested on real test.
     Every mix trains for the same ``steps`` optimiser steps of ``batch_size`` images (epochs are
-    derived: steps x batch_size / training images); the validation split (``val_fraction`` of
-    the real train split) is scored every ``val_every`` steps and after the last, and the best
-    validation's weights are tested. ``batch_size`` >= 2 because of BatchNorm; ``image_size`` a
-    multiple of 32 because the smp encoders downsample by 32 (an int: square; ``[H, W]``: a
+    derived: steps x batch_size / training images); ``auto`` = per architecture, the steps at
+    which its real-only baseline's validation curve stops rising (``calibration``: the rule,
+    :mod:`isdm.evaluation.calibration`), the same for every row of that architecture; the
+    validation split (``val_fraction`` of the real train split) is scored every ``val_every``
+    steps and after the last, and the best validation's weights are tested. ``batch_size`` >= 2
+    because of BatchNorm; ``image_size`` a multiple of 32 because the smp encoders downsample by 32
+    (an int: square; ``[H, W]``: a
     rectangle, each side a multiple of 32; whole images are brought to it by ``data.resize``);
     ``precision`` the autocast of the
     segmenter's forward pass (``bf16``: CPUs with native bf16, or CUDA). With ``data.crop``
@@ -247,7 +254,7 @@ class EvaluateConfig(Section):
                                  "must be a weights name (e.g. imagenet) or null"),),
         "mixes": (NON_EMPTY, each(MIX)),
         "seeds": (NON_EMPTY, each(SEED)),
-        "steps": (at_least(1),),
+        "steps": (STEPS,),
         "val_every": (at_least(0),),
         "lr": (GREATER_0,),
         "batch_size": (at_least(2),),
@@ -267,7 +274,7 @@ class EvaluateConfig(Section):
     encoder_weights: Optional[str] = None
     mixes: tuple[str, ...] = ("RALLF000", "RALLFALL")
     seeds: tuple[int, ...] = (0, 1, 2)
-    steps: int = 400
+    steps: Union[int, Literal["auto"]] = "auto"
     val_every: int = 20
     lr: float = 1e-3
     batch_size: int = 8
@@ -280,6 +287,7 @@ class EvaluateConfig(Section):
     window_overlap: float = 0.25
     workers: int = 0
     threads: int = 0
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
     def _resolve(self) -> None:
         square_as_int(self)
@@ -294,21 +302,28 @@ class TuneConfig(Section):
     when their lists are not empty, a ``curate_min_fidelity`` / ``curate_pixel_thresholds``
     choice (0 = that filter off); it finetunes (cached by checkpoint digest and finetune config,
     ``finetune_epochs`` epochs), samples, curates, and trains ``architecture`` for
-    ``eval_steps`` optimiser steps with each of the ``repeats`` seeds ``seed``, ``seed + 1``,
-    ...; its value is the mean over repeats of (validation mIoU with synthetic images minus
-    that of the real-only cell of the same seed), the real-only cells being trained once per
-    study. ``objectives``: ``[gain]`` or ``[gain, cost]`` (cost = sampling seconds per image,
-    minimised: a Pareto front). ``storage`` '' = a journal file under ``--out``. With
-    ``pruning`` (single objective only), a MedianPruner stops a trial whose running mean gain
-    after a repeat falls below the median of earlier trials at that repeat, after
-    ``pruning_startup_trials`` complete trials. TPE samples at random for the first
-    ``sampler_startup_trials`` trials. ``n_trials`` 0 only creates the study (and its MLflow
-    run) for workers to join. ``final_check``: after the trials, the best trial's knobs and the
-    config's own are compared on the TEST split (``evaluate.architectures`` x ``final_seeds``,
-    the evaluate recipe, paired bootstrap). The study's knobs live in pipelines/tune/params.yaml.
-    Workers sharing a study: a running trial records a heartbeat every ``heartbeat_interval``
-    seconds; one silent for ``heartbeat_grace`` seconds (its worker was killed) is failed and its
-    parameters retried by the next worker.
+    ``eval_steps`` optimiser steps (``auto``: the calibrated steps of ``architecture`` with the
+    evaluate recipe, :mod:`isdm.evaluation.calibration`, the same cached calibration evaluate
+    uses) with repeat seeds ``seed``, ``seed + 1``, ...; its value is the mean over repeats of
+    (validation mIoU with synthetic images minus that of the real-only cell of the same seed),
+    the real-only cells being trained once per study. ``repeats``: the repeats of a trial under
+    fixed repeats, and the study's average budget under the adaptive rule (``pruning``, single
+    objective only: :mod:`isdm.tuning.repeats`): a trial runs ``min_repeats`` repeats, is pruned
+    when its upper bound (mean + ``prune_z`` standard errors, the noise pooled over the study)
+    is below the best complete trial's gain, else runs to ``repeats``, is pruned again by the
+    same test, and a trial that leads the study (its mean >= the best) goes on to
+    ``max_repeats`` (no extension when it is <= ``repeats``) while the repeats saved by pruned
+    trials pay for it (never more segmenter steps than ``repeats`` per trial). The rule decides
+    once ``pruning_startup_trials`` trials completed. ``objectives``: ``[gain]`` or ``[gain, cost]``
+    (cost = sampling seconds per image,
+    minimised: a Pareto front). ``storage`` '' = a journal file under ``--out``. TPE samples
+    at random for the first ``sampler_startup_trials`` trials. ``n_trials`` 0 only creates the
+    study (and its MLflow run) for workers to join. ``final_check``: after the trials, the best
+    trial's knobs and the config's own are compared on the TEST split
+    (``evaluate.architectures`` x ``final_seeds``, the evaluate recipe, paired bootstrap). The
+    study's knobs live in pipelines/tune/params.yaml. Workers sharing a study: a running trial
+    records a heartbeat every ``heartbeat_interval`` seconds; one silent for ``heartbeat_grace``
+    seconds (its worker was killed) is failed and its parameters retried by the next worker.
     """
 
     SECTION = "tune"
@@ -323,8 +338,11 @@ class TuneConfig(Section):
             "must be ddpm, ddim, dpmpp2m, dpmpp3m or unipc"))),
         "ratios": (NON_EMPTY, each(GREATER_0)),
         "finetune_epochs": (at_least(1),),
-        "eval_steps": (at_least(1),),
+        "eval_steps": (STEPS,),
         "repeats": (at_least(1),),
+        "min_repeats": (at_least(1),),
+        "max_repeats": (at_least(1),),
+        "prune_z": (at_least(0),),
         "architecture": (TEXT,),
         "seed": (SEED,),
         "objectives": (Rule(lambda v: list(v) in (["gain"], ["gain", "cost"]),
@@ -347,8 +365,11 @@ class TuneConfig(Section):
     samplers: tuple[str, ...] = ("dpmpp2m", "ddim")
     ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     finetune_epochs: int = 2
-    eval_steps: int = 200
+    eval_steps: Union[int, Literal["auto"]] = "auto"
     repeats: int = 3
+    min_repeats: int = 1
+    max_repeats: int = 6
+    prune_z: float = 1.645
     architecture: str = "FPN"
     seed: int = 0
     objectives: tuple[str, ...] = ("gain",)
@@ -365,6 +386,9 @@ class TuneConfig(Section):
     def _problems(self) -> Iterable[Problem]:
         if self.s_high < self.s_low:
             yield Problem("s_high", self.s_high, f"must be >= tune.s_low={self.s_low}")
+        if self.pruning and self.min_repeats > self.repeats:
+            yield Problem("min_repeats", self.min_repeats,
+                          f"must be <= tune.repeats={self.repeats} (the first rung of a trial)")
         if self.heartbeat_grace <= self.heartbeat_interval:
             yield Problem("heartbeat_grace", self.heartbeat_grace,
                           f"must be > tune.heartbeat_interval={self.heartbeat_interval} (a "

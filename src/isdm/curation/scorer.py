@@ -2,9 +2,11 @@
 
 The scorer IS the downstream cell (:mod:`isdm.evaluation.cell`) of ``curate.architecture``, the
 real-only mix ``RALLF000`` and seed ``curate.seed``, trained with the ``evaluate`` recipe through
-the same code (:mod:`isdm.evaluation.worker`) and kept in the same cell store
-(:mod:`isdm.evaluation.store`, keyed by :class:`isdm.evaluation.spec.CellSpec`: the real train
-files, the data keys that decode them, the evaluate recipe, the architecture, seed, steps and
+the same code (:mod:`isdm.evaluation.worker`), for ``evaluate.steps`` (``auto``: the
+calibrated steps of ``curate.architecture``, :mod:`isdm.evaluation.calibration`), and kept in
+the same cell store (:mod:`isdm.evaluation.store`, keyed by
+:class:`isdm.evaluation.spec.CellSpec`: the real train files, the data keys that decode them, the
+evaluate recipe, the architecture, seed, steps and
 device type): ``curate`` reuses the cell ``evaluate`` trained and the reverse, and its label
 fidelity is the one evaluate reports. Where the dataset has a test split the scorer's record
 holds its test counts too (as every evaluate cell's: curate never reads them), so that evaluate
@@ -66,6 +68,7 @@ def load_scorer(cfg: Config, data_root: str | Path, *, cell_cache: Optional[str 
     Raises:
         EvaluationError: unknown architecture, or no validation image in the real train split.
     """
+    from isdm.evaluation.calibration import resolve_steps
     from isdm.evaluation.cell import plan_cell
     from isdm.evaluation.cell_runs import stored_model
     from isdm.evaluation.loading import eval_data_config, load_real
@@ -85,8 +88,10 @@ def load_scorer(cfg: Config, data_root: str | Path, *, cell_cache: Optional[str 
         if cfg.data.crop else train  # whole images resized, for the memorisation check
     cell = plan_cell(cfg, c.architecture, BASELINE, c.seed, train.keys, [])
     store = CellStore(resolve_root(cell_cache))
+    steps, _ = resolve_steps(cfg, data_root, [c.architecture], store=store, device=dev)
     job = make_job(cfg, data_root, cell, digests=digests, synthetic=None,
-                   test=bool(digests.split("test")), device_type=dev.type, store=store)
+                   test=bool(digests.split("test")), device_type=dev.type, store=store,
+                   steps=steps[c.architecture])
     with CellPool.for_cells(e, dev, 1) as pool:
         (outcome,) = list(pool.run([job]))
     record = outcome.record

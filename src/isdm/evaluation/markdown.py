@@ -54,12 +54,19 @@ def overall_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _each(value: Any, spec: str = "") -> str:
+    """A budget value, or ``FPN 400, UnetPlusPlus 600`` when architectures differ."""
+    if isinstance(value, Mapping):
+        return ", ".join(f"{arch} {format(v, spec)}" for arch, v in value.items())
+    return format(value, spec)
+
+
 def budget_table(budget: Mapping[str, Any]) -> str:
     lines = ["| mix | real images | synthetic images | steps | images seen | epochs (derived) |",
              "|---|---|---|---|---|---|"]
     for label, b in budget["rows"].items():
-        lines.append(f"| {label} | {b['n_real']} | {b['n_synthetic']} | {b['steps']} | "
-                     f"{b['images_seen']} | {b['epochs']:.1f} |")
+        lines.append(f"| {label} | {b['n_real']} | {b['n_synthetic']} | {_each(b['steps'])} | "
+                     f"{_each(b['images_seen'])} | {_each(b['epochs'], '.1f')} |")
     return "\n".join(lines)
 
 
@@ -85,10 +92,11 @@ def fidelity_table(fidelity: Mapping[str, Mapping[str, Mapping[str, float]]]) ->
 
 
 _DEFINITIONS = [
-    "- Budget: every cell trains for the same number of optimiser steps of the same batch size, "
-    "whatever the size of its mix; an epoch (one pass over the mix's images) is derived: images "
-    "seen / training images. The weights of the best validation (real validation split) are "
-    "tested.",
+    "- Budget: every cell of an architecture trains for the same number of optimiser steps of "
+    "the same batch size, whatever the size of its mix (with `evaluate.steps: auto` the steps "
+    "its real-only baseline's validation curve calibrated); an epoch (one pass over the mix's "
+    "images) is derived: images seen / training images. The weights of the best validation (real "
+    "validation split) are tested.",
     "- IoU_c = TP_c / (TP_c + FP_c + FN_c) with counts summed over ALL test images; "
     "`ignore_index` pixels excluded (in training losses too).",
     "- mIoU = mean of IoU_c over classes present in prediction or ground truth (a class "
@@ -114,6 +122,11 @@ def markdown_report(summary: Mapping[str, Any]) -> str:
     setup = "\n".join(f"- {k}: {v}" for k, v in summary["setup"].items())
     parts = ["# isdm evaluate: does synthetic data raise the segmenter's mIoU?", "",
              "## Setup", setup, "", "## Budget per mix", "", budget_table(summary["budget"])]
+    if summary.get("calibration"):
+        from isdm.evaluation.calibration_report import markdown_section
+
+        parts += ["", "## Steps: is the real-only baseline trained?", "",
+                  markdown_section(summary["calibration"])]
     if summary["architectures"]:
         parts += ["", "## Mean over architectures (real test set)", "", overall_table(summary),
                   "", "## Real test set per architecture (mean ± std over seeds)", "",

@@ -29,7 +29,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -117,6 +117,10 @@ def _init_worker(devices: Any, threads: int) -> None:
 
 def _work(job: CellJob) -> tuple[CellRecord, bool]:
     return run_job(job, _WORKER["device"])
+
+
+def _call(fn: Callable[[Any, torch.device], Any], item: Any) -> Any:
+    return fn(item, _WORKER["device"])
 
 
 class _Progress:
@@ -222,6 +226,30 @@ class CellPool:
             with _settings(self.threads, device):
                 record, trained = run_job(job, device)
             yield CellOutcome(job, record, trained)
+
+    def map(self, fn: Callable[[Any, torch.device], Any], items: Sequence[Any]) -> list[Any]:
+        """``fn(item, device)`` for every item on the workers (in this process with one
+        worker or one item), results in the order of ``items``: work that is not a whole
+        cell, e.g. the calibration's chunks (:mod:`isdm.evaluation.calibration`). ``fn``
+        must be a module-level function (it is pickled to the workers)."""
+        if self.workers == 1 or len(items) <= 1:
+            device = torch.device(self.devices[0])
+            out = []
+            for item in items:
+                with _settings(self.threads, device):
+                    out.append(fn(item, device))
+            return out
+        futures = [self._pool().submit(_call, fn, item) for item in items]
+        try:
+            return [future.result() for future in futures]
+        except BrokenProcessPool:
+            self._executor = None
+            raise EvaluationError(
+                "a cell worker process died (killed, or out of memory: lower evaluate.workers); "
+                "saved progress is kept, run the command again") from None
+        finally:
+            for future in futures:
+                future.cancel()
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:

@@ -11,14 +11,18 @@
                            draws for every architecture in each replicate)
   ``miou_gain_<set>``      (+ ``_lo``, ``_hi``) the main mix with each further synthetic set
   ``label_fidelity``       mean over architectures of the first set's label fidelity (mIoU)
+  ``calibrated_steps``     with ``evaluate.steps: auto``: the mean over architectures of their
+                           calibrated steps (each architecture's in ``report.json``)
 
   mIoU here includes the background, as in the tables; a key whose value is undefined (e.g. no
   synthetic mix) is left out.
 - ``report.json`` (not a DVC metric): the summary tree: ``headline``, ``per_architecture``
   (the headline keys per architecture), ``budget`` (steps, batch, validation, per row: real and
-  synthetic images, steps, images seen, derived epochs), ``architectures`` / ``overall`` /
-  ``comparisons`` (:mod:`.summary`), ``fidelity[set][arch]``, ``main_mix``, ``sets``,
-  ``setup``; undefined numbers are ``null``.
+  synthetic images, steps, images seen, derived epochs; a value that differs between
+  architectures, as calibrated steps do, is ``{arch: value}``), ``architectures`` / ``overall``
+  / ``comparisons`` (:mod:`.summary`), ``fidelity[set][arch]``, ``main_mix``, ``sets``,
+  ``setup``, ``calibration`` (:mod:`.calibration_report`: the rule, the steps per architecture
+  and the evidence); undefined numbers are ``null``.
 - ``cells.csv`` (dvc plots): one row per (architecture, row, seed).
 - ``report.md`` (:mod:`.markdown`) and ``miou.png`` (:func:`plot_miou`).
 """
@@ -42,7 +46,7 @@ __all__ = ["HEADLINE_KEYS", "build_summary", "headline", "per_architecture", "wr
            "mlflow_metrics", "write_cells_csv", "markdown_table", "plot_miou", "VERDICT_CODE"]
 
 HEADLINE_KEYS = ("miou_real_only", "miou_with_synthetic", "miou_gain", "miou_gain_lo",
-                 "miou_gain_hi", "label_fidelity")
+                 "miou_gain_hi", "label_fidelity", "calibrated_steps")
 # numeric encoding of verdicts for MLflow metrics
 VERDICT_CODE = {"gain": 1, "no significant difference": 0, "loss": -1}
 
@@ -78,7 +82,12 @@ def headline(summary: Mapping[str, Any]) -> dict[str, float]:
     fid = {name: float(np.mean([m["miou"] for m in by_arch.values()]))
            for name, by_arch in summary["fidelity"].items()
            if by_arch and len(by_arch) == len(summary["architectures"])}
-    return _headline(summary["overall"], fid, summary["main_mix"], summary["sets"])
+    out = _headline(summary["overall"], fid, summary["main_mix"], summary["sets"])
+    calibration = summary.get("calibration") or {}
+    if calibration.get("auto"):
+        out["calibrated_steps"] = float(np.mean([a["steps"] for a in
+                                                 calibration["architectures"].values()]))
+    return out
 
 
 def per_architecture(summary: Mapping[str, Any]) -> dict[str, dict[str, float]]:
@@ -92,8 +101,10 @@ def build_summary(cfg: Any, cells: Sequence[Mapping[str, Any]],
                   counts: Mapping[tuple[str, str], Sequence[np.ndarray]],
                   rows: Sequence[tuple[str, str]], sets: Sequence[str], seeds: Sequence[int],
                   fidelity: Mapping[str, Mapping[str, Mapping[str, float]]],
-                  setup: Mapping[str, str]) -> dict[str, Any]:
-    """The ``report.json`` tree of an evaluation (see the module docstring)."""
+                  setup: Mapping[str, str],
+                  calibration: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """The ``report.json`` tree of an evaluation (see the module docstring); ``calibration``:
+    :func:`isdm.evaluation.calibration_report.summarize`'s tree (None: left out)."""
     from isdm.evaluation.summary import summarize_cells
 
     e = cfg.evaluate
@@ -102,23 +113,37 @@ def build_summary(cfg: Any, cells: Sequence[Mapping[str, Any]],
         "main_mix": main_mix([m for m, _ in rows]), "sets": list(sets),
         "budget": _budget(e, cells, rows, seeds), **stats,
         "fidelity": {n: dict(f) for n, f in fidelity.items()}, "setup": dict(setup)}
+    if calibration is not None:
+        summary["calibration"] = dict(calibration)
     summary["headline"] = headline(summary)
     summary["per_architecture"] = per_architecture(summary)
     return summary
+
+
+def _per_arch(cells: Sequence[Mapping[str, Any]], value: Any) -> Any:
+    """``value(cell)`` of the cells (one per architecture), or ``{arch: value}`` when the
+    architectures differ (calibrated steps)."""
+    by_arch = {c["arch"]: value(c) for c in cells}
+    return next(iter(by_arch.values())) if len(set(by_arch.values())) == 1 else by_arch
 
 
 def _budget(e: Any, cells: Sequence[Mapping[str, Any]], rows: Sequence[tuple[str, str]],
             seeds: Sequence[int]) -> dict[str, Any]:
     per_row = {}
     for mix, name in rows:
-        cell = next(c for c in cells if c["mix"] == mix_label(mix, name))
+        mine = [c for c in cells if c["mix"] == mix_label(mix, name)]
+        cell = mine[0]
         n = cell["n_real"] + cell["n_fake"]
         per_row[mix_label(mix, name)] = {
             "mix": mix, "set": name, "n_real": cell["n_real"], "n_synthetic": cell["n_fake"],
-            "steps": cell["steps"], "images_seen": cell["images_seen"],
-            "epochs": cell["images_seen"] / n}
-    return {"steps": e.steps, "batch_size": e.batch_size, "val_every": e.val_every,
-            "images_per_cell": e.steps * e.batch_size, "precision": e.precision,
+            "steps": _per_arch(mine, lambda c: c["steps"]),
+            "images_seen": _per_arch(mine, lambda c: c["images_seen"]),
+            "epochs": _per_arch(mine, lambda c: c["images_seen"] / n)}
+    steps = {c["arch"]: c["steps"] for c in cells}
+    return {"steps": e.steps, "steps_per_architecture": steps, "batch_size": e.batch_size,
+            "val_every": e.val_every,
+            "images_per_cell": _per_arch(cells, lambda c: c["steps"] * e.batch_size),
+            "precision": e.precision,
             "architectures": list(e.architectures), "seeds": list(seeds), "cells": len(cells),
             "train_seconds_total": float(sum(c["train_seconds"] for c in cells)),
             "rows": per_row}
@@ -159,7 +184,11 @@ def mlflow_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     """Everything numeric of a summary, flat: the headline keys, ``<arch>.<headline key>``,
     ``<arch|mean>.<row>.<stat>``, ``<arch|mean>.<mix>.<set>_vs_<reference>.<stat>``; verdicts
     as ``significant`` = +1 / 0 / -1."""
+    from isdm.evaluation.calibration_report import mlflow_metrics as calibration_metrics
+
     out = dict(summary["headline"])
+    if summary.get("calibration"):
+        out.update(calibration_metrics(summary["calibration"]))
     for arch, keys in summary["per_architecture"].items():
         out.update({f"{arch}.{k}": v for k, v in keys.items()})
     tables = {**summary["architectures"], "mean": summary["overall"]}

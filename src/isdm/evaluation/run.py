@@ -9,7 +9,9 @@ the real-only baseline ``RALLF000`` first. For every architecture, seed and row 
    every row of that seed, so rows are paired) and draw the mix's real and synthetic training
    images (never a validation image);
 2. train for ``evaluate.steps`` optimiser steps (the same for every row, whatever its size) and
-   keep the weights of the best validation;
+   keep the weights of the best validation; with ``auto`` the steps of each architecture are
+   calibrated first on its real-only cells (:mod:`.calibration`), which are then the table's
+   real-only cells;
 3. test ONCE on the real test split with the selected weights -> per-image counts.
 
 With ``data.crop`` steps 2-3 train on random crops of the real images at ``data.scale`` and
@@ -77,7 +79,9 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic: SyntheticSpec,
                    shard: Optional[tuple[int, int]] = None) -> dict[str, Any]:
     """Run the whole evaluation and write its files into ``out_dir`` (:mod:`.report`:
     ``metrics.json`` (headline), ``report.json``, ``cells.csv``, ``report.md``, ``miou.png``,
-    ``counts.npz``).
+    ``counts.npz``; :mod:`.calibration_report`: ``calibration.json``, ``calibration.png``).
+    With ``evaluate.steps: auto`` the steps of every architecture are calibrated first (or read
+    from the store's cached calibration; :mod:`.calibration`).
 
     Args:
         synthetic: the synthetic sets (:func:`isdm.evaluation.loading.synthetic_sets`: one
@@ -88,7 +92,8 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic: SyntheticSpec,
         cell_cache: the cell store (:func:`isdm.evaluation.store.resolve_root`: default
             ``$ISDM_CELL_CACHE``, else ``./.isdm/cells``); cells found there are not trained.
         shard: ``(i, n)``: train only cells ``i, i + n, i + 2n, ...`` into the store and write no
-            report (:func:`run_shard`).
+            report (:func:`run_shard`); with ``auto`` every shard first needs the calibration
+            (the first computes it, the others wait on its lock and read it).
     Returns:
         ``{"summary", "headline", "cells", "table", "report", "out_dir", "trained",
         "from_store"}``; ``summary`` is the ``report.json`` tree
@@ -96,6 +101,7 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic: SyntheticSpec,
         :func:`run_shard`'s dict.
     """
     from isdm import lineage, tracking
+    from isdm.evaluation.calibration import resolve_steps
     from isdm.evaluation.pool import CellPool
     from isdm.evaluation.store import CellStore, resolve_root
     from isdm.utils.runtime import resolve_device
@@ -111,7 +117,9 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic: SyntheticSpec,
     dev = resolve_device(cfg.runtime.device if device is None else device)
     progress = cfg.runtime.progress if progress is None else progress
     store = CellStore(resolve_root(cell_cache))
-    plan = _plan(cfg, data_root, sets, rows, seeds, dev, store)
+    steps, calibrations = resolve_steps(cfg, data_root, e.architectures, store=store, device=dev,
+                                        progress=progress)
+    plan = _plan(cfg, data_root, sets, rows, seeds, dev, store, steps)
     if shard is not None:
         return run_shard(plan, shard, dev, progress)
     out = Path(out_dir)
@@ -141,12 +149,16 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic: SyntheticSpec,
                            fid_sets, dev)
             for n, metrics in fid.items():
                 fidelity[n][outcome.job.cell.arch] = metrics
-        cells, counts = _collect(plan, [outcomes[i] for i in range(len(plan.jobs))])
-        setup = _setup(cfg, data_root, sets, dev, seeds, plan.train, plan.test, plan.synth)
+        ordered = [outcomes[i] for i in range(len(plan.jobs))]
+        cells, counts = _collect(plan, ordered)
+        setup = _setup(cfg, data_root, sets, dev, seeds, plan.train, plan.test, plan.synth, steps)
         setup["cells"] = (f"{len(cells)}: {pool.trained} trained in this run "
                           f"({pool.describe()}), {pool.from_store} from the cell store "
-                          f"{store.root}")
-        summary = report.build_summary(cfg, cells, counts, rows, list(sets), seeds, fidelity, setup)
+                          f"{store.root}" + ("; the real-only cells are the calibration's"
+                                             if calibrations else ""))
+        calibration = _calibration(cfg, steps, calibrations, ordered)
+        summary = report.build_summary(cfg, cells, counts, rows, list(sets), seeds, fidelity, setup,
+                                       calibration)
         result = _write_outputs(out, summary, cells, counts, parent)
         # lineage (issue 13): the headline onto the sample run
         lineage.track_downstream(parent, generator, result["headline"])
@@ -164,10 +176,22 @@ class Plan:
     store: Any
 
 
+def _calibration(cfg: Config, steps: dict[str, int], calibrations: dict[str, Any],
+                 outcomes: list[Any]) -> dict[str, Any]:
+    """The ``calibration`` tree of the report, from the real-only cells of the table."""
+    from isdm.evaluation.calibration_report import summarize
+
+    baseline: dict[str, list[Any]] = {}
+    for outcome in outcomes:
+        if outcome.job.cell.mix == BASELINE:
+            baseline.setdefault(outcome.job.cell.arch, []).append(outcome.record)
+    return summarize(cfg, steps, calibrations, baseline)
+
+
 def _plan(cfg: Config, data_root: str | Path, sets: dict[str, Path], rows: list[tuple[str, str]],
-          seeds: list[int], dev: Any, store: Any) -> Plan:
+          seeds: list[int], dev: Any, store: Any, steps: dict[str, int]) -> Plan:
     """Check the names, load the data, plan every cell (an impossible mix fails before any
-    training starts) and make its job."""
+    training starts) and make its job (``steps``: per architecture)."""
     from isdm.evaluation.cell import plan_cell
     from isdm.evaluation.segmenter import build_segmenter, precision_warning
     from isdm.evaluation.worker import Digests, make_job
@@ -187,7 +211,7 @@ def _plan(cfg: Config, data_root: str | Path, sets: dict[str, Path], rows: list[
                                  set_name)
                 jobs.append(make_job(cfg, data_root, cell, digests=digests,
                                      synthetic=sets.get(set_name), test=True,
-                                     device_type=dev.type, store=store))
+                                     device_type=dev.type, store=store, steps=steps[arch]))
     return Plan(train_all, test, synth, jobs, store)
 
 
@@ -243,9 +267,13 @@ def _collect(plan: Plan, outcomes: list[Any]) -> tuple[list[dict[str, Any]],
 
 
 def _setup(cfg: Config, data_root: Any, sets: dict[str, Path], dev: Any, seeds: list[int],
-           train_all: Any, test: Any, synth: dict[str, Any]) -> dict[str, str]:
+           train_all: Any, test: Any, synth: dict[str, Any],
+           steps: dict[str, int]) -> dict[str, str]:
     """The ``Setup`` lines of report.md (and ``report.json``'s ``setup``)."""
     e = cfg.evaluate
+    n = ", ".join(f"{a} {s}" for a, s in steps.items()) if len(set(steps.values())) > 1 \
+        else str(next(iter(steps.values())))
+    how = " (calibrated: evaluate.steps auto)" if e.steps == "auto" else ""
     return {"data": str(data_root),
             "synthetic sets": ", ".join(f"{n} = {p} ({len(synth[n])} images)"
                                         for n, p in sets.items()) or "none",
@@ -254,9 +282,9 @@ def _setup(cfg: Config, data_root: Any, sets: dict[str, Path], dev: Any, seeds: 
                        f"{cfg.data.ignore_index})",
             "images": f"{len(train_all)} real train (val_fraction {e.val_fraction} held out per "
                       f"seed), {len(test)} real test",
-            "budget": f"{e.steps} optimiser steps of {e.batch_size} images for every cell "
-                      f"({e.steps * e.batch_size} images seen), validation every {e.val_every} "
-                      "steps and after the last, best validation kept",
+            "budget": f"{n} optimiser steps{how} of {e.batch_size} images for every cell of an "
+                      f"architecture, validation every {e.val_every} steps and after the last, "
+                      "best validation kept",
             "recipe": f"{e.encoder} (weights {e.encoder_weights}), {_geometry(cfg)}, lr {e.lr}, "
                       f"loss {e.loss}, augment {e.augment}, precision {e.precision}",
             "seeds": ", ".join(map(str, seeds)),
@@ -277,7 +305,10 @@ def _write_outputs(out: Path, summary: dict[str, Any], cells: list[dict[str, Any
                    counts: dict[tuple[str, str], list[np.ndarray]], parent: Any) -> dict[str, Any]:
     from isdm.utils.io import atomic_path
 
+    from isdm.evaluation.calibration_report import write_calibration
+
     written = report.write_reports(out, summary, cells)
+    written += write_calibration(out, summary["calibration"])
     with atomic_path(out / "counts.npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **{f"{a}__{m}": np.stack(c) for (a, m), c in counts.items()})

@@ -16,7 +16,8 @@ A cell's result (best validation, history, test counts, selected weights) is a f
   and with ``data.crop`` the crop keys);
 - ``recipe``: the ``evaluate`` section without the keys that only choose cells
   (``architectures``, ``mixes``, ``seeds``), change nothing in a cell (``bootstrap``), or only
-  say how cells run (``workers``, ``threads``), and without ``steps`` (its own field);
+  say how cells run (``workers``, ``threads``), and without ``steps`` (its own field) and
+  ``calibration`` (the rule that chooses ``steps`` for ``auto``: the chosen number is the key);
   ``window_overlap`` only with ``data.crop`` (it changes nothing otherwise);
 - ``device``: the device TYPE (``cpu``, ``cuda``): CPU and CUDA results differ in their last bits.
 
@@ -43,7 +44,8 @@ from isdm.config import Config, to_dict
 __all__ = ["CellSpec", "cell_spec", "data_identity", "recipe_identity", "NOT_RECIPE"]
 
 # evaluate keys that choose cells, change nothing in one, or say how cells run
-NOT_RECIPE = ("architectures", "mixes", "seeds", "bootstrap", "workers", "threads", "steps")
+NOT_RECIPE = ("architectures", "mixes", "seeds", "bootstrap", "workers", "threads", "steps",
+              "calibration")
 KEY_LENGTH = 24  # hex digits of SHA-256: 96 bits
 
 
@@ -118,12 +120,18 @@ def recipe_identity(cfg: Config) -> dict[str, Any]:
 def cell_spec(cfg: Config, arch: str, mix: str, seed: int, *, real: str, test: str = "",
               synthetic: str = "", device: str = "cpu", steps: int | None = None) -> CellSpec:
     """The spec of the cell (``arch``, ``mix``, ``seed``) of ``cfg`` (``steps``: default
-    ``evaluate.steps``); ``real`` / ``test`` / ``synthetic`` are the digests of its data
-    (``synthetic`` is ignored for a mix without synthetic images)."""
+    ``evaluate.steps``, which must then be a number: ``auto`` is resolved per architecture by
+    :func:`isdm.evaluation.calibration.resolve_steps`); ``real`` / ``test`` / ``synthetic`` are
+    the digests of its data (``synthetic`` is ignored for a mix without synthetic images)."""
+    from isdm.errors import EvaluationError
     from isdm.evaluation.mixes import parse_mix
 
+    steps = cfg.evaluate.steps if steps is None else steps
+    if not isinstance(steps, int):
+        raise EvaluationError(f"the cell {arch} {mix} seed {seed} needs a number of steps, not "
+                              f"evaluate.steps={steps!r}: resolve it first "
+                              "(isdm.evaluation.calibration.resolve_steps)")
     uses = parse_mix(mix).uses_synthetic
-    return CellSpec(arch=arch, mix=parse_mix(mix).code, seed=int(seed),
-                    steps=int(cfg.evaluate.steps if steps is None else steps), real=real,
+    return CellSpec(arch=arch, mix=parse_mix(mix).code, seed=int(seed), steps=int(steps), real=real,
                     test=test, synthetic=synthetic if uses else "", data=data_identity(cfg),
                     recipe=recipe_identity(cfg), device=device)

@@ -12,7 +12,9 @@ before it runs the stage. Layout, readable without isdm::
     <root>/<key>/counts.npz    ``counts``: per test image (tp, fp, fn) ``[N, C, 3]`` (tested cells)
     <root>/<key>/weights.pt    the selected weights (real-only cells: label fidelity of a new
                                synthetic set and the curation scorer reuse the model)
-    <root>/.progress/<key>.pt  a cell in training: its resumable state (:mod:`.cellrun`)
+    <root>/.progress/<key>.pt  a cell in training: its resumable state (:mod:`.cell`; a
+                               calibration's run: the key of the cell's spec with steps 0)
+    <root>/.calibration/<key>.json  a calibration of ``evaluate.steps: auto`` (:mod:`.calibration`)
     <root>/.locks/<key>.lock   held while a process trains the cell (others wait, then reuse)
     <root>/.tmp/               records being written
 

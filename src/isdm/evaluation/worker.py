@@ -79,15 +79,18 @@ class Digests:
 
 def make_job(cfg: Config, data_root: str | Path, cell: Cell, *, digests: Digests,
              synthetic: Optional[str | Path], test: bool, device_type: str, store: CellStore,
-             save_every_s: Optional[float] = SAVE_EVERY_S) -> CellJob:
+             save_every_s: Optional[float] = SAVE_EVERY_S,
+             steps: Optional[int] = None) -> CellJob:
     """The job of ``cell`` of ``cfg`` on ``data_root`` (+ the ``synthetic`` folder when its mix
     draws synthetic images); ``test``: the record holds test counts (needs ``<root>/test``).
-    Real-only records keep their weights."""
+    Real-only records keep their weights. ``steps``: the cell's optimiser steps (default
+    ``evaluate.steps``; with ``auto`` the calibrated steps of its architecture,
+    :func:`isdm.evaluation.calibration.resolve_steps`)."""
     uses = cell.plan.mix.uses_synthetic
     spec = cell_spec(cfg, cell.arch, cell.mix, cell.seed, real=digests.split("train"),
                      test=digests.split("test") if test else "",
                      synthetic=digests.synthetic(synthetic) if uses and synthetic else "",
-                     device=device_type)
+                     device=device_type, steps=steps)
     return CellJob(cfg, str(data_root), cell, spec, str(synthetic) if uses and synthetic else None,
                    keep_weights=not uses, store=str(store.root), save_every_s=save_every_s)
 

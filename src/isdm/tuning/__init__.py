@@ -6,9 +6,12 @@ The only package that imports optuna (inside functions, or in modules that nothi
 - :mod:`.objective`: one trial (draw ``sample.s``, ``finetune.drop_rate``, ``sample.steps``,
   ``sample.sampler``, ``synthetic_ratio`` and the curation gate's ``curate.min_fidelity`` /
   ``curate.pixel_threshold``; finetune (cached); sample; curate; measure);
-- :mod:`.paired`: the objective's value, the mean over ``tune.repeats`` seeds of the
+- :mod:`.paired`: the objective's value, the mean over the trial's repeat seeds of the
   validation-mIoU gain of real + synthetic over real only at equal steps (common random
-  numbers), with its standard error; the real-only cells are trained once per study;
+  numbers; ``tune.eval_steps: auto`` = the calibrated steps), with its standard error; the
+  real-only cells are trained once per study;
+- :mod:`.repeats`: how many repeats a trial runs (adaptive: pruned when its upper bound cannot
+  reach the best, extended while it leads, never more cells than fixed repeats);
 - :mod:`.cache`: file locks and the finetune cache keyed by checkpoint digest and config;
 - :mod:`.study`: create or join the study (seeded TPE with ``constant_liar``; one or two
   objectives), one MLflow study run shared by all workers with one child run per trial,

@@ -5,7 +5,9 @@ workers start once and load the real data once) and the cell store, so that a tr
 train side by side (``evaluate.workers``), a cell in the store (a baseline of an earlier study,
 a trial retried after a kill) is never trained again, and two tune processes on one store never
 train the same cell twice (the cell's lock). Tuning cells are never tested (the search never
-reads the test split): their spec's ``test`` is ``''``.
+reads the test split): their spec's ``test`` is ``''``; a cell that ``evaluate`` (or the
+calibration of ``evaluate.steps: auto``) already trained and tested is read from its record
+instead (:meth:`StudyCells.tested_twin`: the same training, only its fit is read).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ class StudyCells:
 
     Args:
         cfg: the study's config (``evaluate.workers`` / ``evaluate.threads`` size the pool, at
-            most ``tune.repeats`` workers: the cells that can run side by side).
+            most the largest rung of repeats, ``tune.repeats`` or ``tune.max_repeats``: the
+            cells that can run side by side).
         cell_cache: the cell store (default :func:`isdm.evaluation.store.resolve_root`).
     """
 
@@ -42,8 +45,9 @@ class StudyCells:
         self.device = resolve_device(cfg.runtime.device if device is None else device)
         self.store = CellStore(resolve_root(cell_cache))
         self.digests = Digests(data_root)
-        self.pool = CellPool.for_cells(cfg.evaluate, self.device, cfg.tune.repeats,
-                                       progress=progress, desc="cells")
+        rung = max(cfg.tune.repeats, cfg.tune.max_repeats - cfg.tune.repeats)
+        self.pool = CellPool.for_cells(cfg.evaluate, self.device, rung, progress=progress,
+                                       desc="cells")
         if (warning := precision_warning(cfg.evaluate.precision, self.device)) is not None:
             print(f"warning: {warning}", file=sys.stderr)
 
@@ -67,14 +71,36 @@ class StudyCells:
                          device_type=self.device.type, store=self.store)
                 for seed in seeds]
 
+    def tested_twin(self, job: Any) -> Optional[Any]:
+        """The stored record of the same cell trained by ``evaluate`` (tested: its spec's
+        ``test`` is the test split's digest), or None. Testing changes nothing in training, so
+        its fit is the untested cell's: a real-only cell of the evaluate seeds that the
+        calibration or evaluate trained is not trained again (only its fit is read here, never
+        its test metrics)."""
+        import dataclasses
+
+        test = self.digests.split("test")
+        if job.spec.test or not test:
+            return None
+        return self.store.get(dataclasses.replace(job.spec, test=test))
+
     def values(self, jobs: Sequence[Any]) -> Iterator[tuple[float, int]]:
         """``(best validation mIoU, steps)`` of each job, in the order of ``jobs`` (the cells
-        run side by side; a cell is yielded once it and every earlier one are done). Closing
-        the iterator early (a pruned trial) cancels the cells not yet started."""
+        run side by side; a cell is yielded once it and every earlier one are done; a cell
+        whose :meth:`tested_twin` is stored is read from it). Closing the iterator early (a
+        pruned trial) cancels the cells not yet started."""
         done: dict[int, Any] = {}
+        for i, job in enumerate(jobs):
+            if (twin := self.tested_twin(job)) is not None:
+                done[i] = twin
         index = {id(job): i for i, job in enumerate(jobs)}
+        todo = [job for i, job in enumerate(jobs) if i not in done]
         nxt = 0
-        with contextlib.closing(self.pool.run(jobs)) as outcomes:
+        while nxt in done:
+            record = done.pop(nxt)
+            yield record.best_val_miou, int(record.fit["steps"])
+            nxt += 1
+        with contextlib.closing(self.pool.run(todo)) as outcomes:
             for outcome in outcomes:
                 done[index[id(outcome.job)]] = outcome.record
                 while nxt in done:

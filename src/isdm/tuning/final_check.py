@@ -110,6 +110,8 @@ def run_final_check(cfg: Config, data_root: str | Path, checkpoint: str | Path,
                                  out / "final_check" / "evaluate", progress=progress,
                                  cell_cache=cell_cache)
             check.update(_read(res["summary"]))
+            budget = res["summary"].get("budget", {})
+            check["steps"] = budget.get("steps_per_architecture", e.steps)  # auto: resolved
         atomic_write_json(path, check)
         atomic_write_text(out / "final_check.md", final_markdown(check))
     return check
@@ -149,8 +151,11 @@ def final_markdown(check: dict[str, Any]) -> str:
     lines += ["", f"**Verdict: {check['verdict']}.**"]
     if "tuned_vs_current" in check:
         t = check["tuned_vs_current"]
+        steps = check["steps"]
+        steps = ", ".join(f"{a} {n}" for a, n in steps.items()) if isinstance(steps, dict) \
+            else steps
         lines += ["", f"{', '.join(check['architectures'])} x seeds {check['seeds']} x "
-                  f"{check['steps']} steps, paired bootstrap over seeds and test images (95 % CI):",
+                  f"{steps} steps, paired bootstrap over seeds and test images (95 % CI):",
                   "", "| comparison | architecture | gain mIoU [95 % CI] | verdict |", "|---|---|---|---|",
                   _row("tuned vs current", "mean", t)]
         lines += [_row("tuned vs current", a, s) for a, s in check["per_architecture"].items()]

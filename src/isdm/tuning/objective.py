@@ -14,15 +14,18 @@
 4. with a curation filter on, :func:`isdm.curation.curate_folder` writes the kept pairs into
    ``<out>/trials/<number>/curated`` (the scorer is evaluate's cell from the cell store,
    trained at most once, and loaded once per worker);
-5. :func:`isdm.tuning.paired.measure` trains the trial's cell per repeat seed, side by side on
-   the study's pool (:class:`isdm.tuning.cells.StudyCells`, into the cell store), and pairs it
-   with the study's real-only cells; after each repeat (in repeat order) the running mean gain
-   is reported to Optuna (step = repeat index), whose MedianPruner may stop the trial (single
-   objective only; the repeats not yet started are cancelled).
+5. :func:`isdm.tuning.paired.measure` trains the trial's cell per repeat seed, rung by rung,
+   the repeats of a rung side by side on the study's pool
+   (:class:`isdm.tuning.cells.StudyCells`, into the cell store), and pairs it with the study's
+   real-only cells; after each repeat (in repeat order) the running mean gain is reported to
+   Optuna as an intermediate value (step = repeat index, single objective only); between
+   rungs the adaptive rule (:mod:`isdm.tuning.repeats`) prunes the trial, runs its next rung,
+   extends a leader or completes it.
 
 Recorded per trial (Optuna user attributes, MLflow metrics of the trial run, ``trials.csv``):
 ``gain``, ``gain_se``, per repeat ``gain_repeats``, ``val_miou`` and ``baseline_val_miou``,
-``n_synthetic``, ``kept_fraction`` and ``seconds_per_image``. The test split is never read.
+``repeats_planned`` and the rule's ``repeat_decisions``, ``n_synthetic``, ``kept_fraction`` and
+``seconds_per_image``. The test split is never read.
 MLflow: each trial is a child run of the study run; its finetune and sample runs are children
 of the trial run.
 """
@@ -34,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from isdm.config import Config
-from isdm.tuning import paired
+from isdm.tuning import paired, repeats
 from isdm.tuning.cache import finetuned_checkpoint
 
 __all__ = ["suggest", "pixel_thresholds", "synthetic_count", "generator_config", "trial_config",
@@ -96,7 +99,8 @@ def generator_config(cfg: Config, params: dict[str, Any], n_real: int) -> Config
 
 
 def trial_config(cfg: Config, params: dict[str, Any], n_real: int) -> Config:
-    """:func:`generator_config` at the trial budget (``evaluate.steps = tune.eval_steps``)."""
+    """:func:`generator_config` at the trial budget (``evaluate.steps = tune.eval_steps``, a
+    number: :func:`isdm.tuning.paired.resolve_budget`)."""
     return paired.budget_config(generator_config(cfg, params, n_real))
 
 
@@ -144,10 +148,11 @@ class Curator:
 
 
 def make_objective(cfg: Config, data_root: Path, checkpoint: Path, out_dir: Path, real: Any,
-                   baseline: Sequence[float], study_run_id: Optional[str],
-                   cells: Any) -> Callable[[Any], Any]:
+                   baseline: Sequence[float] | Callable[[int], Sequence[float]],
+                   study_run_id: Optional[str], cells: Any) -> Callable[[Any], Any]:
     """The function ``study.optimize`` calls once per trial (see the module docstring);
-    ``cells``: the study's :class:`isdm.tuning.cells.StudyCells`."""
+    ``cells``: the study's :class:`isdm.tuning.cells.StudyCells`; ``baseline``: the real-only
+    values per repeat, or :class:`isdm.tuning.paired.StudyBaseline`."""
     import optuna
 
     from isdm import tracking
@@ -155,7 +160,8 @@ def make_objective(cfg: Config, data_root: Path, checkpoint: Path, out_dir: Path
 
     n_real = paired.real_pool_size(cfg, real.keys)
     curate = Curator(cfg, data_root, cells.store.root)
-    prune = cfg.tune.pruning and cfg.tune.objectives == ("gain",)
+    single = cfg.tune.objectives == ("gain",)
+    rule = repeats.RepeatRule.from_config(cfg.tune)
 
     def objective(trial: optuna.Trial) -> Any:
         params = suggest(trial, cfg)
@@ -178,27 +184,64 @@ def make_objective(cfg: Config, data_root: Path, checkpoint: Path, out_dir: Path
             def on_repeat(r: int, gain: paired.Gain) -> None:
                 _record(trial, gain)
                 run.log_metrics({"val_miou": gain.values[r], "gain_repeat": gain.diffs[r]}, step=r)
-                if prune:
+                if single:
                     trial.report(gain.mean, r)
-                    if r + 1 < cfg.tune.repeats and trial.should_prune():
-                        run.set_tags({"optuna.state": "PRUNED"})
-                        raise optuna.TrialPruned(f"repeat {r}: mean gain {gain.mean:+.4f}")
 
+            plan = _Planner(trial, rule, out_dir, baseline)
             try:
                 gain = paired.measure(tcfg, real, synth, baseline, on_repeat, folder=synthetic,
-                                      cells=cells)
+                                      cells=cells, plan=plan)
             except optuna.TrialPruned as pruned:
+                run.set_tags({"optuna.state": "PRUNED"})
                 stopped: Optional[optuna.TrialPruned] = pruned  # the run stays FINISHED
             else:
                 stopped = None
-                run.log_metrics({"gain": gain.mean,
+                run.log_metrics({"gain": gain.mean, "repeats": len(gain.diffs),
                                  **({} if gain.se is None else {"gain_se": gain.se})})
                 run.set_tags({"optuna.state": "COMPLETE"})
         if stopped is not None:
             raise stopped
-        return gain.mean if cfg.tune.objectives == ("gain",) else (gain.mean, cost)
+        return gain.mean if single else (gain.mean, cost)
 
     return objective
+
+
+class _Planner:
+    """The repeats of a trial's next rung (:func:`isdm.tuning.repeats.decide`, under the
+    study's repeats lock so that two workers never spend one credit); raises
+    ``optuna.TrialPruned`` for a pruned trial. Records ``repeats_planned`` and
+    ``repeat_decisions`` on the trial."""
+
+    def __init__(self, trial: Any, rule: repeats.RepeatRule, out_dir: Path, baseline: Any) -> None:
+        self.trial, self.rule, self.out_dir, self.baseline = trial, rule, out_dir, baseline
+        self.reasons: list[str] = []
+
+    def __call__(self, gain: Optional[paired.Gain]) -> int:
+        import optuna
+
+        from isdm.tuning.cache import lock
+
+        if gain is None:  # no decision possible yet (startup trials): one rung of R repeats
+            target, action = self.rule.first, "more"
+            if self.rule.adaptive and target < self.rule.repeats:
+                state = repeats.study_state(self.trial.study.get_trials(deepcopy=False),
+                                            self.trial.number, self.rule, [], 0)
+                if state.best is None or state.sigma is None:
+                    target = self.rule.repeats
+            self.trial.set_user_attr(repeats.PLANNED_ATTR, target)
+        else:
+            with lock(self.out_dir / "repeats.lock"):
+                count = getattr(self.baseline, "count", len(gain.baseline))
+                state = repeats.study_state(self.trial.study.get_trials(deepcopy=False),
+                                            self.trial.number, self.rule, gain.diffs, count)
+                decision = repeats.decide(self.rule, gain.diffs, state)
+                self.trial.set_user_attr(repeats.PLANNED_ATTR, decision.target)
+            target, action = decision.target, decision.action
+            self.reasons.append(f"{len(gain.diffs)}: {decision.action} ({decision.reason})")
+            self.trial.set_user_attr("repeat_decisions", list(self.reasons))
+        if action == "prune":
+            raise optuna.TrialPruned(self.reasons[-1])
+        return target
 
 
 def _record(trial: Any, gain: paired.Gain) -> None:

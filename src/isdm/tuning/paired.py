@@ -1,12 +1,14 @@
 """A trial's value: the paired validation-mIoU gain of real + synthetic over real only.
 
-Repeat ``r = 0 .. R-1`` (``R = tune.repeats``) uses the segmenter seed ``seed_r = tune.seed +
-r`` in EVERY trial. For each ``seed_r`` two downstream cells (:mod:`isdm.evaluation.cell`) of
+Repeat ``r = 0, 1, ...`` uses the segmenter seed ``seed_r = tune.seed + r`` in EVERY trial
+(how many repeats a trial runs: ``tune.repeats``, or the adaptive rule of :mod:`.repeats`).
+For each ``seed_r`` two downstream cells (:mod:`isdm.evaluation.cell`) of
 ``tune.architecture`` are planned with that seed, so they share the validation split, the real
 training images, the initial weights and the batch-order seed (common random numbers): the
 real-only cell ``RALLF000`` and the trial's cell ``RALLFALL`` (all real training images plus
 the trial's synthetic set). Both train ``tune.eval_steps`` optimiser steps
-(:func:`budget_config`), whatever their size, and give their best validation mIoU ``b_r`` and
+(:func:`budget_config`; ``auto``: the calibrated steps of ``tune.architecture``,
+:func:`resolve_budget`), whatever their size, and give their best validation mIoU ``b_r`` and
 ``v_r``. The trial's value is
 
     d_r = v_r - b_r,    gain = mean_r d_r,    se = std(d_1 .. d_R, ddof=1) / sqrt(R)
@@ -20,9 +22,9 @@ cell store (:class:`isdm.tuning.cells.StudyCells`, :func:`repeat_values`): the r
 trial train side by side, and a cell already in the store (keyed by the real train files, the
 data keys, the evaluate recipe at the trial budget, the architecture, mix, seed, the synthetic
 set's files and the device type) is read, not trained. The real-only cells do not depend on the
-trial, so they are computed once per study (:func:`study_baseline`) and kept in the study's
-user attribute :data:`BASELINE_ATTR`; with several workers the first takes a file lock and
-computes them, the others wait and read.
+trial, so they are computed once per study and seed (:func:`study_baseline`, as far as the
+repeats reach) and kept in the study's user attribute :data:`BASELINE_ATTR`; with several
+workers the first takes a file lock and computes them, the others wait and read.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -37,13 +40,14 @@ from isdm.config import Config, to_dict
 from isdm.errors import TuningError
 
 __all__ = ["Gain", "BASELINE_ATTR", "TRIAL_MIX", "BASELINE_MIX", "budget_config",
-           "repeat_seeds", "real_pool_size", "repeat_values", "paired_gain", "measure",
-           "baseline_identity", "study_baseline"]
+           "resolve_budget", "repeat_seeds", "real_pool_size", "repeat_values", "paired_gain",
+           "measure", "baseline_identity", "study_baseline", "StudyBaseline"]
 
 BASELINE_ATTR = "isdm.baseline"
 TRIAL_MIX = "RALLFALL"
 BASELINE_MIX = "RALLF000"
-_NOT_RECIPE = ("architectures", "mixes", "seeds", "bootstrap", "workers", "threads")
+_NOT_RECIPE = ("architectures", "mixes", "seeds", "bootstrap", "workers", "threads",
+               "calibration")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,13 +63,39 @@ class Gain:
 
 
 def budget_config(cfg: Config) -> Config:
-    """``cfg`` with the trial budget: ``evaluate.steps = tune.eval_steps``."""
+    """``cfg`` with the trial budget: ``evaluate.steps = tune.eval_steps`` (a number:
+    :func:`resolve_budget` resolves ``auto``)."""
+    if not isinstance(cfg.tune.eval_steps, int):
+        raise TuningError(f"tune.eval_steps={cfg.tune.eval_steps!r} is not resolved to a number "
+                          "of steps yet (isdm.tuning.paired.resolve_budget)")
     return cfg.replace(evaluate=dataclasses.replace(cfg.evaluate, steps=cfg.tune.eval_steps))
 
 
-def repeat_seeds(cfg: Config) -> list[int]:
-    """The segmenter seeds of the repeats, the same for every trial of a study."""
-    return [cfg.tune.seed + r for r in range(cfg.tune.repeats)]
+def resolve_budget(cfg: Config, data_root: str | Path, cells: Any,
+                   progress: bool = False) -> tuple[Config, Any]:
+    """``(cfg with tune.eval_steps a number, its Calibration or None)``: with ``auto`` the
+    calibrated steps of ``tune.architecture`` with the evaluate recipe and seeds
+    (:func:`isdm.evaluation.calibration.calibrate`, cached in the cell store: evaluate and
+    tune calibrate an architecture once), run on the study's pool."""
+    if isinstance(cfg.tune.eval_steps, int):
+        return cfg, None
+    from isdm.evaluation.calibration import calibrate
+
+    arch = cfg.tune.architecture
+    calibration = calibrate(cfg, data_root, [arch], store=cells.store, device=cells.device,
+                            progress=progress, pool=cells.pool)[arch]
+    if calibration.void:
+        print(f"warning: tune.eval_steps auto: the real-only {arch} still predicts (almost) no "
+              f"defect pixel at {calibration.steps} steps (the cap): every trial's gain compares "
+              "segmenters that found no defect", file=sys.stderr)
+    return cfg.replace(tune=dataclasses.replace(cfg.tune, eval_steps=calibration.steps)), \
+        calibration
+
+
+def repeat_seeds(cfg: Config, n: Optional[int] = None) -> list[int]:
+    """The segmenter seeds of the first ``n`` repeats (default ``tune.repeats``), the same for
+    every trial of a study."""
+    return [cfg.tune.seed + r for r in range(cfg.tune.repeats if n is None else n)]
 
 
 def real_pool_size(cfg: Config, real_keys: Sequence[str]) -> int:
@@ -97,37 +127,52 @@ def paired_gain(values: Sequence[float], baseline: Sequence[float]) -> Gain:
     return Gain(tuple(values), tuple(baseline), tuple(diffs), mean, se)
 
 
-def measure(cfg: Config, real: Any, synthetic: Any, baseline: Sequence[float],
+Baseline = Callable[[int], Sequence[float]]
+
+
+def measure(cfg: Config, real: Any, synthetic: Any, baseline: Sequence[float] | Baseline,
             on_repeat: Optional[Callable[[int, Gain], None]] = None, *,
-            folder: Optional[str | Path] = None, cells: Any = None) -> Gain:
-    """Train the trial's cell for every repeat seed (side by side, :func:`repeat_values`) and
-    pair it with ``baseline``.
+            folder: Optional[str | Path] = None, cells: Any = None,
+            plan: Optional[Callable[[Optional[Gain]], int]] = None) -> Gain:
+    """Train the trial's cell for each repeat seed, rung by rung (the repeats of a rung side
+    by side, :func:`repeat_values`), and pair it with the real-only ``baseline``.
 
     ``cfg`` has the trial budget (:func:`budget_config`); ``synthetic`` holds the images of
-    ``folder``. ``on_repeat(r, gain so far)`` runs after each repeat, in repeat order (it may
-    raise ``optuna.TrialPruned``: the repeats not yet started are cancelled). An empty
+    ``folder``. ``baseline``: the real-only values per repeat, or a function ``n -> the first
+    n`` (computing the seeds a rung adds, :class:`StudyBaseline`). ``plan(gain so far)`` gives
+    the repeats the trial should have after its next rung (``plan(None)``: the first rung; no
+    more than it has: stop; it may raise ``optuna.TrialPruned``); default: ``tune.repeats`` in
+    one rung. ``on_repeat(r, gain so far)`` runs after each repeat, in repeat order. An empty
     ``synthetic`` set (the curation gate kept no pair) trains exactly the real-only cell, so
     its values are the baseline's and its gain is 0 without training.
     """
     values: list[float] = []
-    gain = None
-    if len(synthetic):
-        source: Iterator[float] = (v for v, _ in repeat_values(cfg, TRIAL_MIX, real, synthetic,
-                                                                folder, cells))
-    else:
-        source = (b for b in baseline[:cfg.tune.repeats])
-    with contextlib.closing(source):  # a pruned trial cancels the repeats not yet started
-        for r, value in enumerate(source):
-            values.append(value)
-            gain = paired_gain(values, baseline[:len(values)])
-            if on_repeat is not None:
-                on_repeat(r, gain)
-    assert gain is not None  # tune.repeats >= 1
+    gain: Optional[Gain] = None
+    plan = plan or (lambda g: cfg.tune.repeats)
+    target = plan(None)
+    while target > len(values):
+        base = list(baseline(target) if callable(baseline) else baseline[:target])
+        seeds = repeat_seeds(cfg, target)[len(values):]
+        if len(synthetic):
+            source: Iterator[float] = (v for v, _ in repeat_values(cfg, TRIAL_MIX, real, synthetic,
+                                                                    folder, cells, seeds))
+        else:
+            source = (b for b in base[len(values):target])
+        with contextlib.closing(source):
+            for value in source:
+                values.append(value)
+                gain = paired_gain(values, base[:len(values)])
+                if on_repeat is not None:
+                    on_repeat(len(values) - 1, gain)
+        target = plan(gain)
+    assert gain is not None, "a trial needs at least one repeat"
     return gain
 
 
 def baseline_identity(cfg: Config, data_root: str | Path, device_type: str) -> dict[str, Any]:
-    """What decides the real-only values: ``cfg`` at the trial budget (see module docstring)."""
+    """What decides the real-only values: ``cfg`` at the trial budget (see module docstring);
+    the value of repeat ``r`` is that of the seed ``tune.seed + r``, however many repeats a
+    trial runs."""
     from isdm.data.digest import dataset_digest
 
     d = cfg.data
@@ -135,46 +180,72 @@ def baseline_identity(cfg: Config, data_root: str | Path, device_type: str) -> d
             "data": {"dataset_mode": d.dataset_mode, "num_classes": d.num_classes,
                      "ignore_index": d.ignore_index, "resize": d.resize},
             "evaluate": {k: v for k, v in to_dict(cfg.evaluate).items() if k not in _NOT_RECIPE},
-            "architecture": cfg.tune.architecture, "seeds": repeat_seeds(cfg),
+            "architecture": cfg.tune.architecture, "seed": cfg.tune.seed,
             "device": device_type}
 
 
 def study_baseline(cfg: Config, data_root: str | Path, real: Any, study: Any,
-                   out_dir: str | Path, cells: Any) -> tuple[list[float], bool]:
-    """(best validation mIoU of the real-only cell per repeat seed, computed here?).
+                   out_dir: str | Path, cells: Any, n: Optional[int] = None,
+                   ) -> tuple[list[float], bool]:
+    """(best validation mIoU of the real-only cell of the first ``n`` repeat seeds (default
+    ``tune.repeats``), computed here?).
 
-    Read from the study, else computed (from the cell store, or trained by ``cells``) under
-    the file lock ``<out_dir>/baseline.lock`` and written to the study. ``cfg`` has the trial
-    budget.
+    Read from the study, else the missing seeds computed (from the cell store, or trained by
+    ``cells``) under the file lock ``<out_dir>/baseline.lock`` and added to the study's
+    :data:`BASELINE_ATTR` (``key``, ``seeds``, ``val_miou``, ``steps``). ``cfg`` has the
+    trial budget.
 
     Raises:
-        TuningError: the study holds a baseline of another recipe, dataset, seeds or device
-            (its trials would not be comparable with this worker's).
+        TuningError: the study holds a baseline of another recipe, dataset, steps, seed or
+            device (its trials would not be comparable with this worker's).
     """
     from isdm.tuning.cache import digest, lock
 
-    identity = baseline_identity(cfg, data_root, cells.device.type)
-    key = digest(identity)
+    n = cfg.tune.repeats if n is None else n
+    key = digest(baseline_identity(cfg, data_root, cells.device.type))
 
-    def stored() -> Optional[list[float]]:
+    def stored() -> list[float]:
         attr = study.user_attrs.get(BASELINE_ATTR)
         if attr is not None and attr["key"] != key:
             raise TuningError(
                 f"study {study.study_name!r} was measured against another real-only baseline "
                 f"(key {attr['key']}, this worker's {key}: the data, the evaluate recipe, "
-                "tune.eval_steps, tune.architecture, tune.seed, tune.repeats or the device type "
-                "differ); give a new --study-name, or the study's settings")
-        return None if attr is None else list(attr["val_miou"])
+                "tune.eval_steps, tune.architecture, tune.seed or the device type differ); "
+                "give a new --study-name, or the study's settings")
+        return [] if attr is None else list(attr["val_miou"])
 
-    if (values := stored()) is not None:
-        return values, False
+    if len(values := stored()) >= n:
+        return values[:n], False
     with lock(Path(out_dir) / "baseline.lock"):
-        if (values := stored()) is not None:  # another worker computed it while we waited
-            return values, False
+        values = stored()  # another worker may have computed some while we waited
+        if len(values) >= n:
+            return values[:n], False
         from isdm.evaluation.loading import empty_set
 
-        values = [v for v, _ in repeat_values(cfg, BASELINE_MIX, real, empty_set(cfg), None,
-                                               cells)]
-        study.set_user_attr(BASELINE_ATTR, {"key": key, "seeds": repeat_seeds(cfg),
-                                            "val_miou": values})
+        seeds = repeat_seeds(cfg, n)[len(values):]
+        values += [v for v, _ in repeat_values(cfg, BASELINE_MIX, real, empty_set(cfg), None,
+                                                cells, seeds)]
+        study.set_user_attr(BASELINE_ATTR, {"key": key, "seeds": repeat_seeds(cfg, n),
+                                            "val_miou": values,
+                                            "steps": cfg.evaluate.steps})
     return values, True
+
+
+class StudyBaseline:
+    """The study's real-only values as :func:`measure` asks for them: ``baseline(n)`` = the
+    first ``n`` (:func:`study_baseline`: seeds computed once per study, when a trial first
+    needs them); ``count`` = the seeds computed so far."""
+
+    def __init__(self, cfg: Config, data_root: str | Path, real: Any, study: Any,
+                 out_dir: str | Path, cells: Any) -> None:
+        self.cfg, self.data_root, self.real = cfg, data_root, real
+        self.study, self.out_dir, self.cells = study, out_dir, cells
+
+    def __call__(self, n: int) -> list[float]:
+        return study_baseline(self.cfg, self.data_root, self.real, self.study, self.out_dir,
+                              self.cells, n)[0]
+
+    @property
+    def count(self) -> int:
+        attr = self.study.user_attrs.get(BASELINE_ATTR)
+        return 0 if attr is None else len(attr["val_miou"])

@@ -77,7 +77,8 @@ def best_params_yaml(study: Any, out_dir: str | Path = "OUT") -> str:
 
 def _repeat_columns(trials: list[Any]) -> list[str]:
     n = max((len(t.user_attrs.get("gain_repeats", [])) for t in trials), default=0)
-    return [f"{name}_r{r}" for name in ("gain", "val_miou", "baseline_val_miou") for r in range(n)]
+    return ["repeats", *(f"{name}_r{r}" for name in ("gain", "val_miou", "baseline_val_miou")
+                         for r in range(n))]
 
 
 def write_trials_csv(study: Any, path: Path) -> None:
@@ -101,6 +102,7 @@ def write_trials_csv(study: Any, path: Path) -> None:
                                                           ("baseline_val_miou", "baseline_val_miou"))
                       for r, v in enumerate(a.get(key, []))}
         row = {"number": t.number, "state": t.state.name, **per_repeat,
+               "repeats": len(a.get("gain_repeats", [])) or None,
                **{k: a.get(k) for k in ("gain", "gain_se", "n_synthetic", "kept_fraction",
                                         "seconds_per_image")},
                "on_front": int(t.number in front), **t.params,
@@ -113,9 +115,14 @@ def write_trials_csv(study: Any, path: Path) -> None:
             writer.writerows(rows)
 
 
-def summary(study: Any, storage: str) -> dict[str, Any]:
-    """Counts of trials per state, the objectives, the real-only baseline and, once one
-    completed, the best trial (and the Pareto front's trial numbers)."""
+def summary(study: Any, storage: str, repeats: Optional[int] = None) -> dict[str, Any]:
+    """Counts of trials per state, the objectives, the real-only baseline, the segmenter cells
+    and steps the study used (``segmenter_cells``: trials, baseline, total, and ``fixed_total``
+    what ``repeats`` fixed repeats per trial would have used; ``segmenter_steps`` = total x
+    the steps of a cell) and, once one completed, the best trial (and the Pareto front's trial
+    numbers)."""
+    from isdm.tuning.repeats import segmenter_cells
+
     import optuna
 
     from isdm.tuning.paired import BASELINE_ATTR
@@ -128,10 +135,18 @@ def summary(study: Any, storage: str) -> dict[str, Any]:
                            "n_trials": len(states), "complete": count["complete"],
                            "pruned": count["pruned"], "failed": count["fail"],
                            "baseline_val_miou": baseline["val_miou"] if baseline else None}
+    if baseline and repeats is not None:
+        trials = study.get_trials(deepcopy=False)
+        cells = segmenter_cells(trials, len(baseline["val_miou"]), repeats)
+        steps = baseline.get("steps")
+        out.update(eval_steps=steps, segmenter_cells=cells,
+                   segmenter_steps=None if steps is None else cells["total"] * int(steps))
     best = best_trial(study)
     if best is not None:
         out.update(best_trial=best.number, best_gain=best.user_attrs["gain"],
-                   best_gain_se=best.user_attrs.get("gain_se"), best_params=best_params(study))
+                   best_gain_se=best.user_attrs.get("gain_se"),
+                   best_repeats=len(best.user_attrs.get("gain_repeats", [])),
+                   best_params=best_params(study))
         if len(study.directions) > 1:
             out["pareto_front"] = sorted(t.number for t in _front(study))
     return out

@@ -7,10 +7,15 @@ one of them (:func:`isdm.tuning.paired.study_baseline`), and all of them log und
 study run: the worker whose ``create_study`` succeeded creates it and publishes its id as the
 study user attribute :data:`STUDY_RUN_ATTR`; the others wait for that attribute.
 
-``tune.objectives``: ``[gain]`` maximises the paired gain; ``[gain, cost]`` also minimises
-the sampling seconds per image (multi-objective TPE, no pruning: Optuna prunes single-objective
-studies only). After its trials, each worker writes the study's results and, with
-``tune.final_check``, runs (or reuses) :mod:`isdm.tuning.final_check`.
+``tune.objectives``: ``[gain]`` maximises the paired gain, with adaptive repeats
+(:mod:`isdm.tuning.repeats`: the objective prunes and extends trials itself, so the study's
+pruner is Optuna's NopPruner); ``[gain, cost]`` also minimises the sampling seconds per image
+(multi-objective TPE, fixed repeats: Optuna prunes single-objective studies only).
+``tune.eval_steps: auto`` is resolved first (:func:`isdm.tuning.paired.resolve_budget`: the
+cached calibration of ``tune.architecture``). ``summary.json`` and the study's MLflow run count
+the segmenter cells and steps the study used (:func:`isdm.tuning.repeats.segmenter_cells`).
+After its trials, each worker writes the study's results and, with ``tune.final_check``, runs
+(or reuses) :mod:`isdm.tuning.final_check`.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any, Optional
 from isdm.config import Config, flatten
 from isdm.errors import CheckpointError, TuningError
 from isdm.tuning import objective as objective_mod
-from isdm.tuning import paired, plots, results
+from isdm.tuning import paired, plots, repeats, results
 from isdm.tuning.storage import (
     fail_stale_trials,
     open_storage,
@@ -87,8 +92,7 @@ def open_study(cfg: Config, spec: str, study_name: str) -> tuple[Any, bool]:
     storage = open_storage(spec, t.heartbeat_interval, t.heartbeat_grace)
     single = t.objectives == ("gain",)
     kwargs = dict(storage=storage, study_name=study_name,
-                  pruner=(optuna.pruners.MedianPruner(n_startup_trials=t.pruning_startup_trials)
-                          if t.pruning and single else optuna.pruners.NopPruner()),
+                  pruner=optuna.pruners.NopPruner(),  # the objective prunes (tuning.repeats)
                   sampler=seeded_tpe(t.seed, t.sampler_startup_trials))
     directions = ["maximize"] if single else ["maximize", "minimize"]
 
@@ -166,7 +170,9 @@ def _run_study(cfg: Config, data_root: Path, checkpoint: Path, out_dir: Path, n_
     fail_stale_trials(study, spec)
     study_run_id = _study_run_id(study, created, cfg.tracking.enabled)
     t = cfg.tune
-    name = (f"tune {study_name}: {t.architecture} x {t.repeats} seeds, {t.eval_steps} steps, "
+    how = f"{t.repeats} seeds" if not repeats.RepeatRule.from_config(t).adaptive else \
+        f"{t.min_repeats}-{max(t.max_repeats, t.repeats)} seeds"
+    name = (f"tune {study_name}: {t.architecture} x {how}, {t.eval_steps} steps, "
             f"{'+'.join(t.objectives)}")
     params = {**flatten(cfg), "tune.storage": safe_url(t.storage)}  # no password in MLflow
     with tracking.start_run(cfg.tracking, name=name, action="tune", dataset=str(data_root),
@@ -178,7 +184,7 @@ def _run_study(cfg: Config, data_root: Path, checkpoint: Path, out_dir: Path, n_
         if n_trials > 0:
             _optimize(cfg, study, data_root, checkpoint, out_dir, run, n_trials, progress,
                       cell_cache)
-        summary = _write_results(study, spec, out_dir, run)
+        summary = _write_results(study, spec, out_dir, run, t.repeats)
         if not t.final_check:
             _no_final_check(out_dir)
         elif summary["complete"]:
@@ -212,14 +218,22 @@ def _optimize(cfg: Config, study: Any, data_root: Path, checkpoint: Path, out_di
 
     real = objective_mod.load_real_train(cfg, data_root)
     with StudyCells(cfg, data_root, cell_cache=cell_cache) as cells:
-        baseline, computed = paired.study_baseline(paired.budget_config(cfg), data_root, real,
-                                                   study, out_dir, cells)
+        cfg, calibration = paired.resolve_budget(cfg, data_root, cells, progress)
+        run.log_metrics({"eval_steps": float(cfg.tune.eval_steps)})
+        if calibration is not None:
+            run.set_tags({"isdm.eval_steps": f"auto: {calibration.steps} ({calibration.reason}; "
+                                             f"{calibration.evidence()})"[:5000]})
+        bcfg = paired.budget_config(cfg)
+        first = repeats.RepeatRule.from_config(cfg.tune).first
+        baseline, computed = paired.study_baseline(bcfg, data_root, real, study, out_dir, cells,
+                                                   first)
         if computed:
             for r, value in enumerate(baseline):
                 run.log_metrics({"baseline_val_miou": value}, step=r)
         study.set_user_attr(results.N_REAL_ATTR, paired.real_pool_size(cfg, real.keys))
+        lazy = paired.StudyBaseline(bcfg, data_root, real, study, out_dir, cells)
         objective = objective_mod.make_objective(cfg, data_root, checkpoint, out_dir, real,
-                                                 baseline, run.run_id, cells)
+                                                 lazy, run.run_id, cells)
         console = Console(n_trials, progress)
         try:
             study.optimize(objective, n_trials=n_trials, gc_after_trial=True,
@@ -228,8 +242,9 @@ def _optimize(cfg: Config, study: Any, data_root: Path, checkpoint: Path, out_di
             console.close()
 
 
-def _write_results(study: Any, spec: str, out_dir: Path, run: Any) -> dict[str, Any]:
-    summary = results.summary(study, safe_url(spec))
+def _write_results(study: Any, spec: str, out_dir: Path, run: Any,
+                   repeats_per_trial: int) -> dict[str, Any]:
+    summary = results.summary(study, safe_url(spec), repeats_per_trial)
     results.write_trials_csv(study, out_dir / "trials.csv")
     files = [out_dir / "trials.csv", *plots.write_plots(study, out_dir)]
     if summary["complete"]:
@@ -238,6 +253,11 @@ def _write_results(study: Any, spec: str, out_dir: Path, run: Any) -> dict[str, 
         run.log_metrics({"best_gain": summary["best_gain"]})
         run.set_tags({"optuna.best_trial": summary["best_trial"]})
     run.log_metrics({k: float(summary[k]) for k in ("n_trials", "complete", "pruned", "failed")})
+    if summary.get("segmenter_steps") is not None:
+        cells = summary["segmenter_cells"]
+        run.log_metrics({"segmenter_steps": float(summary["segmenter_steps"]),
+                         "segmenter_cells": float(cells["total"]),
+                         "segmenter_cells_fixed_repeats": float(cells["fixed_total"])})
     atomic_write_json(out_dir / "summary.json", summary)
     for path in [*files, out_dir / "summary.json"]:
         run.log_artifact(path)

@@ -37,6 +37,23 @@ MIX = Rule(lambda v: re.fullmatch(r"R(ALL|\d+)F(ALL|\d+)", v) is not None
            "must be R<a>F<b> with a, b digits or ALL (e.g. RALLF000, R20F100), not both 0")
 
 
+def _protocol_code(value: str) -> bool:
+    """The grammar of isdm.evaluation.protocols.parse_protocol: mix | share Q | pretrain P."""
+    parts = value.split()
+    if parts == ["mix"]:
+        return True
+    if len(parts) != 2 or parts[0] not in ("share", "pretrain"):
+        return False
+    try:
+        return 0 < float(parts[1]) < 1
+    except ValueError:
+        return False
+
+
+PROTOCOL = Rule(_protocol_code, "must be 'mix', 'share Q' or 'pretrain P' with Q, P in (0, 1), "
+                                "e.g. 'pretrain 0.5'")
+
+
 @dataclass(frozen=True)
 class SynthConfig(Section):
     """The embedded procedural dataset written by ``isdm data synth``."""
@@ -237,7 +254,13 @@ class EvaluateConfig(Section):
     per cell and one worker per core, at most one per cell; CUDA: one worker per visible GPU).
     Neither changes what a cell estimates, so neither is in a cell's key
     (:mod:`isdm.evaluation.spec`); the thread count changes a result's last bits, and the
-    cell store records it."""
+    cell store records it. ``protocol``: how a mix with real AND synthetic images trains
+    (:mod:`isdm.evaluation.protocols`): ``mix`` = the images concatenated, or with
+    ``synthetic_share`` > 0 that share of every batch synthetic (0 = concatenation);
+    ``pretrain`` = the first ``pretrain_split`` of the steps on synthetic images only, then
+    real only (the same total steps). ``protocols``: extra report rows, each synthetic mix and
+    set once more per entry (``mix``, ``share Q``, ``pretrain P``), paired with the same
+    baseline."""
 
     SECTION = "evaluate"
     RULES = {
@@ -246,6 +269,9 @@ class EvaluateConfig(Section):
         "encoder_weights": (Rule(lambda v: v is None or bool(v.strip()),
                                  "must be a weights name (e.g. imagenet) or null"),),
         "mixes": (NON_EMPTY, each(MIX)),
+        "pretrain_split": (in_range(0, 1, open_lo=True, open_hi=True),),
+        "synthetic_share": (in_range(0, 1, open_hi=True),),
+        "protocols": (each(PROTOCOL),),
         "seeds": (NON_EMPTY, each(SEED)),
         "steps": (at_least(1),),
         "val_every": (at_least(0),),
@@ -266,6 +292,10 @@ class EvaluateConfig(Section):
     encoder: str = "resnet18"
     encoder_weights: Optional[str] = None
     mixes: tuple[str, ...] = ("RALLF000", "RALLFALL")
+    protocol: Literal["mix", "pretrain"] = "mix"
+    pretrain_split: float = 0.5
+    synthetic_share: float = 0.0
+    protocols: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (0, 1, 2)
     steps: int = 400
     val_every: int = 20
@@ -283,6 +313,12 @@ class EvaluateConfig(Section):
 
     def _resolve(self) -> None:
         square_as_int(self)
+
+    def _problems(self) -> Iterable[Problem]:
+        if self.protocol == "pretrain" and self.synthetic_share:
+            yield Problem("synthetic_share", self.synthetic_share,
+                          "is a share of every batch of protocol mix; with evaluate.protocol="
+                          "pretrain set it to 0 (or use protocol mix)")
 
 
 @dataclass(frozen=True)

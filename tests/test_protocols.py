@@ -59,8 +59,9 @@ def test_config_refuses_bad_protocol_values():
                             ("evaluate.synthetic_share=1", "synthetic_share")]:
         with pytest.raises(ConfigError, match=match):
             _cfg(override)
-    with pytest.raises(ConfigError, match="with evaluate.protocol=pretrain set it to 0"):
-        _cfg("evaluate.protocol=pretrain", "evaluate.synthetic_share=0.25")
+    # a share belongs to protocol mix; pretrain does not use it
+    assert protocol_of(_cfg("evaluate.protocol=pretrain", "evaluate.synthetic_share=0.25")
+                       .evaluate).code == "pretrain 0.5"
     with pytest.raises(EvaluationError, match="more than once"):
         row_protocols(_cfg("evaluate.protocols=[share 0.5, share 0.50]").evaluate)
 

@@ -258,7 +258,7 @@ class EvaluateConfig(Section):
     (:mod:`isdm.evaluation.protocols`): ``mix`` = the images concatenated, or with
     ``synthetic_share`` > 0 that share of every batch synthetic (0 = concatenation);
     ``pretrain`` = the first ``pretrain_split`` of the steps on synthetic images only, then
-    real only (the same total steps). ``protocols``: extra report rows, each synthetic mix and
+    real only (the same total steps; ``synthetic_share`` is not used). ``protocols``: extra report rows, each synthetic mix and
     set once more per entry (``mix``, ``share Q``, ``pretrain P``), paired with the same
     baseline."""
 
@@ -314,12 +314,6 @@ class EvaluateConfig(Section):
     def _resolve(self) -> None:
         square_as_int(self)
 
-    def _problems(self) -> Iterable[Problem]:
-        if self.protocol == "pretrain" and self.synthetic_share:
-            yield Problem("synthetic_share", self.synthetic_share,
-                          "is a share of every batch of protocol mix; with evaluate.protocol="
-                          "pretrain set it to 0 (or use protocol mix)")
-
 
 @dataclass(frozen=True)
 class TuneConfig(Section):
@@ -328,7 +322,12 @@ class TuneConfig(Section):
     A trial draws guidance ``s`` in ``[s_low, s_high]``, a ``drop_rates`` / ``steps`` /
     ``samplers`` / ``ratios`` choice (``ratios``: synthetic images per real training image) and,
     when their lists are not empty, a ``curate_min_fidelity`` / ``curate_pixel_thresholds``
-    choice (0 = that filter off); it finetunes (cached by checkpoint digest and finetune config,
+    choice (0 = that filter off), and when their lists are not empty the training protocol of
+    its cells (``protocols``: ``evaluate.protocol`` candidates, ``synthetic_shares``:
+    ``evaluate.synthetic_share`` candidates of protocol mix, 0 = concatenation,
+    ``pretrain_splits``: ``evaluate.pretrain_split`` candidates of protocol pretrain) and the
+    masks it samples from (``mask_sources``: ``sample.mask_source`` candidates; ``folder`` needs
+    ``sample.mask_dir``); it finetunes (cached by checkpoint digest and finetune config,
     ``finetune_epochs`` epochs), samples, curates, and trains ``architecture`` for
     ``eval_steps`` optimiser steps with each of the ``repeats`` seeds ``seed``, ``seed + 1``,
     ...; its value is the mean over repeats of (validation mIoU with synthetic images minus
@@ -369,6 +368,11 @@ class TuneConfig(Section):
         "sampler_startup_trials": (at_least(0),),
         "curate_min_fidelity": (each(in_range(0, 1)),),
         "curate_pixel_thresholds": (each(at_least(0)),),
+        "protocols": (each(Rule(lambda v: v in ("mix", "pretrain"), "must be mix or pretrain")),),
+        "synthetic_shares": (each(in_range(0, 1, open_hi=True)),),
+        "pretrain_splits": (each(in_range(0, 1, open_lo=True, open_hi=True)),),
+        "mask_sources": (each(Rule(lambda v: v in ("train", "folder", "augment"),
+                                   "must be train, folder or augment")),),
         "final_seeds": (NON_EMPTY, each(SEED)),
         "heartbeat_interval": (GREATER_0,),
     }
@@ -393,6 +397,10 @@ class TuneConfig(Section):
     sampler_startup_trials: int = 5
     curate_min_fidelity: tuple[float, ...] = (0.0, 0.2, 0.4)
     curate_pixel_thresholds: tuple[float, ...] = (0.0, 2.0)
+    protocols: tuple[str, ...] = ()
+    synthetic_shares: tuple[float, ...] = ()
+    pretrain_splits: tuple[float, ...] = ()
+    mask_sources: tuple[str, ...] = ()
     final_check: bool = True
     final_seeds: tuple[int, ...] = (0, 1, 2)
     heartbeat_interval: float = 30.0

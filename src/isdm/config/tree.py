@@ -84,6 +84,10 @@ class Config(Section):
         if bad:
             yield Problem("sample.balance.ejection_classes", self.sample.balance.ejection_classes,
                           f"ids {bad} are not classes 0..{n - 1} (data.num_classes={n})")
+        if "folder" in self.tune.mask_sources and not self.sample.mask_dir:
+            yield Problem("tune.mask_sources", self.tune.mask_sources,
+                          "a trial drawing 'folder' samples from sample.mask_dir, which is "
+                          "empty: set sample.mask_dir=<folder of masks> or drop 'folder'")
 
     def channel_mult(self) -> tuple[float, ...]:
         """The resolved channel multipliers (empty config value = chosen by image size)."""

@@ -4,8 +4,11 @@
    ``finetune.drop_rate``, ``sample.steps``, ``sample.sampler``, ``synthetic_ratio``
    (``tune.ratios``) and, when their lists are not empty, ``curate.min_fidelity`` and
    ``curate.pixel_threshold`` (:func:`pixel_thresholds`: only 0 where labels cannot hold an
-   ignore value). Parameter names are params.yaml's dotted keys, but ``synthetic_ratio``,
-   which :func:`generator_config` turns into ``sample.num_samples`` = :func:`synthetic_count`;
+   ignore value), the training protocol of the trial's cells (:func:`suggest_protocol`:
+   ``evaluate.protocol``, then ``evaluate.synthetic_share`` for ``mix`` or
+   ``evaluate.pretrain_split`` for ``pretrain``) and ``sample.mask_source``. Parameter names
+   are params.yaml's dotted keys, but ``synthetic_ratio``, which :func:`generator_config`
+   turns into ``sample.num_samples`` = :func:`synthetic_count`;
 2. :func:`isdm.tuning.cache.finetuned_checkpoint` finetunes the ``--checkpoint`` with the
    trial's drop rate for ``tune.finetune_epochs`` epochs, once per (checkpoint, finetune
    config, data): cached in ``<out>/finetunes/<key>/`` and shared by the workers of ``--out``;
@@ -37,8 +40,8 @@ from isdm.config import Config
 from isdm.tuning import paired
 from isdm.tuning.cache import finetuned_checkpoint
 
-__all__ = ["suggest", "pixel_thresholds", "synthetic_count", "generator_config", "trial_config",
-           "load_real_train", "load_synthetic_set", "make_objective", "Curator", "RATIO"]
+__all__ = ["suggest", "suggest_protocol", "pixel_thresholds", "synthetic_count",
+           "generator_config", "trial_config", "load_real_train", "load_synthetic_set", "make_objective", "Curator", "RATIO"]
 
 RATIO = "synthetic_ratio"
 
@@ -67,6 +70,30 @@ def suggest(trial: Any, cfg: Config) -> dict[str, Any]:
     if t.curate_pixel_thresholds:
         params["curate.pixel_threshold"] = trial.suggest_categorical(
             "curate.pixel_threshold", pixel_thresholds(cfg))
+    params.update(suggest_protocol(trial, cfg))
+    if t.mask_sources:
+        params["sample.mask_source"] = trial.suggest_categorical("sample.mask_source",
+                                                                 list(t.mask_sources))
+    return params
+
+
+def suggest_protocol(trial: Any, cfg: Config) -> dict[str, Any]:
+    """The trial's training protocol where ``tune.protocols`` / ``synthetic_shares`` /
+    ``pretrain_splits`` search it: ``evaluate.protocol`` (else the config's), then its own
+    number (a share for ``mix``, a split for ``pretrain``; conditional, so TPE models each
+    only where it applies)."""
+    t = cfg.tune
+    params: dict[str, Any] = {}
+    if t.protocols:
+        params["evaluate.protocol"] = trial.suggest_categorical("evaluate.protocol",
+                                                                list(t.protocols))
+    protocol = params.get("evaluate.protocol", cfg.evaluate.protocol)
+    if protocol == "mix" and t.synthetic_shares:
+        params["evaluate.synthetic_share"] = trial.suggest_categorical(
+            "evaluate.synthetic_share", list(t.synthetic_shares))
+    if protocol == "pretrain" and t.pretrain_splits:
+        params["evaluate.pretrain_split"] = trial.suggest_categorical(
+            "evaluate.pretrain_split", list(t.pretrain_splits))
     return params
 
 
@@ -76,10 +103,15 @@ def synthetic_count(ratio: float, n_real: int) -> int:
 
 
 def generator_config(cfg: Config, params: dict[str, Any], n_real: int) -> Config:
-    """``cfg`` with the knobs of ``params`` and the tune section's finetune budget and sample
-    seed (``n_real``: real training images per cell, :func:`isdm.tuning.paired.real_pool_size`)."""
+    """``cfg`` with the knobs of ``params`` (the protocol keys into ``evaluate``, where the
+    trial's cells read them: :func:`isdm.evaluation.cell.plan_cell`) and the tune section's
+    finetune budget and sample seed (``n_real``: real training images per cell,
+    :func:`isdm.tuning.paired.real_pool_size`)."""
     t = cfg.tune
-    curate = cfg.curate
+    curate, evaluate = cfg.curate, cfg.evaluate
+    for key in ("protocol", "synthetic_share", "pretrain_split"):
+        if f"evaluate.{key}" in params:
+            evaluate = dataclasses.replace(evaluate, **{key: params[f"evaluate.{key}"]})
     if "curate.min_fidelity" in params:
         curate = dataclasses.replace(curate, min_fidelity=float(params["curate.min_fidelity"]))
     if "curate.pixel_threshold" in params:
@@ -90,8 +122,11 @@ def generator_config(cfg: Config, params: dict[str, Any], n_real: int) -> Config
         sample=dataclasses.replace(cfg.sample, s=float(params["sample.s"]),
                                    steps=int(params["sample.steps"]),
                                    sampler=params["sample.sampler"], seed=t.seed,
-                                   num_samples=synthetic_count(params[RATIO], n_real)),
+                                   num_samples=synthetic_count(params[RATIO], n_real),
+                                   mask_source=params.get("sample.mask_source",
+                                                          cfg.sample.mask_source)),
         curate=curate,
+        evaluate=evaluate,
     )
 
 

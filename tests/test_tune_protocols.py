@@ -16,8 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
 _BASE = {"sample.s": 1.0, "finetune.drop_rate": 0.1, "sample.steps": 2, "sample.sampler": "ddim",
          "synthetic_ratio": 0.5}
-_SPACE = ("tune.protocols=[mix, pretrain]", "tune.synthetic_shares=[0.0, 0.25]",
-          "tune.pretrain_splits=[0.25, 0.5]", "tune.mask_sources=[train, augment]")
+_SPACE = ("tune.protocols=[mix, share 0.25, pretrain 0.5]", "tune.mask_sources=[train, augment]")
 _NO_GATE = ("tune.curate_min_fidelity=[]", "tune.curate_pixel_thresholds=[]",
             "curate.min_fidelity=0", "curate.pixel_threshold=0", "tune.final_check=false")
 
@@ -27,37 +26,58 @@ def _cfg(*overrides: str):
                               "tune.steps=[2]", "tune.samplers=[ddim]", *_NO_GATE, *overrides])
 
 
-def test_the_protocol_share_split_and_mask_source_are_drawn_where_they_apply():
+def test_the_protocol_and_mask_source_are_drawn_and_set_the_trials_config():
     import optuna
 
     cfg = _cfg(*_SPACE)
-    mix = {**_BASE, "evaluate.protocol": "mix", "evaluate.synthetic_share": 0.25,
-           "sample.mask_source": "augment"}
-    params = tune_objective.suggest(optuna.trial.FixedTrial(mix), cfg)
-    assert params == mix  # no split: it belongs to pretrain
+    draw = {**_BASE, "protocol": "share 0.25", "sample.mask_source": "augment"}
+    params = tune_objective.suggest(optuna.trial.FixedTrial(draw), cfg)
+    assert params == draw
     t = tune_objective.trial_config(cfg, params, n_real=6)
     assert (t.evaluate.protocol, t.evaluate.synthetic_share, t.sample.mask_source) == (
         "mix", 0.25, "augment")
-    pre = {**_BASE, "evaluate.protocol": "pretrain", "evaluate.pretrain_split": 0.25,
-           "sample.mask_source": "train"}
-    params = tune_objective.suggest(optuna.trial.FixedTrial(pre), cfg)
-    assert params == pre  # no share: it belongs to mix
+    params = tune_objective.suggest(optuna.trial.FixedTrial({**draw, "protocol": "pretrain 0.5"}),
+                                    cfg)
     t = tune_objective.trial_config(cfg, params, n_real=6)
     assert (t.evaluate.protocol, t.evaluate.pretrain_split, t.evaluate.steps) == (
-        "pretrain", 0.25, cfg.tune.eval_steps)
+        "pretrain", 0.5, cfg.tune.eval_steps)
+    assert tune_objective.dotted_params(params, t) == {
+        "sample.s": 1.0, "finetune.drop_rate": 0.1, "sample.steps": 2, "sample.sampler": "ddim",
+        "sample.num_samples": 3, "evaluate.protocol": "pretrain",
+        "evaluate.pretrain_split": 0.5, "sample.mask_source": "augment"}
+    plain = tune_objective.suggest(optuna.trial.FixedTrial({**draw, "protocol": "mix"}), cfg)
+    t = tune_objective.trial_config(cfg, plain, n_real=6)
+    assert (t.evaluate.protocol, t.evaluate.synthetic_share) == ("mix", 0.0)
     # empty lists: the search space of before, the config's own protocol and masks
-    plain = tune_objective.suggest(optuna.trial.FixedTrial(_BASE), _cfg())
-    assert plain == _BASE
-    only_shares = _cfg("tune.synthetic_shares=[0.5]")
-    assert tune_objective.suggest(optuna.trial.FixedTrial(
-        {**_BASE, "evaluate.synthetic_share": 0.5}), only_shares)["evaluate.synthetic_share"] == 0.5
+    assert tune_objective.suggest(optuna.trial.FixedTrial(_BASE), _cfg()) == _BASE
+    assert tune_objective.protocol_codes(_cfg("tune.protocols=[share .250, share 0.25]")) == [
+        "share 0.25"]
+
+
+def test_best_params_translate_the_protocol_into_evaluate_keys():
+    import optuna
+
+    from isdm.tuning import results
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr(results.N_REAL_ATTR, 6)
+    study.add_trial(optuna.trial.create_trial(
+        params={**_BASE, "protocol": "share 0.25"}, value=0.1, user_attrs={
+            "gain": 0.1, "gain_se": None, "gain_repeats": [0.1]},
+        distributions={**{k: optuna.distributions.CategoricalDistribution([v])
+                          for k, v in _BASE.items()},
+                       "protocol": optuna.distributions.CategoricalDistribution(
+                           ["mix", "share 0.25"])}))
+    best = results.best_params(study)
+    assert (best["evaluate.protocol"], best["evaluate.synthetic_share"]) == ("mix", 0.25)
+    assert "protocol" not in best and best["sample.num_samples"] == 3
 
 
 def test_a_folder_mask_source_needs_a_mask_dir():
     with pytest.raises(ConfigError, match="tune.mask_sources"):
         _cfg("tune.mask_sources=[train, folder]")
-    with pytest.raises(ConfigError, match="must be mix or pretrain"):
-        _cfg("tune.protocols=[mix, finetune]")
+    with pytest.raises(ConfigError, match="must be 'mix', 'share Q'"):
+        _cfg("tune.protocols=[mix, finetune 0.5]")
     assert _cfg("tune.mask_sources=[folder]", "sample.mask_dir=masks").tune.mask_sources == (
         "folder",)
 
@@ -115,10 +135,8 @@ def test_a_trials_protocol_share_and_mask_source_reach_its_cells(synth_dir, tmp_
     objective = tune_objective.make_objective(cfg, synth_dir, tmp_path / "sdm.pt", tmp_path / "t",
                                               real, [0.4, 0.4], None, cells)
     study = optuna.create_study(direction="maximize")
-    draws = [{**_BASE, "evaluate.protocol": "mix", "evaluate.synthetic_share": 0.25,
-              "sample.mask_source": "augment"},
-             {**_BASE, "evaluate.protocol": "pretrain", "evaluate.pretrain_split": 0.5,
-              "sample.mask_source": "train"}]
+    draws = [{**_BASE, "protocol": "share 0.25", "sample.mask_source": "augment"},
+             {**_BASE, "protocol": "pretrain 0.5", "sample.mask_source": "train"}]
     for draw in draws:
         study.enqueue_trial(draw)
     study.optimize(objective, n_trials=2)

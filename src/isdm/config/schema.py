@@ -323,11 +323,10 @@ class TuneConfig(Section):
     ``samplers`` / ``ratios`` choice (``ratios``: synthetic images per real training image) and,
     when their lists are not empty, a ``curate_min_fidelity`` / ``curate_pixel_thresholds``
     choice (0 = that filter off), and when their lists are not empty the training protocol of
-    its cells (``protocols``: ``evaluate.protocol`` candidates, ``synthetic_shares``:
-    ``evaluate.synthetic_share`` candidates of protocol mix, 0 = concatenation,
-    ``pretrain_splits``: ``evaluate.pretrain_split`` candidates of protocol pretrain) and the
-    masks it samples from (``mask_sources``: ``sample.mask_source`` candidates; ``folder`` needs
-    ``sample.mask_dir``); it finetunes (cached by checkpoint digest and finetune config,
+    its cells (``protocols``: codes ``mix``, ``share Q``, ``pretrain P`` as in
+    ``evaluate.protocols``) and the masks it samples from (``mask_sources``:
+    ``sample.mask_source`` candidates; ``folder`` needs ``sample.mask_dir``); it finetunes
+    (cached by checkpoint digest and finetune config,
     ``finetune_epochs`` epochs), samples, curates, and trains ``architecture`` for
     ``eval_steps`` optimiser steps with each of the ``repeats`` seeds ``seed``, ``seed + 1``,
     ...; its value is the mean over repeats of (validation mIoU with synthetic images minus
@@ -368,9 +367,7 @@ class TuneConfig(Section):
         "sampler_startup_trials": (at_least(0),),
         "curate_min_fidelity": (each(in_range(0, 1)),),
         "curate_pixel_thresholds": (each(at_least(0)),),
-        "protocols": (each(Rule(lambda v: v in ("mix", "pretrain"), "must be mix or pretrain")),),
-        "synthetic_shares": (each(in_range(0, 1, open_hi=True)),),
-        "pretrain_splits": (each(in_range(0, 1, open_lo=True, open_hi=True)),),
+        "protocols": (each(PROTOCOL),),
         "mask_sources": (each(Rule(lambda v: v in ("train", "folder", "augment"),
                                    "must be train, folder or augment")),),
         "final_seeds": (NON_EMPTY, each(SEED)),
@@ -398,8 +395,6 @@ class TuneConfig(Section):
     curate_min_fidelity: tuple[float, ...] = (0.0, 0.2, 0.4)
     curate_pixel_thresholds: tuple[float, ...] = (0.0, 2.0)
     protocols: tuple[str, ...] = ()
-    synthetic_shares: tuple[float, ...] = ()
-    pretrain_splits: tuple[float, ...] = ()
     mask_sources: tuple[str, ...] = ()
     final_check: bool = True
     final_seeds: tuple[int, ...] = (0, 1, 2)

@@ -41,7 +41,7 @@ from isdm.errors import EvaluationError
 from isdm.evaluation.segmenter import BatchStream
 from isdm.seeds import Stream, derive
 
-__all__ = ["Protocol", "MIX", "parse_protocol", "protocol_of", "row_protocols", "ShareStream",
+__all__ = ["Protocol", "MIX", "parse_protocol", "protocol_of", "protocol_keys", "row_protocols", "ShareStream",
            "PretrainStream", "StreamFactory"]
 
 _CODE = re.compile(r"^\s*(mix|share|pretrain)(?:\s+(\S+))?\s*$")
@@ -144,6 +144,16 @@ def protocol_of(evaluate: Any) -> Protocol:
     if evaluate.protocol == "pretrain":
         return Protocol("pretrain", float(f"{evaluate.pretrain_split:g}"))
     return Protocol("mix", float(f"{evaluate.synthetic_share:g}"))
+
+
+def protocol_keys(code: str | Protocol) -> dict[str, Any]:
+    """The ``evaluate`` keys (dotted) that ask for the protocol ``code``: ``pretrain 0.5`` ->
+    ``{evaluate.protocol: pretrain, evaluate.pretrain_split: 0.5}``, ``share 0.25`` / ``mix``
+    -> ``{evaluate.protocol: mix, evaluate.synthetic_share: 0.25 / 0.0}``."""
+    p = parse_protocol(code)
+    if p.kind == "pretrain":
+        return {"evaluate.protocol": "pretrain", "evaluate.pretrain_split": p.value}
+    return {"evaluate.protocol": "mix", "evaluate.synthetic_share": p.value}
 
 
 def row_protocols(evaluate: Any) -> list[str]:

@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 from isdm.config import Config, to_dict
 from isdm.evaluation.mixes import mix_label
-from isdm.tuning.objective import RATIO
+from isdm.tuning.objective import PROTOCOL, RATIO, dotted_params
 
 __all__ = ["current_params", "run_final_check", "final_markdown"]
 
@@ -43,18 +43,14 @@ _KNOB_SECTIONS = ("finetune", "sample", "curate")
 def current_params(cfg: Config, n_real: int) -> dict[str, Any]:
     """The config's own knobs in the trials' parameter names (the protocol and the mask
     source where the study searches them)."""
-    t, e = cfg.tune, cfg.evaluate
+    t = cfg.tune
     out = {"sample.s": cfg.sample.s, "finetune.drop_rate": cfg.finetune.drop_rate,
            "sample.steps": cfg.sample.steps, "sample.sampler": cfg.sample.sampler,
            RATIO: cfg.sample.num_samples / n_real,
            "curate.min_fidelity": cfg.curate.min_fidelity,
            "curate.pixel_threshold": cfg.curate.pixel_threshold}
     if t.protocols:
-        out["evaluate.protocol"] = e.protocol
-    if t.synthetic_shares and e.protocol == "mix":
-        out["evaluate.synthetic_share"] = e.synthetic_share
-    if t.pretrain_splits and e.protocol == "pretrain":
-        out["evaluate.pretrain_split"] = e.pretrain_split
+        out[PROTOCOL] = _protocol(cfg)
     if t.mask_sources:
         out["sample.mask_source"] = cfg.sample.mask_source
     return out
@@ -138,10 +134,9 @@ def run_final_check(cfg: Config, data_root: str | Path, checkpoint: str | Path,
 
 
 def _dotted(params: dict[str, Any], gcfg: Config) -> dict[str, Any]:
-    """Trial parameters as params.yaml keys (``synthetic_ratio`` -> ``sample.num_samples``)."""
-    out = {k: v for k, v in params.items() if k != RATIO}
-    out["sample.num_samples"] = gcfg.sample.num_samples
-    return out
+    """Trial parameters as params.yaml keys (``synthetic_ratio`` -> ``sample.num_samples``,
+    ``protocol`` -> ``evaluate.protocol`` and its share or split)."""
+    return dotted_params(params, gcfg)
 
 
 def _read(summary: dict[str, Any], protocols: dict[str, str]) -> dict[str, Any]:

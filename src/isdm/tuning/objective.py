@@ -4,11 +4,12 @@
    ``finetune.drop_rate``, ``sample.steps``, ``sample.sampler``, ``synthetic_ratio``
    (``tune.ratios``) and, when their lists are not empty, ``curate.min_fidelity`` and
    ``curate.pixel_threshold`` (:func:`pixel_thresholds`: only 0 where labels cannot hold an
-   ignore value), the training protocol of the trial's cells (:func:`suggest_protocol`:
-   ``evaluate.protocol``, then ``evaluate.synthetic_share`` for ``mix`` or
-   ``evaluate.pretrain_split`` for ``pretrain``) and ``sample.mask_source``. Parameter names
-   are params.yaml's dotted keys, but ``synthetic_ratio``, which :func:`generator_config`
-   turns into ``sample.num_samples`` = :func:`synthetic_count`;
+   ignore value), the training protocol of the trial's cells (``protocol``: a code of
+   ``tune.protocols``, ``mix``, ``share 0.25``, ``pretrain 0.5``) and ``sample.mask_source``.
+   Parameter names are params.yaml's dotted keys, but ``synthetic_ratio``, which
+   :func:`generator_config` turns into ``sample.num_samples`` = :func:`synthetic_count`, and
+   ``protocol``, which it turns into ``evaluate.protocol`` and its ``evaluate.synthetic_share``
+   or ``evaluate.pretrain_split`` (:func:`isdm.evaluation.protocols.protocol_keys`);
 2. :func:`isdm.tuning.cache.finetuned_checkpoint` finetunes the ``--checkpoint`` with the
    trial's drop rate for ``tune.finetune_epochs`` epochs, once per (checkpoint, finetune
    config, data): cached in ``<out>/finetunes/<key>/`` and shared by the workers of ``--out``;
@@ -40,10 +41,12 @@ from isdm.config import Config
 from isdm.tuning import paired
 from isdm.tuning.cache import finetuned_checkpoint
 
-__all__ = ["suggest", "suggest_protocol", "pixel_thresholds", "synthetic_count",
-           "generator_config", "trial_config", "load_real_train", "load_synthetic_set", "make_objective", "Curator", "RATIO"]
+__all__ = ["suggest", "protocol_codes", "dotted_params", "pixel_thresholds", "synthetic_count",
+           "generator_config", "trial_config", "load_real_train", "load_synthetic_set",
+           "make_objective", "Curator", "RATIO", "PROTOCOL"]
 
 RATIO = "synthetic_ratio"
+PROTOCOL = "protocol"
 
 
 def pixel_thresholds(cfg: Config) -> list[float]:
@@ -70,31 +73,33 @@ def suggest(trial: Any, cfg: Config) -> dict[str, Any]:
     if t.curate_pixel_thresholds:
         params["curate.pixel_threshold"] = trial.suggest_categorical(
             "curate.pixel_threshold", pixel_thresholds(cfg))
-    params.update(suggest_protocol(trial, cfg))
+    if t.protocols:
+        params[PROTOCOL] = trial.suggest_categorical(PROTOCOL, protocol_codes(cfg))
     if t.mask_sources:
         params["sample.mask_source"] = trial.suggest_categorical("sample.mask_source",
                                                                  list(t.mask_sources))
     return params
 
 
-def suggest_protocol(trial: Any, cfg: Config) -> dict[str, Any]:
-    """The trial's training protocol where ``tune.protocols`` / ``synthetic_shares`` /
-    ``pretrain_splits`` search it: ``evaluate.protocol`` (else the config's), then its own
-    number (a share for ``mix``, a split for ``pretrain``; conditional, so TPE models each
-    only where it applies)."""
-    t = cfg.tune
-    params: dict[str, Any] = {}
-    if t.protocols:
-        params["evaluate.protocol"] = trial.suggest_categorical("evaluate.protocol",
-                                                                list(t.protocols))
-    protocol = params.get("evaluate.protocol", cfg.evaluate.protocol)
-    if protocol == "mix" and t.synthetic_shares:
-        params["evaluate.synthetic_share"] = trial.suggest_categorical(
-            "evaluate.synthetic_share", list(t.synthetic_shares))
-    if protocol == "pretrain" and t.pretrain_splits:
-        params["evaluate.pretrain_split"] = trial.suggest_categorical(
-            "evaluate.pretrain_split", list(t.pretrain_splits))
-    return params
+def protocol_codes(cfg: Config) -> list[str]:
+    """``tune.protocols`` as canonical codes (``share .250`` -> ``share 0.25``), once each."""
+    from isdm.evaluation.protocols import parse_protocol
+
+    return list(dict.fromkeys(parse_protocol(p).code for p in cfg.tune.protocols))
+
+
+def dotted_params(params: dict[str, Any], gcfg: Config) -> dict[str, Any]:
+    """A trial's parameters as params.yaml dotted keys: ``synthetic_ratio`` ->
+    ``sample.num_samples`` (the count ``gcfg``, its generator config, sampled), ``protocol``
+    -> ``evaluate.protocol`` and its share or split."""
+    from isdm.evaluation.protocols import protocol_keys
+
+    out = {k: v for k, v in params.items() if k not in (RATIO, PROTOCOL)}
+    if RATIO in params:
+        out["sample.num_samples"] = gcfg.sample.num_samples
+    if PROTOCOL in params:
+        out.update(protocol_keys(params[PROTOCOL]))
+    return out
 
 
 def synthetic_count(ratio: float, n_real: int) -> int:
@@ -109,9 +114,11 @@ def generator_config(cfg: Config, params: dict[str, Any], n_real: int) -> Config
     :func:`isdm.tuning.paired.real_pool_size`)."""
     t = cfg.tune
     curate, evaluate = cfg.curate, cfg.evaluate
-    for key in ("protocol", "synthetic_share", "pretrain_split"):
-        if f"evaluate.{key}" in params:
-            evaluate = dataclasses.replace(evaluate, **{key: params[f"evaluate.{key}"]})
+    if PROTOCOL in params:
+        from isdm.evaluation.protocols import protocol_keys
+
+        evaluate = dataclasses.replace(evaluate, **{k.split(".", 1)[1]: v for k, v in
+                                                    protocol_keys(params[PROTOCOL]).items()})
     if "curate.min_fidelity" in params:
         curate = dataclasses.replace(curate, min_fidelity=float(params["curate.min_fidelity"]))
     if "curate.pixel_threshold" in params:

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Literal, Mapping, Union, get_args, get_origin
 
 from isdm.config.checks import Problem, Section, SectionError, type_hints, unknown_key
 from isdm.config.curation import CurateConfig
+from isdm.config.labels import LabelsConfig
 from isdm.config.model import (
     MODEL_PRESETS,
     ModelConfig,
@@ -74,6 +75,7 @@ class Config(Section):
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     curate: CurateConfig = field(default_factory=CurateConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 

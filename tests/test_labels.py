@@ -74,25 +74,31 @@ def test_subset_refuses_what_it_cannot_write(synth_dir, tmp_path):
 NS, REAL = [10, 20, 40], [0.5, 0.6, 0.7]
 
 
-@pytest.mark.parametrize("mixed, n, expected", [
-    (0.55, 10, 5.0),      # halfway to the 20-image point
-    (0.65, 20, 10.0),     # halfway between 20 and 40 images
-    (0.5, 10, 0.0),       # no gain: exactly the real-only mIoU
-    (0.55, 20, -5.0),     # a loss: what 15 real images give
-    (0.75, 40, math.inf),  # above the whole curve: more than 0 more images (a lower bound)
-    (0.45, 10, -math.inf),  # below its first point
+@pytest.mark.parametrize("mixed, at, expected", [
+    (0.55, 0, 5.0),       # halfway to the 20-image point
+    (0.65, 1, 10.0),      # halfway between 20 and 40 images
+    (0.5, 0, 0.0),        # no gain: exactly the real-only mIoU
+    (0.6, 2, -20.0),      # a loss at 40 images: what 20 real images give
+    (0.55, 1, -5.0),      # a loss: what 15 real images give
+    (0.75, 2, math.inf),  # above the whole curve: more than 0 more images (a lower bound)
+    (0.45, 0, -math.inf),  # below its first point: fewer than 0 (an upper bound)
+    (0.45, 2, -math.inf),  # below it, seen from the last point: fewer than 10 - 40
 ])
-def test_worth_interpolates_the_real_only_curve(mixed, n, expected):
-    got = lab.worth(NS, REAL, mixed, n)
+def test_worth_interpolates_the_real_only_curve(mixed, at, expected):
+    got = lab.worth(NS, REAL, mixed, at)
     assert got == pytest.approx(expected) if math.isfinite(expected) else got == expected
     assert lab.status(got) == {math.inf: "above", -math.inf: "below"}.get(expected, "interpolated")
 
 
-def test_worth_reads_a_noisy_curve_at_its_first_crossing():
-    assert lab.equivalent_images([10, 20, 40], [0.5, 0.7, 0.6], 0.65) == pytest.approx(17.5)
-    assert lab.equivalent_images([10, 20], [0.5, float("nan")], 0.55) != lab.equivalent_images(
-        [10, 20], [0.5, 0.6], 0.55)  # undefined (NaN), never a number
-    assert lab.status(lab.equivalent_images([10, 20], [0.5, float("nan")], 0.55)) == "undefined"
+def test_worth_reads_a_noisy_curve_near_the_point_with_the_sign_of_its_gain():
+    ns, noisy = [10, 20, 40], [0.5, 0.7, 0.6]
+    assert lab.worth(ns, noisy, 0.65, 0) == pytest.approx(7.5)  # up from 10 images
+    assert lab.worth(ns, noisy, 0.65, 1) == pytest.approx(-2.5)  # a loss at 20: down from it
+    # a gain at 40 images is never a negative worth, although 17.5 images reach 0.65
+    assert lab.worth(ns, noisy, 0.65, 2) == math.inf
+    flat = [0.5, 0.5, 0.5]  # a plateau: equal rows are worth 0 images, wherever the point
+    assert [lab.worth(ns, flat, 0.5, j) for j in range(3)] == [0.0, 0.0, 0.0]
+    assert lab.status(lab.worth([10, 20], [0.5, float("nan")], 0.55, 0)) == "undefined"
 
 
 # ----------------------------------------------------------------------------------------------

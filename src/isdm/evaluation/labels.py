@@ -8,20 +8,23 @@ mIoU, background included, as the report's tables): the real-only row ``r_p`` (`
 the real + synthetic row ``m_p`` (the report's main row, e.g. ``RALLFALL[synthetic]``).
 
 **Worth.** The real-only curve ``r(n)`` is the piecewise-linear interpolation of the points
-``(n_p, r_p)``. The real images that give the mixed mIoU ``m_p`` are
+``(n_p, r_p)``. The real images that give the mixed mIoU ``m_p`` are found by walking along
+that curve from the point itself in the direction of the gain (:func:`equivalent_images`):
 
-    n*(m_p) = the smallest n in [n_1, n_K] with r(n) >= m_p        (:func:`equivalent_images`)
+    m_p >= r_p:  n*(m_p) = the smallest n >= n_p with r(n) >= m_p
+    m_p <  r_p:  n*(m_p) = the largest  n <= n_p with r(n) <= m_p
 
-(the first crossing, so a noisy, non-monotone curve is read as its running maximum), and the
-synthetic data is worth ``w_p = n*(m_p) - n_p`` real images at point ``p``. ``w_p > 0``: the
-synthetic set raised the mIoU as much as ``w_p`` more labels would have; ``w_p <= 0``: it did
-not help (it is worth that many labels fewer). Two cases have no interpolated answer:
+and the synthetic data is worth ``w_p = n*(m_p) - n_p`` real images at point ``p``. So the
+worth has the sign of the gain at the point (0 when the rows are equal), and a noisy,
+non-monotone curve is read near the point, not at a far crossing. ``w_p > 0``: the synthetic set
+raised the mIoU as much as ``w_p`` more labels would have; ``w_p <= 0``: it did not help (it is
+worth that many labels fewer). Two cases have no interpolated answer:
 
-- ``m_p`` above the whole real-only curve (status ``above``): more than ``n_K - n_p`` real
-  images, a lower bound (only a curve extended past the largest point, i.e. more real labels,
-  could say how many);
-- ``m_p`` below ``r_1`` (status ``below``): fewer than ``n_1 - n_p`` (<= 0) images, an upper
-  bound (the curve does not go below its smallest point).
+- the curve never reaches ``m_p`` to the right (status ``above``, e.g. ``m_p`` above the whole
+  curve): more than ``n_K - n_p`` real images, a lower bound (only a curve extended past the
+  largest point, i.e. more real labels, could say how many);
+- the curve never falls to ``m_p`` to the left (status ``below``): fewer than ``n_1 - n_p``
+  (<= 0) images, an upper bound (the curve does not go below its smallest point).
 
 **Interval.** A paired bootstrap over seeds and test images (as :mod:`isdm.evaluation.stats`):
 each replicate draws the seed indices and the test images with replacement ONCE and applies the
@@ -72,28 +75,33 @@ def point_name(fraction: float) -> str:
     return str(float(fraction))
 
 
-def equivalent_images(ns: Sequence[float], curve: Sequence[float], target: float) -> float:
-    """The smallest ``n`` in ``[ns[0], ns[-1]]`` where the piecewise-linear ``curve`` (over
-    ascending ``ns``) reaches ``target``; ``-inf`` when ``target < curve[0]``, ``+inf`` when it
-    is above every point, NaN when a value is undefined."""
-    ns, curve = np.asarray(ns, np.float64), np.asarray(curve, np.float64)
-    if not (np.isfinite(target) and np.all(np.isfinite(curve))):
+def equivalent_images(ns: Sequence[float], curve: Sequence[float], target: float,
+                      at: int) -> float:
+    """The real images at which the piecewise-linear ``curve`` (over ascending ``ns``) gives
+    ``target``, walking from point ``at`` up the curve for ``target >= curve[at]`` and down it
+    otherwise (see the module docstring); ``+inf`` / ``-inf`` when the curve never gets there,
+    NaN when a value is undefined."""
+    ns, c = np.asarray(ns, np.float64), np.asarray(curve, np.float64)
+    if not (np.isfinite(target) and np.all(np.isfinite(c))):
         return math.nan
-    if target < curve[0]:
-        return -math.inf
-    i = int(np.argmax(curve >= target)) if np.any(curve >= target) else -1
-    if i < 0:
+    if target == c[at]:
+        return float(ns[at])
+    if target > c[at]:
+        for j in range(at + 1, len(c)):
+            if c[j] >= target:  # c[j - 1] < target <= c[j]
+                return float(ns[j - 1] + (target - c[j - 1]) / (c[j] - c[j - 1])
+                             * (ns[j] - ns[j - 1]))
         return math.inf
-    if i == 0:
-        return float(ns[0])
-    a, b = curve[i - 1], curve[i]  # a < target <= b
-    return float(ns[i - 1] + (target - a) / (b - a) * (ns[i] - ns[i - 1]))
+    for j in range(at - 1, -1, -1):
+        if c[j] <= target:  # c[j] <= target < c[j + 1]
+            return float(ns[j] + (target - c[j]) / (c[j + 1] - c[j]) * (ns[j + 1] - ns[j]))
+    return -math.inf
 
 
-def worth(ns: Sequence[float], real: Sequence[float], mixed: float, n: float) -> float:
-    """``equivalent_images(ns, real, mixed) - n``: real images the synthetic data is worth at
-    the point of ``n`` labelled images (``+inf`` above the curve, ``-inf`` below it)."""
-    return equivalent_images(ns, real, mixed) - n
+def worth(ns: Sequence[float], real: Sequence[float], mixed: float, at: int) -> float:
+    """``equivalent_images(ns, real, mixed, at) - ns[at]``: the real images the synthetic data
+    is worth at point ``at`` (``+inf`` above the curve, ``-inf`` below it)."""
+    return equivalent_images(ns, real, mixed, at) - float(ns[at])
 
 
 def status(value: float) -> str:
@@ -201,7 +209,7 @@ def curve_bootstrap(points: Sequence[Point], n_boot: int, seed: int,
         mixed.append(np.stack([_mean_miou(p.mixed, weights, seeds) for p in points], axis=1))
     r = np.concatenate(real) if real else np.zeros((0, len(points)))
     m = np.concatenate(mixed) if mixed else np.zeros((0, len(points)))
-    w = np.array([[worth(ns, r[i], m[i, j], ns[j]) for j in range(len(points))]
+    w = np.array([[worth(ns, r[i], m[i, j], j) for j in range(len(points))]
                   for i in range(len(r))]).reshape(len(r), len(points))
     return {"real": r, "mixed": m, "worth": w}
 

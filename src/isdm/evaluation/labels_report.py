@@ -58,7 +58,7 @@ def curve_summary(points: Sequence[lab.Point], n_boot: int, seed: int) -> dict[s
     reps = lab.curve_bootstrap(points, n_boot, seed)
     rows = []
     for j, (p, (r, m)) in enumerate(zip(points, mious)):
-        w = lab.worth(ns, real, m, p.n)
+        w = lab.worth(ns, real, m, j)
         lo, hi = lab.interval(reps["worth"][:, j]) if n_boot else (math.nan, math.nan)
         r_lo, r_hi = lab.interval(reps["real"][:, j]) if n_boot else (math.nan, math.nan)
         m_lo, m_hi = lab.interval(reps["mixed"][:, j]) if n_boot else (math.nan, math.nan)
@@ -156,12 +156,13 @@ _DEFINITIONS = [
     "(validation carved from it); every point is tested on the same full test split.",
     "- mIoU: the mean over architectures of the mean over seeds of the test mIoU (background "
     "included), as in `isdm evaluate`'s tables.",
-    "- Worth at a point of n labelled images: n* - n, where n* is the smallest number of "
-    "labelled images at which the real-only curve (straight lines between its points) reaches "
-    "that point's real + synthetic mIoU. Zero or negative: the synthetic data did not help. "
-    "`above`: the mixed mIoU is above every real-only point, so the worth is more than the "
-    "largest point minus n (a lower bound); `below`: it is below the smallest real-only point, "
-    "so the worth is less than the smallest point minus n (an upper bound).",
+    "- Worth at a point of n labelled images: n* - n, where n* is where the real-only curve "
+    "(straight lines between its points) gives that point's real + synthetic mIoU, found by "
+    "walking from the point up the curve for a gain and down it for a loss (so the worth has "
+    "the sign of the gain at the point). Zero or negative: the synthetic data did not help. "
+    "`above`: the curve never reaches the mixed mIoU to the right, so the worth is more than "
+    "the largest point minus n (a lower bound); `below`: it never falls to it to the left, so "
+    "the worth is less than the smallest point minus n (an upper bound).",
     "- 95 % CI: paired bootstrap; each replicate draws seeds and test images with replacement "
     "once for every point, row and architecture and recomputes the worth; the 2.5 and 97.5 "
     "percentiles of the replicates (`>` / `<`: an end above / below the curve). The SDMs are "

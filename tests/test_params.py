@@ -24,6 +24,8 @@ from isdm.config import (
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
 TUNE_PARAMS = REPO / "pipelines" / "tune" / "params.yaml"
+LABELS_PARAMS = REPO / "pipelines" / "labels" / "params.yaml"
+PROTOCOLS_PARAMS = REPO / "pipelines" / "protocols" / "params.yaml"
 
 # The keys params.yaml keeps even where they equal their default: the dataset, the model preset,
 # the budgets, guidance and sampler, the evaluation recipe and the curation thresholds, the
@@ -50,7 +52,7 @@ TUNE_KNOBS = {
     "tune.curate_min_fidelity", "tune.curate_pixel_thresholds",
 }
 # Sections no params file of the main pipeline holds: how commands run (flags, ISDM_* variables).
-NOT_IN_PARAMS = {"runtime", "tracking", "tune"}
+NOT_IN_PARAMS = {"runtime", "tracking", "tune", "labels"}
 
 
 def _leaves(tree: dict, prefix: str = "") -> dict:
@@ -65,8 +67,14 @@ def _written(path: Path) -> dict:
     return _leaves(yaml.safe_load(path.read_text()))
 
 
-@pytest.mark.parametrize("path, knobs", [(PARAMS, USER_KNOBS), (TUNE_PARAMS, TUNE_KNOBS)],
-                         ids=["params.yaml", "pipelines/tune/params.yaml"])
+# The label-efficiency curve's points and seed (pipelines/labels/params.yaml).
+LABELS_KNOBS = {"labels.fractions", "labels.seed"}
+
+
+@pytest.mark.parametrize("path, knobs", [(PARAMS, USER_KNOBS), (TUNE_PARAMS, TUNE_KNOBS),
+                                         (LABELS_PARAMS, LABELS_KNOBS), (PROTOCOLS_PARAMS, set())],
+                         ids=["params.yaml", "pipelines/tune/params.yaml",
+                              "pipelines/labels/params.yaml", "pipelines/protocols/params.yaml"])
 def test_params_files_state_knobs_or_changes_only(path, knobs):
     """Each key is a config key; a value equal to its default is a listed knob; every listed
     knob is written (the list is not stale)."""

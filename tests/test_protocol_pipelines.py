@@ -130,7 +130,7 @@ for kind in ("outs", "metrics", "plots"):
             path = os.path.join(path, "x.txt")
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "w") as f:
-            f.write("epoch,train_loss,miou,mix\\n1,0.5,0.5,R\\n" if path.endswith(".csv") else "{{}}")
+            f.write("epoch,miou,mix\\n1,0.5,R\\n" if path.endswith(".csv") else "{{}}")
 with open("ran.log", "a") as f:
     f.write(name + "\\n")
 '''

@@ -307,3 +307,32 @@ def test_evaluate_reports_a_row_per_protocol_with_its_paired_gain(synth_dir, tmp
     assert "| RALLFALL[synthetic] share 0.5 |" in report and "`pretrain p` trains" in report
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["rows"][2] == ["RALLFALL", "synthetic", "pretrain 0.5"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("protocol", ["pretrain 0.5", "share 0.5"])
+def test_protocol_cells_train_on_cuda_and_resume_across_the_boundary(synth_dir, protocol):
+    from isdm.evaluation.cell import CellRun, plan_cell
+
+    cfg = _cfg("evaluate.steps=4")
+    real, synth = _sets(cfg, synth_dir)
+    cell = plan_cell(cfg, "FPN", "RALLFALL", 0, real.keys, synth.keys, "synthetic", protocol)
+    run = CellRun(cfg, cell, real, synth, device=torch.device("cuda"))
+    assert run.loop.train.images.device.type == "cuda"  # the mix lives on the device
+    seen = _spy(run)
+    run.advance(1)  # saved in the synthetic phase of pretrain
+    buf = io.BytesIO()
+    torch.save(run.state_dict(), buf)
+    buf.seek(0)
+    again = CellRun(cfg, cell, real, synth, device=torch.device("cuda"))
+    again.load_state_dict(torch.load(buf, weights_only=True))
+    seen += _spy(again)
+    again.advance(4)
+    fit = again.finish().fit
+    assert fit.steps == 4 and [s for s, _ in seen] == [1, 2, 3, 4]
+    if protocol.startswith("pretrain"):
+        assert [all(k.startswith("syn") for k in keys) for _, keys in seen] == [
+            True, True, False, False]
+    else:
+        assert all(sum(k.startswith("syn") for k in keys) == 2 for _, keys in seen)

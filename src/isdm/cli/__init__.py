@@ -24,7 +24,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "curate": ("isdm.cli.curate", "curate", "Score synthetic pairs, drop the misleading ones."),
     "evaluate": ("isdm.cli.evaluate", "evaluate", "Downstream mIoU of real vs synthetic mixes."),
     "tune": ("isdm.cli.tune", "tune", "Optuna search of the generator's knobs; --apply."),
-    "labels": ("isdm.cli.labels", "labels", "The label-efficiency curve: synthetic data in real images."),
+    "labels": ("isdm.cli.labels", "labels", "Label efficiency: synthetic data in real images."),
     "import-checkpoint": ("isdm.cli.import_checkpoint", "import_checkpoint",
                           "Use a model*.pt / ema_*.pt of the original ISDM tool."),
 }

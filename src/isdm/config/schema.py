@@ -24,6 +24,7 @@ from isdm.config.checks import (
     in_range,
 )
 from isdm.config.data import DataConfig, canonical_dataset_mode, image_hw, square_as_int
+from isdm.config.grammar import PROTOCOL
 
 __all__ = ["DataConfig", "image_hw", "SynthConfig", "DiffusionConfig", "TrainConfig",
            "FINETUNE_DEFAULTS",
@@ -35,23 +36,6 @@ SEED = at_least(0)
 MIX = Rule(lambda v: re.fullmatch(r"R(ALL|\d+)F(ALL|\d+)", v) is not None
            and re.fullmatch(r"R0+F0+", v) is None,
            "must be R<a>F<b> with a, b digits or ALL (e.g. RALLF000, R20F100), not both 0")
-
-
-def _protocol_code(value: str) -> bool:
-    """The grammar of isdm.evaluation.protocols.parse_protocol: mix | share Q | pretrain P."""
-    parts = value.split()
-    if parts == ["mix"]:
-        return True
-    if len(parts) != 2 or parts[0] not in ("share", "pretrain"):
-        return False
-    try:
-        return 0 < float(parts[1]) < 1
-    except ValueError:
-        return False
-
-
-PROTOCOL = Rule(_protocol_code, "must be 'mix', 'share Q' or 'pretrain P' with Q, P in (0, 1), "
-                                "e.g. 'pretrain 0.5'")
 
 
 @dataclass(frozen=True)
@@ -254,13 +238,8 @@ class EvaluateConfig(Section):
     per cell and one worker per core, at most one per cell; CUDA: one worker per visible GPU).
     Neither changes what a cell estimates, so neither is in a cell's key
     (:mod:`isdm.evaluation.spec`); the thread count changes a result's last bits, and the
-    cell store records it. ``protocol``: how a mix with real AND synthetic images trains
-    (:mod:`isdm.evaluation.protocols`): ``mix`` = the images concatenated, or with
-    ``synthetic_share`` > 0 that share of every batch synthetic (0 = concatenation);
-    ``pretrain`` = the first ``pretrain_split`` of the steps on synthetic images only, then
-    real only (the same total steps; ``synthetic_share`` is not used). ``protocols``: extra report rows, each synthetic mix and
-    set once more per entry (``mix``, ``share Q``, ``pretrain P``), paired with the same
-    baseline."""
+    cell store records it. ``protocol``, ``pretrain_split``, ``synthetic_share`` (0 = none),
+    ``protocols`` (extra rows): how mixes use synthetic images, :mod:`isdm.evaluation.protocols`."""
 
     SECTION = "evaluate"
     RULES = {
@@ -322,11 +301,9 @@ class TuneConfig(Section):
     A trial draws guidance ``s`` in ``[s_low, s_high]``, a ``drop_rates`` / ``steps`` /
     ``samplers`` / ``ratios`` choice (``ratios``: synthetic images per real training image) and,
     when their lists are not empty, a ``curate_min_fidelity`` / ``curate_pixel_thresholds``
-    choice (0 = that filter off), and when their lists are not empty the training protocol of
-    its cells (``protocols``: codes ``mix``, ``share Q``, ``pretrain P`` as in
-    ``evaluate.protocols``) and the masks it samples from (``mask_sources``:
-    ``sample.mask_source`` candidates; ``folder`` needs ``sample.mask_dir``); it finetunes
-    (cached by checkpoint digest and finetune config,
+    choice (0 = that filter off), a ``protocols`` code (``evaluate.protocols``' grammar) and a
+    ``mask_sources`` choice (``sample.mask_source``); it finetunes (cached by checkpoint digest
+    and finetune config,
     ``finetune_epochs`` epochs), samples, curates, and trains ``architecture`` for
     ``eval_steps`` optimiser steps with each of the ``repeats`` seeds ``seed``, ``seed + 1``,
     ...; its value is the mean over repeats of (validation mIoU with synthetic images minus
@@ -368,8 +345,6 @@ class TuneConfig(Section):
         "curate_min_fidelity": (each(in_range(0, 1)),),
         "curate_pixel_thresholds": (each(at_least(0)),),
         "protocols": (each(PROTOCOL),),
-        "mask_sources": (each(Rule(lambda v: v in ("train", "folder", "augment"),
-                                   "must be train, folder or augment")),),
         "final_seeds": (NON_EMPTY, each(SEED)),
         "heartbeat_interval": (GREATER_0,),
     }
@@ -395,7 +370,7 @@ class TuneConfig(Section):
     curate_min_fidelity: tuple[float, ...] = (0.0, 0.2, 0.4)
     curate_pixel_thresholds: tuple[float, ...] = (0.0, 2.0)
     protocols: tuple[str, ...] = ()
-    mask_sources: tuple[str, ...] = ()
+    mask_sources: tuple[Literal["train", "folder", "augment"], ...] = ()
     final_check: bool = True
     final_seeds: tuple[int, ...] = (0, 1, 2)
     heartbeat_interval: float = 30.0

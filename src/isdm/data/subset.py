@@ -7,7 +7,7 @@ scorer) sees only the labels of the subset, and every point of the curve is test
 full test split. The pairs are copied with their relative paths (their keys) unchanged.
 
 The subset is the first ``n`` keys of ONE seeded permutation of the sorted train keys
-(:data:`isdm.seeds.Stream.LABEL_SUBSET` of ``seed``, :func:`isdm.evaluation.mixes.draw_subset`),
+(:data:`isdm.seeds.Stream.LABEL_SUBSET` of ``seed``, drawn as the mixes' subsets are),
 so for one seed the subsets are nested: the 25 % subset lies inside the 50 % one, which lies
 inside the whole split; adding labels only adds images. At ``f = 1`` the copy holds every train
 file, so its digest (:func:`isdm.data.digest.dataset_digest`) is the source's and its real-only
@@ -49,12 +49,11 @@ def subset_size(fraction: float, n: int) -> int:
 
 def subset_keys(keys: Sequence[str], fraction: float, seed: int) -> list[str]:
     """The keys of the ``fraction`` subset for ``seed``, sorted (see the module docstring)."""
-    from isdm.evaluation.mixes import draw_subset
-    from isdm.seeds import Stream
+    from isdm.seeds import Stream, generator
 
-    chosen = draw_subset(keys, subset_size(fraction, len(keys)), seed, Stream.LABEL_SUBSET,
-                         "train pairs")
-    return sorted(chosen)
+    pool = sorted(keys)
+    order = generator(Stream.LABEL_SUBSET, seed).permutation(len(pool))
+    return sorted(pool[i] for i in order[:subset_size(fraction, len(pool))])
 
 
 def _copy_pairs(pairs: Sequence[Any], src_split: Path, dest_split: Path) -> None:

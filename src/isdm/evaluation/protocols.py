@@ -41,8 +41,8 @@ from isdm.errors import EvaluationError
 from isdm.evaluation.segmenter import BatchStream
 from isdm.seeds import Stream, derive
 
-__all__ = ["Protocol", "MIX", "parse_protocol", "protocol_of", "protocol_keys", "row_protocols", "ShareStream",
-           "PretrainStream", "StreamFactory"]
+__all__ = ["Protocol", "MIX", "parse_protocol", "protocol_of", "protocol_keys", "row_protocols",
+           "ShareStream", "PretrainStream", "StreamFactory"]
 
 _CODE = re.compile(r"^\s*(mix|share|pretrain)(?:\s+(\S+))?\s*$")
 StreamFactory = Callable[[torch.Generator], Any]

@@ -22,7 +22,7 @@ from isdm.evaluation.segmenter import TensorSet, build_segmenter, predict_counts
 from isdm.evaluation.wholes import CropMix, load_whole
 from isdm.evaluation.windows import sliding_logits, window_stride
 
-from conftest import RECT_HW, write_rect_pairs
+from rects import RECT_HW, write_rect_pairs
 
 H, W = RECT_HW  # the tiny dataset's native size (rectangular)
 

@@ -75,10 +75,11 @@ def test_evaluate_cli_writes_outputs_and_mlflow_runs(synth_dir, mlflow_uri, tmp_
     assert metrics["miou_gain"] == pytest.approx(sum(a["miou_gain"] for a in per) / 2, abs=1e-12)
     assert metrics["label_fidelity"] == pytest.approx(sum(a["label_fidelity"] for a in per) / 2)
     assert summary["budget"]["rows"] == {  # 8 real train images, 2 held out for validation
-        "RALLF000": {"mix": "RALLF000", "set": "", "n_real": 6, "n_synthetic": 0, "steps": 2,
-                     "images_seen": 8, "epochs": 8 / 6},
-        "RALLF4[synthetic]": {"mix": "RALLF4", "set": "synthetic", "n_real": 6, "n_synthetic": 4,
-                              "steps": 2, "images_seen": 8, "epochs": 0.8}}
+        "RALLF000": {"mix": "RALLF000", "set": "", "protocol": "mix", "n_real": 6,
+                     "n_synthetic": 0, "steps": 2, "images_seen": 8, "epochs": 8 / 6},
+        "RALLF4[synthetic]": {"mix": "RALLF4", "set": "synthetic", "protocol": "mix",
+                              "n_real": 6, "n_synthetic": 4, "steps": 2, "images_seen": 8,
+                              "epochs": 0.8}}
 
     rows = list(csv.DictReader((out / "cells.csv").open()))
     assert len(rows) == 8

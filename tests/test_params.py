@@ -24,22 +24,24 @@ from isdm.config import (
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
 TUNE_PARAMS = REPO / "pipelines" / "tune" / "params.yaml"
+LABELS_PARAMS = REPO / "pipelines" / "labels" / "params.yaml"
+PROTOCOLS_PARAMS = REPO / "pipelines" / "protocols" / "params.yaml"
 
 # The keys params.yaml keeps even where they equal their default: the dataset, the model preset,
 # the budgets, guidance and sampler, the evaluation recipe and the curation thresholds, the
 # values a user of the pipeline changes. Any other key appears only with a value of its own.
 USER_KNOBS = {
-    "data.root", "data.dataset_mode", "data.num_classes", "data.ignore_index", "data.image_size",
+    "data.root", "data.dataset_mode", "data.num_classes", "data.image_size",
     "data.resize", "data.crop", "data.scale",
     "synth.num_train", "synth.num_test",
     "model.preset",
     "diffusion.prediction",
-    "train.lr", "train.batch_size", "train.max_steps", "train.seed",
+    "train.lr", "train.batch_size", "train.max_steps",
     "finetune.lr", "finetune.drop_rate", "finetune.max_steps",
-    "sample.num_samples", "sample.batch_size", "sample.sampler", "sample.steps", "sample.s",
-    "sample.seed", "sample.mask_source",
-    "evaluate.architectures", "evaluate.encoder", "evaluate.mixes", "evaluate.seeds",
-    "evaluate.steps", "evaluate.val_every", "evaluate.batch_size", "evaluate.image_size",
+    "sample.num_samples", "sample.sampler", "sample.steps", "sample.s",
+    "sample.mask_source",
+    "evaluate.architectures", "evaluate.seeds",
+    "evaluate.steps", "evaluate.val_every", "evaluate.image_size",
     "curate.min_fidelity", "curate.pixel_threshold", "curate.hardness_power",
     "curate.copy_quantile",
 }
@@ -50,7 +52,7 @@ TUNE_KNOBS = {
     "tune.curate_min_fidelity", "tune.curate_pixel_thresholds",
 }
 # Sections no params file of the main pipeline holds: how commands run (flags, ISDM_* variables).
-NOT_IN_PARAMS = {"runtime", "tracking", "tune"}
+NOT_IN_PARAMS = {"runtime", "tracking", "tune", "labels"}
 
 
 def _leaves(tree: dict, prefix: str = "") -> dict:
@@ -65,8 +67,14 @@ def _written(path: Path) -> dict:
     return _leaves(yaml.safe_load(path.read_text()))
 
 
-@pytest.mark.parametrize("path, knobs", [(PARAMS, USER_KNOBS), (TUNE_PARAMS, TUNE_KNOBS)],
-                         ids=["params.yaml", "pipelines/tune/params.yaml"])
+# The label-efficiency curve's points and seed (pipelines/labels/params.yaml).
+LABELS_KNOBS = {"labels.fractions", "labels.seed"}
+
+
+@pytest.mark.parametrize("path, knobs", [(PARAMS, USER_KNOBS), (TUNE_PARAMS, TUNE_KNOBS),
+                                         (LABELS_PARAMS, LABELS_KNOBS), (PROTOCOLS_PARAMS, set())],
+                         ids=["params.yaml", "pipelines/tune/params.yaml",
+                              "pipelines/labels/params.yaml", "pipelines/protocols/params.yaml"])
 def test_params_files_state_knobs_or_changes_only(path, knobs):
     """Each key is a config key; a value equal to its default is a listed knob; every listed
     knob is written (the list is not stale)."""
@@ -94,7 +102,7 @@ def test_dvc_exp_show_has_at_most_60_param_and_metric_columns():
     from isdm.evaluation.report import HEADLINE_KEYS
 
     columns = len(_written(PARAMS))
-    for dvc_yaml in (REPO / "dvc.yaml", REPO / "pipelines" / "tune" / "dvc.yaml"):
+    for dvc_yaml in (REPO / "dvc.yaml", *sorted((REPO / "pipelines").glob("*/dvc.yaml"))):
         for stage in yaml.safe_load(dvc_yaml.read_text())["stages"].values():
             for entry in stage.get("params", []):
                 if isinstance(entry, dict):

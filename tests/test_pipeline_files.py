@@ -25,7 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STAGES = ["data", "train", "finetune", "sample", "curate", "evaluate"]
 # Sections no stage lists: how commands run (runtime), MLflow (tracking), `isdm tune`.
-NOT_IN_PIPELINE = {"runtime", "tracking", "tune"}
+# sections the main chain never reads: how commands run, and the knobs of the other pipeline
+# files (pipelines/tune: tune; pipelines/labels: labels)
+NOT_IN_PIPELINE = {"runtime", "tracking", "tune", "labels"}
 TEMPLATE = re.compile(r"\$\{([\w.]+)\}")
 
 

@@ -543,7 +543,9 @@ def test_final_check_compares_tuned_and_current_knobs_once(tmp_path, synth_dir, 
                         lambda cfg, data_root, checkpoint, out_dir: Path(checkpoint))
     calls = []
 
-    def fake_evaluation(cfg, data_root, synthetic, out_dir, progress=None, cell_cache=None):
+    def fake_evaluation(cfg, data_root, synthetic, out_dir, progress=None, cell_cache=None,
+                        set_protocols=None):
+        assert set_protocols == {"current": "mix", "tuned": "mix"}
         calls.append((sorted(synthetic), cfg.evaluate.seeds, cfg.evaluate.mixes))
         stats = {"gain": 0.02, "gain_lo": 0.01, "gain_hi": 0.03, "verdict": "gain",
                  "gain_nobg": 0.0, "gain_nobg_lo": -0.01, "gain_nobg_hi": 0.01,

@@ -11,14 +11,16 @@ Integer streams (:func:`derive`) fold the first two 32-bit words ``w0, w1`` of
 ==============  ======================================  =======================================
 fold            value                                   streams
 ==============  ======================================  =======================================
-``"mod63"``     ``(w0 << 32 | w1) mod 2**63``           training: epoch, steps, validation
+``"mod63"``     ``(w0 << 32 | w1) mod 2**63``           training: epoch, steps, validation;
+                                                        a cell's synthetic-share stream
 ``"xor31"``     ``((w0 << 31) ^ w1) & (2**63 - 1)``     sampling: each sample's generator
 ``"u64"``       ``w0 << 32 | w1`` (64 bits)             mask augmentation and crop seeds
 ==============  ======================================  =======================================
 
 Generator streams (:func:`generator`) are ``numpy.random.default_rng(entropy)``: the sampling
 plan's mask order, the balancer's priorities and fallback draws, the evaluation mixes' subsets,
-the training crops (the SDM's and the downstream segmenter's).
+the training crops (the SDM's and the downstream segmenter's), the nested real subsets of the
+label-efficiency curve.
 
 The tags and folds are those the streams had when each lived in its own module, so every seed,
 and hence every output, is unchanged; ``tests/test_seeds.py`` pins values of each stream.
@@ -52,6 +54,8 @@ class Stream(enum.Enum):
     DATA_CROP = "data_crop"  # (epoch, index): the crop of training item `index` in `epoch`
     SAMPLE_CROP = "sample_crop"  # (i,) sample i's mask crop; (j, k) k-th crop of mask j (pool)
     EVAL_CROP = "eval_crop"  # (step, slot): a downstream cell's crop at position `slot` of `step`
+    EVAL_SHARE = "eval_share"  # (): the synthetic stream of a cell with a fixed synthetic share
+    LABEL_SUBSET = "label_subset"  # (): the order real train images enter the nested subsets
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,8 @@ _SPECS: dict[Stream, _Spec] = {
     Stream.DATA_CROP: _Spec(tag=(0xC40,)),
     Stream.SAMPLE_CROP: _Spec(tag=(0xC41,), fold="u64"),
     Stream.EVAL_CROP: _Spec(tag=(0xC42,)),
+    Stream.EVAL_SHARE: _Spec(tag=(0x5A4E,), fold="mod63"),
+    Stream.LABEL_SUBSET: _Spec(tag=(0x1AB5,)),
 }
 
 

@@ -16,7 +16,7 @@ import click
 
 # command name -> (module, attribute, one-line help shown by `isdm --help`)
 _COMMANDS: dict[str, tuple[str, str, str]] = {
-    "data": ("isdm.cli.data", "data", "Check a dataset or write the embedded synthetic one."),
+    "data": ("isdm.cli.data", "data", "Check a dataset, write the embedded one, or a subset."),
     "config": ("isdm.cli.config_cmd", "config", "Show the resolved config; apply an overlay."),
     "train": ("isdm.cli.train", "train", "Train a Semantic Diffusion Model."),
     "finetune": ("isdm.cli.train", "finetune", "Finetune with mask dropout for guidance."),
@@ -24,6 +24,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "curate": ("isdm.cli.curate", "curate", "Score synthetic pairs, drop the misleading ones."),
     "evaluate": ("isdm.cli.evaluate", "evaluate", "Downstream mIoU of real vs synthetic mixes."),
     "tune": ("isdm.cli.tune", "tune", "Optuna search of the generator's knobs; --apply."),
+    "labels": ("isdm.cli.labels", "labels", "Label efficiency: synthetic data in real images."),
     "import-checkpoint": ("isdm.cli.import_checkpoint", "import_checkpoint",
                           "Use a model*.pt / ema_*.pt of the original ISDM tool."),
 }

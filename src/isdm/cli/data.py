@@ -1,4 +1,4 @@
-"""``isdm data check DIR`` and ``isdm data synth OUT_DIR``."""
+"""``isdm data check DIR``, ``isdm data synth OUT_DIR`` and ``isdm data subset SRC OUT``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from isdm.cli.common import config_options, load_cli_config
 
 @click.group()
 def data() -> None:
-    """Check a dataset or write the embedded synthetic one."""
+    """Check a dataset, write the embedded synthetic one, or a nested subset of one."""
 
 
 @data.command("check")
@@ -76,3 +76,20 @@ def synth(out_dir: str, config_paths: tuple[str, ...], overrides: tuple[str, ...
     kind = "binary (0/255, any defect)" if scfg.binary else f"multi-class ({', '.join(CLASS_NAMES)})"
     click.echo(f"wrote {scfg.num_train} train + {scfg.num_test} test {scfg.image_size}px pairs, "
                f"{kind}, seed {scfg.seed}, to {out_dir} in {time.perf_counter() - start:.1f} s")
+
+
+@data.command("subset")
+@click.argument("src", metavar="SRC", type=click.Path(file_okay=False, exists=True))
+@click.argument("out", metavar="OUT", type=click.Path(file_okay=False))
+@click.option("--fraction", type=float, required=True,
+              help="Share of SRC's train pairs to keep, in (0, 1] (round(fraction x N), >= 2).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="The subsets' seed: for one seed the subsets of every fraction are nested.")
+def subset(src: str, out: str, fraction: float, seed: int) -> None:
+    """Write OUT/train with a seeded, nested subset of SRC's train pairs and OUT/test with all
+    of SRC's test pairs (a point of the label-efficiency curve: docs/guide/protocols.md)."""
+    from isdm.data.subset import write_subset
+
+    m = write_subset(src, out, fraction, seed)
+    click.echo(f"wrote {m['n']} of {m['n_source']} train pairs (fraction {fraction:g}, seed "
+               f"{seed}) and all {m['n_test']} test pairs to {out}")

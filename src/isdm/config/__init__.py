@@ -14,6 +14,7 @@ section (the defaults are the embedded pipeline's values)::
       evaluate   EvaluateConfig    downstream segmentation
       curate     CurateConfig      the quality gate on synthetic pairs
       tune       TuneConfig        Optuna search space and budget (pipelines/tune/params.yaml)
+      labels     LabelsConfig      the label-efficiency curve (pipelines/labels/params.yaml)
       tracking   TrackingConfig    MLflow (ISDM_* variables, --set; not in params.yaml)
       runtime    RuntimeConfig     device, loader workers, progress bars (likewise)
 
@@ -26,13 +27,14 @@ does not set (:func:`isdm.config.tree.finetune_tree`).
 
 Modules: :mod:`.checks` (rules, the section base class), :mod:`.model` (``model`` section and
 presets), :mod:`.data` (``data``: geometry), :mod:`.schema` (the other sections but ``runtime``:
-:mod:`.runtime`, and ``curate``: :mod:`.curation`), :mod:`.tree` (:class:`Config`, dict
+:mod:`.runtime`, ``curate``: :mod:`.curation`, and ``labels``: :mod:`.labels`), :mod:`.tree` (:class:`Config`, dict
 conversion), :mod:`.files` (strict YAML/JSON), :mod:`.loading` (:func:`load_config`),
 :mod:`.layers` (overlays, sources), :mod:`.edit` (writing values into params.yaml),
 :mod:`.legacy` (the original ISDM tool's flat JSON configs).
 """
 
 from isdm.config.curation import CurateConfig
+from isdm.config.labels import LabelsConfig
 from isdm.config.files import save_config
 from isdm.config.layers import ENV_VARS, Resolved, resolve
 from isdm.config.legacy import legacy_paths, legacy_to_tree
@@ -49,9 +51,9 @@ from isdm.config.schema import (
                                 SynthConfig,
                                 TrackingConfig,
                                 TrainConfig,
-                                TuneConfig,
                                 canonical_dataset_mode,
 )
+from isdm.config.tune import TuneConfig
 from isdm.config.tree import (
                               FORMER_DEFAULTS,
                               Config,
@@ -76,6 +78,7 @@ __all__ = [
     "EvaluateConfig",
     "CurateConfig",
     "TuneConfig",
+    "LabelsConfig",
     "TrackingConfig",
     "RuntimeConfig",
     "MODEL_PRESETS",

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Literal, Mapping, Union, get_args, get_origin
 
 from isdm.config.checks import Problem, Section, SectionError, type_hints, unknown_key
 from isdm.config.curation import CurateConfig
+from isdm.config.labels import LabelsConfig
 from isdm.config.model import (
     MODEL_PRESETS,
     ModelConfig,
@@ -33,8 +34,8 @@ from isdm.config.schema import (
     SynthConfig,
     TrackingConfig,
     TrainConfig,
-    TuneConfig,
 )
+from isdm.config.tune import TuneConfig
 from isdm.errors import ConfigError
 
 __all__ = ["Config", "SECTIONS", "MOVED", "REMOVED", "from_dict", "to_dict", "flatten",
@@ -74,6 +75,7 @@ class Config(Section):
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     curate: CurateConfig = field(default_factory=CurateConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
@@ -84,6 +86,10 @@ class Config(Section):
         if bad:
             yield Problem("sample.balance.ejection_classes", self.sample.balance.ejection_classes,
                           f"ids {bad} are not classes 0..{n - 1} (data.num_classes={n})")
+        if "folder" in self.tune.mask_sources and not self.sample.mask_dir:
+            yield Problem("tune.mask_sources", self.tune.mask_sources,
+                          "a trial drawing 'folder' samples from sample.mask_dir, which is "
+                          "empty: set sample.mask_dir=<folder of masks> or drop 'folder'")
 
     def channel_mult(self) -> tuple[float, ...]:
         """The resolved channel multipliers (empty config value = chosen by image size)."""

@@ -10,7 +10,8 @@ Modules: :mod:`.mixes` (grammar, seeded draws, row labels), :mod:`.segmenter` (m
 (IoU/Dice from counts), :mod:`.stats` (bootstrap), :mod:`.summary` (statistics over cells),
 :mod:`.fidelity`, :mod:`.loading` (real data, synthetic sets), :mod:`.report` (headline
 ``metrics.json``, ``report.json``, CSV, chart), :mod:`.markdown` (``report.md``), :mod:`.run`
-(orchestration)."""
+(orchestration), :mod:`.protocols` (how a mix uses its synthetic images), :mod:`.labels` and
+:mod:`.labels_report` (the label-efficiency curve, ``isdm labels``)."""
 
 from isdm.evaluation.run import EvaluationError, run_evaluation
 

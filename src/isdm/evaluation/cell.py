@@ -15,7 +15,8 @@ Both go through the same two steps, configured by ``cfg.evaluate`` (the recipe) 
    images (with ``data.crop``: a :class:`~isdm.evaluation.wholes.CropMix` that cuts a fresh
    crop of a real image each time it is drawn), build the smp model with init seeded by the
    cell's seed and train it with the recipe (:class:`isdm.evaluation.loop.SegmenterRun`:
-   ``evaluate.steps`` optimiser steps whatever the mix's size), selecting the weights of its
+   ``evaluate.steps`` optimiser steps whatever the mix's size, batches drawn as the cell's
+   training protocol says, :mod:`isdm.evaluation.protocols`), selecting the weights of its
    best validation (whole validation images by sliding windows with ``data.crop``);
 3. :meth:`CellRun.finish`: the selection, and with a test split the per-image test counts of
    the selected weights (tested ONCE).
@@ -39,6 +40,7 @@ from isdm.config import Config
 from isdm.errors import EvaluationError
 from isdm.evaluation.mixes import MixPlan, mix_label, plan_mix
 from isdm.evaluation.loop import SegmenterFit, SegmenterRun
+from isdm.evaluation.protocols import MIX, Protocol, parse_protocol, protocol_of
 from isdm.evaluation.segmenter import TensorSet, build_segmenter
 from isdm.evaluation.wholes import CropMix, WholeSet
 
@@ -48,11 +50,13 @@ __all__ = ["Cell", "CellResult", "CellRun", "split_validation", "plan_cell", "tr
 @dataclass(frozen=True)
 class Cell:
     """One (architecture, mix, seed) cell and the keys it trains and selects on; ``synthetic_set``
-    names the synthetic folder its synthetic keys come from ('' for a mix without any)."""
+    names the synthetic folder its synthetic keys come from ('' for a mix without any);
+    ``protocol`` how it trains on them (:data:`MIX` for a mix without any)."""
 
     arch: str
     plan: MixPlan
     synthetic_set: str = ""
+    protocol: Protocol = MIX
 
     @property
     def mix(self) -> str:
@@ -60,8 +64,9 @@ class Cell:
 
     @property
     def label(self) -> str:
-        """The mix as reports name it: ``RALLFALL[curated]``, or ``RALLF000`` without a set."""
-        return mix_label(self.mix, self.synthetic_set)
+        """The row as reports name it: ``RALLFALL[curated]``, ``RALLFALL[curated] pretrain
+        0.5``, or ``RALLF000`` without a set."""
+        return mix_label(self.mix, self.synthetic_set, self.protocol.code)
 
     @property
     def seed(self) -> int:
@@ -89,16 +94,26 @@ def split_validation(keys: Sequence[str], val_fraction: float,
 
 
 def plan_cell(cfg: Config, arch: str, mix: str, seed: int, real_keys: Sequence[str],
-              synthetic_keys: Sequence[str], synthetic_set: str = "") -> Cell:
+              synthetic_keys: Sequence[str], synthetic_set: str = "",
+              protocol: Optional[str | Protocol] = None) -> Cell:
     """Split the real train keys and draw the training keys of ``mix`` for ``seed``
-    (``synthetic_keys``: those of the set named ``synthetic_set``).
+    (``synthetic_keys``: those of the set named ``synthetic_set``), trained with ``protocol``
+    (None: the config's, :func:`isdm.evaluation.protocols.protocol_of`; a mix without
+    synthetic images always trains as ``mix``).
 
     Raises:
-        EvaluationError: no validation image, or a mix asking for more images than there are.
+        EvaluationError: no validation image, a mix asking for more images than there are, or
+            a protocol that cannot train the mix (e.g. a share that leaves no real image).
     """
     val_keys, pool = split_validation(real_keys, cfg.evaluate.val_fraction, seed)
     plan = plan_mix(mix, pool, val_keys, synthetic_keys, seed)
-    return Cell(arch, plan, synthetic_set if plan.mix.uses_synthetic else "")
+    if not plan.mix.uses_synthetic:
+        return Cell(arch, plan, "", MIX)
+    chosen = protocol_of(cfg.evaluate) if protocol is None else parse_protocol(protocol)
+    steps = cfg.evaluate.steps
+    chosen.check(cfg.evaluate.batch_size, len(plan.real_keys), len(plan.synthetic_keys),
+                 steps if isinstance(steps, int) else None)
+    return Cell(arch, plan, synthetic_set, chosen)
 
 
 @dataclass
@@ -121,12 +136,16 @@ class CellRun:
         on_validation: receives each validation's ``{"step", "epoch", "train_loss",
             "val_miou", "val_miou_nobg", "seconds"}`` (``epoch`` derived: images shown /
             training images).
+        steps: the cell's whole budget (default ``evaluate.steps``): a ``pretrain`` protocol
+            switches to real images after its split of it.
     """
 
     def __init__(self, cfg: Config, cell: Cell, real: TensorSet | WholeSet,
                  synthetic: TensorSet, *, device: torch.device,
-                 on_validation: Optional[Callable[[dict[str, float]], None]] = None) -> None:
+                 on_validation: Optional[Callable[[dict[str, float]], None]] = None,
+                 steps: Optional[int] = None) -> None:
         e, plan = cfg.evaluate, cell.plan
+        steps = e.steps if steps is None else steps  # the budget a pretrain split is a part of
         if isinstance(real, WholeSet):  # data.crop: fresh crops of whole real images every step
             train = CropMix(real.subset(plan.real_keys), synthetic.subset(plan.synthetic_keys),
                             cell.seed)
@@ -136,10 +155,12 @@ class CellRun:
         self.cfg, self.cell, self.device = cfg, cell, device
         self.model = build_segmenter(cell.arch, e.encoder, e.encoder_weights, cfg.data.num_classes,
                                      cell.seed)
+        stream = cell.protocol.stream(len(plan.real_keys), len(plan.synthetic_keys),
+                                      e.batch_size, steps, cell.seed)
         self.loop = SegmenterRun(self.model, train, real.subset(plan.val_keys), e,
                                  num_classes=cfg.data.num_classes,
                                  ignore_index=cfg.data.ignore_index, seed=cell.seed,
-                                 device=device, on_validation=on_validation)
+                                 device=device, on_validation=on_validation, stream=stream)
 
     @property
     def step(self) -> int:

@@ -25,7 +25,8 @@ def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 def _params(outcome: Any, n_test: int) -> dict[str, Any]:
     cell, plan = outcome.job.cell, outcome.job.cell.plan
-    return {"arch": cell.arch, "mix": cell.label, "set": cell.synthetic_set, "seed": cell.seed,
+    return {"arch": cell.arch, "mix": cell.label, "set": cell.synthetic_set,
+            "protocol": cell.protocol.code, "seed": cell.seed,
             "n_real": len(plan.real_keys), "n_fake": len(plan.synthetic_keys),
             "n_val": len(plan.val_keys), "n_test": n_test,
             "encoder": outcome.job.cfg.evaluate.encoder}

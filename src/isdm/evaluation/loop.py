@@ -1,6 +1,7 @@
 """The segmenter's training loop, resumable bit for bit: :class:`SegmenterRun`.
 
-One optimiser step (:meth:`SegmenterRun.advance`): the next batch of the seeded stream (a crop
+One optimiser step (:meth:`SegmenterRun.advance`): the next batch of the seeded stream (the
+mix's concatenation, or a training protocol's stream, :mod:`isdm.evaluation.protocols`; a crop
 mix cuts its crops from ``(seed, step, slot)``), moved to the device, augmented on the whole
 batch, the forward pass under ``precision`` autocast, the loss in float32, backward, Adam. The
 batch losses stay on the device until a validation averages them (no host round trip per step).
@@ -95,12 +96,16 @@ class SegmenterRun:
     Deterministic for a given seed on CPU: data order and augmentation come from
     ``torch.Generator().manual_seed(seed)``, dropout from the global RNG seeded with it inside
     a fork (the caller's RNG is untouched). ``on_validation`` receives each history row.
+    ``stream``: a factory of the batch stream given the run's generator (a training protocol,
+    :meth:`isdm.evaluation.protocols.Protocol.stream`; its ``next()`` / ``state_dict()`` /
+    ``load_state_dict()``); None = one :class:`BatchStream` over the whole mix.
     """
 
     def __init__(self, model: torch.nn.Module, train: TensorSet | CropMix,
                  val: TensorSet | WholeSet, recipe: EvaluateConfig, *, num_classes: int,
                  ignore_index: Optional[int], seed: int, device: torch.device,
-                 on_validation: OnValidation = None) -> None:
+                 on_validation: OnValidation = None,
+                 stream: Optional[Callable[[torch.Generator], Any]] = None) -> None:
         if len(train) < 2:
             raise EvaluationError(f"a training mix needs at least 2 images, got {len(train)}")
         if len(val) == 0:
@@ -113,7 +118,8 @@ class SegmenterRun:
         self.val = val
         self.val_every = validation_interval(recipe.val_every, recipe.batch_size, val_windows(val))
         self.generator = torch.Generator().manual_seed(self.seed)
-        self.stream = BatchStream(len(train), recipe.batch_size, self.generator)
+        self.stream = (BatchStream(len(train), recipe.batch_size, self.generator)
+                       if stream is None else stream(self.generator))
         self.criterion = loss_function(recipe.loss, ignore_index)
         self.optimizer = make_optimizer(model, recipe.lr, device)
         self._rng = self._seeded_rng()
@@ -238,11 +244,18 @@ class SegmenterRun:
         """Everything the next steps depend on (see the module docstring); tensors on the CPU."""
         return {"step": self.step, "model": _weights(self.model),
                 "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
-                "pending": self.stream.pending.clone(), "rng": dict(self._rng),
+                **self._stream_state(), "rng": dict(self._rng),
                 "losses": [float(x) for x in self._losses], "history": list(self.history),
                 "best_step": self.best_step, "best_val_miou": self.best_val_miou,
                 "best_state": self.best_state, "elapsed": self._elapsed, "seconds": self.seconds,
                 "val_every": self.val_every, "seed": self.seed}
+
+    def _stream_state(self) -> dict[str, Any]:
+        """The concatenation's pending indices (``pending``, as before protocols existed), or
+        a protocol stream's state (``batches``)."""
+        if isinstance(self.stream, BatchStream):
+            return {"pending": self.stream.pending.clone()}
+        return {"batches": self.stream.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` of a run of the same cell."""
@@ -253,7 +266,10 @@ class SegmenterRun:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
-        self.stream.pending = state["pending"].clone()
+        if isinstance(self.stream, BatchStream):
+            self.stream.pending = state["pending"].clone()
+        else:
+            self.stream.load_state_dict(state["batches"])
         self._rng = dict(state["rng"])
         dtype = torch.float32
         self._losses = [torch.tensor(v, dtype=dtype, device=self.device) for v in state["losses"]]

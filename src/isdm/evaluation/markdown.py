@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+from isdm.evaluation.mixes import mix_label
+
 __all__ = ["markdown_report", "markdown_table", "overall_table", "budget_table",
            "comparison_table", "fidelity_table"]
 
@@ -74,7 +76,13 @@ def comparison_table(comparisons: list[Mapping[str, Any]]) -> str:
     lines = ["| architecture | mix | set vs reference | gain mIoU [95% CI] | verdict | "
              "gain mIoU no bg [95% CI] | verdict (no bg) |", "|---|---|---|---|---|---|---|"]
     for c in comparisons:
-        lines.append(f"| {c['arch']} | {c['mix']} | {c['set']} vs {c['reference']} | {_gain(c)} | "
+        mine, theirs = c.get("protocol", "mix"), c.get("reference_protocol", "mix")
+        mix, name, ref = c["mix"], c["set"], c["reference"]
+        if mine == theirs:  # one protocol: it belongs to the mix column
+            mix = mix_label(mix, "", mine)
+        else:  # each set trained its own way (tune's final check): say how
+            name, ref = mix_label(name, "", mine), mix_label(ref, "", theirs)
+        lines.append(f"| {c['arch']} | {mix} | {name} vs {ref} | {_gain(c)} | "
                      f"{c['verdict']} | {_gain(c, '_nobg')} | {c['verdict_nobg']} |")
     return "\n".join(lines)
 
@@ -117,6 +125,14 @@ _DEFINITIONS = [
 ]
 
 
+_PROTOCOLS = (
+    "- Training protocol (a row label's suffix; none = `mix`): `mix` draws batches from the "
+    "real and synthetic images concatenated; `share q` fills q of every batch with synthetic "
+    "images from their own seeded stream and the rest with real ones; `pretrain p` trains the "
+    "first p of the steps on synthetic images only, then real only. Every row trains the same "
+    "steps and is paired with the same real-only baseline.")
+
+
 def markdown_report(summary: Mapping[str, Any]) -> str:
     """The full ``report.md``."""
     setup = "\n".join(f"- {k}: {v}" for k, v in summary["setup"].items())
@@ -137,5 +153,6 @@ def markdown_report(summary: Mapping[str, Any]) -> str:
     if any(summary["fidelity"].values()):
         parts += ["", "## Label fidelity (real-only model, first seed, on the synthetic samples "
                   "vs their conditioning masks)", "", fidelity_table(summary["fidelity"])]
-    parts += ["", "## Definitions", "", *_DEFINITIONS, ""]
+    protocols = any(row[2] != "mix" for row in summary.get("rows", []))
+    parts += ["", "## Definitions", "", *_DEFINITIONS, *([_PROTOCOLS] if protocols else []), ""]
     return "\n".join(parts)

@@ -31,10 +31,12 @@ BASELINE = "RALLF000"
 _GRAMMAR = re.compile(r"^R(ALL|\d+)F(ALL|\d+)$")
 
 
-def mix_label(mix: str, synthetic_set: str = "") -> str:
+def mix_label(mix: str, synthetic_set: str = "", protocol: str = "mix") -> str:
     """A mix as reports name it: ``RALLFALL`` of the set ``curated`` -> ``RALLFALL[curated]``;
-    a mix without synthetic images (no set) keeps its code."""
-    return f"{mix}[{synthetic_set}]" if synthetic_set else mix
+    a mix without synthetic images (no set) keeps its code; a training protocol other than
+    ``mix`` (:mod:`isdm.evaluation.protocols`) follows: ``RALLFALL[curated] pretrain 0.5``."""
+    label = f"{mix}[{synthetic_set}]" if synthetic_set else mix
+    return label if protocol == "mix" else f"{label} {protocol}"
 
 
 @dataclass(frozen=True)

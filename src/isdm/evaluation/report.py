@@ -10,6 +10,9 @@
   ``miou_gain_lo``/``_hi`` its paired-bootstrap 95 % CI (:mod:`.stats`: the same seed and image
                            draws for every architecture in each replicate)
   ``miou_gain_<set>``      (+ ``_lo``, ``_hi``) the main mix with each further synthetic set
+  ``miou_gain_<protocol>`` (+ ``_lo``, ``_hi``) the main mix with the first set trained with
+                           each extra protocol of ``evaluate.protocols`` (``pretrain 0.5`` ->
+                           ``miou_gain_pretrain_0.5``)
   ``label_fidelity``       mean over architectures of the first set's label fidelity (mIoU)
   ``calibrated_steps``     with ``evaluate.steps: auto``: the mean over architectures of their
                            calibrated steps (each architecture's in ``report.json``)
@@ -21,8 +24,9 @@
   synthetic images, steps, images seen, derived epochs; a value that differs between
   architectures, as calibrated steps do, is ``{arch: value}``), ``architectures`` / ``overall``
   / ``comparisons`` (:mod:`.summary`), ``fidelity[set][arch]``, ``main_mix``, ``sets``,
-  ``setup``, ``calibration`` (:mod:`.calibration_report`: the rule, the steps per architecture
-  and the evidence); undefined numbers are ``null``.
+  ``rows`` (``[mix, set, protocol]`` in report order), ``setup``, ``calibration``
+  (:mod:`.calibration_report`: the rule, the steps per architecture and the evidence);
+  undefined numbers are ``null``.
 - ``cells.csv`` (dvc plots): one row per (architecture, row, seed).
 - ``report.md`` (:mod:`.markdown`) and ``miou.png`` (:func:`plot_miou`).
 """
@@ -42,7 +46,8 @@ from isdm.evaluation.markdown import markdown_report, markdown_table
 from isdm.evaluation.mixes import BASELINE, mix_label, parse_mix
 from isdm.utils.io import atomic_path, atomic_write_json, atomic_write_text
 
-__all__ = ["HEADLINE_KEYS", "build_summary", "headline", "per_architecture", "write_reports",
+__all__ = ["HEADLINE_KEYS", "build_summary", "headline", "per_architecture", "set_protocols",
+           "write_reports",
            "mlflow_metrics", "write_cells_csv", "markdown_table", "plot_miou", "VERDICT_CODE"]
 
 HEADLINE_KEYS = ("miou_real_only", "miou_with_synthetic", "miou_gain", "miou_gain_lo",
@@ -60,17 +65,38 @@ def main_mix(mixes: Sequence[str]) -> Optional[str]:
     return next((m for m in mixes if parse_mix(m).uses_synthetic), None)
 
 
+def set_protocols(summary: Mapping[str, Any]) -> dict[str, list[str]]:
+    """``{set: protocol codes of the main mix's rows of that set, the main protocol first}``
+    (``["mix"]`` per set for a summary written before protocols existed)."""
+    rows = summary.get("rows")
+    if rows is None:
+        return {name: ["mix"] for name in summary["sets"]}
+    out: dict[str, list[str]] = {}
+    for mix, name, protocol in rows:
+        if mix == summary["main_mix"] and name:
+            out.setdefault(name, []).append(protocol)
+    return out
+
+
+def _gain_keys(prefix: str, s: Mapping[str, Any]) -> dict[str, Any]:
+    return {prefix: s["gain"], f"{prefix}_lo": s["gain_lo"], f"{prefix}_hi": s["gain_hi"]}
+
+
 def _headline(stats: Mapping[str, Mapping[str, Any]], fidelity: Mapping[str, float],
-              main: Optional[str], sets: Sequence[str]) -> dict[str, float]:
+              main: Optional[str], sets: Sequence[str],
+              protocols: Mapping[str, Sequence[str]]) -> dict[str, float]:
     out = {"miou_real_only": stats[BASELINE]["miou_mean"]}
     if main and sets:
-        first = stats[mix_label(main, sets[0])]
+        first_protocols = protocols.get(sets[0], ["mix"])
+        first = stats[mix_label(main, sets[0], first_protocols[0])]
         out.update(miou_with_synthetic=first["miou_mean"], miou_gain=first["gain"],
                    miou_gain_lo=first["gain_lo"], miou_gain_hi=first["gain_hi"])
         for name in sets[1:]:
-            s = stats[mix_label(main, name)]
-            out.update({f"miou_gain_{name}": s["gain"], f"miou_gain_{name}_lo": s["gain_lo"],
-                        f"miou_gain_{name}_hi": s["gain_hi"]})
+            s = stats[mix_label(main, name, protocols.get(name, ["mix"])[0])]
+            out.update(_gain_keys(f"miou_gain_{name}", s))
+        for protocol in first_protocols[1:]:
+            s = stats[mix_label(main, sets[0], protocol)]
+            out.update(_gain_keys(f"miou_gain_{_key(protocol)}", s))
     if sets and sets[0] in fidelity:
         out["label_fidelity"] = fidelity[sets[0]]
     return {k: float(v) for k, v in out.items() if _numeric(v)}
@@ -82,7 +108,8 @@ def headline(summary: Mapping[str, Any]) -> dict[str, float]:
     fid = {name: float(np.mean([m["miou"] for m in by_arch.values()]))
            for name, by_arch in summary["fidelity"].items()
            if by_arch and len(by_arch) == len(summary["architectures"])}
-    out = _headline(summary["overall"], fid, summary["main_mix"], summary["sets"])
+    out = _headline(summary["overall"], fid, summary["main_mix"], summary["sets"],
+                    set_protocols(summary))
     calibration = summary.get("calibration") or {}
     if calibration.get("auto"):
         out["calibrated_steps"] = float(np.mean([a["steps"] for a in
@@ -93,13 +120,15 @@ def headline(summary: Mapping[str, Any]) -> dict[str, float]:
 def per_architecture(summary: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """The headline keys of each architecture (its own mIoUs, gain CI and fidelity)."""
     return {arch: _headline(stats, {n: f[arch]["miou"] for n, f in summary["fidelity"].items()
-                                    if arch in f}, summary["main_mix"], summary["sets"])
+                                    if arch in f}, summary["main_mix"], summary["sets"],
+                            set_protocols(summary))
             for arch, stats in summary["architectures"].items()}
 
 
 def build_summary(cfg: Any, cells: Sequence[Mapping[str, Any]],
                   counts: Mapping[tuple[str, str], Sequence[np.ndarray]],
-                  rows: Sequence[tuple[str, str]], sets: Sequence[str], seeds: Sequence[int],
+                  rows: Sequence[tuple[str, str, str]], sets: Sequence[str],
+                  seeds: Sequence[int],
                   fidelity: Mapping[str, Mapping[str, Mapping[str, float]]],
                   setup: Mapping[str, str],
                   calibration: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
@@ -110,7 +139,8 @@ def build_summary(cfg: Any, cells: Sequence[Mapping[str, Any]],
     e = cfg.evaluate
     stats = summarize_cells(cells, counts, e.architectures, rows, sets, e.bootstrap, seeds[0])
     summary: dict[str, Any] = {
-        "main_mix": main_mix([m for m, _ in rows]), "sets": list(sets),
+        "main_mix": main_mix([row[0] for row in rows]), "sets": list(sets),
+        "rows": [list(row) for row in rows],
         "budget": _budget(e, cells, rows, seeds), **stats,
         "fidelity": {n: dict(f) for n, f in fidelity.items()}, "setup": dict(setup)}
     if calibration is not None:
@@ -127,15 +157,17 @@ def _per_arch(cells: Sequence[Mapping[str, Any]], value: Any) -> Any:
     return next(iter(by_arch.values())) if len(set(by_arch.values())) == 1 else by_arch
 
 
-def _budget(e: Any, cells: Sequence[Mapping[str, Any]], rows: Sequence[tuple[str, str]],
+def _budget(e: Any, cells: Sequence[Mapping[str, Any]], rows: Sequence[tuple[str, str, str]],
             seeds: Sequence[int]) -> dict[str, Any]:
     per_row = {}
-    for mix, name in rows:
-        mine = [c for c in cells if c["mix"] == mix_label(mix, name)]
+    for mix, name, protocol in rows:
+        label = mix_label(mix, name, protocol)
+        mine = [c for c in cells if c["mix"] == label]
         cell = mine[0]
         n = cell["n_real"] + cell["n_fake"]
-        per_row[mix_label(mix, name)] = {
-            "mix": mix, "set": name, "n_real": cell["n_real"], "n_synthetic": cell["n_fake"],
+        per_row[label] = {
+            "mix": mix, "set": name, "protocol": protocol, "n_real": cell["n_real"],
+            "n_synthetic": cell["n_fake"],
             "steps": _per_arch(mine, lambda c: c["steps"]),
             "images_seen": _per_arch(mine, lambda c: c["images_seen"]),
             "epochs": _per_arch(mine, lambda c: c["images_seen"] / n)}
@@ -194,8 +226,8 @@ def mlflow_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     tables = {**summary["architectures"], "mean": summary["overall"]}
     leaves = [(f"{arch}.{_key(label)}", s) for arch, by_label in tables.items()
               for label, s in by_label.items()]
-    leaves += [(f"{c['arch']}.{c['mix']}.{c['set']}_vs_{c['reference']}", c)
-               for c in summary["comparisons"]]
+    leaves += [(f"{c['arch']}.{_key(mix_label(c['mix'], '', c.get('protocol', 'mix')))}."
+                f"{c['set']}_vs_{c['reference']}", c) for c in summary["comparisons"]]
     for prefix, stats in leaves:
         out.update({f"{prefix}.{k}": float(v) for k, v in stats.items() if _numeric(v)})
         for suffix in ("", "_nobg"):

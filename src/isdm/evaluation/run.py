@@ -1,8 +1,10 @@
 """``isdm evaluate``: train smp segmenters on real/synthetic mixes and compare them on real test.
 
 The rows of the report are the mixes, each mix that uses synthetic images once per synthetic
-set (``RALLFALL[synthetic]``, ``RALLFALL[curated]``; :func:`isdm.evaluation.mixes.mix_label`),
-the real-only baseline ``RALLF000`` first. For every architecture, seed and row (a "cell",
+set (``RALLFALL[synthetic]``, ``RALLFALL[curated]``; :func:`isdm.evaluation.mixes.mix_label`)
+and training protocol (``evaluate.protocol``, then each of ``evaluate.protocols``:
+``RALLFALL[synthetic] pretrain 0.5``; :mod:`isdm.evaluation.protocols`), the real-only
+baseline ``RALLF000`` first. For every architecture, seed and row (a "cell",
 :mod:`isdm.evaluation.cell`):
 
 1. carve a validation split off the REAL train split (seeded with the cell's seed, the same for
@@ -30,7 +32,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -39,6 +41,7 @@ from isdm.errors import EvaluationError
 from isdm.evaluation import report
 from isdm.evaluation.loading import SyntheticSpec, synthetic_sets
 from isdm.evaluation.mixes import BASELINE, mix_label, parse_mix
+from isdm.evaluation.protocols import parse_protocol, row_protocols
 from isdm.evaluation.cell_runs import log_cell
 
 __all__ = ["run_evaluation", "run_shard", "EvaluationError", "resolve_mixes", "report_rows"]
@@ -56,9 +59,21 @@ def resolve_mixes(mixes: tuple[str, ...], fidelity_only: bool = False) -> list[s
     return [BASELINE] + [m for m in parsed if m != BASELINE]
 
 
-def report_rows(mixes: list[str], sets: list[str]) -> list[tuple[str, str]]:
-    """``(mix, set)`` per report row: a mix with synthetic images once per set, in set order."""
-    return [(m, s) for m in mixes for s in (sets if parse_mix(m).uses_synthetic else [""])]
+def report_rows(mixes: list[str], sets: list[str], protocols: Sequence[str] = ("mix",),
+                set_protocols: Optional[Mapping[str, str]] = None) -> list[tuple[str, str, str]]:
+    """``(mix, set, protocol)`` per report row: a mix without synthetic images once (``mix``),
+    a mix with synthetic images once per set, in set order, and per set once per protocol:
+    the set's main protocol (``set_protocols[set]``, default ``protocols[0]``) first, then
+    ``protocols[1:]`` (the extra rows) without it."""
+    rows = []
+    for m in mixes:
+        if not parse_mix(m).uses_synthetic:
+            rows.append((m, "", "mix"))
+            continue
+        for s in sets:
+            main = (set_protocols or {}).get(s, protocols[0])
+            rows += [(m, s, p) for p in dict.fromkeys([main, *protocols[1:]])]
+    return rows
 
 
 def _check(mixes: list[str], sets: dict[str, Path]) -> None:
@@ -76,7 +91,8 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic: SyntheticSpec,
                    out_dir: str | Path, *, device: Optional[str] = None,
                    fidelity_only: bool = False, progress: Optional[bool] = None,
                    cell_cache: Optional[str | Path] = None,
-                   shard: Optional[tuple[int, int]] = None) -> dict[str, Any]:
+                   shard: Optional[tuple[int, int]] = None,
+                   set_protocols: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
     """Run the whole evaluation and write its files into ``out_dir`` (:mod:`.report`:
     ``metrics.json`` (headline), ``report.json``, ``cells.csv``, ``report.md``, ``miou.png``,
     ``counts.npz``; :mod:`.calibration_report`: ``calibration.json``, ``calibration.png``).
@@ -94,6 +110,9 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic: SyntheticSpec,
         shard: ``(i, n)``: train only cells ``i, i + n, i + 2n, ...`` into the store and write no
             report (:func:`run_shard`); with ``auto`` every shard first needs the calibration
             (the first computes it, the others wait on its lock and read it).
+        set_protocols: ``{set: protocol code}``: the main protocol of a set's rows where it is
+            not the config's (``isdm tune``'s final check: each set with the protocol it was
+            tuned for); the extra rows of ``evaluate.protocols`` follow for every set.
     Returns:
         ``{"summary", "headline", "cells", "table", "report", "out_dir", "trained",
         "from_store"}``; ``summary`` is the ``report.json`` tree
@@ -112,7 +131,8 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic: SyntheticSpec,
     if fidelity_only and not sets:
         raise EvaluationError("--fidelity-only needs --synthetic DIR")
     _check(mixes, sets)
-    rows = report_rows(mixes, list(sets))
+    rows = report_rows(mixes, list(sets), row_protocols(e),
+                       {k: parse_protocol(v).code for k, v in (set_protocols or {}).items()})
     seeds = list(e.seeds[:1] if fidelity_only else e.seeds)
     dev = resolve_device(cfg.runtime.device if device is None else device)
     progress = cfg.runtime.progress if progress is None else progress
@@ -129,7 +149,7 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic: SyntheticSpec,
                             if job.cell.mix == BASELINE and job.cell.seed == seeds[0]}
     fidelity: dict[str, dict[str, dict[str, float]]] = {name: {} for name in sets}
     outcomes: dict[int, Any] = {}
-    labels = [mix_label(m, s) for m, s in rows]
+    labels = [mix_label(*row) for row in rows]
     name = f"evaluate {'+'.join(e.architectures)} x {'+'.join(labels)} x {len(seeds)} seeds"
     missing = len(plan.jobs) - store.count([j.spec for j in plan.jobs])
     with tracking.start_run(cfg.tracking, name=name, action="evaluate",
@@ -188,8 +208,9 @@ def _calibration(cfg: Config, steps: dict[str, int], calibrations: dict[str, Any
     return summarize(cfg, steps, calibrations, baseline)
 
 
-def _plan(cfg: Config, data_root: str | Path, sets: dict[str, Path], rows: list[tuple[str, str]],
-          seeds: list[int], dev: Any, store: Any, steps: dict[str, int]) -> Plan:
+def _plan(cfg: Config, data_root: str | Path, sets: dict[str, Path],
+          rows: list[tuple[str, str, str]], seeds: list[int], dev: Any, store: Any,
+          steps: dict[str, int]) -> Plan:
     """Check the names, load the data, plan every cell (an impossible mix fails before any
     training starts) and make its job (``steps``: per architecture)."""
     from isdm.evaluation.cell import plan_cell
@@ -206,9 +227,9 @@ def _plan(cfg: Config, data_root: str | Path, sets: dict[str, Path], rows: list[
     jobs = []
     for arch in e.architectures:
         for seed in seeds:
-            for mix, set_name in rows:
+            for mix, set_name, protocol in rows:
                 cell = plan_cell(cfg, arch, mix, seed, train_all.keys, synth[set_name].keys,
-                                 set_name)
+                                 set_name, protocol)
                 jobs.append(make_job(cfg, data_root, cell, digests=digests,
                                      synthetic=sets.get(set_name), test=True,
                                      device_type=dev.type, store=store, steps=steps[arch]))

@@ -15,11 +15,16 @@ A cell's result (best validation, history, test counts, selected weights) is a f
 - ``data``: the ``data`` keys that decode and place the images (classes, ignore index, resize,
   and with ``data.crop`` the crop keys);
 - ``recipe``: the ``evaluate`` section without the keys that only choose cells
-  (``architectures``, ``mixes``, ``seeds``), change nothing in a cell (``bootstrap``), or only
-  say how cells run (``workers``, ``threads``), and without ``steps`` (its own field) and
-  ``calibration`` (the rule that chooses ``steps`` for ``auto``: the chosen number is the key);
+  (``architectures``, ``mixes``, ``seeds``, ``protocols``), change nothing in a cell
+  (``bootstrap``), or only say how cells run (``workers``, ``threads``), and without ``steps``
+  (its own field), ``calibration`` (the rule that chooses ``steps`` for ``auto``: the chosen
+  number is the key) and the protocol keys (``protocol``, ``pretrain_split``,
+  ``synthetic_share``: their own field);
   ``window_overlap`` only with ``data.crop`` (it changes nothing otherwise);
-- ``device``: the device TYPE (``cpu``, ``cuda``): CPU and CUDA results differ in their last bits.
+- ``device``: the device TYPE (``cpu``, ``cuda``): CPU and CUDA results differ in their last bits;
+- ``protocol``: how the mix trains (:mod:`isdm.evaluation.protocols`: ``mix``, ``share 0.25``,
+  ``pretrain 0.5``), ``mix`` for a mix without synthetic images; neutral (left out at ``mix``,
+  so the records written before protocols existed keep their keys).
 
 The thread count is NOT part of it: it changes only the last bits of a result (the order of
 float sums), like two runs on two CPUs; each record says which count trained it. Neither is the
@@ -45,7 +50,7 @@ __all__ = ["CellSpec", "cell_spec", "data_identity", "recipe_identity", "NOT_REC
 
 # evaluate keys that choose cells, change nothing in one, or say how cells run
 NOT_RECIPE = ("architectures", "mixes", "seeds", "bootstrap", "workers", "threads", "steps",
-              "calibration")
+              "calibration", "protocol", "pretrain_split", "synthetic_share", "protocols")
 KEY_LENGTH = 24  # hex digits of SHA-256: 96 bits
 
 
@@ -64,6 +69,7 @@ class CellSpec:
     data: dict = field(default_factory=dict)
     recipe: dict = field(default_factory=dict)
     device: str = "cpu"
+    protocol: str = field(default="mix", metadata={"neutral": True})
 
     def identity(self) -> dict[str, Any]:
         """The spec as a JSON-able dict; neutral fields at their default are left out."""
@@ -87,7 +93,8 @@ class CellSpec:
         return bool(self.synthetic)
 
     def describe(self) -> str:
-        return f"{self.arch} {self.mix} seed {self.seed} ({self.steps} steps)"
+        protocol = "" if self.protocol == "mix" else f" {self.protocol}"
+        return f"{self.arch} {self.mix}{protocol} seed {self.seed} ({self.steps} steps)"
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -118,13 +125,16 @@ def recipe_identity(cfg: Config) -> dict[str, Any]:
 
 
 def cell_spec(cfg: Config, arch: str, mix: str, seed: int, *, real: str, test: str = "",
-              synthetic: str = "", device: str = "cpu", steps: int | None = None) -> CellSpec:
+              synthetic: str = "", device: str = "cpu", steps: int | None = None,
+              protocol: str = "mix") -> CellSpec:
     """The spec of the cell (``arch``, ``mix``, ``seed``) of ``cfg`` (``steps``: default
     ``evaluate.steps``, which must then be a number: ``auto`` is resolved per architecture by
     :func:`isdm.evaluation.calibration.resolve_steps`); ``real`` / ``test`` / ``synthetic`` are
-    the digests of its data (``synthetic`` is ignored for a mix without synthetic images)."""
+    the digests of its data (``synthetic`` and ``protocol`` are ignored for a mix without
+    synthetic images)."""
     from isdm.errors import EvaluationError
     from isdm.evaluation.mixes import parse_mix
+    from isdm.evaluation.protocols import parse_protocol
 
     steps = cfg.evaluate.steps if steps is None else steps
     if not isinstance(steps, int):
@@ -134,4 +144,5 @@ def cell_spec(cfg: Config, arch: str, mix: str, seed: int, *, real: str, test: s
     uses = parse_mix(mix).uses_synthetic
     return CellSpec(arch=arch, mix=parse_mix(mix).code, seed=int(seed), steps=int(steps), real=real,
                     test=test, synthetic=synthetic if uses else "", data=data_identity(cfg),
-                    recipe=recipe_identity(cfg), device=device)
+                    recipe=recipe_identity(cfg), device=device,
+                    protocol=parse_protocol(protocol).code if uses else "mix")

@@ -90,7 +90,7 @@ def make_job(cfg: Config, data_root: str | Path, cell: Cell, *, digests: Digests
     spec = cell_spec(cfg, cell.arch, cell.mix, cell.seed, real=digests.split("train"),
                      test=digests.split("test") if test else "",
                      synthetic=digests.synthetic(synthetic) if uses and synthetic else "",
-                     device=device_type, steps=steps)
+                     device=device_type, steps=steps, protocol=cell.protocol.code)
     return CellJob(cfg, str(data_root), cell, spec, str(synthetic) if uses and synthetic else None,
                    keep_weights=not uses, store=str(store.root), save_every_s=save_every_s)
 
@@ -156,10 +156,10 @@ def _train(job: CellJob, store: CellStore, device: torch.device) -> CellRecord:
         else empty_set(cfg)
     test = load_real(cfg, job.data_root, "test", spec.test) if spec.test else None
     steps = spec.steps
-    run = CellRun(cfg, job.cell, real, synth, device=device)
+    run = CellRun(cfg, job.cell, real, synth, device=device, steps=steps)
     resumed = _resume(run, store, spec)
     if resumed < 0:  # a state that did not load may have left the run half-loaded
-        run, resumed = CellRun(cfg, job.cell, real, synth, device=device), 0
+        run, resumed = CellRun(cfg, job.cell, real, synth, device=device, steps=steps), 0
     saved = time.perf_counter()
     while run.step < steps:
         run.advance(min(steps, run.step + min(run.val_every, _CHUNK)))

@@ -30,6 +30,10 @@ def knobs_text(params: Mapping[str, Any]) -> str:
         parts.append(f"fidelity>={p['curate.min_fidelity']:g}")
     if "curate.pixel_threshold" in p:
         parts.append(f"pixels>{p['curate.pixel_threshold']:g}x")
+    if "protocol" in p:
+        parts.append(str(p["protocol"]))
+    if "sample.mask_source" in p:
+        parts.append(f"{p['sample.mask_source']} masks")
     return " ".join(parts)
 
 

@@ -6,13 +6,15 @@ maximum of noisy estimates). This check, run once at the end of ``isdm tune``:
 1. builds two synthetic sets with the study's finetune budget and sample seed
    (:func:`isdm.tuning.objective.generator_config`): ``tuned`` from the best trial's knobs
    (:func:`isdm.tuning.results.best_trial`) and ``current`` from the config's own
-   (``sample.s / steps / sampler / num_samples``, ``finetune.drop_rate``, ``curate.*``), each
-   finetuned (cached), sampled and, with a curation filter on, curated;
+   (``sample.s / steps / sampler / num_samples``, ``finetune.drop_rate``, ``curate.*``, and
+   where searched ``sample.mask_source`` and the training protocol), each finetuned (cached),
+   sampled and, with a curation filter on, curated;
 2. runs :func:`isdm.evaluation.run_evaluation` on them: every architecture of
    ``evaluate.architectures`` (the pipeline's headline is their mean, so this is what
    ``--apply`` would change) x ``tune.final_seeds`` x the rows ``RALLF000``,
-   ``RALLFALL[current]``, ``RALLFALL[tuned]``, with the evaluate recipe (``evaluate.steps``),
-   tested on the real TEST split;
+   ``RALLFALL[current]``, ``RALLFALL[tuned]`` (each set trained with its own protocol:
+   ``RALLFALL[tuned] pretrain 0.5``), with the evaluate recipe (``evaluate.steps``), tested on
+   the real TEST split;
 3. reads the paired bootstrap of ``RALLFALL[tuned]`` against ``RALLFALL[current]`` (same seeds,
    same test images; mean over architectures, and per architecture) and writes
    ``final_check.json`` and ``final_check.md`` (gain, 95 % CI, verdict; both sets' gains over
@@ -30,7 +32,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from isdm.config import Config, to_dict
-from isdm.tuning.objective import RATIO
+from isdm.evaluation.mixes import mix_label
+from isdm.tuning.objective import PROTOCOL, RATIO, dotted_params
 
 __all__ = ["current_params", "run_final_check", "final_markdown"]
 
@@ -38,12 +41,25 @@ _KNOB_SECTIONS = ("finetune", "sample", "curate")
 
 
 def current_params(cfg: Config, n_real: int) -> dict[str, Any]:
-    """The config's own knobs in the trials' parameter names."""
-    return {"sample.s": cfg.sample.s, "finetune.drop_rate": cfg.finetune.drop_rate,
-            "sample.steps": cfg.sample.steps, "sample.sampler": cfg.sample.sampler,
-            RATIO: cfg.sample.num_samples / n_real,
-            "curate.min_fidelity": cfg.curate.min_fidelity,
-            "curate.pixel_threshold": cfg.curate.pixel_threshold}
+    """The config's own knobs in the trials' parameter names (the protocol and the mask
+    source where the study searches them)."""
+    t = cfg.tune
+    out = {"sample.s": cfg.sample.s, "finetune.drop_rate": cfg.finetune.drop_rate,
+           "sample.steps": cfg.sample.steps, "sample.sampler": cfg.sample.sampler,
+           RATIO: cfg.sample.num_samples / n_real,
+           "curate.min_fidelity": cfg.curate.min_fidelity,
+           "curate.pixel_threshold": cfg.curate.pixel_threshold}
+    if t.protocols:
+        out[PROTOCOL] = _protocol(cfg)
+    if t.mask_sources:
+        out["sample.mask_source"] = cfg.sample.mask_source
+    return out
+
+
+def _protocol(gcfg: Config) -> str:
+    from isdm.evaluation.protocols import protocol_of
+
+    return protocol_of(gcfg.evaluate).code
 
 
 def _build_set(gcfg: Config, data_root: Path, checkpoint: Path, out_dir: Path, folder: Path,
@@ -87,7 +103,9 @@ def run_final_check(cfg: Config, data_root: str | Path, checkpoint: str | Path,
     sets = {"current": generator_config(cfg, current_params(cfg, n_real), n_real),
             "tuned": generator_config(cfg, dict(best.params), n_real)}
     e = dataclasses.replace(cfg.evaluate, mixes=("RALLFALL",), seeds=cfg.tune.final_seeds)
-    knobs = {name: {s: to_dict(getattr(g, s)) for s in _KNOB_SECTIONS} for name, g in sets.items()}
+    protocols = {name: _protocol(g) for name, g in sets.items()}
+    knobs = {name: {**{s: to_dict(getattr(g, s)) for s in _KNOB_SECTIONS},
+                    "protocol": protocols[name]} for name, g in sets.items()}
     key = digest({"sets": knobs, "evaluate": to_dict(e), "data": to_dict(cfg.data),
                   "checkpoint": checkpoint_hash(checkpoint),
                   "dataset": [dataset_digest(data_root, s) for s in ("train", "test")]})
@@ -108,8 +126,8 @@ def run_final_check(cfg: Config, data_root: str | Path, checkpoint: str | Path,
                                         curator) for name, g in sets.items()}
             res = run_evaluation(cfg.replace(evaluate=e), data_root, folders,
                                  out / "final_check" / "evaluate", progress=progress,
-                                 cell_cache=cell_cache)
-            check.update(_read(res["summary"]))
+                                 cell_cache=cell_cache, set_protocols=protocols)
+            check.update(_read(res["summary"], protocols))
             budget = res["summary"].get("budget", {})
             check["steps"] = budget.get("steps_per_architecture", e.steps)  # auto: resolved
         atomic_write_json(path, check)
@@ -118,16 +136,17 @@ def run_final_check(cfg: Config, data_root: str | Path, checkpoint: str | Path,
 
 
 def _dotted(params: dict[str, Any], gcfg: Config) -> dict[str, Any]:
-    """Trial parameters as params.yaml keys (``synthetic_ratio`` -> ``sample.num_samples``)."""
-    out = {k: v for k, v in params.items() if k != RATIO}
-    out["sample.num_samples"] = gcfg.sample.num_samples
-    return out
+    """Trial parameters as params.yaml keys (``synthetic_ratio`` -> ``sample.num_samples``,
+    ``protocol`` -> ``evaluate.protocol`` and its share or split)."""
+    return dotted_params(params, gcfg)
 
 
-def _read(summary: dict[str, Any]) -> dict[str, Any]:
-    """tuned vs current (mean over architectures and per architecture), both vs real-only."""
+def _read(summary: dict[str, Any], protocols: dict[str, str]) -> dict[str, Any]:
+    """tuned vs current (mean over architectures and per architecture), both vs real-only;
+    ``protocols``: each set's training protocol (its row's label)."""
     overall = summary["overall"]
-    rows = {name: overall[f"RALLFALL[{name}]"] for name in ("current", "tuned")}
+    rows = {name: overall[mix_label("RALLFALL", name, protocols[name])]
+            for name in ("current", "tuned")}
     comps = {c["arch"]: _stats(c) for c in summary["comparisons"] if c["set"] == "tuned"}
     mean = comps.pop("mean")
     verdict = {"gain": "the tuned knobs are significantly better than the current ones",

@@ -4,8 +4,12 @@
    ``finetune.drop_rate``, ``sample.steps``, ``sample.sampler``, ``synthetic_ratio``
    (``tune.ratios``) and, when their lists are not empty, ``curate.min_fidelity`` and
    ``curate.pixel_threshold`` (:func:`pixel_thresholds`: only 0 where labels cannot hold an
-   ignore value). Parameter names are params.yaml's dotted keys, but ``synthetic_ratio``,
-   which :func:`generator_config` turns into ``sample.num_samples`` = :func:`synthetic_count`;
+   ignore value), the training protocol of the trial's cells (``protocol``: a code of
+   ``tune.protocols``, ``mix``, ``share 0.25``, ``pretrain 0.5``) and ``sample.mask_source``.
+   Parameter names are params.yaml's dotted keys, but ``synthetic_ratio``, which
+   :func:`generator_config` turns into ``sample.num_samples`` = :func:`synthetic_count`, and
+   ``protocol``, which it turns into ``evaluate.protocol`` and its ``evaluate.synthetic_share``
+   or ``evaluate.pretrain_split`` (:func:`isdm.evaluation.protocols.protocol_keys`);
 2. :func:`isdm.tuning.cache.finetuned_checkpoint` finetunes the ``--checkpoint`` with the
    trial's drop rate for ``tune.finetune_epochs`` epochs, once per (checkpoint, finetune
    config, data): cached in ``<out>/finetunes/<key>/`` and shared by the workers of ``--out``;
@@ -40,10 +44,12 @@ from isdm.config import Config
 from isdm.tuning import paired, repeats
 from isdm.tuning.cache import finetuned_checkpoint
 
-__all__ = ["suggest", "pixel_thresholds", "synthetic_count", "generator_config", "trial_config",
-           "load_real_train", "load_synthetic_set", "make_objective", "Curator", "RATIO"]
+__all__ = ["suggest", "protocol_codes", "dotted_params", "pixel_thresholds", "synthetic_count",
+           "generator_config", "trial_config", "load_real_train", "load_synthetic_set",
+           "make_objective", "Curator", "RATIO", "PROTOCOL"]
 
 RATIO = "synthetic_ratio"
+PROTOCOL = "protocol"
 
 
 def pixel_thresholds(cfg: Config) -> list[float]:
@@ -70,7 +76,33 @@ def suggest(trial: Any, cfg: Config) -> dict[str, Any]:
     if t.curate_pixel_thresholds:
         params["curate.pixel_threshold"] = trial.suggest_categorical(
             "curate.pixel_threshold", pixel_thresholds(cfg))
+    if t.protocols:
+        params[PROTOCOL] = trial.suggest_categorical(PROTOCOL, protocol_codes(cfg))
+    if t.mask_sources:
+        params["sample.mask_source"] = trial.suggest_categorical("sample.mask_source",
+                                                                 list(t.mask_sources))
     return params
+
+
+def protocol_codes(cfg: Config) -> list[str]:
+    """``tune.protocols`` as canonical codes (``share .250`` -> ``share 0.25``), once each."""
+    from isdm.evaluation.protocols import parse_protocol
+
+    return list(dict.fromkeys(parse_protocol(p).code for p in cfg.tune.protocols))
+
+
+def dotted_params(params: dict[str, Any], gcfg: Config) -> dict[str, Any]:
+    """A trial's parameters as params.yaml dotted keys: ``synthetic_ratio`` ->
+    ``sample.num_samples`` (the count ``gcfg``, its generator config, sampled), ``protocol``
+    -> ``evaluate.protocol`` and its share or split."""
+    from isdm.evaluation.protocols import protocol_keys
+
+    out = {k: v for k, v in params.items() if k not in (RATIO, PROTOCOL)}
+    if RATIO in params:
+        out["sample.num_samples"] = gcfg.sample.num_samples
+    if PROTOCOL in params:
+        out.update(protocol_keys(params[PROTOCOL]))
+    return out
 
 
 def synthetic_count(ratio: float, n_real: int) -> int:
@@ -79,10 +111,17 @@ def synthetic_count(ratio: float, n_real: int) -> int:
 
 
 def generator_config(cfg: Config, params: dict[str, Any], n_real: int) -> Config:
-    """``cfg`` with the knobs of ``params`` and the tune section's finetune budget and sample
-    seed (``n_real``: real training images per cell, :func:`isdm.tuning.paired.real_pool_size`)."""
+    """``cfg`` with the knobs of ``params`` (the protocol keys into ``evaluate``, where the
+    trial's cells read them: :func:`isdm.evaluation.cell.plan_cell`) and the tune section's
+    finetune budget and sample seed (``n_real``: real training images per cell,
+    :func:`isdm.tuning.paired.real_pool_size`)."""
     t = cfg.tune
-    curate = cfg.curate
+    curate, evaluate = cfg.curate, cfg.evaluate
+    if PROTOCOL in params:
+        from isdm.evaluation.protocols import protocol_keys
+
+        evaluate = dataclasses.replace(evaluate, **{k.split(".", 1)[1]: v for k, v in
+                                                    protocol_keys(params[PROTOCOL]).items()})
     if "curate.min_fidelity" in params:
         curate = dataclasses.replace(curate, min_fidelity=float(params["curate.min_fidelity"]))
     if "curate.pixel_threshold" in params:
@@ -93,8 +132,11 @@ def generator_config(cfg: Config, params: dict[str, Any], n_real: int) -> Config
         sample=dataclasses.replace(cfg.sample, s=float(params["sample.s"]),
                                    steps=int(params["sample.steps"]),
                                    sampler=params["sample.sampler"], seed=t.seed,
-                                   num_samples=synthetic_count(params[RATIO], n_real)),
+                                   num_samples=synthetic_count(params[RATIO], n_real),
+                                   mask_source=params.get("sample.mask_source",
+                                                          cfg.sample.mask_source)),
         curate=curate,
+        evaluate=evaluate,
     )
 
 
@@ -231,7 +273,9 @@ class _Planner:
             self.trial.set_user_attr(repeats.PLANNED_ATTR, target)
         else:
             with lock(self.out_dir / "repeats.lock"):
-                count = getattr(self.baseline, "count", len(gain.baseline))
+                # a plain list of baseline values has a `count` method too: ask the type
+                count = (self.baseline.count if isinstance(self.baseline, paired.StudyBaseline)
+                         else len(gain.baseline))
                 state = repeats.study_state(self.trial.study.get_trials(deepcopy=False),
                                             self.trial.number, self.rule, gain.diffs, count)
                 decision = repeats.decide(self.rule, gain.diffs, state)

@@ -46,8 +46,10 @@ __all__ = ["Gain", "BASELINE_ATTR", "TRIAL_MIX", "BASELINE_MIX", "budget_config"
 BASELINE_ATTR = "isdm.baseline"
 TRIAL_MIX = "RALLFALL"
 BASELINE_MIX = "RALLF000"
+# the protocol keys: the real-only cells train as `mix` whatever they say (the trials' cells
+# have them in their spec), so a study's baseline does not depend on them
 _NOT_RECIPE = ("architectures", "mixes", "seeds", "bootstrap", "workers", "threads",
-               "calibration")
+               "calibration", "protocol", "pretrain_split", "synthetic_share", "protocols")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ import csv
 from pathlib import Path
 from typing import Any, Optional
 
-from isdm.tuning.objective import RATIO, synthetic_count
+from isdm.tuning.objective import PROTOCOL, RATIO, synthetic_count
 
 __all__ = ["N_REAL_ATTR", "best_trial", "best_params", "best_params_yaml", "write_trials_csv",
            "summary"]
@@ -47,12 +47,16 @@ def best_trial(study: Any) -> Optional[Any]:
 
 def best_params(study: Any) -> dict[str, Any]:
     """The best trial's knobs as params.yaml dotted keys (``synthetic_ratio`` ->
-    ``sample.num_samples``)."""
+    ``sample.num_samples``, ``protocol`` -> ``evaluate.protocol`` and its share or split)."""
     trial = best_trial(study)
-    out = {k: v for k, v in trial.params.items() if k != RATIO}
+    from isdm.evaluation.protocols import protocol_keys
+
+    out = {k: v for k, v in trial.params.items() if k not in (RATIO, PROTOCOL)}
     if RATIO in trial.params:
         out["sample.num_samples"] = synthetic_count(trial.params[RATIO],
                                                     int(study.user_attrs[N_REAL_ATTR]))
+    if PROTOCOL in trial.params:
+        out.update(protocol_keys(trial.params[PROTOCOL]))
     return out
 
 

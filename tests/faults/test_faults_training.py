@@ -36,7 +36,6 @@ def test_case_02_an_earlier_runs_folder_is_not_replaced_silently(synth_dir, tmp_
     out = tmp_path / "sdm"
     assert train_tiny(synth_dir, out).exit_code == 0
     before = (out / "best.pt").read_bytes()
-    (out / "notes.txt").write_text("mine")
 
     again = train_tiny(synth_dir, out)
     assert again.exit_code == 1
@@ -52,11 +51,18 @@ def test_case_02_an_earlier_runs_folder_is_not_replaced_silently(synth_dir, tmp_
     assert ft.exit_code == 1 and f"`isdm train ... --resume {out / 'last.pt'}`" in ft.output
     assert (out / "best.pt").read_bytes() == before
 
+    # a file isdm did not write is refused, even with --overwrite, and nothing is deleted
+    (out / "notes.txt").write_text("mine")
+    mixed = train_tiny(synth_dir, out, "--overwrite")
+    assert mixed.exit_code == 1 and "notes.txt" in mixed.output and "no record" in mixed.output
+    assert (out / "best.pt").read_bytes() == before
+    (out / "notes.txt").unlink()
+
     # --overwrite starts over, replacing isdm's files only; a stale last.pt does not survive
     fresh = train_tiny(synth_dir, out, "--overwrite", "--set", "train.save_last=false")
     assert fresh.exit_code == 0, fresh.output
     assert (out / "best.pt").read_bytes() != before
-    assert not (out / "last.pt").exists() and (out / "notes.txt").read_text() == "mine"
+    assert not (out / "last.pt").exists()
     resumed = train_tiny(synth_dir, out, "--resume", str(out / "best.pt"),
                          "--set", "train.max_steps=2")
     assert resumed.exit_code == 0, resumed.output

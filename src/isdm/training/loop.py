@@ -33,8 +33,10 @@ from isdm.config import Config, TrainConfig, save_config, to_dict
 from isdm.seeds import Stream, derive
 from isdm.training import batches, budget, checkpoint, distributed, plots, rng
 from isdm.training.ema import EMA
-from isdm.training.start import Start, check_out_dir, clear_outputs, resolve_start
+from isdm.training.health import LossWatch
+from isdm.training.start import OUTPUTS, Start, check_out_dir, resolve_start
 from isdm.training.step import make_model_fn, optimisation_step, resolve_precision
+from isdm.utils import ownership
 from isdm.utils.io import atomic_write_json
 
 __all__ = ["train", "TrainResult"]
@@ -111,6 +113,7 @@ class _Trainer:
         self.best_loss = math.inf
         self.history: list[dict[str, Any]] = []
         self.init_meta: dict[str, Any] = {}
+        self.watch = LossWatch(self.action, tcfg, self.precision, out_dir)
         self._restore(start)
         self.ddp = self.model
         if ctx.distributed:
@@ -214,6 +217,7 @@ class _Trainer:
                    disable=not (self.ctx.is_main and self.progress), leave=False, dynamic_ncols=True)
         for batch in bar:
             loss = self.train_step(batch, gen)
+            self.watch.check(float(loss), self.step, self.epoch)
             estimate = self.timer.tick()
             if estimate:
                 _note(self.ctx, estimate)
@@ -318,16 +322,15 @@ def train(cfg: Config, data_root: str | Path, out_dir: str | Path, *, action: st
     Writes into ``out_dir`` the files of :data:`isdm.training.start.OUTPUTS`: ``best.pt``,
     ``last.pt`` (``save_last``), ``metrics.json``, ``loss.csv``, ``loss.png`` and
     ``config.json``. A folder already holding them is refused unless the run resumes
-    (``resume``) or ``overwrite`` (which deletes them first). Under ``torchrun`` every process
+    (``resume``) or ``overwrite`` (which deletes them first); any other file in it is refused,
+    and a second run on the same folder fails at once (:mod:`isdm.utils.ownership`). A
+    non-finite or exploding loss stops the run (:mod:`isdm.training.health`). Under ``torchrun`` every process
     calls this; only rank 0 writes files and the MLflow run.
 
     ``resume`` continues a run (the config's sizes must be the checkpoint's); ``init_from`` starts
     a new run from a checkpoint's network, whose sizes win: see :mod:`isdm.training.start`.
     Device, loader workers and (unless ``progress`` is given) progress bars: ``cfg.runtime``.
     """
-    from isdm import tracking
-    from isdm.lineage import real_dataset, training_params
-
     if action not in ("train", "finetune"):
         raise ValueError(f"action={action!r}: use 'train' or 'finetune'")
     if action == "finetune" and init_from is None and resume is None:
@@ -335,34 +338,64 @@ def train(cfg: Config, data_root: str | Path, out_dir: str | Path, *, action: st
     if resume is not None and overwrite:
         raise ValueError("resume continues the run in out_dir, overwrite starts over: pick one")
     data_root, out_dir = Path(data_root), Path(out_dir)
+    if action == "finetune" and resume is None:
+        check_finetune_drop_rate(cfg.finetune.drop_rate)
     check_out_dir(out_dir, action, resuming=resume is not None, overwrite=overwrite)
     start = resolve_start(cfg, action, init_from=init_from, resume=resume)
     ctx = distributed.setup(cfg.runtime.device)
     try:
-        trainer = _Trainer(start, data_root, out_dir, ctx,
-                           cfg.runtime.progress if progress is None else progress)
-        del start  # the loaded checkpoint
-        cfg = trainer.cfg
-        if ctx.is_main:
-            if overwrite:
-                clear_outputs(out_dir)
-            out_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, out_dir / "config.json")
-        tracking_ctx = (tracking.start_run(cfg.tracking, name=run_name(cfg, action, trainer.tcfg),
-                                           action=action, dataset=str(data_root),
-                                           params=training_params(cfg, action))
-                        if ctx.is_main else contextlib.nullcontext(tracking.NullRun()))
-        with tracking_ctx as run:
-            run.set_tags({"isdm.num_params": trainer.num_params, "isdm.world_size": ctx.world_size,
-                          **{f"isdm.{k}": v for k, v in trainer.init_meta.items()}})
-            if run.run_id:
-                run.log_dataset(real_dataset(data_root, cfg.data), "training")
-            result = trainer.run(run)
+        with contextlib.ExitStack() as claimed:
+            if ctx.is_main:  # one writer per folder; checked again under the lock
+                claimed.enter_context(ownership.exclusive(out_dir, action))
+                output = check_out_dir(out_dir, action, resuming=resume is not None,
+                                       overwrite=overwrite)
+            trainer = _Trainer(start, data_root, out_dir, ctx,
+                               cfg.runtime.progress if progress is None else progress)
+            del start  # the loaded checkpoint
             if ctx.is_main:
-                _finish(result, run, out_dir, cfg, action)
-        return result
+                if overwrite:
+                    output.remove()
+                output.record(OUTPUTS)
+                save_config(trainer.cfg, out_dir / "config.json")
+            return _run(trainer, ctx, data_root, out_dir, action)
     finally:
         distributed.teardown(ctx)
+
+
+def check_finetune_drop_rate(drop_rate: float) -> None:
+    """Raises ConfigError for ``finetune.drop_rate`` 0: finetuning exists to train the null
+    label that guidance (``sample.s`` != 1) needs."""
+    from isdm.errors import ConfigError
+
+    if drop_rate <= 0:
+        raise ConfigError(
+            f"finetune.drop_rate={drop_rate:g}: `isdm finetune` exists to teach the network the "
+            "null label (the mask replaced by nothing with this probability), which guided "
+            "sampling (sample.s != 1) needs; with 0 it learns nothing new. Set "
+            "--set finetune.drop_rate=0.2 (the default); to train longer without dropout use "
+            "`isdm train --resume`.")
+
+
+def _run(trainer: _Trainer, ctx: distributed.DistContext, data_root: Path, out_dir: Path,
+         action: str) -> TrainResult:
+    """The epochs inside the run's MLflow run; metrics.json and artifacts at the end."""
+    from isdm import tracking
+    from isdm.lineage import real_dataset, training_params
+
+    cfg = trainer.cfg
+    tracking_ctx = (tracking.start_run(cfg.tracking, name=run_name(cfg, action, trainer.tcfg),
+                                       action=action, dataset=str(data_root),
+                                       params=training_params(cfg, action))
+                    if ctx.is_main else contextlib.nullcontext(tracking.NullRun()))
+    with tracking_ctx as run:
+        run.set_tags({"isdm.num_params": trainer.num_params, "isdm.world_size": ctx.world_size,
+                      **{f"isdm.{k}": v for k, v in trainer.init_meta.items()}})
+        if run.run_id:
+            run.log_dataset(real_dataset(data_root, cfg.data), "training")
+        result = trainer.run(run)
+        if ctx.is_main:
+            _finish(result, run, out_dir, cfg, action)
+    return result
 
 
 def _finish(result: TrainResult, run, out_dir: Path, cfg: Config, action: str) -> None:

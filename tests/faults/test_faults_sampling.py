@@ -85,13 +85,16 @@ def test_case_01_overwrite_deletes_only_files_isdm_recorded(synth_dir, ckpt, eng
     ds = tmp_path / "ds"
     shutil.copytree(synth_dir, ds)
     before = {p: p.read_bytes() for p in sorted(ds.rglob("*")) if p.is_file()}
-    # --out a real dataset split: nothing deleted, the real images named, --overwrite not offered
-    for extra in (("--overwrite",), ()):
-        r = cli_sample(tmp_path, ds, ckpt, ds / "train", *extra)
-        assert r.exit_code == 1, r.output
-        assert "images/0000_cast.png" in r.output and "holds 8 file(s)" in r.output
-        assert "or --overwrite" not in r.output and "pass --overwrite" not in r.output
-        assert {p: p.read_bytes() for p in sorted(ds.rglob("*")) if p.is_file()} == before
+    # --out a real dataset split (or inside one): nothing written or deleted, --overwrite not
+    # offered
+    for split in (ds / "train", ds / "train" / "images", ds / "test" / "new"):
+        for extra in (("--overwrite",), ()):
+            r = cli_sample(tmp_path, ds, ckpt, split, *extra)
+            assert r.exit_code == 1, r.output
+            assert f"inside the dataset split {ds / split.relative_to(ds).parts[0]}" in r.output
+            assert "or --overwrite" not in r.output and "pass --overwrite" not in r.output
+            assert {p: p.read_bytes() for p in sorted(ds.rglob("*")) if p.is_file()} == before
+    assert not (ds / "test" / "new").exists()
     # an isdm folder with a file isdm did not write in samples/: refused before deleting anything
     out = tmp_path / "out"
     assert cli_sample(tmp_path, ds, ckpt, out).exit_code == 0
@@ -103,14 +106,19 @@ def test_case_01_overwrite_deletes_only_files_isdm_recorded(synth_dir, ckpt, eng
     r = cli_sample(tmp_path, ds, ckpt, out, "--set", "sample.seed=9", "--overwrite")
     assert r.exit_code == 1 and "nothing was deleted" in r.output and "samples/mine.png" in r.output
     assert outputs(out) == written
-    # without the foreign file --overwrite is offered, and deletes exactly isdm's files
+    # a file beside the folders is refused the same way
     (out / "samples" / "mine.png").unlink()
-    (out / "notes.txt").write_text("beside the folders: never deleted, no reason to refuse")
+    written = outputs(out)
+    (out / "notes.txt").write_text("a user's file")
+    r = cli_sample(tmp_path, ds, ckpt, out, "--set", "sample.seed=9", "--overwrite")
+    assert r.exit_code == 1 and "notes.txt" in r.output and outputs(out) == written
+    # without the foreign files --overwrite is offered, and deletes exactly isdm's files
+    (out / "notes.txt").unlink()
     other = cli_sample(tmp_path, ds, ckpt, out, "--set", "sample.seed=9")
     assert other.exit_code == 1 and "or --overwrite" in other.output
     r = cli_sample(tmp_path, ds, ckpt, out, "--set", "sample.seed=9", "--overwrite")
     assert r.exit_code == 0, r.output
-    assert (out / "notes.txt").is_file() and len(list((out / "samples").iterdir())) == 6
+    assert len(list((out / "samples").iterdir())) == 6
     assert {json.loads(x)["seed"] for x in (out / "manifest.jsonl").read_text().splitlines()} == {9}
 
 

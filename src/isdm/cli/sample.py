@@ -39,7 +39,7 @@ def _legacy_model_path(config_paths: tuple[str, ...]) -> Optional[str]:
                    "images/ labels/ colored_labels/ samples/ hold any other file.")
 @click.option("--device", default=None,
               help="auto, cpu, cuda, cuda:1 ... Default: runtime.device of the config.")
-@click.option("--max-new", type=int, default=None,
+@click.option("--max-new", type=click.IntRange(min=0), default=None,
               help="Stop after this many new samples (a later run resumes).")
 def sample(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root: Optional[str],
            checkpoint: Optional[str], out_dir: str, shard: str, overwrite: bool,

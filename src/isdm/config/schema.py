@@ -197,7 +197,10 @@ class SampleConfig(Section):
     """Sampling. ``steps`` respaced steps of the trained chain, placed by ``spacing``
     (``uniform`` in t, ``logsnr`` uniform in log-SNR, ``auto`` = the sampler's own: logsnr for
     dpmpp2m / dpmpp3m / unipc, uniform for ddpm / ddim); ``s`` the guidance scale
-    (``eps = eps_u + s (eps_c - eps_u)``: s=1 conditional, s=0 unconditional)."""
+    (``eps = eps_u + s (eps_c - eps_u)``: s=1 conditional, s=0 unconditional). Any ``s`` != 1
+    needs a checkpoint trained with the null label (``isdm finetune``, drop_rate > 0);
+    ``guidance_without_null_label`` allows it anyway (it does not change the samples' identity
+    for resuming)."""
 
     SECTION = "sample"
     RULES = {"num_samples": (at_least(1),), "batch_size": (at_least(1),),
@@ -218,6 +221,7 @@ class SampleConfig(Section):
     mask_dir: str = ""
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    guidance_without_null_label: bool = False
 
     def _problems(self) -> Iterable[Problem]:
         if self.mask_source == "folder" and not self.mask_dir:

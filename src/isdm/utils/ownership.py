@@ -43,16 +43,23 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 from isdm.errors import OutputExistsError, WriteError
 
 __all__ = ["RECORD", "LOCK", "NEUTRAL", "SHOWN", "Output", "claim", "exclusive", "listing",
-           "check_not_in_split", "split_of", "read_record", "write_record", "is_temp", "make_folder"]
+           "check_not_in_split", "split_of", "read_record", "write_record", "is_temp", "is_neutral",
+           "make_folder"]
 
 RECORD = ".isdm-output.json"
 LOCK = ".isdm.lock"
 NEUTRAL = frozenset({".gitignore", ".dvcignore", RECORD, LOCK})
+_LOCKS = re.compile(r"^\.isdm(\.[\w-]+)?\.lock$")  # LOCK, and e.g. a sampling shard's
 SHOWN = 5  # foreign files named in a refusal
 # temps of isdm.utils.io.atomic_path (and of isdm versions before host and pid were in the name)
 _TEMP = re.compile(r"^\.(?P<name>.+?)\.(?:isdm\.[A-Za-z0-9_-]+\.\d+\.)?[A-Za-z0-9_]+\.tmp$")
 
 Legacy = Callable[[Path], Iterable[str]]
+
+
+def is_neutral(name: str) -> bool:
+    """A file name that is never foreign and never deleted (module docstring)."""
+    return name in NEUTRAL or _LOCKS.match(name) is not None
 
 
 def is_temp(name: str, owned_names: set[str]) -> bool:
@@ -136,7 +143,7 @@ def _foreign(root: Path, owned: Sequence[str]) -> list[str]:
         if rel in files or rel.startswith(folders):
             continue
         parent, _, name = rel.rpartition("/")
-        if name not in NEUTRAL and not is_temp(name, by_parent.get(parent, set())):
+        if not is_neutral(name) and not is_temp(name, by_parent.get(parent, set())):
             out.append(rel)
     return sorted(out)
 
@@ -237,7 +244,7 @@ def _remove_if_empty(root: Path) -> None:
     """Delete ``root`` when it holds only neutral files (the lock, the record)."""
     try:
         entries = list(root.iterdir())
-        if all(p.name in NEUTRAL and p.is_file() for p in entries):
+        if all(is_neutral(p.name) and p.is_file() for p in entries):
             for p in entries:
                 p.unlink()
             root.rmdir()

@@ -153,7 +153,7 @@ def run_study(cfg: Config, data_root: str | Path, checkpoint: str | Path, out_di
     progress = cfg.runtime.progress if progress is None else progress
     study_name = study_name or cfg.tune.study_name
     spec = resolve_storage(storage if storage is not None else cfg.tune.storage, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    claim_out(out_dir, spec)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with storage_errors(spec):
         return _run_study(cfg, data_root, checkpoint, out_dir, n_trials, spec, study_name,
@@ -200,6 +200,33 @@ def _run_study(cfg: Config, data_root: Path, checkpoint: Path, out_dir: Path, n_
             for path in ("final_check.json", "final_check.md", "summary.json"):
                 run.log_artifact(out_dir / path)
         return summary
+
+
+# what a study writes into --out (workers share it: no exclusive lock)
+OUTPUTS = ("best_params.yaml", "trials.csv", "summary.json", "plots/", "final_check.json",
+           "final_check.md", "final_check.lock", "final_check/", "finetunes/", "baselines/",
+           "curate_cache/", "trials/", "study.journal", "study.journal.lock*")
+
+
+def claim_out(out_dir: Path, spec: str) -> None:
+    """Make ``out_dir`` the study's folder (:mod:`isdm.utils.ownership`): an earlier study's
+    files there are kept (the study resumes), any other file is refused; an SQLite storage
+    inside it is the study's too."""
+    from isdm.utils import ownership
+
+    entries = list(OUTPUTS)
+    if spec.startswith("sqlite:///"):
+        db = Path(spec.removeprefix("sqlite:///")).resolve()
+        if db.parent == out_dir.resolve():
+            entries.append(f"{db.name}*")  # with its -journal / -wal / -shm files
+
+    def legacy(root: Path) -> list[str]:  # a study of an isdm without the record
+        ours = (root / "summary.json").is_file() or (root / "study.journal").is_file()
+        return entries if ours else []
+
+    output = ownership.claim(out_dir, "tune", legacy=legacy)
+    ownership.make_folder(out_dir)
+    output.record(entries)
 
 
 def _no_final_check(out_dir: Path) -> None:

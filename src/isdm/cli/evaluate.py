@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from isdm.cli.cells import cell_options, parse_shard, shard_message, with_pool_flags
-from isdm.cli.common import config_options, load_cli_config
+from isdm.cli.common import check_tracking, config_options, load_cli_config
 
 
 @click.command()
@@ -45,6 +45,7 @@ def evaluate(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_roo
     from isdm.utils import ownership
 
     cfg = with_pool_flags(load_cli_config(config_paths, overrides), workers, threads)
+    check_tracking(cfg)
     if shard is not None:  # shards fill the cell store side by side and write no report
         result = run_evaluation(cfg, data_root, list(synthetic) or None, out_dir, device=device,
                                 fidelity_only=fidelity_only, cell_cache=cell_cache, shard=shard)

@@ -9,7 +9,7 @@ from typing import Optional
 
 import click
 
-from isdm.cli.common import config_options, load_cli_config, original_config
+from isdm.cli.common import check_tracking, config_options, load_cli_config, original_config
 
 
 def _legacy_model_path(config_paths: tuple[str, ...]) -> Optional[str]:
@@ -53,6 +53,7 @@ def sample(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root:
     from isdm.sampling.job import parse_shard
 
     cfg = load_cli_config(config_paths, overrides, action="sample")
+    check_tracking(cfg)
     checkpoint = checkpoint or _legacy_model_path(config_paths)
     if not checkpoint:
         raise click.UsageError("--checkpoint is required (or an original config with model_path)")

@@ -11,7 +11,7 @@ from typing import Optional
 import click
 
 from isdm.cli.cells import cell_options, with_pool_flags
-from isdm.cli.common import DEFAULT_PARAMS, config_options, load_cli_config
+from isdm.cli.common import DEFAULT_PARAMS, check_tracking, config_options, load_cli_config
 
 
 @click.command()
@@ -66,6 +66,7 @@ def tune(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root: O
                                "the -c file: leave out --set")
     if data_root is not None:
         cfg = with_pool_flags(load_cli_config(config_paths, overrides), workers, threads)
+        check_tracking(cfg)
         if no_progress:  # every bar of the study: trials, sampling, the final evaluation
             cfg = cfg.replace(runtime=dataclasses.replace(cfg.runtime, progress=False))
         from isdm.tuning import run_study

@@ -37,7 +37,7 @@ import hashlib
 import pickle
 import re
 from pathlib import Path
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Literal, Mapping, Optional, Union
 
 import torch
 
@@ -53,6 +53,7 @@ __all__ = [
     "checkpoint_hash",
     "weights_digest",
     "state_digest",
+    "peek",
     "architecture_mismatches",
     "check_compatible",
     "adopt_architecture",
@@ -73,7 +74,7 @@ def save(state: Mapping[str, Any], *paths: str | Path) -> None:
         WriteError: a file could not be written (disk full, ...); its previous version is intact.
     """
     from isdm.errors import NumericalError
-    from isdm.training.health import nonfinite
+    from isdm.utils.numerics import nonfinite
 
     bad = nonfinite({"model": state["model"], "ema": state.get("ema") or {}})
     if bad:
@@ -125,7 +126,7 @@ _DIGESTS = ("weights_sha256", "state_sha256")
 
 def _verify(state: Mapping[str, Any], path: Path) -> None:
     """The stored digest (state, else weights) matches and the weights are finite."""
-    from isdm.training.health import nonfinite
+    from isdm.utils.numerics import nonfinite
 
     meta = state["meta"]
     if meta.get("state_sha256") is not None:
@@ -176,6 +177,16 @@ def _feed(h: Any, value: Any) -> None:
             _feed(h, item)
     else:
         h.update(f"V|{type(value).__name__}|{value!r}\n".encode())
+
+
+def peek(path: Path) -> tuple[str, Optional[str]]:
+    """``("epoch 16, step 80", "train")``: where a checkpoint stands and the command that wrote
+    it, read without loading its tensors (``("unreadable", None)`` when it cannot be read)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return f"epoch {state['epoch']}, step {state['step']}", state["meta"].get("action")
+    except Exception:  # only describes the refusal: any unreadable file is just "unreadable"
+        return "unreadable", None
 
 
 def _torch_reason(error: Exception) -> str:

@@ -1,46 +1,22 @@
-"""Numerical health: a non-finite or exploding loss stops a run, non-finite weights are never
-saved or loaded.
+"""Numerical health of a training run: a non-finite or exploding loss stops it.
 
-- :class:`LossWatch` checks every optimiser step's loss: NaN / inf, or more than
-  ``max_loss_ratio`` times the run's first loss (a divergence: ``train.lr=1e8`` reaches 1e18
-  at its second step), raises :class:`~isdm.errors.NumericalError` naming the step, the
-  likely cause (learning rate, precision, no gradient clipping) and the last finite
-  checkpoint on disk. The run stops before anything of that step is written.
-- :func:`nonfinite` lists the non-finite floating-point tensors of a state dict (or of any
-  nested structure of them): :func:`isdm.training.checkpoint.save` refuses to write such
-  weights and :func:`~isdm.training.checkpoint.load` to return them.
-- :func:`check_loss` is the same check for a segmenter's loss (evaluation cells, the
-  curation scorer): one call per step.
+:class:`LossWatch` checks every optimiser step's loss: NaN / inf, or more than
+``max_loss_ratio`` times the run's first loss (a divergence: ``train.lr=1e8`` reaches 1e18 at
+its second step), raises :class:`~isdm.errors.NumericalError` naming the step, the likely
+cause (learning rate, precision, no gradient clipping) and the last finite checkpoint on disk.
+The run stops before anything of that step is written. Non-finite weights are never saved or
+loaded (:mod:`isdm.training.checkpoint`, with :func:`isdm.utils.numerics.nonfinite`).
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
-
-import torch
+from typing import Any, Optional
 
 from isdm.errors import NumericalError
 
-__all__ = ["LossWatch", "nonfinite", "check_loss"]
-
-
-def _tensors(tree: Any, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
-    if isinstance(tree, torch.Tensor):
-        yield prefix, tree
-    elif isinstance(tree, Mapping):
-        for k, v in tree.items():
-            yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
-    elif isinstance(tree, (list, tuple)):
-        for i, v in enumerate(tree):
-            yield from _tensors(v, f"{prefix}.{i}")
-
-
-def nonfinite(tree: Any, prefix: str = "") -> list[str]:
-    """Names (dotted paths) of the floating-point tensors in ``tree`` holding NaN or inf."""
-    return [name for name, t in _tensors(tree, prefix)
-            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+__all__ = ["LossWatch"]
 
 
 class LossWatch:
@@ -90,24 +66,11 @@ class LossWatch:
 
     def _kept(self) -> str:
         """Which checkpoints on disk are this run's last finite ones."""
-        from isdm.training.start import _peek
+        from isdm.training.checkpoint import peek
 
-        found = [f"{self.out_dir / n} ({_peek(self.out_dir / n)[0]})" for n in ("last.pt", "best.pt")
+        found = [f"{self.out_dir / n} ({peek(self.out_dir / n)[0]})" for n in ("last.pt", "best.pt")
                  if (self.out_dir / n).is_file()]
         if not found:
             return "No checkpoint with these weights was written."
         return ("Nothing of this step was written; the last finite checkpoints are "
                 f"{' and '.join(found)}.")
-
-
-def check_loss(loss: torch.Tensor | float, step: int, what: str, fix: str) -> None:
-    """Raise NumericalError when a segmenter's ``loss`` at ``step`` is NaN or inf.
-
-    Args:
-        what: the run, e.g. ``"evaluate cell FPN RALLF000 seed 0"``.
-        fix: the setting to change, e.g. ``"lower evaluate.lr or use evaluate.precision=fp32"``.
-    """
-    value = float(loss)
-    if not math.isfinite(value):
-        raise NumericalError(f"{what} stopped at step {step}: its loss is {value} (not a finite "
-                             f"number), so its scores would be meaningless; {fix}")

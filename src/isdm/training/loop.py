@@ -319,17 +319,14 @@ def train(cfg: Config, data_root: str | Path, out_dir: str | Path, *, action: st
     """Train (``action="train"``, section ``cfg.train``) or finetune (``"finetune"``, section
     ``cfg.finetune``, starting from ``init_from``) an SDM on ``<data_root>/train``.
 
-    Writes into ``out_dir`` the files of :data:`isdm.training.start.OUTPUTS`: ``best.pt``,
-    ``last.pt`` (``save_last``), ``metrics.json``, ``loss.csv``, ``loss.png`` and
-    ``config.json``. A folder already holding them is refused unless the run resumes
-    (``resume``) or ``overwrite`` (which deletes them first); any other file in it is refused,
-    and a second run on the same folder fails at once (:mod:`isdm.utils.ownership`). A
-    non-finite or exploding loss stops the run (:mod:`isdm.training.health`). Under ``torchrun`` every process
-    calls this; only rank 0 writes files and the MLflow run.
-
-    ``resume`` continues a run (the config's sizes must be the checkpoint's); ``init_from`` starts
-    a new run from a checkpoint's network, whose sizes win: see :mod:`isdm.training.start`.
-    Device, loader workers and (unless ``progress`` is given) progress bars: ``cfg.runtime``.
+    Writes the files of :data:`isdm.training.start.OUTPUTS` into ``out_dir``: an earlier run's
+    are refused unless ``resume`` or ``overwrite`` (deletes them first), any other file always
+    (:mod:`isdm.utils.ownership`), and a second run on the folder fails at once. A non-finite
+    or exploding loss stops the run (:mod:`.health`). Under ``torchrun`` every process calls
+    this; only rank 0 writes files and the MLflow run. ``resume`` continues a run (the
+    config's sizes must be the checkpoint's); ``init_from`` starts a new run from a
+    checkpoint's network, whose sizes win (:mod:`isdm.training.start`). Device, loader workers
+    and (unless ``progress`` is given) progress bars: ``cfg.runtime``.
     """
     if action not in ("train", "finetune"):
         raise ValueError(f"action={action!r}: use 'train' or 'finetune'")
@@ -338,8 +335,6 @@ def train(cfg: Config, data_root: str | Path, out_dir: str | Path, *, action: st
     if resume is not None and overwrite:
         raise ValueError("resume continues the run in out_dir, overwrite starts over: pick one")
     data_root, out_dir = Path(data_root), Path(out_dir)
-    if action == "finetune" and resume is None:
-        check_finetune_drop_rate(cfg.finetune.drop_rate)
     check_out_dir(out_dir, action, resuming=resume is not None, overwrite=overwrite)
     start = resolve_start(cfg, action, init_from=init_from, resume=resume)
     ctx = distributed.setup(cfg.runtime.device)
@@ -360,20 +355,6 @@ def train(cfg: Config, data_root: str | Path, out_dir: str | Path, *, action: st
             return _run(trainer, ctx, data_root, out_dir, action)
     finally:
         distributed.teardown(ctx)
-
-
-def check_finetune_drop_rate(drop_rate: float) -> None:
-    """Raises ConfigError for ``finetune.drop_rate`` 0: finetuning exists to train the null
-    label that guidance (``sample.s`` != 1) needs."""
-    from isdm.errors import ConfigError
-
-    if drop_rate <= 0:
-        raise ConfigError(
-            f"finetune.drop_rate={drop_rate:g}: `isdm finetune` exists to teach the network the "
-            "null label (the mask replaced by nothing with this probability), which guided "
-            "sampling (sample.s != 1) needs; with 0 it learns nothing new. Set "
-            "--set finetune.drop_rate=0.2 (the default); to train longer without dropout use "
-            "`isdm train --resume`.")
 
 
 def _run(trainer: _Trainer, ctx: distributed.DistContext, data_root: Path, out_dir: Path,

@@ -22,14 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
-
 from isdm.config import Config, TrainConfig
-from isdm.errors import CheckpointError, OutputExistsError
+from isdm.errors import CheckpointError, ConfigError, OutputExistsError
 from isdm.training import checkpoint
 from isdm.utils import ownership
 
-__all__ = ["OUTPUTS", "FAMILY", "Start", "section", "resolve_start", "check_out_dir"]
+__all__ = ["OUTPUTS", "FAMILY", "Start", "section", "resolve_start", "check_out_dir",
+           "check_finetune_drop_rate"]
 
 # Every file a training run writes into its output folder.
 OUTPUTS = ("best.pt", "last.pt", "metrics.json", "loss.csv", "loss.png", "config.json")
@@ -56,7 +55,8 @@ def section(cfg: Config, action: str) -> TrainConfig:
 
 def resolve_start(cfg: Config, action: str, init_from: str | Path | None = None,
                   resume: str | Path | None = None) -> Start:
-    """Load the checkpoint of ``resume`` or ``init_from`` and check it (module docstring)."""
+    """Load the checkpoint of ``resume`` or ``init_from`` and check it (module docstring);
+    a finetune without label dropout is refused (:func:`check_finetune_drop_rate`)."""
     if resume is not None:
         path = Path(resume)
         state = checkpoint.load(path)
@@ -70,6 +70,8 @@ def resolve_start(cfg: Config, action: str, init_from: str | Path | None = None,
         checkpoint.check_compatible(state, cfg, path)
         _check_resumable_state(state, path)
         return Start(cfg, section(cfg, action), action, "resume", path, state)
+    if action == "finetune":
+        check_finetune_drop_rate(cfg.finetune.drop_rate)
     if init_from is not None:
         path = Path(init_from)
         state = checkpoint.load(path)
@@ -78,10 +80,22 @@ def resolve_start(cfg: Config, action: str, init_from: str | Path | None = None,
     return Start(cfg, section(cfg, action), action, "scratch")
 
 
+def check_finetune_drop_rate(drop_rate: float) -> None:
+    """Raises ConfigError for ``finetune.drop_rate`` 0: finetuning exists to train the null
+    label that guidance (``sample.s`` != 1) needs."""
+    if drop_rate <= 0:
+        raise ConfigError(
+            f"finetune.drop_rate={drop_rate:g}: `isdm finetune` exists to teach the network the "
+            "null label (the mask replaced by nothing with this probability), which guided "
+            "sampling (sample.s != 1) needs; with 0 it learns nothing new. Set "
+            "--set finetune.drop_rate=0.2 (the default); to train longer without dropout use "
+            "`isdm train --resume`.")
+
+
 def _check_resumable_state(state: dict[str, Any], path: Path) -> None:
     """A checkpoint without a state digest (older isdm) resumes only with a finite optimiser
     state (its digest covered the weights alone)."""
-    from isdm.training.health import nonfinite
+    from isdm.utils.numerics import nonfinite
 
     if state["meta"].get("state_sha256") is None:
         bad = nonfinite(state["optimizer"], "optimizer")
@@ -109,7 +123,7 @@ def check_out_dir(out_dir: str | Path, action: str, *, resuming: bool,
     found = [name for name in OUTPUTS if name in output.existing]
     if not found or resuming or overwrite:
         return output
-    runs = {n: _peek(out_dir / n) for n in found if n.endswith(".pt")}
+    runs = {n: checkpoint.peek(out_dir / n) for n in found if n.endswith(".pt")}
     listed = ", ".join(f"{n} ({runs[n][0]})" if n in runs else n for n in found)
     continue_with = ""
     if runs:
@@ -128,7 +142,8 @@ def _legacy_outputs(out_dir: Path) -> list[str]:
     restored by ``dvc checkout``): recognised by a checkpoint of `isdm train` / `finetune`, or
     by a ``config.json`` that is an isdm config."""
     present = [n for n in OUTPUTS if (out_dir / n).is_file()]
-    ours = any(_peek(out_dir / n)[1] in FAMILY for n in ("best.pt", "last.pt") if n in present)
+    ours = any(checkpoint.peek(out_dir / n)[1] in FAMILY for n in ("best.pt", "last.pt")
+               if n in present)
     if not ours and "config.json" in present:
         try:
             from isdm.config import config_from_json
@@ -138,13 +153,3 @@ def _legacy_outputs(out_dir: Path) -> list[str]:
         except Exception:  # any unreadable or foreign config.json: not ours
             ours = False
     return present if ours else []
-
-
-def _peek(path: Path) -> tuple[str, Optional[str]]:
-    """``("epoch 16, step 80", "train")``: where a checkpoint stands and the command that wrote
-    it, read without loading its tensors (``("unreadable", None)`` when it cannot be read)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return f"epoch {state['epoch']}, step {state['step']}", state["meta"].get("action")
-    except Exception:  # only describes the refusal: any unreadable file is just "unreadable"
-        return "unreadable", None

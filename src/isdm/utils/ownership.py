@@ -2,7 +2,7 @@
 evaluate, tune, data synth).
 
 1. **Never inside a dataset split**: a folder ``<root>/{train,test}/`` holding ``images/`` and
-   ``masks/`` (:data:`isdm.data.layout.SPLITS`), or anything below one, is refused
+   ``masks/``, or anything below one, is refused
    (:func:`check_not_in_split`).
 2. **Created, or recognised as its own**: the command creates the folder, or finds its own
    earlier output by the record it wrote, ``.isdm-output.json`` (:data:`RECORD`)::
@@ -10,8 +10,8 @@ evaluate, tune, data synth).
        {"command": "train", "files": ["best.pt", "last.pt", ...]}
 
    ``files`` are paths relative to the folder; an entry ending in ``/`` owns everything below
-   it, one ending in ``*`` every path it begins (``tune``'s caches and journal locks). A command lists what it will write BEFORE writing it (a killed run's
-   files stay its own). Outputs without a record (written by an older isdm, or restored by
+   it, one ending in ``*`` every path it begins (``tune``'s caches and journal locks). A
+   command lists what it will write BEFORE writing it (a killed run's files stay its own). Outputs without a record (written by an older isdm, or restored by
    ``dvc checkout`` / ``dvc pull``, which restore a stage's outs but not the record) are
    recognised by a command-specific check of their content (``legacy`` of :func:`claim`: a
    checkpoint's meta, ``card.json``, ``synth.json``, ...). ``sample`` keeps its richer record,
@@ -51,6 +51,7 @@ LOCK = ".isdm.lock"
 NEUTRAL = frozenset({".gitignore", ".dvcignore", RECORD, LOCK})
 _LOCKS = re.compile(r"^\.isdm(\.[\w-]+)?\.lock$")  # LOCK, and e.g. a sampling shard's
 SHOWN = 5  # foreign files named in a refusal
+_SPLITS = ("train", "test")  # isdm.data.layout.SPLITS (utils imports no isdm package but errors)
 # temps of isdm.utils.io.atomic_path (and of isdm versions before host and pid were in the name)
 _TEMP = re.compile(r"^\.(?P<name>.+?)\.(?:isdm\.[A-Za-z0-9_-]+\.\d+\.)?[A-Za-z0-9_]+\.tmp$")
 
@@ -73,11 +74,9 @@ def is_temp(name: str, owned_names: set[str]) -> bool:
 def split_of(folder: str | Path) -> Optional[Path]:
     """The dataset split ``folder`` is in or is (``<root>/train`` holding ``images/`` and
     ``masks/``), or None."""
-    from isdm.data.layout import SPLITS
-
     path = Path(folder).resolve()
     for p in (path, *path.parents):
-        if p.name in SPLITS and (p / "images").is_dir() and (p / "masks").is_dir():
+        if p.name in _SPLITS and (p / "images").is_dir() and (p / "masks").is_dir():
             return p
     return None
 

@@ -278,7 +278,8 @@ def publish(staging: Path, out: Path, synthetic_dir: str | Path) -> None:
     output is moved aside and deleted after the rename.
     """
     ownership.write_record(staging, "curate", [p.relative_to(staging).as_posix()
-                                                for p in staging.rglob("*") if p.is_file()])
+                                                for p in staging.rglob("*")
+                                                if p.is_file() and not ownership.is_neutral(p.name)])
     prepare_out(out, synthetic_dir)  # nothing foreign arrived while the set was built
     for entry in out.iterdir() if out.is_dir() else []:
         if ownership.is_neutral(entry.name) and entry.name != ownership.RECORD:

@@ -142,6 +142,8 @@ class _Trainer:
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
             self.optimizer.load_state_dict(state["optimizer"])
+            for group in self.optimizer.param_groups:  # the knobs come from cfg, not the file
+                group["lr"], group["weight_decay"] = self.tcfg.lr, self.tcfg.weight_decay
             if state["scaler"]:
                 self.scaler.load_state_dict(state["scaler"])
             self.step, self.epoch = int(state["step"]), int(state["epoch"])

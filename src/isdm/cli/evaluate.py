@@ -51,7 +51,7 @@ def evaluate(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_roo
                                 fidelity_only=fidelity_only, cell_cache=cell_cache, shard=shard)
         click.echo(shard_message(result))
         return
-    claim_out(out_dir)  # refuse before the folder is created for its lock
+    claim_out(out_dir, write=False)  # refuse before the folder is created for its lock
     with ownership.exclusive(out_dir, "evaluate"):  # one evaluation per --out at a time
         result = run_evaluation(cfg, data_root, list(synthetic) or None, out_dir, device=device,
                                 fidelity_only=fidelity_only, cell_cache=cell_cache)

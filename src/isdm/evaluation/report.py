@@ -66,10 +66,10 @@ DEGENERATE_RATIO = 0.05
 VERDICT_CODE = {"gain": 1, "no significant difference": 0, "loss": -1}
 
 
-def claim_out(out: str | Path) -> None:
+def claim_out(out: str | Path, write: bool = True) -> None:
     """Make ``out`` an evaluation's folder before any work (:mod:`isdm.utils.ownership`): an
     earlier evaluation's files there are replaced, any other file is refused (OutputExistsError
-    naming them), and so is a folder inside a dataset split."""
+    naming them), and so is a folder inside a dataset split. ``write=False`` only checks."""
     import json
 
     from isdm.utils import ownership
@@ -82,8 +82,9 @@ def claim_out(out: str | Path) -> None:
         return [n for n in OUTPUTS if (root / n).is_file()] if ours else []
 
     output = ownership.claim(out, "evaluate", legacy=legacy)
-    ownership.make_folder(Path(out))
-    output.record(OUTPUTS)
+    if write:
+        ownership.make_folder(Path(out))
+        output.record(OUTPUTS)
 
 
 def _numeric(value: Any) -> bool:

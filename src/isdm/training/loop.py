@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -337,15 +338,14 @@ def train(cfg: Config, data_root: str | Path, out_dir: str | Path, *, action: st
     if resume is not None and overwrite:
         raise ValueError("resume continues the run in out_dir, overwrite starts over: pick one")
     data_root, out_dir = Path(data_root), Path(out_dir)
-    check_out_dir(out_dir, action, resuming=resume is not None, overwrite=overwrite)
-    start = resolve_start(cfg, action, init_from=init_from, resume=resume)
-    ctx = distributed.setup(cfg.runtime.device)
-    try:
-        with contextlib.ExitStack() as claimed:
-            if ctx.is_main:  # one writer per folder; checked again under the lock
-                claimed.enter_context(ownership.exclusive(out_dir, action))
-                output = check_out_dir(out_dir, action, resuming=resume is not None,
-                                       overwrite=overwrite)
+    main = int(os.environ.get("RANK", "0")) == 0  # torchrun's rank; only rank 0 writes
+    with contextlib.ExitStack() as claimed:
+        if main:  # one writer per folder: a second run fails here, naming the first
+            claimed.enter_context(ownership.exclusive(out_dir, action))
+        output = check_out_dir(out_dir, action, resuming=resume is not None, overwrite=overwrite)
+        start = resolve_start(cfg, action, init_from=init_from, resume=resume)
+        ctx = distributed.setup(cfg.runtime.device)
+        try:
             trainer = _Trainer(start, data_root, out_dir, ctx,
                                cfg.runtime.progress if progress is None else progress)
             del start  # the loaded checkpoint
@@ -355,8 +355,8 @@ def train(cfg: Config, data_root: str | Path, out_dir: str | Path, *, action: st
                 output.record(OUTPUTS)
                 save_config(trainer.cfg, out_dir / "config.json")
             return _run(trainer, ctx, data_root, out_dir, action)
-    finally:
-        distributed.teardown(ctx)
+        finally:
+            distributed.teardown(ctx)
 
 
 def _run(trainer: _Trainer, ctx: distributed.DistContext, data_root: Path, out_dir: Path,

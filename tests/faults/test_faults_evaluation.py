@@ -85,20 +85,27 @@ def test_evaluate_into_a_folder_with_a_users_files_of_its_names_is_refused(synth
 
 
 def test_a_non_finite_segmenter_loss_stops_the_cell(monkeypatch):
-    """Issue 22: a NaN segmenter loss trained on and scored a meaningless cell."""
+    """Issue 22: a NaN segmenter loss trained on and scored a meaningless cell; it now stops at
+    the next validation (no host sync per step), naming the first NaN step."""
     from isdm.config import EvaluateConfig
-    from isdm.evaluation import segmenter
+    from isdm.evaluation import loop, segmenter
 
-    monkeypatch.setattr(segmenter, "_loss_fn", lambda kind, ignore: lambda logits, y: (
-        logits.mean() * float("nan")))
+    real = segmenter.loss_function("dice_ce", 255)
+    calls = []
+
+    def nan_from_step_2(logits, y):
+        calls.append(1)
+        loss = real(logits, y)
+        return loss * float("nan") if len(calls) >= 2 else loss
+
+    monkeypatch.setattr(loop, "loss_function", lambda kind, ignore: nan_from_step_2)
     g = torch.Generator().manual_seed(0)
     data = segmenter.TensorSet(torch.rand(4, 3, 32, 32, generator=g) * 2 - 1,
                                torch.randint(0, 3, (4, 32, 32), generator=g),
                                ["a", "b", "c", "d"])
     model = segmenter.build_segmenter("FPN", "resnet18", None, 3, seed=0)
-    recipe = EvaluateConfig(steps=3, val_every=3, batch_size=2)
-    with pytest.raises(NumericalError, match=r"segmenter FPN \(seed 0\) stopped at step 1: its "
+    recipe = EvaluateConfig(steps=4, val_every=4, batch_size=2)
+    with pytest.raises(NumericalError, match=r"segmenter FPN \(seed 0\) stopped at step 2: its "
                                              r"loss is nan.*evaluate.lr"):
-        segmenter.train_segmenter(model, data.subset(["a", "b", "c"]), data.subset(["d"]),
-                                  recipe, num_classes=3, ignore_index=255, seed=0,
-                                  device=torch.device("cpu"))
+        loop.train_segmenter(model, data.subset(["a", "b", "c"]), data.subset(["d"]), recipe,
+                             num_classes=3, ignore_index=255, seed=0, device=torch.device("cpu"))

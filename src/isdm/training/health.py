@@ -51,8 +51,10 @@ class LossWatch:
             f"{self._causes()} {self._kept()}")
 
     def _causes(self) -> str:
+        from isdm.config.schema import FINETUNE_DEFAULTS, TrainConfig
+
         t, section = self.tcfg, self.action
-        default = 1e-4 if section == "finetune" else 2e-4
+        default = FINETUNE_DEFAULTS["lr"] if section == "finetune" else TrainConfig().lr
         lower = default if t.lr > default else t.lr / 10
         causes = [f"the learning rate {section}.lr={t.lr:g} is the likely cause: lower it, "
                   f"e.g. --set {section}.lr={lower:g} (the default is {default:g})"]

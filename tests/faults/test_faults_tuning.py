@@ -30,6 +30,7 @@ from pathlib import Path
 import isdm.sampling
 import isdm.tuning.objective as objective
 import isdm.tuning.paired as paired
+import isdm.tuning.cells as cells_mod
 import isdm.tuning.plots as plots
 from isdm.config import load_config
 from isdm.tuning import run_study
@@ -56,7 +57,25 @@ def cell_val_miou(cfg, mix, seed, real, synthetic):
 objective.load_real_train = lambda cfg, data_root: FakeSet([f"r{i}" for i in range(10)])
 objective.load_synthetic_set = lambda cfg, folder: FakeSet(["s0", "s1"])
 objective.finetuned_checkpoint = lambda cfg, data_root, ckpt, out_dir: Path(ckpt)
-paired.cell_val_miou = cell_val_miou
+def repeat_values(cfg, mix, real, synthetic, folder, cells, seeds=None):
+    for seed in (paired.repeat_seeds(cfg) if seeds is None else seeds):
+        yield cell_val_miou(cfg, mix, seed, real, synthetic)
+
+
+class NoCells:  # the study's pool of segmenter cells: none needed with the stand-in above
+    device = type("Device", (), {"type": "cpu"})()
+    store = type("Store", (), {"root": Path("cells")})()
+
+    def __init__(self, *a, **k):
+        pass
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        return None
+
+
+paired.repeat_values = repeat_values
+cells_mod.StudyCells = NoCells
 isdm.sampling.run_sampling = lambda cfg, data_root, ckpt, out_dir, overwrite=False: {
     "this_run": {"seconds_per_image": 0.1}}
 plots.write_plots = lambda study, out_dir: []  # matplotlib costs seconds per process

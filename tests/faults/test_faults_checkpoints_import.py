@@ -361,3 +361,15 @@ def test_the_parameter_count_of_original_configs(tmp_path, config, expected):
         isdm = build_model(cfg.model, cfg.data.image_size, cfg.data.num_classes)
     original = sum(math.prod(s) for s in original_shapes(config).values())
     assert count_parameters(isdm) == original == expected
+
+
+def test_original_weights_holding_nan_are_not_imported(run, tmp_path):
+    """Issue 22: no checkpoint with non-finite weights is ever written, imports included."""
+    config, weights, sd = _write_original(tmp_path, ORIGINAL)
+    name = next(k for k, v in sd.items() if v.is_floating_point())
+    sd[name] = torch.full_like(sd[name], float("nan"))
+    torch.save(sd, weights)
+    out = tmp_path / "imported" / "best.pt"
+    result = run("import-checkpoint", weights, "--config", config, "--out", out)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "NaN or inf" in result.output and not out.exists()

@@ -44,6 +44,7 @@ from isdm.errors import OutputExistsError, WriteError
 
 __all__ = ["RECORD", "LOCK", "NEUTRAL", "SHOWN", "Output", "claim", "exclusive", "listing",
            "check_not_in_split", "split_of", "read_record", "write_record", "is_temp", "is_neutral",
+           "is_lock",
            "make_folder"]
 
 RECORD = ".isdm-output.json"
@@ -56,6 +57,12 @@ _SPLITS = ("train", "test")  # isdm.data.layout.SPLITS (utils imports no isdm pa
 _TEMP = re.compile(r"^\.(?P<name>.+?)\.(?:isdm\.[A-Za-z0-9_-]+\.\d+\.)?[A-Za-z0-9_]+\.tmp$")
 
 Legacy = Callable[[Path], Iterable[str]]
+
+
+def is_lock(name: str) -> bool:
+    """An output folder's lock (:data:`LOCK`, or a sampling shard's ``.isdm.<i>-<n>.lock``): its
+    content names the last holder, so it is excluded from DVC's hashes (``.dvcignore``)."""
+    return _LOCKS.match(name) is not None
 
 
 def is_neutral(name: str) -> bool:

@@ -32,7 +32,7 @@ def _summary(predicted_defect: bool) -> dict:
     from isdm.evaluation.report import build_summary
 
     cfg = load_config(TINY, ["evaluate.architectures=[FPN,UnetPlusPlus]", "evaluate.seeds=[0,1]"])
-    rows = [("RALLF000", ""), ("RALLFALL", "synthetic")]
+    rows = [("RALLF000", "", "mix"), ("RALLFALL", "synthetic", "mix")]
     cells, counts = [], {}
     for arch in ("FPN", "UnetPlusPlus"):
         for mix, label in (("RALLF000", "RALLF000"), ("RALLFALL", "RALLFALL[synthetic]")):

@@ -107,11 +107,16 @@ def _claims(tmp_path: Path) -> dict:
 
     from isdm.config import SynthConfig
 
+    from isdm.data.subset import write_subset
+    from isdm.evaluation.labels_report import _claim_out as claim_curve
+
     tiny = SynthConfig(num_train=1, num_test=1, image_size=32)
     return {"train": lambda out: check_out_dir(out, "train", resuming=False, overwrite=True),
             "curate": lambda out: prepare_out(out, tmp_path / "synthetic"),
             "evaluate": claim_out, "tune": lambda out: claim_study(out, ""),
             "data synth": lambda out: write_synthetic_dataset(out, tiny),
+            "data subset": lambda out: write_subset(tmp_path / "no-such-source", out, 0.5, 0),
+            "labels": claim_curve,
             "sample": lambda out: ownership.check_not_in_split(out)}
 
 

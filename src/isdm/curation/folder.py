@@ -270,28 +270,7 @@ def staging_dir(out: Path) -> Path:
 
 
 def publish(staging: Path, out: Path, synthetic_dir: str | Path) -> None:
-    """Rename the finished ``staging`` folder onto ``out``.
-
-    ``staging`` gets the ownership record (every file in it) and the neutral files of ``out``
-    (its lock, by hard link: the same lock a waiting process sees; ``.gitignore``), the
-    folder is checked again for files another process put there meanwhile, then the earlier
-    output is moved aside and deleted after the rename.
-    """
-    ownership.write_record(staging, "curate", [p.relative_to(staging).as_posix()
-                                                for p in staging.rglob("*")
-                                                if p.is_file() and not ownership.is_neutral(p.name)])
-    prepare_out(out, synthetic_dir)  # nothing foreign arrived while the set was built
-    for entry in out.iterdir() if out.is_dir() else []:
-        if ownership.is_neutral(entry.name) and entry.name != ownership.RECORD:
-            try:
-                os.link(entry, staging / entry.name)
-            except OSError:
-                shutil.copyfile(entry, staging / entry.name)
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.curate.{_HOST}.{os.getpid()}.old.tmp")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(staging, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Rename the finished ``staging`` folder onto ``out`` (:func:`isdm.utils.ownership.publish`:
+    the record, the lock and ``.gitignore`` carried over, a file that arrived meanwhile
+    refused); ``synthetic_dir`` is only read."""
+    ownership.publish(staging, out, "curate", legacy=_legacy)

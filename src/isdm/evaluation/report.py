@@ -58,7 +58,8 @@ __all__ = ["HEADLINE_KEYS", "OUTPUTS", "claim_out", "build_summary", "headline",
 HEADLINE_KEYS = ("miou_real_only", "miou_with_synthetic", "miou_gain", "miou_gain_lo",
                  "miou_gain_hi", "label_fidelity", "calibrated_steps")
 # every file an evaluation writes into its --out (the ownership record lists them)
-OUTPUTS = ("metrics.json", "report.json", "cells.csv", "report.md", "miou.png", "counts.npz")
+OUTPUTS = ("metrics.json", "report.json", "cells.csv", "report.md", "miou.png", "counts.npz",
+           "calibration.json", "calibration.png")
 # real-only segmenters predicting fewer defect pixels than this share of the test masks' are
 # degenerate (:func:`degeneracy`)
 DEGENERATE_RATIO = 0.05

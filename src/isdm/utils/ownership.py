@@ -36,6 +36,7 @@ import json
 import os
 import re
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
@@ -44,7 +45,7 @@ from isdm.errors import OutputExistsError, WriteError
 
 __all__ = ["RECORD", "LOCK", "NEUTRAL", "SHOWN", "Output", "claim", "exclusive", "listing",
            "check_not_in_split", "split_of", "read_record", "write_record", "is_temp", "is_neutral",
-           "is_lock",
+           "is_lock", "publish",
            "make_folder"]
 
 RECORD = ".isdm-output.json"
@@ -257,6 +258,35 @@ def _remove_if_empty(root: Path) -> None:
             root.rmdir()
     except OSError:
         pass
+
+
+def publish(staging: Path, out: Path, command: str, legacy: Optional[Legacy] = None) -> None:
+    """Rename the finished folder ``staging`` (built beside ``out``) onto ``out``.
+
+    ``staging`` gets the record (every file in it) and the neutral files of ``out`` (its lock by
+    hard link: the same lock a waiting process sees; ``.gitignore``); ``out`` is checked again
+    for files that arrived while ``staging`` was built (refused, kept); then the earlier output
+    is moved aside and deleted after the rename.
+    """
+    write_record(staging, command, [p.relative_to(staging).as_posix()
+                                    for p in staging.rglob("*")
+                                    if p.is_file() and not is_neutral(p.name)])
+    claim(out, command, legacy=legacy)
+    for entry in out.iterdir() if out.is_dir() else []:
+        if is_neutral(entry.name) and entry.name != RECORD and entry.is_file():
+            try:
+                os.link(entry, staging / entry.name)
+            except OSError:
+                shutil.copyfile(entry, staging / entry.name)
+    old = None
+    if out.exists():
+        host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "host"
+        old = out.with_name(f".{out.name}.{command.replace(' ', '-')}.{host}.{os.getpid()}.old.tmp")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def make_folder(root: Path, option: str = "--out") -> None:

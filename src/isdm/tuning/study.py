@@ -232,8 +232,8 @@ def check_sqlite_storage(spec: str) -> None:
 
 # what a study writes into --out (workers share it: no exclusive lock)
 OUTPUTS = ("best_params.yaml", "trials.csv", "summary.json", "plots/", "final_check.json",
-           "final_check.md", "final_check.lock", "final_check/", "finetunes/", "baselines/",
-           "curate_cache/", "trials/", "study.journal", "study.journal.lock*", "baseline.lock")
+           "final_check.md", "final_check/", "finetunes/", "baselines/", "curate_cache/",
+           "trials/", "study.journal", "study.journal.lock*", "*.lock")  # workers' locks
 
 
 def claim_out(out_dir: Path, spec: str) -> None:

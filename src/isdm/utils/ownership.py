@@ -10,7 +10,7 @@ evaluate, tune, data synth).
        {"command": "train", "files": ["best.pt", "last.pt", ...]}
 
    ``files`` are paths relative to the folder; an entry ending in ``/`` owns everything below
-   it, one ending in ``*`` every path it begins (``tune``'s caches and journal locks). A
+   it, one with ``*`` is a shell pattern (``tune``'s caches, locks and journal locks). A
    command lists what it will write BEFORE writing it (a killed run's files stay its own). Outputs without a record (written by an older isdm, or restored by
    ``dvc checkout`` / ``dvc pull``, which restore a stage's outs but not the record) are
    recognised by a command-specific check of their content (``legacy`` of :func:`claim`: a
@@ -38,6 +38,7 @@ import re
 import shutil
 import socket
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
@@ -139,15 +140,16 @@ def _files(root: Path) -> Iterator[str]:
 def _foreign(root: Path, owned: Sequence[str]) -> list[str]:
     """The files below ``root`` that ``owned`` (files, and folders ending in ``/``) does not
     cover, neutral files and temps of owned names aside."""
-    files = {f for f in owned if not f.endswith(("/", "*"))}
-    folders = tuple(f.rstrip("*") for f in owned if f.endswith(("/", "*")))
+    files = {f for f in owned if not f.endswith("/") and "*" not in f}
+    folders = tuple(f for f in owned if f.endswith("/"))
+    patterns = [f for f in owned if "*" in f]
     by_parent: dict[str, set[str]] = {}
     for f in files:
         parent, _, name = f.rpartition("/")
         by_parent.setdefault(parent, set()).add(name)
     out = []
     for rel in _files(root):
-        if rel in files or rel.startswith(folders):
+        if rel in files or rel.startswith(folders) or any(fnmatch(rel, p) for p in patterns):
             continue
         parent, _, name = rel.rpartition("/")
         if not is_neutral(name) and not is_temp(name, by_parent.get(parent, set())):
@@ -217,7 +219,7 @@ def claim(out: str | Path, command: str, *, family: Sequence[str] = (),
             f"{option} {out} holds {listing(foreign)} that "
             f"`isdm {command}` has no record of writing; isdm never deletes or overwrites "
             "them, not even with --overwrite: move them away or choose another folder")
-    existing = tuple(f for f in owned if not f.endswith("*")
+    existing = tuple(f for f in owned if "*" not in f
                      and ((root / f).exists() or (root / f).is_symlink()))
     return Output(root, command, owned, existing)
 

@@ -87,8 +87,10 @@ def link_packages(site_dir: Path, bin_dir: Path) -> None:
     (site_dir / "isdm_zbase.pth").write_text(
         "".join(f"import site; site.addsitedir({d!r})\n" for d in base_site_dirs()))
     script = bin_dir / "isdm"
+    # the guard: a spawned cell worker imports this file as __mp_main__ and must not run a
+    # second command (pip's console scripts have it too)
     script.write_text(f"#!{bin_dir / 'python'}\nimport sys\n\nfrom isdm.cli import main\n\n"
-                      "sys.exit(main())\n")
+                      "if __name__ == '__main__':\n    sys.exit(main())\n")
     script.chmod(0o755)
 
 

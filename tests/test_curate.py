@@ -128,8 +128,12 @@ def _curate(env, out: Path, *extra: str, cache: str = "cache") -> str:
 
 
 def _tree(folder: Path) -> dict[str, str]:
+    """Every file's digest, the output lock aside (it names the process that last held it)."""
+    from isdm.utils.ownership import is_neutral
+
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*"))
+            if p.is_file() and not (is_neutral(p.name) and p.name.endswith(".lock"))}
 
 
 def _manifest(folder: Path) -> list[dict]:

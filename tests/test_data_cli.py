@@ -32,8 +32,11 @@ def run(tmp_path, monkeypatch):
 
 
 def _digest(root: Path) -> dict[str, str]:
+    """Every file's digest but the ownership record and lock (:mod:`isdm.utils.ownership`)."""
+    from isdm.utils.ownership import is_neutral
+
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and not is_neutral(p.name)}
 
 
 # ---------------------------------------------------------------- CrackForest
@@ -151,8 +154,9 @@ def test_synth_binary_masks_are_0_255(run, tmp_path):
 
 def test_synth_refuses_foreign_dataset_and_rewrites_its_own(tmp_path):
     cfg = SynthConfig(seed=0, num_train=3, num_test=1, image_size=32)
-    (tmp_path / "foreign" / "train").mkdir(parents=True)
-    with pytest.raises(OutputExistsError, match="not written by"):
+    (tmp_path / "foreign" / "train" / "images").mkdir(parents=True)
+    (tmp_path / "foreign" / "train" / "images" / "a.png").write_bytes(b"a user's image")
+    with pytest.raises(OutputExistsError, match="train/images/a.png"):
         write_synthetic_dataset(tmp_path / "foreign", cfg)
     out = tmp_path / "own"
     write_synthetic_dataset(out, cfg)

@@ -57,7 +57,8 @@ def test_evaluate_cli_writes_outputs_and_mlflow_runs(synth_dir, mlflow_uri, tmp_
     # metrics.json: the headline only, flat; the details in report.json
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics) == ["miou_real_only", "miou_with_synthetic", "miou_gain", "miou_gain_lo",
-                             "miou_gain_hi", "label_fidelity"]
+                             "miou_gain_hi", "label_fidelity", "comparison_void",
+                             "real_only_defect_ratio"]
     assert all(isinstance(v, float) for v in metrics.values())
     summary = json.loads((out / "report.json").read_text())
     assert summary["headline"] == metrics and summary["main_mix"] == "RALLF4"
@@ -303,7 +304,8 @@ def test_several_synthetic_sets_give_a_row_each_and_are_compared_with_the_first(
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics) == ["miou_real_only", "miou_with_synthetic", "miou_gain", "miou_gain_lo",
                              "miou_gain_hi", "miou_gain_curated", "miou_gain_curated_lo",
-                             "miou_gain_curated_hi", "label_fidelity"]
+                             "miou_gain_curated_hi", "label_fidelity", "comparison_void",
+                             "real_only_defect_ratio"]
     summary = json.loads((out / "report.json").read_text())
     fpn = summary["architectures"]["FPN"]
     assert metrics["miou_gain_curated"] == fpn["RALLFALL[curated]"]["gain"]

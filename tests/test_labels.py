@@ -17,7 +17,7 @@ import yaml
 from click.testing import CliRunner
 
 from isdm.cli import cli
-from isdm.errors import DatasetError, EvaluationError
+from isdm.errors import DatasetError, EvaluationError, OutputExistsError
 from isdm.evaluation import labels as lab
 
 # ----------------------------------------------------------------------------------------------
@@ -57,8 +57,10 @@ def test_subset_refuses_what_it_cannot_write(synth_dir, tmp_path):
     with pytest.raises(DatasetError, match="at least 2"):
         write_subset(synth_dir, tmp_path / "a", 0.1, 0)
     (tmp_path / "mine").mkdir()
-    with pytest.raises(DatasetError, match="not a subset"):
+    (tmp_path / "mine" / "notes.txt").write_text("a user's file")  # refused, kept (issue 22)
+    with pytest.raises(OutputExistsError, match=r"holds 1 file\(s\) \(notes.txt\)"):
         write_subset(synth_dir, tmp_path / "mine", 0.5, 0)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "a user's file"
     res = CliRunner().invoke(cli, ["data", "subset", str(synth_dir), str(tmp_path / "b"),
                                    "--fraction", "0.5", "--seed", "1"])
     assert res.exit_code == 0 and "wrote 4 of 8 train pairs" in res.output, res.output

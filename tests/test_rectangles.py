@@ -147,7 +147,8 @@ def rect_ckpt(synth_dir, tmp_path_factory) -> Path:
     cfg = from_dict(Config, {
         "data": {"image_size": list(HW), "num_classes": 5, "resize": "pad"},
         "model": {"preset": "tiny"}, "diffusion": {"diffusion_steps": 50},
-        "train": {"batch_size": 4, "max_epochs": 1, "max_steps": 1, "save_last": False},
+        "train": {"batch_size": 4, "max_epochs": 1, "max_steps": 1, "save_last": False,
+                  "drop_rate": 0.2},  # the null label: guided sampling (s = 1.5) may use it
         "tracking": {"enabled": False}})
     out = tmp_path_factory.mktemp("rect")
     train(cfg, synth_dir, out, progress=False)

@@ -29,7 +29,8 @@ def checkpoint(synth_dir, tmp_path_factory) -> Path:
         "data": {"image_size": 32, "num_classes": 5},
         "model": {"preset": "tiny"},
         "diffusion": {"diffusion_steps": 50},
-        "train": {"batch_size": 4, "max_epochs": 1, "max_steps": 2, "save_last": False},
+        "train": {"batch_size": 4, "max_epochs": 1, "max_steps": 2, "save_last": False,
+                  "drop_rate": 0.2},  # trained with the null label: guided sampling may use it
         "tracking": {"enabled": False},
     })
     out = tmp_path_factory.mktemp("ckpt")

@@ -176,10 +176,12 @@ def test_refuses_other_config_unless_overwrite(tmp_path, data, ckpt, fake_engine
     other.write_bytes(b"another checkpoint")
     with pytest.raises(OutputExistsError, match="checkpoint_sha256"):
         job_mod.run_sampling(cfg_for(num_samples=4), data, other, out)
-    (out / "keep.txt").write_text("user file")
+    (out / "keep.txt").write_text("user file")  # a file isdm did not write: refused, kept
+    with pytest.raises(OutputExistsError, match="keep.txt"):
+        job_mod.run_sampling(cfg_for(num_samples=3, s=3.0), data, ckpt, out, overwrite=True)
+    (out / "keep.txt").unlink()
     s = job_mod.run_sampling(cfg_for(num_samples=3, s=3.0), data, ckpt, out, overwrite=True)
     assert s["complete"] == 3 and len(list((out / "samples").iterdir())) == 3
-    assert (out / "keep.txt").read_text() == "user file"  # only isdm's outputs are cleared
 
 
 def test_folder_masks_without_images_get_placeholder(tmp_path, data, ckpt, fake_engine):
@@ -304,6 +306,6 @@ def test_rerun_after_dvc_removed_the_outputs(tmp_path, data, ckpt, fake_engine):
         shutil.rmtree(out / folder)
     for name in ("manifest.jsonl", "config.json", "run.json", "summary.json", "grid.png"):
         (out / name).unlink()
-    assert [p.name for p in out.iterdir()] == ["manifest.lock"]
+    assert sorted(p.name for p in out.iterdir()) == [".isdm.lock", "manifest.lock"]
     s = job_mod.run_sampling(cfg_for(num_samples=4, s=2.0), data, ckpt, out, overwrite=True)
     assert s["complete"] == 4 and s["this_run"]["generated"] == 4

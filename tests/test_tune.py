@@ -518,7 +518,8 @@ def test_apply_writes_exactly_the_best_knobs_and_keeps_comments(tmp_path):
             "sample.sampler": "ddim", "sample.num_samples": 64, "curate.min_fidelity": 0.4,
             "curate.pixel_threshold": 0.0}
     (out / "best_params.yaml").write_text("# header\n" + yaml.safe_dump(best))
-    result = CliRunner().invoke(cli, ["tune", "-c", str(params), "--out", str(out), "--apply"],
+    result = CliRunner().invoke(cli, ["tune", "-c", str(params), "--out", str(out), "--apply",
+                                      "--force"],  # no study here to check the evidence of
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     before, after = flatten(load_config(REPO / "params.yaml")), flatten(load_config(params))

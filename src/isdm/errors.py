@@ -15,7 +15,7 @@ from typing import Iterable
 
 __all__ = ["IsdmError", "ConfigError", "DatasetError", "MaskValueError", "CheckpointError",
            "OutputExistsError", "EvaluationError", "CurationError", "WriteError", "TuningError",
-           "TrackingError"]
+           "BusyError", "NumericalError", "TrackingError"]
 
 
 class IsdmError(Exception):
@@ -74,6 +74,16 @@ class TuningError(IsdmError, RuntimeError):
     """An Optuna study cannot be opened or shared: the message names the storage and the fix."""
 
 
+class BusyError(IsdmError, RuntimeError):
+    """Another process is writing the same output (its lock is held); the message names it."""
+
+
+class NumericalError(IsdmError, ArithmeticError):
+    """A loss or weights became non-finite or exploded; the message names the step, the likely
+    cause (learning rate, precision) and which checkpoint on disk is the last finite one."""
+
+
 class TrackingError(IsdmError, RuntimeError):
-    """The MLflow tracking store cannot be reached or stopped answering: the message names the
-    URI, the reason and the fix."""
+    """The MLflow tracking store cannot be reached, opened or written, or stopped answering (a
+    server down; a local store corrupt, read-only or locked): the message names the URI, the
+    reason and the fix."""

@@ -1,8 +1,9 @@
-"""Issue 10, config cases: each test names its case and failed on bd16bfb.
+"""Faults of config files and overrides, one test per failure mode.
 
 The rules are general (every float finite, every mapping free of repeated keys, every field in
 its range, the file's format decided by its shape, every result-changing original key applied
-or warned about); each case is one example of its rule.
+or warned about, a file that is not text refused); the cases of issue 10 (failed on bd16bfb)
+and issue 22 are examples of them.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def _warnings(caplog) -> list[str]:
             if r.name == "isdm.config" and r.levelno == logging.WARNING]
 
 
-def test_case_03_non_finite_values_are_rejected_at_load(tmp_path):
+def test_a_non_finite_value_is_refused_at_load(tmp_path):
+    """Issue 10 case 3."""
     for override in ("sample.s=nan", "sample.s=.inf", "sample.s=-.inf", "train.lr=.nan",
                      "train.ema_rates=[.nan]", "model.channel_mult=[1, .inf]"):
         with pytest.raises(ConfigError, match="must be a finite number"):
@@ -64,7 +66,8 @@ def test_case_03_non_finite_values_are_rejected_at_load(tmp_path):
         SampleConfig(s=float("inf"))
 
 
-def test_case_07_duplicate_keys_are_errors(tmp_path):
+def test_a_key_given_twice_is_refused(tmp_path):
+    """Issue 10 case 7."""
     yaml_file = _write(tmp_path, "p.yaml", "train:\n  lr: 0.1\n  batch_size: 4\n  lr: 0.2\n")
     with pytest.raises(ConfigError, match=r"p\.yaml, line 4: duplicate key 'lr' \(first given "
                                           r"at line 2\)"):
@@ -100,12 +103,14 @@ def test_case_07_duplicate_keys_are_errors(tmp_path):
      r"data\.image_size=40: the 5 levels of model\.channel_mult=\[1\.0, 1\.0, 2\.0, 2\.0, "
      r"4\.0\] halve it 4 times: use a multiple of 16"),
 ])
-def test_case_08_values_training_crashes_on_are_rejected_at_load(overrides, message):
+def test_a_value_training_would_crash_on_is_refused_at_load(overrides, message):
+    """Issue 10 case 8."""
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
 
 
-def test_case_09_misspelt_section_is_named(tmp_path):
+def test_a_misspelt_section_is_named(tmp_path):
+    """Issue 10 case 9."""
     only = _write(tmp_path, "p.yaml", "trian:\n  lr: 0.1\n")
     with pytest.raises(ConfigError, match=r"unknown section 'trian'; did you mean train\?"):
         load_config(only)
@@ -116,7 +121,8 @@ def test_case_09_misspelt_section_is_named(tmp_path):
     assert load_config(REPO / "configs" / "config_sample.json").sample.steps == 300
 
 
-def test_case_16_original_resume_checkpoint_is_not_dropped_silently(tmp_path, caplog):
+def test_an_original_resume_checkpoint_is_not_dropped_silently(tmp_path, caplog):
+    """Issue 10 case 16."""
     train = {k: v for k, v in ORIGINAL_TRAIN.items() if k != "weights_decay"}
     path = _write(tmp_path, "c.json", {**train, "resume_checkpoint": "runs/model010000.pt"})
     with caplog.at_level(logging.WARNING, logger="isdm.config"):
@@ -142,7 +148,8 @@ def test_case_16_original_resume_checkpoint_is_not_dropped_silently(tmp_path, ca
     assert res.stderr.count("warning:") == 1 and "warning" not in res.stdout
 
 
-def test_case_17_result_changing_original_keys_are_applied_or_warned(tmp_path, caplog):
+def test_original_keys_that_change_results_are_applied_or_warned(tmp_path, caplog):
+    """Issue 10 case 17."""
     train = {k: v for k, v in ORIGINAL_TRAIN.items() if k != "weights_decay"}
     same = {**train, "random_flip": True, "use_kl": False, "predict_xstart": False,
             "schedule_sampler": "uniform", "lr_anneal_steps": 0, "microbatch": -1,
@@ -169,7 +176,8 @@ def test_case_17_result_changing_original_keys_are_applied_or_warned(tmp_path, c
     assert len(warned) == 7
 
 
-def test_case_18_original_weights_decay_typo_is_accepted_with_a_warning(tmp_path, caplog):
+def test_the_original_weights_decay_typo_is_accepted_with_a_warning(tmp_path, caplog):
+    """Issue 10 case 18."""
     path = _write(tmp_path, "config_train.json", ORIGINAL_TRAIN)
     with caplog.at_level(logging.WARNING, logger="isdm.config"):
         cfg = load_config(path, action="train")
@@ -183,7 +191,8 @@ def test_case_18_original_weights_decay_typo_is_accepted_with_a_warning(tmp_path
     assert TrainConfig().weight_decay == 0.0
 
 
-def test_case_20_original_s_below_1_warns(tmp_path, caplog):
+def test_an_original_s_below_1_warns(tmp_path, caplog):
+    """Issue 10 case 20."""
     low = _write(tmp_path, "low.json", {**ORIGINAL_SAMPLE, "s": 0.5})
     with caplog.at_level(logging.WARNING, logger="isdm.config"):
         assert load_config(low).sample.s == 0.5  # isdm's definition is kept
@@ -193,3 +202,26 @@ def test_case_20_original_s_below_1_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="isdm.config"):
         load_config(_write(tmp_path, "one.json", {**ORIGINAL_SAMPLE, "s": 1.0}))
     assert _warnings(caplog) == []
+
+
+def test_a_config_file_that_is_not_text_is_refused(tmp_path):
+    """Issue 22: a binary, compressed or UTF-16 file given to -c was a UnicodeDecodeError."""
+    import gzip
+
+    from faultkit import isdm, no_traceback
+
+    files = {"random.yaml": bytes(range(256)) * 4,
+             "gzip.yaml": gzip.compress((REPO / "configs" / "tiny.yaml").read_bytes()),
+             "utf16.yaml": "train:\n  lr: 0.1\n".encode("utf-16"),
+             "nul.json": b'{"a": 1}\x00'}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ConfigError, match=f"config file .*{name} (is not UTF-8 text|holds NUL)"):
+            load_config(tmp_path / name)
+        result = isdm("train", "-c", tmp_path / name, "--out", tmp_path / "out")
+        assert no_traceback(result) and ("is not UTF-8" in result.output
+                                         or "NUL" in result.output), result.output
+        assert not (tmp_path / "out").exists()
+    bom = tmp_path / "bom.yaml"  # a UTF-8 byte-order mark is text
+    bom.write_bytes("\ufefftrain:\n  lr: 0.1\n".encode("utf-8"))
+    assert load_config(bom).train.lr == 0.1

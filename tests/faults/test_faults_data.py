@@ -1,7 +1,8 @@
-"""Issue 10 case 14: every hint of ``isdm data check`` is true for the data it names.
-
-A hint is checked by following it: the suggested ``--num-classes`` / ``--set`` / re-saving must
-make the same dataset pass, and no message may suggest a value the config then rejects.
+"""Faults of datasets, one test per failure mode: every hint of ``isdm data check`` is true for
+the data it names (issue 10 case 14: a hint is checked by following it: the suggested
+``--num-classes`` / ``--set`` / re-saving must make the same dataset pass, and no message may
+suggest a value the config then rejects), and a file name ``data check`` passes never crashes
+a later command (issue 22).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def _suggested_options(output: str) -> list[str]:
     return re.findall(r"--num-classes \d+|--set \S+=[^\s)]+", fixes)
 
 
-def test_case_14_sixteen_bit_mask_gets_no_impossible_num_classes(run, tmp_path):
+def test_a_sixteen_bit_mask_gets_no_impossible_num_classes(run, tmp_path):
     # ids 0, 1, 2, 4 stretched to 16 bits (x 257): the maximum is 1028, 255 in an 8-bit view
     mask = np.array([[0, 257, 514, 1028]] * 4, np.uint16)
     _dataset(tmp_path / "ds", mask)
@@ -56,7 +57,7 @@ def test_case_14_sixteen_bit_mask_gets_no_impossible_num_classes(run, tmp_path):
     assert run("data", "check", tmp_path / "fixed", "--num-classes", "5").exit_code == 0
 
 
-def test_case_14_no_use_255_for_a_value_that_is_255(run, tmp_path):
+def test_no_use_255_advice_for_a_value_that_is_255(run, tmp_path):
     with pytest.raises(ConfigError) as e:
         DataConfig(num_classes=1029, ignore_index=255)
     # the value that is wrong is num_classes; ignore_index=255 is already what a fix would say
@@ -71,7 +72,7 @@ def test_case_14_no_use_255_for_a_value_that_is_255(run, tmp_path):
     ((0, 3, 12, 255), ["--set", "data.ignore_index=10"]),   # ids above an ignore_index
     ((0, 1, 7), []),                                        # plain class ids
 ])
-def test_case_14_following_the_hints_makes_the_check_pass(run, tmp_path, values, options):
+def test_following_the_mask_hints_makes_the_check_pass(run, tmp_path, values, options):
     _dataset(tmp_path / "ds", np.array([values] * 4, np.uint8))
     args = ["data", "check", tmp_path / "ds", "--num-classes", "3", *options]
     result = run(*args)
@@ -80,3 +81,26 @@ def test_case_14_following_the_hints_makes_the_check_pass(run, tmp_path, values,
     assert suggested, result.output
     followed = run(*args, *(part for opt in suggested for part in opt.split(" ", 1)))
     assert followed.exit_code == 0, (suggested, followed.output)
+
+
+def test_file_names_that_are_not_utf8_are_reported_and_crash_nothing(run, synth_dir, tmp_path):
+    """Issue 22: a name with bytes that are not UTF-8 (e.g. Latin-1 ``café``) passed ``data
+    check`` and crashed ``train`` with a UnicodeEncodeError."""
+    import os
+    import shutil
+
+    from faultkit import no_traceback
+
+    ds = tmp_path / "ds"
+    shutil.copytree(synth_dir, ds)
+    image = sorted((ds / "train" / "images").iterdir())[0]
+    for folder, src in (("images", image), ("masks", ds / "train" / "masks" / image.name)):
+        shutil.copy(src, os.fsencode(ds / "train" / folder) + b"/caf\xe9.png")
+    check = run("data", "check", ds, "--mode", "multi-class", "--num-classes", "5")
+    assert check.exit_code == 1 and "Traceback" not in check.output
+    assert check.output.count("file name not valid UTF-8") == 2
+    assert "train/images/caf\\xe9.png" in check.output and "convmv" in check.output
+    train = run("train", "--data", ds, "--out", tmp_path / "sdm", "--no-progress",
+                "--set", "tracking.enabled=false", "--set", "data.image_size=32",
+                "--set", "model.preset=tiny", "--set", "train.max_steps=1")
+    assert no_traceback(train) and "file name not valid UTF-8" in train.output, train.output

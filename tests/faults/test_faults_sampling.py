@@ -1,8 +1,7 @@
-"""Faults of `isdm sample` and its output folder (issue 10, cases 1, 5, 6 and 11).
-
-The generator is faked (per-row seeded noise tinted by the mask): these tests check what the job
-does with folders and files, not the network.
-"""
+"""Faults of `isdm sample`, one test per failure mode: bad source files, broken samples, racing
+shards (issue 10; the generator is faked: these check what the job does with files), guidance
+without a null label, out-of-range counts and non-finite samples (issue 22). The output
+folder's ownership: ``test_faults_ownership.py``."""
 
 from __future__ import annotations
 
@@ -13,110 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+import torch
+from faultkit import TINY, TINY_CKPT, cfg_for, isdm, no_traceback, outputs, random_checkpoint
 
-from isdm.cli import cli
-from isdm.config import Config, from_dict
-from isdm.errors import DatasetError, EvaluationError, OutputExistsError
+from isdm.errors import ConfigError, DatasetError, EvaluationError, NumericalError, OutputExistsError
 from isdm.sampling import job as job_mod
-from isdm.sampling.writer import FOLDERS, OutputDir
-
-
-class FakeEngine:
-    """uint8 images that depend only on (label row, seed)."""
-
-    def __call__(self, labels: np.ndarray, seeds) -> np.ndarray:
-        import torch
-
-        out = []
-        for lab, sd in zip(labels, seeds):
-            g = torch.Generator().manual_seed(int(sd))
-            noise = torch.randint(0, 128, (*lab.shape, 3), generator=g).numpy()
-            out.append((noise + (lab[..., None] % 8) * 16).astype(np.uint8))
-        return np.stack(out)
-
-
-@pytest.fixture
-def engine_loads(monkeypatch) -> list[str]:
-    """Fake the checkpoint loader; the list records every load."""
-    from isdm.sampling import engine
-
-    loads: list[str] = []
-
-    def load(cfg, checkpoint, device):
-        loads.append(str(checkpoint))
-        return FakeEngine(), cfg, {"weights": "fake"}
-
-    monkeypatch.setattr(engine, "load_engine", load)
-    return loads
-
-
-@pytest.fixture
-def ckpt(tmp_path) -> Path:
-    p = tmp_path / "fake.pt"
-    p.write_bytes(b"not a real checkpoint; the engine is faked")
-    return p
-
-
-def cfg_for(**sample) -> Config:
-    return from_dict(Config, {
-        "data": {"num_classes": 5, "image_size": 32},
-        "sample": {"num_samples": 6, "batch_size": 4, "steps": 2, "seed": 1, **sample},
-        "tracking": {"enabled": False}})
-
-
-def outputs(out: Path) -> dict[str, bytes]:
-    got = {f"{f}/{p.name}": p.read_bytes() for f in FOLDERS for p in sorted((out / f).iterdir())}
-    got["manifest.jsonl"] = (out / "manifest.jsonl").read_bytes()
-    return got
-
-
-def cli_sample(tmp_path: Path, data: Path, ckpt: Path, out: Path, *extra: str):
-    params = tmp_path / "params.yaml"
-    params.write_text(json.dumps({"data": {"num_classes": 5, "image_size": 32},
-                                  "sample": {"num_samples": 6, "batch_size": 4, "steps": 2},
-                                  "tracking": {"enabled": False}}))
-    return CliRunner().invoke(cli, ["sample", "-c", str(params), "--data", str(data),
-                                    "--checkpoint", str(ckpt), "--out", str(out), *extra])
-
-
-def test_case_01_overwrite_deletes_only_files_isdm_recorded(synth_dir, ckpt, engine_loads,
-                                                            tmp_path):
-    ds = tmp_path / "ds"
-    shutil.copytree(synth_dir, ds)
-    before = {p: p.read_bytes() for p in sorted(ds.rglob("*")) if p.is_file()}
-    # --out a real dataset split: nothing deleted, the real images named, --overwrite not offered
-    for extra in (("--overwrite",), ()):
-        r = cli_sample(tmp_path, ds, ckpt, ds / "train", *extra)
-        assert r.exit_code == 1, r.output
-        assert "images/0000_cast.png" in r.output and "holds 8 file(s)" in r.output
-        assert "or --overwrite" not in r.output and "pass --overwrite" not in r.output
-        assert {p: p.read_bytes() for p in sorted(ds.rglob("*")) if p.is_file()} == before
-    # an isdm folder with a file isdm did not write in samples/: refused before deleting anything
-    out = tmp_path / "out"
-    assert cli_sample(tmp_path, ds, ckpt, out).exit_code == 0
-    (out / "samples" / "mine.png").write_bytes(b"a user's file")
-    written = outputs(out)
-    other = cli_sample(tmp_path, ds, ckpt, out, "--set", "sample.seed=9")
-    assert other.exit_code == 1 and "different run" in other.output
-    assert "samples/mine.png" in other.output and "or --overwrite" not in other.output
-    r = cli_sample(tmp_path, ds, ckpt, out, "--set", "sample.seed=9", "--overwrite")
-    assert r.exit_code == 1 and "nothing was deleted" in r.output and "samples/mine.png" in r.output
-    assert outputs(out) == written
-    # without the foreign file --overwrite is offered, and deletes exactly isdm's files
-    (out / "samples" / "mine.png").unlink()
-    (out / "notes.txt").write_text("beside the folders: never deleted, no reason to refuse")
-    other = cli_sample(tmp_path, ds, ckpt, out, "--set", "sample.seed=9")
-    assert other.exit_code == 1 and "or --overwrite" in other.output
-    r = cli_sample(tmp_path, ds, ckpt, out, "--set", "sample.seed=9", "--overwrite")
-    assert r.exit_code == 0, r.output
-    assert (out / "notes.txt").is_file() and len(list((out / "samples").iterdir())) == 6
-    assert {json.loads(x)["seed"] for x in (out / "manifest.jsonl").read_text().splitlines()} == {9}
-
+from isdm.sampling.writer import OutputDir
 
 @pytest.mark.parametrize("source", ["train", "folder"])
-def test_case_05_sample_validates_every_source_file_first(synth_dir, ckpt, engine_loads, tmp_path,
+def test_every_source_file_is_validated_before_any_work(synth_dir, ckpt, engine_loads, tmp_path,
                                                           source):
+    """Issue 10 case 5."""
     from PIL import Image
 
     ds = tmp_path / "ds"
@@ -142,9 +48,9 @@ def test_case_05_sample_validates_every_source_file_first(synth_dir, ckpt, engin
         assert "size mismatch" in str(err.value)
     assert engine_loads == [] and not out.exists()  # before the checkpoint and any output
 
-
-def test_case_06_resume_verifies_each_sample_and_evaluate_names_broken_files(
+def test_a_resume_verifies_each_sample_and_evaluate_names_broken_files(
         synth_dir, ckpt, engine_loads, tmp_path):
+    """Issue 10 case 6."""
     from isdm.evaluation.loading import load_synthetic
 
     full, out = tmp_path / "full", tmp_path / "out"
@@ -167,7 +73,6 @@ def test_case_06_resume_verifies_each_sample_and_evaluate_names_broken_files(
     assert outputs(out) == outputs(full)
     assert len(load_synthetic(out, cfg_for().data)) == 6
 
-
 def _race(out: Path, identities: list[dict]) -> list[object]:
     """``OutputDir.prepare`` from one thread per identity, released together."""
     barrier = threading.Barrier(len(identities))
@@ -187,9 +92,9 @@ def _race(out: Path, identities: list[dict]) -> list[object]:
         t.join()
     return results
 
-
-def test_case_11_shards_racing_on_a_fresh_folder_claim_it_once(synth_dir, ckpt, engine_loads,
+def test_shards_racing_on_a_fresh_folder_claim_it_once(synth_dir, ckpt, engine_loads,
                                                                tmp_path):
+    """Issue 10 case 11."""
     for k in range(60):
         results = _race(tmp_path / f"same{k}", [{"run": "a"}] * 4)
         assert results.count(False) == 1 and results.count(True) == 3, results  # 1 claims
@@ -214,3 +119,58 @@ def test_case_11_shards_racing_on_a_fresh_folder_claim_it_once(synth_dir, ckpt, 
         t.join()
     assert errors == []
     assert outputs(out) == outputs(full)  # the manifest too: no shard's record was lost
+
+def test_guidance_without_a_null_label_is_refused_unless_opted_in(synth_dir, tmp_path):
+    """Issue 22: sampling with s != 1 from a checkpoint never trained with drop_rate > 0 guided
+    with a null-label prediction the network never learned, silently."""
+    from isdm.config import load_config
+    from isdm.sampling.engine import load_engine
+
+    plain = random_checkpoint(tmp_path / "sdm.pt")
+    tuned = random_checkpoint(tmp_path / "ft.pt", action="finetune", drop_rate=0.2)
+    for s, ckpt, extra, ok in [(1.5, plain, [], False), (0.0, plain, [], False),
+                               (1.0, plain, [], True), (1.5, tuned, [], True),
+                               (1.5, plain, ["sample.guidance_without_null_label=true"], True)]:
+        cfg = load_config(TINY, [*TINY_CKPT, f"sample.s={s}", *extra])
+        if ok:
+            load_engine(cfg, ckpt, "cpu")
+        else:
+            with pytest.raises(ConfigError, match=f"sample.s={s:g} guides with the null label"):
+                load_engine(cfg, ckpt, "cpu")
+    r = isdm("sample", "-c", TINY, "--data", synth_dir, "--checkpoint", plain,
+             "--out", tmp_path / "out", "--set", "tracking.enabled=false")
+    assert no_traceback(r) and f"isdm finetune --init {plain}" in r.output, r.output
+    assert "--set sample.s=1" in r.output and not (tmp_path / "out").exists()
+
+
+def test_out_of_range_counts_are_refused(synth_dir, ckpt, engine_loads, tmp_path):
+    """Issue 22: `sample --max-new -1` was taken (Python's [:-1]: all samples but one)."""
+    r = isdm("sample", "-c", TINY, "--data", synth_dir, "--checkpoint", ckpt,
+             "--out", tmp_path / "out", "--max-new", "-1")
+    assert no_traceback(r) and "-1 is not in the range x>=0" in r.output
+    with pytest.raises(ConfigError, match="--max-new -1: .* must be >= 0"):
+        job_mod.run_sampling(cfg_for(), synth_dir, ckpt, tmp_path / "out", max_new=-1)
+    for args, message in [(("--shard", "2/2"), "need 0 <= i < N"),
+                          (("--set", "sample.num_samples=0"), "sample.num_samples=0: must be >= 1"),
+                          (("--set", "sample.batch_size=-4"), "sample.batch_size=-4: must be >= 1")]:
+        r = isdm("sample", "-c", TINY, "--data", synth_dir, "--checkpoint", ckpt,
+                 "--out", tmp_path / "out", *args)
+        assert no_traceback(r) and message in r.output, (args, r.output)
+    r = isdm("tune", "-c", TINY, "--data", synth_dir, "--checkpoint", ckpt, "--out",
+             tmp_path / "tune", "--n-trials", "-1")
+    assert no_traceback(r) and "-1 is not in the range x>=0" in r.output
+    assert engine_loads == [] and not (tmp_path / "out").exists()
+
+
+def test_non_finite_samples_are_never_written(tmp_path):
+    """Issue 22: a NaN sample became a black PNG, rc 0."""
+    from isdm.config import load_config
+    from isdm.sampling.engine import load_engine
+
+    cfg = load_config(TINY, [*TINY_CKPT, "sample.s=1"])
+    engine, _, _ = load_engine(cfg, random_checkpoint(tmp_path / "sdm.pt"), "cpu")
+    labels = np.zeros((2, 32, 32), np.uint8)
+    assert engine(labels, [0, 1]).shape == (2, 32, 32, 3)
+    engine.sampler = lambda model_fn, x_T, *a, **k: torch.full_like(x_T, float("nan"))
+    with pytest.raises(NumericalError, match="NaN / inf pixels .* would be written as black"):
+        engine(labels, [0, 1])

@@ -1,5 +1,7 @@
-"""Faults of issue 10 in training, checkpoints and file writing: each test reproduces one case
-(it fails on bd16bfb) and checks the general rule that fixes it."""
+"""Faults of training runs, one test per failure mode: a full disk, temps of killed writers, an
+original config's resume_checkpoint (issue 10), a diverging loss and a finetune that would not
+train the null label (issue 22). Output folders: ``test_faults_ownership.py``; checkpoint files:
+``test_faults_checkpoints.py``."""
 
 from __future__ import annotations
 
@@ -13,80 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from faultkit import REPO, TINY, isdm, no_traceback, random_checkpoint, train_tiny
 
-from isdm.cli import cli
-from isdm.training import checkpoint
+from isdm.config import TrainConfig
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = str(REPO / "configs" / "tiny.yaml")
-QUICK = ("--no-progress", "--set", "tracking.enabled=false", "--set", "train.max_steps=1",
-         "--set", "finetune.max_steps=1")
-
-
-def isdm(*args: str):
-    return CliRunner().invoke(cli, list(args))
-
-
-def train_tiny(synth_dir: Path, out: Path, *extra: str):
-    return isdm("train", "-c", TINY, "--data", str(synth_dir), "--out", str(out), *QUICK, *extra)
-
-
-def test_case_02_an_earlier_runs_folder_is_not_replaced_silently(synth_dir, tmp_path):
-    out = tmp_path / "sdm"
-    assert train_tiny(synth_dir, out).exit_code == 0
-    before = (out / "best.pt").read_bytes()
-    (out / "notes.txt").write_text("mine")
-
-    again = train_tiny(synth_dir, out)
-    assert again.exit_code == 1
-    msg = again.output
-    assert f"{out} already holds the outputs of an earlier training run" in msg
-    assert "best.pt (epoch 1, step 1)" in msg and "last.pt (epoch 1, step 1)" in msg
-    assert "metrics.json" in msg and "loss.csv" in msg and "config.json" in msg
-    assert f"--resume {out / 'last.pt'}" in msg and "--overwrite" in msg
-    assert (out / "best.pt").read_bytes() == before
-
-    ft = isdm("finetune", "-c", TINY, "--data", str(synth_dir), "--out", str(out),
-              "--init", str(out / "best.pt"), *QUICK)
-    assert ft.exit_code == 1 and f"`isdm train ... --resume {out / 'last.pt'}`" in ft.output
-    assert (out / "best.pt").read_bytes() == before
-
-    # --overwrite starts over, replacing isdm's files only; a stale last.pt does not survive
-    fresh = train_tiny(synth_dir, out, "--overwrite", "--set", "train.save_last=false")
-    assert fresh.exit_code == 0, fresh.output
-    assert (out / "best.pt").read_bytes() != before
-    assert not (out / "last.pt").exists() and (out / "notes.txt").read_text() == "mine"
-    resumed = train_tiny(synth_dir, out, "--resume", str(out / "best.pt"),
-                         "--set", "train.max_steps=2")
-    assert resumed.exit_code == 0, resumed.output
-
-
-def test_case_04_a_checkpoint_with_flipped_bytes_is_refused(synth_dir, tmp_path):
-    out = tmp_path / "sdm"
-    assert train_tiny(synth_dir, out).exit_code == 0
-    best = out / "best.pt"
-    state = torch.load(best, weights_only=True)
-    data = bytearray(best.read_bytes())
-
-    def stored(t: torch.Tensor) -> bytes:
-        return torch.empty(0, dtype=torch.uint8).set_(t.untyped_storage()).numpy().tobytes()
-
-    # the largest weight whose stored bytes occur once (an untrained one equals its EMA copy)
-    weights = sorted(state["model"].values(), key=lambda t: -t.numel())
-    raw = next(stored(t) for t in weights if data.count(stored(t)) == 1)
-    at = data.find(raw)
-    assert len(raw) > 200
-    for i in range(at + 100, at + 164):  # 64 bytes in the middle of the storage
-        data[i] ^= 0xFF
-    best.write_bytes(bytes(data))
-    with pytest.raises(checkpoint.CheckpointError) as e:
-        checkpoint.load_model(best)
-    assert str(best) in str(e.value) and "is corrupt" in str(e.value)
-
-
-def test_case_10_a_full_disk_names_the_file_the_space_and_what_is_intact(synth_dir, tmp_path,
+def test_a_full_disk_names_the_file_the_space_and_what_is_intact(synth_dir, tmp_path,
                                                                          monkeypatch):
+    """Issue 10 case 10."""
     # (1) ENOSPC while `isdm train` writes best.pt, after the first epoch's files exist
     out = tmp_path / "sdm"
     real_save = torch.save
@@ -148,8 +83,8 @@ def test_case_10_a_full_disk_names_the_file_the_space_and_what_is_intact(synth_d
     assert all("there was no earlier" in line for line in lines)
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".pt", ".tmp")) == []
 
-
-def test_case_12_temps_of_killed_writers_are_removed_by_the_next_run(synth_dir, tmp_path):
+def test_temps_of_killed_writers_are_removed_by_the_next_run(synth_dir, tmp_path):
+    """Issue 10 case 12."""
     out = tmp_path / "sdm"
     out.mkdir()
     writer = ("import sys, time\nfrom isdm.utils.io import atomic_path\n"
@@ -171,26 +106,8 @@ def test_case_12_temps_of_killed_writers_are_removed_by_the_next_run(synth_dir, 
         alive.kill()
         alive.wait()
 
-
-def test_case_13_refusing_an_unsafe_checkpoint_gives_no_unsafe_advice(tmp_path):
-    import argparse
-
-    path = tmp_path / "pickled.pt"
-    torch.save({"model": {}, "config": {}, "meta": {}, "args": argparse.Namespace(lr=1)}, path)
-    garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(b"not a checkpoint at all")
-    for bad in (path, garbage):
-        with pytest.raises(checkpoint.CheckpointError) as e:
-            checkpoint.load(bad)
-        msg = str(e.value)
-        assert str(bad) in msg
-        for advice in ("weights_only", "safe_globals", "trust", "can still be loaded"):
-            assert advice not in msg, (advice, msg)
-    with pytest.raises(checkpoint.CheckpointError, match=r"argparse\.Namespace"):
-        checkpoint.load(path)
-
-
-def test_case_16_resume_checkpoint_of_an_original_config_is_honoured(synth_dir, tmp_path):
+def test_the_resume_checkpoint_of_an_original_config_is_honoured(synth_dir, tmp_path):
+    """Issue 10 case 16."""
     flat = {"dataset_mode": "lemon-multi-class", "num_classes": 5, "image_size": 32,
             "num_channels": 32, "num_res_blocks": 1, "attention_resolutions": "",
             "channel_mult": "1,2", "num_head_channels": 32, "batch_size": 4, "learn_sigma": True}
@@ -227,3 +144,44 @@ def test_case_16_resume_checkpoint_of_an_original_config_is_honoured(synth_dir, 
     refused = isdm("finetune", "-c", str(ft_json), "--out", str(tmp_path / "ft2"), *args)
     assert refused.exit_code == 1 and "isdm import-checkpoint" in refused.output
     assert str(bare) in refused.output
+
+def _finite(path) -> bool:
+    state = torch.load(path, weights_only=True)
+    weights = [*state["model"].values(), *(t for s in state["ema"].get("shadows", {}).values()
+                                          for t in s.values())]
+    return all(bool(torch.isfinite(t).all()) for t in weights)
+
+
+@pytest.mark.slow
+def test_a_diverging_loss_stops_the_run_and_keeps_the_last_finite_checkpoint(synth_dir, tmp_path):
+    """Issue 22: `train --set train.lr=1e8` diverged to NaN, ended rc 0 and left an all-NaN
+    last.pt (and sampling from it wrote black images)."""
+    fresh = tmp_path / "fresh"
+    r = train_tiny(synth_dir, fresh, "--set", "train.lr=1e8", "--set", "train.max_steps=4")
+    assert no_traceback(r) and r.exit_code == 1, r.output
+    msg = " ".join(r.output.split())
+    assert "train stopped at step 2 (epoch 1): the loss exploded" in msg
+    assert "train.lr=1e+08 is the likely cause" in msg
+    assert f"--set train.lr={TrainConfig().lr:g} (the default" in msg
+    assert "No checkpoint with these weights was written" in msg
+    assert not any(fresh.glob("*.pt"))
+    # a resumed run that diverges keeps the checkpoints it started from, byte for byte
+    out = tmp_path / "sdm"
+    assert train_tiny(synth_dir, out).exit_code == 0
+    r = train_tiny(synth_dir, out, "--resume", out / "last.pt", "--set", "train.lr=1e8",
+                   "--set", "train.max_steps=5", "--set", "train.max_loss_ratio=0")
+    assert no_traceback(r) and "the loss is nan (not a finite number)" in r.output, r.output
+    assert f"the last finite checkpoints are {out / 'last.pt'}" in " ".join(r.output.split())
+    assert sorted(p.name for p in out.glob("*.pt")) == ["best.pt", "last.pt"]
+    assert all(_finite(p) for p in out.glob("*.pt"))  # never a NaN weight on disk
+
+
+def test_a_finetune_without_label_dropout_is_refused(synth_dir, tmp_path):
+    """Issue 22: `finetune.drop_rate: 0` finetuned without ever training the null label, so
+    guided sampling from the result was meaningless."""
+    init = random_checkpoint(tmp_path / "best.pt")
+    out = tmp_path / "ft"
+    r = isdm("finetune", "-c", TINY, "--data", synth_dir, "--init", init, "--out", out,
+             "--no-progress", "--set", "tracking.enabled=false", "--set", "finetune.drop_rate=0")
+    assert no_traceback(r) and "finetune.drop_rate=0:" in r.output
+    assert "--set finetune.drop_rate=0.2" in r.output and not out.exists()

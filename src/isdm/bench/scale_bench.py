@@ -37,7 +37,8 @@ _CHILD = ("import atexit, resource, sys\n"
           "        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
           "atexit.register(lambda: print('ISDM_MAXRSS_KB=%d' % peak_kb(), file=sys.stderr))\n"
           "from isdm.cli import main\n"
-          "sys.exit(main())\n")
+          "if __name__ == '__main__':  # a spawned cell worker imports this as __mp_main__\n"
+          "    sys.exit(main())\n")
 _LOADER = ("import sys\n"
            "from isdm.config import DataConfig\n"
            "from isdm.data import SegmentationFolder\n"

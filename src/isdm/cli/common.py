@@ -79,3 +79,13 @@ def original_config(config_paths: Sequence[str]) -> Optional[str]:
         if isinstance(raw, dict) and not is_sectioned(raw):
             return path
     return None
+
+
+def check_tracking(cfg: Config) -> None:
+    """Check the local MLflow store before a command starts its work (a corrupt, read-only or
+    locked ``mlflow.db`` fails at once, not after training): :mod:`isdm.tracking.local_store`."""
+    if cfg.tracking.enabled:
+        from isdm.tracking import resolve_tracking_uri
+        from isdm.tracking.local_store import prepare
+
+        prepare(resolve_tracking_uri(cfg.tracking.tracking_uri))

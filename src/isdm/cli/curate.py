@@ -7,7 +7,7 @@ from typing import Optional
 
 import click
 
-from isdm.cli.common import config_options, load_cli_config
+from isdm.cli.common import check_tracking, config_options, load_cli_config
 
 
 @click.command()
@@ -36,6 +36,7 @@ def curate(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root:
     from isdm.curation import run_curation
 
     cfg = load_cli_config(config_paths, overrides)
+    check_tracking(cfg)
     card = run_curation(cfg, data_root, synthetic_dir, out_dir, cell_cache=cell_cache,
                         device=device)
     c, mem = card["counts"], card["memorisation"]

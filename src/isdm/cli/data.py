@@ -89,7 +89,9 @@ def subset(src: str, out: str, fraction: float, seed: int) -> None:
     """Write OUT/train with a seeded, nested subset of SRC's train pairs and OUT/test with all
     of SRC's test pairs (a point of the label-efficiency curve: docs/guide/protocols.md)."""
     from isdm.data.subset import write_subset
+    from isdm.utils import ownership
 
-    m = write_subset(src, out, fraction, seed)
+    with ownership.exclusive(out, "data subset", option="OUT"):  # one writer per OUT
+        m = write_subset(src, out, fraction, seed)
     click.echo(f"wrote {m['n']} of {m['n_source']} train pairs (fraction {fraction:g}, seed "
                f"{seed}) and all {m['n_test']} test pairs to {out}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from isdm.cli.cells import cell_options, parse_shard, shard_message, with_pool_flags
-from isdm.cli.common import config_options, load_cli_config
+from isdm.cli.common import check_tracking, config_options, load_cli_config
 
 
 @click.command()
@@ -40,14 +40,21 @@ def evaluate(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_roo
     first, and label fidelity. Every finished cell goes into the cell store as it finishes: a
     re-run (after a kill, or with only a new synthetic set) trains only the missing cells."""
     from isdm.evaluation import run_evaluation
-    from isdm.evaluation.markdown import fidelity_table, overall_table
+    from isdm.evaluation.markdown import fidelity_table, overall_table, verdict
+    from isdm.evaluation.report import claim_out
+    from isdm.utils import ownership
 
     cfg = with_pool_flags(load_cli_config(config_paths, overrides), workers, threads)
-    result = run_evaluation(cfg, data_root, list(synthetic) or None, out_dir, device=device,
-                            fidelity_only=fidelity_only, cell_cache=cell_cache, shard=shard)
-    if shard is not None:
+    check_tracking(cfg)
+    if shard is not None:  # shards fill the cell store side by side and write no report
+        result = run_evaluation(cfg, data_root, list(synthetic) or None, out_dir, device=device,
+                                fidelity_only=fidelity_only, cell_cache=cell_cache, shard=shard)
         click.echo(shard_message(result))
         return
+    claim_out(out_dir, write=False)  # refuse before the folder is created for its lock
+    with ownership.exclusive(out_dir, "evaluate"):  # one evaluation per --out at a time
+        result = run_evaluation(cfg, data_root, list(synthetic) or None, out_dir, device=device,
+                                fidelity_only=fidelity_only, cell_cache=cell_cache)
     summary = result["summary"]
     click.echo("")
     for arch, a in summary["calibration"]["architectures"].items():
@@ -58,6 +65,8 @@ def evaluate(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_roo
     if any(summary["fidelity"].values()):
         click.echo("\nLabel fidelity (real-only model on the synthetic samples):")
         click.echo(fidelity_table(summary["fidelity"]))
+    if verdict(summary):
+        click.echo("\n" + verdict(summary).replace("**", ""), err=True)
     click.echo(f"\nwrote {out_dir}/metrics.json (headline: "
                f"{', '.join(f'{k} {v:.4f}' for k, v in result['headline'].items())}), "
                "report.json, report.md, miou.png, cells.csv, counts.npz, calibration.json, "

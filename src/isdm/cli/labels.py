@@ -20,8 +20,11 @@ def labels(config_paths: tuple[str, ...], overrides: tuple[str, ...], points: st
     bootstrap interval (docs/guide/protocols.md)."""
     from isdm.evaluation.labels_report import run_labels
 
+    from isdm.utils import ownership
+
     cfg = load_cli_config(config_paths, overrides)
-    result = run_labels(cfg, points, out_dir)
+    with ownership.exclusive(out_dir, "labels"):  # one writer per --out
+        result = run_labels(cfg, points, out_dir)
     for line in result["summary"]["reading"]:
         click.echo(f"- {line}")
     click.echo(f"wrote {out_dir}/metrics.json, summary.json, curve.csv, curve.png, report.md")

@@ -9,7 +9,7 @@ from typing import Optional
 
 import click
 
-from isdm.cli.common import config_options, load_cli_config, original_config
+from isdm.cli.common import check_tracking, config_options, load_cli_config, original_config
 
 
 def _legacy_model_path(config_paths: tuple[str, ...]) -> Optional[str]:
@@ -39,7 +39,7 @@ def _legacy_model_path(config_paths: tuple[str, ...]) -> Optional[str]:
                    "images/ labels/ colored_labels/ samples/ hold any other file.")
 @click.option("--device", default=None,
               help="auto, cpu, cuda, cuda:1 ... Default: runtime.device of the config.")
-@click.option("--max-new", type=int, default=None,
+@click.option("--max-new", type=click.IntRange(min=0), default=None,
               help="Stop after this many new samples (a later run resumes).")
 def sample(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root: Optional[str],
            checkpoint: Optional[str], out_dir: str, shard: str, overwrite: bool,
@@ -53,6 +53,7 @@ def sample(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root:
     from isdm.sampling.job import parse_shard
 
     cfg = load_cli_config(config_paths, overrides, action="sample")
+    check_tracking(cfg)
     checkpoint = checkpoint or _legacy_model_path(config_paths)
     if not checkpoint:
         raise click.UsageError("--checkpoint is required (or an original config with model_path)")

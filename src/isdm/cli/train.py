@@ -16,7 +16,7 @@ from typing import Optional
 
 import click
 
-from isdm.cli.common import config_options, load_cli_config, original_config
+from isdm.cli.common import check_tracking, config_options, load_cli_config, original_config
 
 
 def _data_option(f):
@@ -72,6 +72,7 @@ def _run(action: str, config_paths: tuple[str, ...], overrides: tuple[str, ...],
          data: Optional[str], out: str, init: Optional[str], resume: Optional[str], overwrite: bool,
          no_progress: bool) -> None:
     cfg = load_cli_config(config_paths, overrides, action=action)
+    check_tracking(cfg)
     init, resume = _start_flags(action, original_config(config_paths), init, resume)
     if action == "finetune" and init is None and resume is None:
         raise click.UsageError("finetune needs --init CKPT (a checkpoint of `isdm train`), "

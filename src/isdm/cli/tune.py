@@ -11,7 +11,7 @@ from typing import Optional
 import click
 
 from isdm.cli.cells import cell_options, with_pool_flags
-from isdm.cli.common import DEFAULT_PARAMS, config_options, load_cli_config
+from isdm.cli.common import DEFAULT_PARAMS, check_tracking, config_options, load_cli_config
 
 
 @click.command()
@@ -35,11 +35,15 @@ from isdm.cli.common import DEFAULT_PARAMS, config_options, load_cli_config
 @click.option("--apply", "apply_best", is_flag=True,
               help="Write OUT/best_params.yaml's knobs into the first -c file (default "
                    "./params.yaml), keeping its comments; without --data/--checkpoint no trial "
-                   "runs.")
+                   "runs. Refused when the best trial ties another or the test-split check does not "
+                   "find it significantly better (--force).")
+@click.option("--force", is_flag=True,
+              help="--apply even when the best trial ties another one or the test-split "
+                   "check does not say it is significantly better.")
 def tune(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root: Optional[str],
          checkpoint: Optional[str], out_dir: str, n_trials: Optional[int], storage: Optional[str],
          study_name: Optional[str], no_progress: bool, cell_cache: Optional[str],
-         workers: Optional[int], threads: Optional[int], apply_best: bool) -> None:
+         workers: Optional[int], threads: Optional[int], apply_best: bool, force: bool) -> None:
     """Search sample.s, finetune.drop_rate, sample.steps, sample.sampler, the synthetic:real
     ratio and the curation gate against the paired validation-mIoU gain of real + synthetic over
     real only (at tune.eval_steps, auto = calibrated; adaptive repeats: pruned trials, more for
@@ -62,6 +66,7 @@ def tune(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root: O
                                "the -c file: leave out --set")
     if data_root is not None:
         cfg = with_pool_flags(load_cli_config(config_paths, overrides), workers, threads)
+        check_tracking(cfg)
         if no_progress:  # every bar of the study: trials, sampling, the final evaluation
             cfg = cfg.replace(runtime=dataclasses.replace(cfg.runtime, progress=False))
         from isdm.tuning import run_study
@@ -76,8 +81,11 @@ def tune(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root: O
             click.echo(f"final check on the test split: {summary['final_check']['verdict']} "
                        f"({out_dir}/final_check.md)")
     if apply_best:
-        from isdm.tuning.apply import apply_params, read_best_params
+        from isdm.tuning.apply import apply_params, check_evidence, read_best_params
 
         target = Path(config_paths[0] if config_paths else DEFAULT_PARAMS)
-        for line in apply_params(target, read_best_params(Path(out_dir) / "best_params.yaml")):
+        best = read_best_params(Path(out_dir) / "best_params.yaml")
+        if not force:
+            check_evidence(out_dir)
+        for line in apply_params(target, best):
             click.echo(f"{target}: {line}")

@@ -65,7 +65,7 @@ def read_file(path: Path) -> dict[str, Any]:
     """The top-level mapping of a YAML or JSON (by suffix) config file."""
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text()
+    text = _read_text(path)
     try:
         if path.suffix == ".json":
             data = json.loads(text, object_pairs_hook=_json_object)
@@ -80,6 +80,26 @@ def read_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
     return data
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text (a byte-order mark is dropped); ConfigError when it cannot be
+    read or is not text."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+            f"{e.start}): a config is a YAML or JSON text file, e.g. params.yaml or "
+            "configs/tiny.yaml. Was a binary, compressed or UTF-16 file given to -c?") from None
+    if "\x00" in text:
+        raise ConfigError(f"config file {path} holds NUL bytes: it is not a text file; give a "
+                          "YAML or JSON config to -c")
+    return text
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -96,6 +96,8 @@ class TrainConfig(Section):
     two must be set). ``grad_clip`` 0 = no clipping. ``ema_warmup``: EMA decay
     ``min(rate, (1+n)/(10+n))`` after n updates, so short runs get a useful average.
     ``precision``: fp16 needs CUDA (falls back to fp32 on CPU); bf16 runs on both.
+    A step loss that is NaN / inf or above ``max_loss_ratio`` x the run's first loss stops the
+    run with an error (0 = only non-finite losses stop it): :mod:`isdm.training.health`.
 
     The defaults are the embedded pipeline's: a budget of 1000 steps (the same work on any
     dataset), no early stopping (a 5-step epoch's mean loss is too noisy to stop on) and a
@@ -116,6 +118,7 @@ class TrainConfig(Section):
         "val_fraction": (in_range(0, 1, open_hi=True),),
         "max_steps": (at_least(0),),
         "log_every": (at_least(1),),
+        "max_loss_ratio": (at_least(0),),
     }
 
     lr: float = 1e-3
@@ -134,6 +137,7 @@ class TrainConfig(Section):
     max_steps: int = 1000
     log_every: int = 10
     ema_warmup: bool = True
+    max_loss_ratio: float = 1e4
 
     def _problems(self) -> Iterable[Problem]:
         if self.max_steps == 0 and self.max_epochs == 0:
@@ -193,7 +197,10 @@ class SampleConfig(Section):
     """Sampling. ``steps`` respaced steps of the trained chain, placed by ``spacing``
     (``uniform`` in t, ``logsnr`` uniform in log-SNR, ``auto`` = the sampler's own: logsnr for
     dpmpp2m / dpmpp3m / unipc, uniform for ddpm / ddim); ``s`` the guidance scale
-    (``eps = eps_u + s (eps_c - eps_u)``: s=1 conditional, s=0 unconditional)."""
+    (``eps = eps_u + s (eps_c - eps_u)``: s=1 conditional, s=0 unconditional). Any ``s`` != 1
+    needs a checkpoint trained with the null label (``isdm finetune``, drop_rate > 0);
+    ``guidance_without_null_label`` allows it anyway (it does not change the samples' identity
+    for resuming)."""
 
     SECTION = "sample"
     RULES = {"num_samples": (at_least(1),), "batch_size": (at_least(1),),
@@ -214,6 +221,7 @@ class SampleConfig(Section):
     mask_dir: str = ""
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    guidance_without_null_label: bool = False
 
     def _problems(self) -> Iterable[Problem]:
         if self.mask_source == "folder" and not self.mask_dir:

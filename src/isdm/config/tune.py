@@ -63,7 +63,7 @@ class TuneConfig(Section):
         "n_trials": (at_least(0),),
         "study_name": (TEXT,),
         "s_low": (at_least(0),),
-        "drop_rates": (NON_EMPTY, each(in_range(0, 1, open_hi=True))),
+        "drop_rates": (NON_EMPTY, each(in_range(0, 1, open_lo=True, open_hi=True))),
         "steps": (NON_EMPTY, each(at_least(1))),
         "samplers": (NON_EMPTY, each(Rule(
             lambda v: v in ("ddpm", "ddim", "dpmpp2m", "dpmpp3m", "unipc"),

@@ -17,8 +17,9 @@ synthetic set; only KEPT pairs are in the four per-sample folders)::
     card.md card.json best_worst.png closest_pairs.png fidelity_hist.png    (:mod:`.card`)
 
 The folder is built beside ``out_dir`` (``.<name>.curate.<host>.<pid>.<random>.tmp``) and renamed
-into place when complete; an earlier curate output there (its ``card.json`` says so) is
-replaced, anything else is refused. The synthetic folder is only read.
+into place when complete; an earlier curate output there (its ownership record, or for an
+older one its ``card.json``, says so: :mod:`isdm.utils.ownership`) is replaced, anything else
+is refused. The synthetic folder is only read.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from isdm.errors import CurationError, OutputExistsError
+from isdm.errors import CurationError
+from isdm.utils import ownership
+from isdm.utils.io import pid_running
 
 __all__ = ["Pair", "read_pairs", "prepare_out", "write_folder", "publish", "FOLDERS"]
 
@@ -115,47 +118,52 @@ def read_pairs(folder: str | Path, keys: list[str], data_cfg: Any) -> list[Pair]
 # ---- the output folder ------------------------------------------------------------------------
 
 
-def _ours(out: Path) -> bool:
+STATIC = ("manifest.jsonl", "weights.json", "config.json", "card.md", "card.json",
+          "best_worst.png", "closest_pairs.png", "fidelity_hist.png")
+
+
+def _legacy(out: Path) -> list[str]:
+    """The files of an earlier curate output without an ownership record (an older isdm, or
+    restored by DVC): recognised by its ``card.json``; its manifest names the pair files."""
     try:
-        return json.loads((out / "card.json").read_text()).get("isdm") == "curate"
+        ours = json.loads((out / "card.json").read_text()).get("isdm") == "curate"
     except (OSError, ValueError, AttributeError):
-        return False
+        ours = False
+    if not ours:
+        return []
+    owned = [n for n in STATIC if (out / n).is_file()]
+    for text in (out / "manifest.jsonl").read_text().splitlines():
+        try:
+            line = json.loads(text)
+            owned += list(line.get("files", {})) + [line["curate"]["loss_map"]]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return owned
 
 
-def prepare_out(out_dir: str | Path, synthetic_dir: str | Path) -> Path:
+def prepare_out(out_dir: str | Path, synthetic_dir: str | Path) -> ownership.Output:
     """Check that ``out_dir`` may be written (before any work) and sweep temps of dead runs.
 
+    Returns:
+        The earlier curate output there (replaced by :func:`publish`).
     Raises:
         CurationError: ``out_dir`` is the synthetic folder, inside it, or holds it.
-        OutputExistsError: ``out_dir`` holds files that are not an earlier curate output.
+        OutputExistsError: ``out_dir`` holds files that are not an earlier curate output's
+            (:mod:`isdm.utils.ownership`), or is inside a dataset split.
     """
     out, src = Path(out_dir).resolve(), Path(synthetic_dir).resolve()
     if out == src or src in out.parents or out in src.parents:
         raise CurationError(f"--out {out_dir} overlaps --synthetic {synthetic_dir}: the curated "
                             "set is a new folder (the sampling output is never modified); "
                             "use e.g. --out data/curated")
-    if out.is_dir() and any(out.iterdir()) and not _ours(out):
-        shown = ", ".join(sorted(p.name for p in out.iterdir())[:5])
-        raise OutputExistsError(f"{out_dir} holds files ({shown}) and no card.json of an "
-                                "`isdm curate` run; isdm replaces only its own output: use "
-                                "another --out, or move them away")
+    output = ownership.claim(out, "curate", legacy=_legacy)
     out.parent.mkdir(parents=True, exist_ok=True)
     pattern = re.compile(rf"\.{re.escape(out.name)}\.curate\.{_HOST}\.(\d+)\..+\.tmp")
     for entry in out.parent.iterdir():
         m = pattern.fullmatch(entry.name)
-        if m and entry.is_dir() and not _alive(int(m.group(1))):
+        if m and entry.is_dir() and not pid_running(int(m.group(1))):
             shutil.rmtree(entry, ignore_errors=True)
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return output
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -261,14 +269,8 @@ def staging_dir(out: Path) -> Path:
     return path
 
 
-def publish(staging: Path, out: Path) -> None:
-    """Rename the finished ``staging`` folder onto ``out`` (an earlier curate output there is
-    moved aside first and deleted after)."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.curate.{_HOST}.{os.getpid()}.old.tmp")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(staging, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def publish(staging: Path, out: Path, synthetic_dir: str | Path) -> None:
+    """Rename the finished ``staging`` folder onto ``out`` (:func:`isdm.utils.ownership.publish`:
+    the record, the lock and ``.gitignore`` carried over, a file that arrived meanwhile
+    refused); ``synthetic_dir`` is only read."""
+    ownership.publish(staging, out, "curate", legacy=_legacy)

@@ -30,6 +30,7 @@ from isdm.curation import filters
 from isdm.curation.folder import Pair
 from isdm.curation.scorer import Scorer
 from isdm.errors import CurationError
+from isdm.utils import ownership
 
 __all__ = ["curate_folder", "run_curation", "check_policy"]
 
@@ -104,15 +105,25 @@ def curate_folder(cfg: Config, synthetic_dir: str | Path, out_dir: str | Path, s
     Raises:
         CurationError: the policy does not fit the labels, or the folder holds no pair.
         OutputExistsError: ``out_dir`` holds other files than an earlier curate output.
+        BusyError: another process is writing ``out_dir``.
     """
+    from isdm.curation import folder as out_mod
+
+    check_policy(cfg)
+    out_mod.prepare_out(out_dir, synthetic_dir)  # before the lock creates the folder
+    with ownership.exclusive(out_dir, "curate"):
+        return _curate(cfg, Path(synthetic_dir), Path(out_dir).resolve(), scorer, figures)
+
+
+def _curate(cfg: Config, src: Path, out: Path, scorer: Scorer, figures: bool) -> dict[str, Any]:
+    """:func:`curate_folder` with the output folder's lock held."""
     from isdm.curation import card as card_mod
     from isdm.curation import folder as out_mod
     from isdm.curation.memorisation import check_memorisation
     from isdm.evaluation.loading import eval_data_config, load_synthetic
     from isdm.utils.io import atomic_write_json, atomic_write_text
 
-    check_policy(cfg)
-    out, src = out_mod.prepare_out(out_dir, synthetic_dir), Path(synthetic_dir)
+    out_mod.prepare_out(out, src)
     synth = load_synthetic(src, eval_data_config(cfg.data, cfg.evaluate.image_size))
     if not len(synth):
         raise CurationError(f"{src}: no synthetic pairs in samples/ + labels/; run isdm sample")
@@ -133,7 +144,7 @@ def curate_folder(cfg: Config, synthetic_dir: str | Path, out_dir: str | Path, s
         atomic_write_text(staging / "card.md", card_mod.card_markdown(card))
         if figures:
             _draw(staging, card, pairs, synth, scorer)
-        out_mod.publish(staging, out)
+        out_mod.publish(staging, out, src)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return card

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Sequence
@@ -164,7 +165,7 @@ def _validate_once(root: Path, split: str, cfg: DataConfig) -> None:
     for path in sorted(split_dir.rglob("*")) if split_dir.is_dir() else []:
         if path.is_file():
             st = path.stat()
-            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(os.fsencode(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n"))
     signature = h.hexdigest()
     if signature not in _VALIDATED:
         report = validate_dataset(root, cfg, splits=(split,))

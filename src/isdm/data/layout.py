@@ -12,6 +12,7 @@ sorted order (the original's sampling did that and silently mismatched pairs).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,19 +45,41 @@ class Pair:
 def _index(folder: Path, extensions: tuple[str, ...]) -> tuple[dict[str, Path], list[str]]:
     """Map key -> file for every file below ``folder`` with one of ``extensions`` (any case).
 
-    Returns the map and the duplicate-stem problems (``a.png`` and ``a.jpg`` both present).
+    Returns the map and the problems: duplicate stems (``a.png`` and ``a.jpg`` both present),
+    names that are not valid UTF-8 (left out of the map).
     """
     found: dict[str, list[Path]] = {}
+    undecodable = []
     for path in sorted(folder.rglob("*")):
         if path.suffix.lower() in extensions and path.is_file() and not path.name.startswith("."):
             key = path.relative_to(folder).with_suffix("").as_posix()
+            if not _utf8(key):
+                undecodable.append(path)
+                continue
             found.setdefault(key, []).append(path)
-    problems = [
+    problems = [f"file name not valid UTF-8: {printable(p)} (keys, manifests and MLflow need "
+                "text names: rename it, e.g. `convmv -f latin1 -t utf8 -r --notest <folder>`)"
+                for p in undecodable]
+    problems += [
         f"duplicate stem {key!r}: {', '.join(str(p) for p in paths)} (keep exactly one file per name)"
         for key, paths in found.items()
         if len(paths) > 1
     ]
     return {key: paths[0] for key, paths in found.items()}, problems
+
+
+def _utf8(text: str) -> bool:
+    """False for a name holding bytes that are not UTF-8 (Python keeps them as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(path: str | Path) -> str:
+    """``path`` with bytes that are not UTF-8 shown as ``\\xe9``, safe to print and log."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
 def scan_split(split_dir: str | Path) -> tuple[list[Pair], list[str]]:

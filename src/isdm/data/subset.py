@@ -15,7 +15,8 @@ cells are the source's in the cell store.
 
 ``OUT/subset.json`` records the source, the fraction, the seed and the chosen keys. The folder is
 written next to ``OUT`` and renamed into place whole; an existing ``OUT`` is replaced only when
-it is an earlier subset (it holds ``subset.json``).
+it holds an earlier subset and nothing else (:mod:`isdm.utils.ownership`: its record, or for an
+older one ``subset.json``; another file is refused by name).
 """
 
 from __future__ import annotations
@@ -70,17 +71,17 @@ def write_subset(src: str | Path, out: str | Path, fraction: float, seed: int) -
     ``n_test``, ``keys``).
 
     Raises:
-        DatasetError: pairing problems of ``src``, a bad fraction, or an ``out`` that exists
-            and is not an earlier subset.
+        DatasetError: pairing problems of ``src`` or a bad fraction.
+        OutputExistsError: ``out`` holds files that are not an earlier subset's.
     """
     import json
 
     from isdm.data.layout import find_pairs
 
+    from isdm.utils import ownership
+
     src, out = Path(src), Path(out)
-    if out.exists() and not (out / MANIFEST).is_file():
-        raise DatasetError([f"{out} exists and is not a subset written by `isdm data subset` "
-                            f"(no {MANIFEST}): give another OUT or remove it"])
+    ownership.claim(out, "data subset", legacy=_legacy, option="OUT")  # nothing foreign in OUT
     train, test = find_pairs(src / "train"), find_pairs(src / "test")
     keys = subset_keys([p.key for p in train], fraction, seed)
     chosen = set(keys)
@@ -91,7 +92,11 @@ def write_subset(src: str | Path, out: str | Path, fraction: float, seed: int) -
     _copy_pairs([p for p in train if p.key in chosen], src / "train", tmp / "train")
     _copy_pairs(test, src / "test", tmp / "test")
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    ownership.publish(tmp, out, "data subset", legacy=_legacy)
     return manifest
+
+
+def _legacy(out: Path) -> list[str]:
+    """An earlier subset without an ownership record: its ``subset.json`` and the copied
+    split folders."""
+    return [MANIFEST, "train/", "test/"] if (out / MANIFEST).is_file() else []

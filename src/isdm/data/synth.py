@@ -21,14 +21,14 @@ depend on how many samples are written.
 from __future__ import annotations
 
 import io
-import shutil
+import json
 from pathlib import Path
 
 import numpy as np
 
 from isdm.config import SynthConfig, to_dict
 from isdm.data.synth_render import SURFACES, draw_defect, lighting, render_surface
-from isdm.errors import OutputExistsError
+from isdm.utils import ownership
 from isdm.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 __all__ = ["CLASS_NAMES", "render_sample", "write_synthetic_dataset"]
@@ -37,6 +37,7 @@ CLASS_NAMES = ("background", "scratch", "pit", "crack", "stain")
 _DRAW_ORDER = (4, 1, 3, 2)  # stains lie under scratches and cracks; pits are drawn last
 _SPLIT_IDS = {"train": 0, "test": 1}
 _MARKER = "synth.json"
+_TOP = ("classes.json", _MARKER, "README.md", "preview.png")
 
 
 def render_sample(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -72,14 +73,27 @@ def _png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _prepare(out: Path) -> None:
-    """Refuse to mix with a foreign dataset; clear a previous synthetic one (stale files)."""
-    splits = [out / s for s in _SPLIT_IDS if (out / s).exists()]
-    if splits and not (out / _MARKER).is_file():
-        raise OutputExistsError(f"{out} already holds {', '.join(p.name for p in splits)}/ not written by "
-                         "`isdm data synth`; choose an empty or new folder")
-    for path in splits:
-        shutil.rmtree(path)
+def _names(cfg: SynthConfig) -> list[str]:
+    """Every file :func:`write_synthetic_dataset` writes for ``cfg``, relative to its folder
+    (sample i's name needs only the first draw of its generator: its surface)."""
+    names = [*_TOP]
+    for split, n in (("train", cfg.num_train), ("test", cfg.num_test)):
+        for i in range(n):
+            rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, _SPLIT_IDS[split], i]))
+            name = f"{i:04d}_{SURFACES[int(rng.integers(len(SURFACES)))]}.png"
+            names += [f"{split}/images/{name}", f"{split}/masks/{name}"]
+    return names
+
+
+def _legacy(out: Path) -> list[str]:
+    """The files of an embedded set without an ownership record (an older isdm, or restored by
+    DVC): those its ``synth.json`` config writes."""
+    from isdm.config import from_dict
+
+    try:
+        return _names(from_dict(SynthConfig, json.loads((out / _MARKER).read_text())))
+    except (OSError, ValueError):  # unreadable, or not a synth config (ConfigError)
+        return []
 
 
 def _preview(samples: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -107,14 +121,28 @@ def _readme(cfg: SynthConfig) -> str:
 def write_synthetic_dataset(out_dir: str | Path, synth_cfg: SynthConfig, progress: bool = False) -> None:
     """Write the embedded dataset (layout and contents: see the module docstring) to ``out_dir``.
 
+    The folder is this command's (:mod:`isdm.utils.ownership`): an earlier embedded set there
+    is replaced, file by file; any other file (a user's image added to ``train/``, another
+    dataset) is refused, and so is a folder inside a dataset split.
+
     Raises:
-        ValueError: ``out_dir`` holds a train/ or test/ folder that this function did not write.
+        OutputExistsError: ``out_dir`` holds files that this function did not write.
+        BusyError: another process is writing ``out_dir``.
     """
     cfg = synth_cfg  # sizes and counts are checked by SynthConfig itself
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _prepare(out)
-    jobs = [(split, i) for split, n in (("train", cfg.num_train), ("test", cfg.num_test)) for i in range(n)]
+    ownership.claim(out, "data synth", legacy=_legacy)  # refuse before creating the folder
+    with ownership.exclusive(out, "data synth"):
+        earlier = ownership.claim(out, "data synth", legacy=_legacy)
+        earlier.remove()  # an earlier set of another config would leave stale files
+        earlier.record(_names(cfg), keep=False)
+        _write(out, cfg, progress)
+
+
+def _write(out: Path, cfg: SynthConfig, progress: bool) -> None:
+    """The files of :func:`_names` (the folder's lock held)."""
+    jobs = [(split, i) for split, n in (("train", cfg.num_train), ("test", cfg.num_test))
+            for i in range(n)]
     if progress:
         from tqdm import tqdm
 

@@ -20,6 +20,7 @@ One MLflow run (action ``labels``) gets the metrics and the files.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -230,7 +231,7 @@ def run_labels(cfg: Config, points_dir: str | Path, out_dir: str | Path,
     summary = curve_summary(points, cfg.evaluate.bootstrap, cfg.evaluate.seeds[0])
     metrics = flat_metrics(summary)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _claim_out(out)
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_json(out / "summary.json", _json_safe(summary))
     _write_csv(out / "curve.csv", [{k: v for k, v in r.items()} for r in summary["points"]])
@@ -244,6 +245,26 @@ def run_labels(cfg: Config, points_dir: str | Path, out_dir: str | Path,
         for name in ("metrics.json", "summary.json", "curve.csv", "report.md", "curve.png"):
             run.log_artifact(out / name)
     return {"summary": summary, "metrics": metrics}
+
+
+_OUTPUTS = ("metrics.json", "summary.json", "curve.csv", "report.md", "curve.png")
+
+
+def _claim_out(out: Path) -> None:
+    """The curve's folder (:mod:`isdm.utils.ownership`): an earlier curve's files are replaced,
+    any other file is refused by name (issue 22's rule for every command)."""
+    from isdm.utils import ownership
+
+    def legacy(root: Path) -> list[str]:  # a curve of an isdm without the record
+        try:
+            ours = "points" in json.loads((root / "summary.json").read_text())
+        except (OSError, ValueError, TypeError):
+            ours = False
+        return [n for n in _OUTPUTS if (root / n).is_file()] if ours else []
+
+    output = ownership.claim(out, "labels", legacy=legacy)
+    ownership.make_folder(out)
+    output.record(_OUTPUTS)
 
 
 def _json_safe(tree: Any) -> Any:

@@ -46,6 +46,7 @@ from isdm.evaluation.segmenter import (
     validation_interval,
 )
 from isdm.evaluation.wholes import CropMix, WholeSet
+from isdm.utils.numerics import check_losses
 
 __all__ = ["SegmenterFit", "SegmenterRun", "train_segmenter", "val_windows"]
 
@@ -196,6 +197,8 @@ class SegmenterRun:
         """The history row of a validation at the current step (changes no state of the run)."""
         t0 = time.perf_counter()
         r = self.recipe
+        check_losses(self._losses, self.step,  # issue 22: a NaN loss stops the cell here
+                     f"segmenter {type(self.model).__name__} (seed {self.seed})")
         scores = summarize(predict_counts(self.model, self.val, self.num_classes,
                                           self.ignore_index, self.device, r.batch_size,
                                           r.encoder_weights))

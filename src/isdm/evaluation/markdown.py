@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from isdm.evaluation.mixes import mix_label
 
 __all__ = ["markdown_report", "markdown_table", "overall_table", "budget_table",
-           "comparison_table", "fidelity_table"]
+           "comparison_table", "fidelity_table", "verdict"]
 
 
 def _pm(stats: Mapping[str, Any], key: str) -> str:
@@ -133,11 +133,30 @@ _PROTOCOLS = (
     "steps and is paired with the same real-only baseline.")
 
 
+def verdict(summary: Mapping[str, Any]) -> str:
+    """A warning when real-only segmenters predict (almost) only background ('' otherwise):
+    the comparison is void when all of them do (:func:`isdm.evaluation.report.degeneracy`)."""
+    d = summary.get("degenerate") or {}
+    if not d.get("architectures"):
+        return ""
+    ratios = ", ".join(f"{a} {d['defect_ratio'][a]:.1%}" for a in d["architectures"])
+    who = "every real-only segmenter" if d["void"] else "the real-only " + \
+        ", ".join(d["architectures"])
+    head = ("**The comparison is void**: " if d["void"] else "**Warning**: ")
+    return (f"{head}{who} predicts (almost) only background: defect pixels predicted / in the "
+            f"test masks = {ratios} (below {d['threshold']:.0%}). A gain over such a baseline "
+            "compares segmenters that found no defect, whatever the synthetic data did. Train "
+            "them longer (evaluate.steps), check the masks (`isdm data check`), or crop "
+            "around defects (data.crop).")
+
+
 def markdown_report(summary: Mapping[str, Any]) -> str:
     """The full ``report.md``."""
     setup = "\n".join(f"- {k}: {v}" for k, v in summary["setup"].items())
-    parts = ["# isdm evaluate: does synthetic data raise the segmenter's mIoU?", "",
-             "## Setup", setup, "", "## Budget per mix", "", budget_table(summary["budget"])]
+    parts = ["# isdm evaluate: does synthetic data raise the segmenter's mIoU?", ""]
+    if verdict(summary):
+        parts += ["## Verdict", "", verdict(summary), ""]
+    parts += ["## Setup", setup, "", "## Budget per mix", "", budget_table(summary["budget"])]
     if summary.get("calibration"):
         from isdm.evaluation.calibration_report import markdown_section
 

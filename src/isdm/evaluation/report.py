@@ -16,6 +16,10 @@
   ``label_fidelity``       mean over architectures of the first set's label fidelity (mIoU)
   ``calibrated_steps``     with ``evaluate.steps: auto``: the mean over architectures of their
                            calibrated steps (each architecture's in ``report.json``)
+  ``real_only_defect_ratio`` mean over architectures of the defect pixels the real-only
+                           segmenters predicted / those of the test masks (:func:`degeneracy`)
+  ``comparison_void``      1 when every real-only segmenter predicts (almost) only background
+                           (ratio < :data:`DEGENERATE_RATIO`): the gains are meaningless; else 0
 
   mIoU here includes the background, as in the tables; a key whose value is undefined (e.g. no
   synthetic mix) is left out.
@@ -25,8 +29,8 @@
   architectures, as calibrated steps do, is ``{arch: value}``), ``architectures`` / ``overall``
   / ``comparisons`` (:mod:`.summary`), ``fidelity[set][arch]``, ``main_mix``, ``sets``,
   ``rows`` (``[mix, set, protocol]`` in report order), ``setup``, ``calibration``
-  (:mod:`.calibration_report`: the rule, the steps per architecture and the evidence);
-  undefined numbers are ``null``.
+  (:mod:`.calibration_report`: the rule, the steps per architecture and the evidence),
+  ``degenerate`` (:func:`degeneracy`); undefined numbers are ``null``.
 - ``cells.csv`` (dvc plots): one row per (architecture, row, seed).
 - ``report.md`` (:mod:`.markdown`) and ``miou.png`` (:func:`plot_miou`).
 """
@@ -46,14 +50,42 @@ from isdm.evaluation.markdown import markdown_report, markdown_table
 from isdm.evaluation.mixes import BASELINE, mix_label, parse_mix
 from isdm.utils.io import atomic_path, atomic_write_json, atomic_write_text
 
-__all__ = ["HEADLINE_KEYS", "build_summary", "headline", "per_architecture", "set_protocols",
-           "write_reports",
-           "mlflow_metrics", "write_cells_csv", "markdown_table", "plot_miou", "VERDICT_CODE"]
+__all__ = ["HEADLINE_KEYS", "OUTPUTS", "claim_out", "build_summary", "headline",
+           "per_architecture", "set_protocols", "write_reports",
+           "mlflow_metrics", "write_cells_csv", "markdown_table", "plot_miou", "VERDICT_CODE",
+           "degeneracy", "DEGENERATE_RATIO"]
 
 HEADLINE_KEYS = ("miou_real_only", "miou_with_synthetic", "miou_gain", "miou_gain_lo",
                  "miou_gain_hi", "label_fidelity", "calibrated_steps")
+# every file an evaluation writes into its --out (the ownership record lists them)
+OUTPUTS = ("metrics.json", "report.json", "cells.csv", "report.md", "miou.png", "counts.npz",
+           "calibration.json", "calibration.png")
+# real-only segmenters predicting fewer defect pixels than this share of the test masks' are
+# degenerate (:func:`degeneracy`)
+DEGENERATE_RATIO = 0.05
 # numeric encoding of verdicts for MLflow metrics
 VERDICT_CODE = {"gain": 1, "no significant difference": 0, "loss": -1}
+
+
+def claim_out(out: str | Path, write: bool = True) -> None:
+    """Make ``out`` an evaluation's folder before any work (:mod:`isdm.utils.ownership`): an
+    earlier evaluation's files there are replaced, any other file is refused (OutputExistsError
+    naming them), and so is a folder inside a dataset split. ``write=False`` only checks."""
+    import json
+
+    from isdm.utils import ownership
+
+    def legacy(root: Path) -> list[str]:  # an evaluation of an isdm without the record
+        try:
+            ours = {"headline", "setup"} <= set(json.loads((root / "report.json").read_text()))
+        except (OSError, ValueError, TypeError):
+            ours = False
+        return [n for n in OUTPUTS if (root / n).is_file()] if ours else []
+
+    output = ownership.claim(out, "evaluate", legacy=legacy)
+    if write:
+        ownership.make_folder(Path(out))
+        output.record(OUTPUTS)
 
 
 def _numeric(value: Any) -> bool:
@@ -147,7 +179,39 @@ def build_summary(cfg: Any, cells: Sequence[Mapping[str, Any]],
         summary["calibration"] = dict(calibration)
     summary["headline"] = headline(summary)
     summary["per_architecture"] = per_architecture(summary)
+    summary["degenerate"] = degeneracy({a: counts[(a, BASELINE)] for a in e.architectures
+                                        if (a, BASELINE) in counts})
+    summary["headline"].update(_void_keys(summary["degenerate"]))
     return summary
+
+
+def degeneracy(baseline: Mapping[str, Sequence[np.ndarray]]) -> dict[str, Any]:
+    """Do the real-only segmenters predict (almost) only background?
+
+    For each architecture, ``ratio`` = defect pixels predicted / defect pixels in the test masks
+    (classes 1..C-1, summed over seeds and images; counts ``[N, C, 3]`` = tp, fp, fn per seed).
+    An architecture is degenerate when ``ratio`` < :data:`DEGENERATE_RATIO`; the comparison is
+    ``void`` when every architecture is: each gain then compares segmenters that found
+    nothing, whatever the synthetic data did.
+    """
+    ratios = {}
+    for arch, seeds in baseline.items():
+        c = np.stack([np.asarray(x) for x in seeds]).astype(np.float64)  # [S, N, C, 3]
+        tp, fp, fn = (c[..., 1:, k].sum() for k in range(3))
+        ratios[arch] = float((tp + fp) / (tp + fn)) if tp + fn > 0 else float("nan")
+    archs = [a for a, r in ratios.items() if r < DEGENERATE_RATIO]
+    return {"threshold": DEGENERATE_RATIO, "defect_ratio": ratios, "architectures": archs,
+            "void": bool(ratios) and len(archs) == len(ratios)}
+
+
+def _void_keys(degenerate: Mapping[str, Any]) -> dict[str, float]:
+    """``real_only_defect_ratio`` (mean over architectures) and ``comparison_void`` (1 / 0)
+    for metrics.json and MLflow."""
+    ratios = [r for r in degenerate["defect_ratio"].values() if math.isfinite(r)]
+    out = {"comparison_void": float(degenerate["void"])}
+    if ratios:
+        out["real_only_defect_ratio"] = float(np.mean(ratios))
+    return out
 
 
 def _per_arch(cells: Sequence[Mapping[str, Any]], value: Any) -> Any:

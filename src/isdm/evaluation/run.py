@@ -143,6 +143,7 @@ def run_evaluation(cfg: Config, data_root: str | Path, synthetic: SyntheticSpec,
     if shard is not None:
         return run_shard(plan, shard, dev, progress)
     out = Path(out_dir)
+    report.claim_out(out)  # its own earlier files or nothing (isdm.utils.ownership)
     out.mkdir(parents=True, exist_ok=True)
 
     first_seed_baselines = {i for i, job in enumerate(plan.jobs)

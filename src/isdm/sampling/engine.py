@@ -113,7 +113,34 @@ class SampleEngine:
             opts = {"eta": sample_cfg.eta} if sample_cfg.sampler == "ddim" else {}
             x0 = self.sampler(model_fn, x_T, self.schedule, generator=gens,
                               clip_denoised=sample_cfg.clip_denoised, progress=False, **opts)
+        if not bool(torch.isfinite(x0[:n]).all()):
+            from isdm.errors import NumericalError
+
+            raise NumericalError(
+                f"sampling produced NaN / inf pixels (sample seeds {list(seeds)[:4]}...), which "
+                f"would be written as black images; nothing of this batch was written. With "
+                f"sample.precision={sample_cfg.precision} try fp32; otherwise the checkpoint's "
+                "network is unstable at sample.s / sample.steps: try other values")
         return to_uint8(x0[:n])
+
+
+def check_guidance(sample_cfg: Any, meta: dict, checkpoint: str | Path) -> None:
+    """Raises ConfigError when ``sample.s`` != 1 needs the null label but the checkpoint was
+    never trained with ``drop_rate`` > 0 (``meta["drop_rate"]``), unless
+    ``sample.guidance_without_null_label``."""
+    from isdm.errors import ConfigError
+
+    s, drop = sample_cfg.s, meta.get("drop_rate") or 0.0
+    if s == 1 or drop > 0 or sample_cfg.guidance_without_null_label:
+        return
+    raise ConfigError(
+        f"sample.s={s:g} guides with the null label (eps = eps_null + s (eps_mask - eps_null)), "
+        f"but checkpoint {checkpoint} was never trained with it (`isdm "
+        f"{meta.get('action', 'train')}` with drop_rate 0), so its null-label prediction is "
+        "meaningless. Finetune it first: `isdm finetune --init "
+        f"{checkpoint} --out models/sdm_ft` (finetune.drop_rate 0.2), then sample from "
+        "models/sdm_ft/best.pt; or sample without guidance: --set sample.s=1; or, knowingly, "
+        "--set sample.guidance_without_null_label=true")
 
 
 def load_engine(cfg: Config, checkpoint: str | Path, device: Any) -> tuple[SampleEngine, Config, dict]:
@@ -129,6 +156,7 @@ def load_engine(cfg: Config, checkpoint: str | Path, device: Any) -> tuple[Sampl
     model, ckpt_cfg, meta = load_model(checkpoint, ema_rate=None, device=device)
     trained = ckpt_cfg.finetune if meta.get("action") == "finetune" else ckpt_cfg.train
     meta = {**meta, "drop_rate": trained.drop_rate}
+    check_guidance(cfg.sample, meta, checkpoint)
     resolved = resolve_config(cfg, ckpt_cfg)
     diffusion = build_diffusion(resolved.diffusion)
     return SampleEngine(model, diffusion, resolved, device, cfg.sample.batch_size), resolved, meta

@@ -56,6 +56,7 @@ def run_identity(cfg: Config, ckpt_hash: str) -> dict[str, Any]:
     sample = to_dict(cfg.sample)
     sample.pop("batch_size")
     sample.pop("num_samples")
+    sample.pop("guidance_without_null_label")  # a permission, not a setting of the samples
     data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("root", "hflip")}
     return {"checkpoint_sha256": ckpt_hash, "sample": sample, "data": data}
 
@@ -96,18 +97,17 @@ def run_sampling(
     Returns:
         The summary dict also written to ``summary.json``.
     """
-    from isdm import lineage, tracking
     from isdm.sampling.engine import load_engine
     from isdm.sampling.mask_sources import load_mask_set
-    from isdm.tracking import links
     from isdm.training.checkpoint import checkpoint_hash
-    from isdm.utils.dvc_hash import md5_file
-    from isdm.utils.io import atomic_write_json
+    from isdm.utils import ownership
     from isdm.utils.runtime import resolve_device
 
     shard_i, shard_n = shard
     if not 0 <= shard_i < shard_n:
         raise ValueError(f"shard={shard}: need 0 <= i < N")
+    check_max_new(max_new)
+    ownership.check_not_in_split(out_dir)
     # 1. the source files, before the checkpoint is loaded
     validate_mask_source(cfg, data_root)
     # 2. checkpoint (the network, chain and image size come from it)
@@ -116,14 +116,39 @@ def run_sampling(
     ckpt_hash = checkpoint_hash(checkpoint)
     engine, cfg, meta = load_engine(
         cfg, checkpoint, resolve_device(cfg.runtime.device if device is None else device))
-    sampling = cfg.sample
     # 3. masks and plan
     masks = load_mask_set(cfg, data_root, cfg.data.image_size)
     plan = make_plan(cfg, masks)
-    distribution = plan.distribution.report()
-    _log_distribution(distribution)
-    # 4. output folder
-    job = _Job(cfg, masks, plan, OutputDir(out_dir), ckpt_hash)
+    _log_distribution(plan.distribution.report())
+    # 4. output folder: one process per shard (the shards of one run share it)
+    lock = ownership.LOCK if shard_n == 1 else f".isdm.{shard_i}-{shard_n}.lock"
+    with ownership.exclusive(out_dir, "sample", name=lock):
+        job = _Job(cfg, masks, plan, OutputDir(out_dir), ckpt_hash)
+        return _generate(job, engine, meta, data_root, source, checkpoint, model, shard=shard,
+                         overwrite=overwrite, max_new=max_new)
+
+
+def check_max_new(max_new: Optional[int]) -> None:
+    """Raises ConfigError for a negative ``--max-new``."""
+    from isdm.errors import ConfigError
+
+    if max_new is not None and max_new < 0:
+        raise ConfigError(f"--max-new {max_new}: the number of new samples to generate in this "
+                          "run must be >= 0 (0 only rewrites the manifest and summary); leave "
+                          "it out to generate every missing sample")
+
+
+def _generate(job: "_Job", engine: Any, meta: dict, data_root: str | Path, source: str,
+              checkpoint: Path, model: dict[str, str], *, shard: tuple[int, int],
+              overwrite: bool, max_new: Optional[int]) -> dict[str, Any]:
+    """Steps 4-6 of :func:`run_sampling`, the folder's lock held."""
+    from isdm import lineage, tracking
+    from isdm.tracking import links
+    from isdm.utils.dvc_hash import md5_file
+    from isdm.utils.io import atomic_write_json
+
+    cfg, sampling, (shard_i, shard_n) = job.cfg, job.cfg.sample, shard
+    distribution, ckpt_hash = job.plan.distribution.report(), job.ckpt_hash
     resumed = job.out.prepare(run_identity(cfg, ckpt_hash),
                               {"checkpoint": source, "data_root": str(data_root),
                                "class_distribution": distribution},
@@ -143,7 +168,7 @@ def run_sampling(
         run.log_params(lineage.sample_params(cfg, generator))
         run.set_tags(lineage.generator_tags(generator))
         if run.run_id:
-            run.log_dataset(_masks_dataset(cfg, data_root, masks), "masks")
+            run.log_dataset(_masks_dataset(cfg, data_root, job.masks), "masks")
         # 5. generate, one batch at a time
         seconds = job.generate(engine, this_run, desc=f"sample {shard_i}/{shard_n}")
         # 6. manifest, grid, summary

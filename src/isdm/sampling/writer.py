@@ -14,6 +14,10 @@ Layout (one file per sample in each folder, the same name ``{i:06d}_{mask key}.p
     grid.png         colored label | sample pairs of the first 16 finished samples
     manifest.lock    held (``flock``) while a process appends to or rewrites the manifest
 
+Ownership (:mod:`isdm.utils.ownership`): ``run.json`` and the manifest are the record of what
+isdm wrote here; any other file (in the per-sample folders or beside them) is refused, with or
+without ``--overwrite``, and so is a folder inside a dataset split.
+
 Claim: ``run.json`` is created first, and only if absent (a hard link of a finished temp file,
 so it appears complete and exactly one of several racing processes creates it); the others read
 it and join (same identity) or are refused. isdm writes nothing else before the claim.
@@ -50,6 +54,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 import numpy as np
 
 from isdm.errors import OutputExistsError
+from isdm.utils import ownership
 from isdm.utils.io import atomic_write_bytes, atomic_write_json, sha256_file
 
 __all__ = ["OutputDir", "FOLDERS", "OutputExistsError", "sample_name"]
@@ -57,8 +62,7 @@ __all__ = ["OutputDir", "FOLDERS", "OutputExistsError", "sample_name"]
 FOLDERS = ("images", "labels", "colored_labels", "samples")
 _FILES = ("manifest.jsonl", "config.json", "run.json", "summary.json", "grid.png")
 _LOCK = "manifest.lock"  # empty; only ever locked, so one left by a deleted run is no one's data
-_TEMP = re.compile(r"\.(.+)\.[A-Za-z0-9_]+\.tmp")  # isdm.utils.io.atomic_path's temp of a name
-_SHOWN = 5  # foreign files named in a refusal
+_CLAIM = re.compile(r"\.run\.json\.[0-9a-f]+\.claim")  # _create_if_absent's staging file
 
 
 def sample_name(i: int, key: str) -> str:
@@ -122,6 +126,12 @@ class OutputDir:
     def _claim(self, new: Mapping[str, Any]) -> Optional[dict]:
         """Create ``run.json`` if absent (None: this call claimed the folder), else read it."""
         run_file = self.root / "run.json"
+        other = ownership.read_record(self.root)
+        if other is not None:
+            raise OutputExistsError(
+                f"{self.root} holds the output of `isdm {other.get('command')}` "
+                f"({ownership.RECORD}); `isdm sample` never writes into another command's "
+                "output: use another --out")
         if not run_file.exists():
             unknown = self._foreign(proven=False)
             if not unknown and _create_if_absent(run_file, new):
@@ -153,17 +163,20 @@ class OutputDir:
             (self.root / folder).mkdir(exist_ok=True)
 
     def _foreign(self, proven: bool = True) -> list[Path]:
-        """Files in the per-sample folders whose name no manifest line holds (with
-        ``proven=False``: every file there, and every file under one of isdm's names)."""
+        """Files in the folder isdm has no record of writing: in the per-sample folders, those
+        whose name no manifest line holds; elsewhere, any but isdm's own names (with
+        ``proven=False``, before ``run.json`` exists: every file but neutral ones, temps and
+        the claim of a concurrent shard)."""
         names = {ln["file"] for ln in self._lines()} if proven else set()
-        found = [] if proven else [self.root / n for n in _FILES if (self.root / n).exists()]
-        for folder in FOLDERS:
-            d = self.root / folder
-            if not d.is_dir():
-                found += [d] if d.exists() else []
-                continue
-            found += [p for p in sorted(d.rglob("*")) if (p.is_symlink() or not p.is_dir())
-                      and not _owned(p.relative_to(d), names)]
+        top = set(_FILES) | {_LOCK} if proven else {_LOCK}  # a left-over lock is no one's data
+        found = []
+        for entry in sorted(self.root.iterdir()) if self.root.is_dir() else []:
+            if entry.name in FOLDERS and entry.is_dir() and not entry.is_symlink():
+                found += [p for p in sorted(entry.rglob("*")) if (p.is_symlink() or not p.is_dir())
+                          and not _owned(p.relative_to(entry), names)]
+            elif not (entry.name in top or ownership.is_neutral(entry.name)
+                      or ownership.is_temp(entry.name, top) or _CLAIM.fullmatch(entry.name)):
+                found.append(entry)
         return found
 
     def _clear(self) -> None:
@@ -343,15 +356,11 @@ def _plain(name: Any) -> bool:
 
 def _owned(rel: Path, names: set[str]) -> bool:
     """``rel`` (relative to a per-sample folder) is a named file or an atomic-write temp of one."""
-    if len(rel.parts) != 1:
-        return False
-    temp = _TEMP.fullmatch(rel.name)
-    return rel.name in names or (temp is not None and temp.group(1) in names)
+    return len(rel.parts) == 1 and (rel.name in names or ownership.is_temp(rel.name, names))
 
 
 def _listing(paths: list[Path], root: Path) -> str:
-    shown = ", ".join(p.relative_to(root).as_posix() for p in paths[:_SHOWN])
-    return f"{len(paths)} file(s) ({shown}{', ...' if len(paths) > _SHOWN else ''})"
+    return ownership.listing([p.relative_to(root).as_posix() for p in paths])
 
 
 def _diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -190,11 +190,12 @@ def start_run(
     if not getattr(tracking, "enabled", True):
         yield NullRun()
         return
-    from isdm.tracking import liveness, remote
+    from isdm.tracking import liveness, local_store, remote
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     uri = resolve_tracking_uri(getattr(tracking, "tracking_uri", ""))
     remote.prepare(uri)
+    local_store.prepare(uri)  # a local SQLite store: checked, created once (issue 22)
     import mlflow
 
     mlflow.set_tracking_uri(uri)

@@ -12,12 +12,20 @@ A checkpoint is a dict saved with ``torch.save`` (loadable with ``weights_only=T
     history      [{"epoch", "train_loss", "val_loss", "improved", ...}] one row per epoch
     config       isdm.config.to_dict(cfg): the resolved config of the run
     meta         {"image_size", "num_classes", "num_params", "dataset", "action", "world_size",
-                 "precision", "torch", "weights_sha256"} (+ "init_from", "init_sha256",
-                 "init_epoch", "init_step" after ``isdm finetune --init``)
+                 "precision", "torch", "weights_sha256", "state_sha256"} (+ "init_from",
+                 "init_sha256", "init_epoch", "init_step" after ``isdm finetune --init``)
 
-``meta["weights_sha256"]`` (:func:`weights_digest`, written by :func:`save`) is checked by
-:func:`load`: a file damaged after writing is refused (torch does not check the zip CRCs).
-Files without it (written before the digest existed) load unchecked.
+Integrity: :func:`save` writes ``meta["state_sha256"]`` (:func:`state_digest`: everything a
+resume loads, i.e. the weights, EMA, optimiser, scaler, counters, RNG states, history and
+config) and ``meta["weights_sha256"]`` (:func:`weights_digest`: raw + EMA weights only).
+:func:`load` checks the state digest, so a file damaged after writing is refused wherever the
+damage is (torch does not check the zip CRCs). Files written before the state digest existed
+are checked by their weights digest (they still sample and finetune; a resume additionally
+checks that their optimiser state is finite); files without either load unchecked.
+
+Numerical health: :func:`save` refuses weights with NaN / inf (a diverged run never writes
+them) and :func:`load` refuses a file holding them (written by another tool or an older isdm):
+:class:`~isdm.errors.NumericalError` / :class:`CheckpointError`.
 
 The model is always rebuilt from the checkpoint's OWN config (``config``), never from today's
 ``params.yaml``: :func:`load_model` is what sampling and tuning use.
@@ -29,7 +37,7 @@ import hashlib
 import pickle
 import re
 from pathlib import Path
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Literal, Mapping, Optional, Union
 
 import torch
 
@@ -44,6 +52,8 @@ __all__ = [
     "load_model",
     "checkpoint_hash",
     "weights_digest",
+    "state_digest",
+    "peek",
     "architecture_mismatches",
     "check_compatible",
     "adopt_architecture",
@@ -56,12 +66,26 @@ REQUIRED_KEYS = ("model", "ema", "optimizer", "scaler", "step", "epoch", "best_l
 
 def save(state: Mapping[str, Any], *paths: str | Path) -> None:
     """Write ``state`` to each of ``paths`` atomically (temp file beside it + rename), with
-    ``meta["weights_sha256"]`` set to :func:`weights_digest` of ``state`` (computed once).
+    ``meta["weights_sha256"]`` (:func:`weights_digest`) and ``meta["state_sha256"]``
+    (:func:`state_digest`) set, computed once.
 
     Raises:
+        NumericalError: the raw or EMA weights hold NaN / inf (nothing is written).
         WriteError: a file could not be written (disk full, ...); its previous version is intact.
     """
-    state = {**state, "meta": {**state.get("meta", {}), "weights_sha256": weights_digest(state)}}
+    from isdm.errors import NumericalError
+    from isdm.utils.numerics import nonfinite
+
+    bad = nonfinite({"model": state["model"], "ema": state.get("ema") or {}})
+    if bad:
+        raise NumericalError(
+            f"refusing to write {', '.join(map(str, paths))}: {len(bad)} weight tensor(s) hold "
+            f"NaN or inf ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); the run "
+            "diverged. Lower the learning rate (or use precision fp32) and train again; the "
+            "files already on disk are unchanged.")
+    meta = {k: v for k, v in state.get("meta", {}).items() if k not in _DIGESTS}
+    state = {**state, "meta": {**meta, "weights_sha256": weights_digest(state)}}
+    state["meta"]["state_sha256"] = state_digest(state)
     for path in paths:
         # through a Python file object, so a failed write raises OSError with its errno
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -70,8 +94,8 @@ def save(state: Mapping[str, Any], *paths: str | Path) -> None:
 
 def load(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save`; clear :class:`CheckpointError` otherwise
-    (missing, unreadable, corrupt, holding objects other than tensors and plain data, or not
-    written by isdm)."""
+    (missing, unreadable, corrupt, holding objects other than tensors and plain data, not
+    written by isdm, or holding non-finite weights)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
@@ -93,14 +117,76 @@ def load(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
             "checkpoint of the original ISDM tool (model*.pt / ema_*.pt: bare weights, no config) "
             "must be converted first: `isdm import-checkpoint`"
         )
-    expected = state["meta"].get("weights_sha256")
-    if expected is not None and weights_digest(state) != expected:
+    _verify(state, path)
+    return state
+
+
+_DIGESTS = ("weights_sha256", "state_sha256")
+
+
+def _verify(state: Mapping[str, Any], path: Path) -> None:
+    """The stored digest (state, else weights) matches and the weights are finite."""
+    from isdm.utils.numerics import nonfinite
+
+    meta = state["meta"]
+    if meta.get("state_sha256") is not None:
+        ok, what = state_digest(state) == meta["state_sha256"], "contents (weights, optimiser, RNG states)"
+    elif meta.get("weights_sha256") is not None:
+        ok, what = weights_digest(state) == meta["weights_sha256"], "weights"
+    else:
+        ok, what = True, ""
+    if not ok:
         raise CheckpointError(
-            f"checkpoint {path} is corrupt: its weights do not match the SHA-256 digest stored "
+            f"checkpoint {path} is corrupt: its {what} do not match the SHA-256 digest stored "
             "when it was written, so the file changed afterwards (a disk, copy or transfer "
             "error). Use another copy (last.pt, `dvc checkout`, a backup) or train again."
         )
-    return state
+    bad = nonfinite({"model": state["model"], "ema": state.get("ema") or {}})
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path} holds non-finite weights (NaN or inf in {len(bad)} tensor(s): "
+            f"{', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): it was written by a run "
+            "that diverged, and would generate black or noise images. Use an earlier "
+            "checkpoint, or train again with a lower learning rate."
+        )
+
+
+def state_digest(state: Mapping[str, Any]) -> str:
+    """Hex SHA-256 over everything in a checkpoint ``state`` but the digests themselves:
+    tensors by name, dtype, shape and row-major value bytes (device and memory layout do not
+    matter), plain values by type and ``repr``, mappings in sorted key order, tuples as lists."""
+    h = hashlib.sha256()
+    meta = {k: v for k, v in state.get("meta", {}).items() if k not in _DIGESTS}
+    _feed(h, {**state, "meta": meta})
+    return h.hexdigest()
+
+
+def _feed(h: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"T|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, Mapping):
+        h.update(f"D|{len(value)}\n".encode())
+        for key in sorted(value, key=lambda k: (type(k).__name__, repr(k))):
+            h.update(f"K|{key!r}\n".encode())
+            _feed(h, value[key])
+    elif isinstance(value, (list, tuple)):
+        h.update(f"L|{len(value)}\n".encode())
+        for item in value:
+            _feed(h, item)
+    else:
+        h.update(f"V|{type(value).__name__}|{value!r}\n".encode())
+
+
+def peek(path: Path) -> tuple[str, Optional[str]]:
+    """``("epoch 16, step 80", "train")``: where a checkpoint stands and the command that wrote
+    it, read without loading its tensors (``("unreadable", None)`` when it cannot be read)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return f"epoch {state['epoch']}, step {state['step']}", state["meta"].get("action")
+    except Exception:  # only describes the refusal: any unreadable file is just "unreadable"
+        return "unreadable", None
 
 
 def _torch_reason(error: Exception) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,8 +34,10 @@ from isdm.config import Config, TrainConfig, save_config, to_dict
 from isdm.seeds import Stream, derive
 from isdm.training import batches, budget, checkpoint, distributed, plots, rng
 from isdm.training.ema import EMA
-from isdm.training.start import Start, check_out_dir, clear_outputs, resolve_start
+from isdm.training.health import LossWatch
+from isdm.training.start import OUTPUTS, Start, check_out_dir, resolve_start
 from isdm.training.step import make_model_fn, optimisation_step, resolve_precision
+from isdm.utils import ownership
 from isdm.utils.io import atomic_write_json
 
 __all__ = ["train", "TrainResult"]
@@ -111,6 +114,7 @@ class _Trainer:
         self.best_loss = math.inf
         self.history: list[dict[str, Any]] = []
         self.init_meta: dict[str, Any] = {}
+        self.watch = LossWatch(self.action, tcfg, self.precision, out_dir)
         self._restore(start)
         self.ddp = self.model
         if ctx.distributed:
@@ -139,6 +143,8 @@ class _Trainer:
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
             self.optimizer.load_state_dict(state["optimizer"])
+            for group in self.optimizer.param_groups:  # the knobs come from cfg, not the file
+                group["lr"], group["weight_decay"] = self.tcfg.lr, self.tcfg.weight_decay
             if state["scaler"]:
                 self.scaler.load_state_dict(state["scaler"])
             self.step, self.epoch = int(state["step"]), int(state["epoch"])
@@ -214,6 +220,7 @@ class _Trainer:
                    disable=not (self.ctx.is_main and self.progress), leave=False, dynamic_ncols=True)
         for batch in bar:
             loss = self.train_step(batch, gen)
+            self.watch.check(float(loss), self.step, self.epoch)
             estimate = self.timer.tick()
             if estimate:
                 _note(self.ctx, estimate)
@@ -315,19 +322,15 @@ def train(cfg: Config, data_root: str | Path, out_dir: str | Path, *, action: st
     """Train (``action="train"``, section ``cfg.train``) or finetune (``"finetune"``, section
     ``cfg.finetune``, starting from ``init_from``) an SDM on ``<data_root>/train``.
 
-    Writes into ``out_dir`` the files of :data:`isdm.training.start.OUTPUTS`: ``best.pt``,
-    ``last.pt`` (``save_last``), ``metrics.json``, ``loss.csv``, ``loss.png`` and
-    ``config.json``. A folder already holding them is refused unless the run resumes
-    (``resume``) or ``overwrite`` (which deletes them first). Under ``torchrun`` every process
-    calls this; only rank 0 writes files and the MLflow run.
-
-    ``resume`` continues a run (the config's sizes must be the checkpoint's); ``init_from`` starts
-    a new run from a checkpoint's network, whose sizes win: see :mod:`isdm.training.start`.
-    Device, loader workers and (unless ``progress`` is given) progress bars: ``cfg.runtime``.
+    Writes the files of :data:`isdm.training.start.OUTPUTS` into ``out_dir``: an earlier run's
+    are refused unless ``resume`` or ``overwrite`` (deletes them first), any other file always
+    (:mod:`isdm.utils.ownership`), and a second run on the folder fails at once. A non-finite
+    or exploding loss stops the run (:mod:`.health`). Under ``torchrun`` every process calls
+    this; only rank 0 writes files and the MLflow run. ``resume`` continues a run (the
+    config's sizes must be the checkpoint's); ``init_from`` starts a new run from a
+    checkpoint's network, whose sizes win (:mod:`isdm.training.start`). Device, loader workers
+    and (unless ``progress`` is given) progress bars: ``cfg.runtime``.
     """
-    from isdm import tracking
-    from isdm.lineage import real_dataset, training_params
-
     if action not in ("train", "finetune"):
         raise ValueError(f"action={action!r}: use 'train' or 'finetune'")
     if action == "finetune" and init_from is None and resume is None:
@@ -335,34 +338,47 @@ def train(cfg: Config, data_root: str | Path, out_dir: str | Path, *, action: st
     if resume is not None and overwrite:
         raise ValueError("resume continues the run in out_dir, overwrite starts over: pick one")
     data_root, out_dir = Path(data_root), Path(out_dir)
-    check_out_dir(out_dir, action, resuming=resume is not None, overwrite=overwrite)
-    start = resolve_start(cfg, action, init_from=init_from, resume=resume)
-    ctx = distributed.setup(cfg.runtime.device)
-    try:
-        trainer = _Trainer(start, data_root, out_dir, ctx,
-                           cfg.runtime.progress if progress is None else progress)
-        del start  # the loaded checkpoint
-        cfg = trainer.cfg
-        if ctx.is_main:
-            if overwrite:
-                clear_outputs(out_dir)
-            out_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, out_dir / "config.json")
-        tracking_ctx = (tracking.start_run(cfg.tracking, name=run_name(cfg, action, trainer.tcfg),
-                                           action=action, dataset=str(data_root),
-                                           params=training_params(cfg, action))
-                        if ctx.is_main else contextlib.nullcontext(tracking.NullRun()))
-        with tracking_ctx as run:
-            run.set_tags({"isdm.num_params": trainer.num_params, "isdm.world_size": ctx.world_size,
-                          **{f"isdm.{k}": v for k, v in trainer.init_meta.items()}})
-            if run.run_id:
-                run.log_dataset(real_dataset(data_root, cfg.data), "training")
-            result = trainer.run(run)
+    main = int(os.environ.get("RANK", "0")) == 0  # torchrun's rank; only rank 0 writes
+    with contextlib.ExitStack() as claimed:
+        if main:  # one writer per folder: a second run fails here, naming the first
+            claimed.enter_context(ownership.exclusive(out_dir, action))
+        output = check_out_dir(out_dir, action, resuming=resume is not None, overwrite=overwrite)
+        start = resolve_start(cfg, action, init_from=init_from, resume=resume)
+        ctx = distributed.setup(cfg.runtime.device)
+        try:
+            trainer = _Trainer(start, data_root, out_dir, ctx,
+                               cfg.runtime.progress if progress is None else progress)
+            del start  # the loaded checkpoint
             if ctx.is_main:
-                _finish(result, run, out_dir, cfg, action)
-        return result
-    finally:
-        distributed.teardown(ctx)
+                if overwrite:
+                    output.remove()
+                output.record(OUTPUTS)
+                save_config(trainer.cfg, out_dir / "config.json")
+            return _run(trainer, ctx, data_root, out_dir, action)
+        finally:
+            distributed.teardown(ctx)
+
+
+def _run(trainer: _Trainer, ctx: distributed.DistContext, data_root: Path, out_dir: Path,
+         action: str) -> TrainResult:
+    """The epochs inside the run's MLflow run; metrics.json and artifacts at the end."""
+    from isdm import tracking
+    from isdm.lineage import real_dataset, training_params
+
+    cfg = trainer.cfg
+    tracking_ctx = (tracking.start_run(cfg.tracking, name=run_name(cfg, action, trainer.tcfg),
+                                       action=action, dataset=str(data_root),
+                                       params=training_params(cfg, action))
+                    if ctx.is_main else contextlib.nullcontext(tracking.NullRun()))
+    with tracking_ctx as run:
+        run.set_tags({"isdm.num_params": trainer.num_params, "isdm.world_size": ctx.world_size,
+                      **{f"isdm.{k}": v for k, v in trainer.init_meta.items()}})
+        if run.run_id:
+            run.log_dataset(real_dataset(data_root, cfg.data), "training")
+        result = trainer.run(run)
+        if ctx.is_main:
+            _finish(result, run, out_dir, cfg, action)
+    return result
 
 
 def _finish(result: TrainResult, run, out_dir: Path, cfg: Config, action: str) -> None:

@@ -15,7 +15,7 @@ import yaml
 
 from isdm.errors import ConfigError, TuningError
 
-__all__ = ["apply_params", "read_best_params"]
+__all__ = ["apply_params", "read_best_params", "check_evidence"]
 
 
 def read_best_params(path: str | Path) -> dict[str, Any]:
@@ -32,6 +32,55 @@ def read_best_params(path: str | Path) -> dict[str, Any]:
     if not isinstance(params, dict) or not params:
         raise TuningError(f"{path}: expected `section.key: value` lines, found {params!r}")
     return params
+
+
+def check_evidence(out_dir: str | Path) -> None:
+    """Refuse to apply a best trial the study cannot tell from the others.
+
+    Raises:
+        TuningError: (1) another complete trial of ``trials.csv`` has exactly the best gain
+            (the winner was picked from a tie: e.g. every segmenter predicted only
+            background, so every gain is 0); or (2) ``final_check.json`` is missing, was run
+            for another trial than ``summary.json``'s best, or does not say the tuned knobs are
+            significantly better on the test split. ``--force`` skips the check.
+    """
+    import csv
+    import json
+
+    out = Path(out_dir)
+    problems = []
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+        rows = list(csv.DictReader((out / "trials.csv").open()))
+    except (OSError, ValueError):
+        summary, rows = {}, []
+    best, gain = summary.get("best_trial"), summary.get("best_gain")
+    if best is None or gain is None:
+        problems.append(f"{out} has no summary.json / trials.csv naming the best trial")
+    else:
+        ties = [r["number"] for r in rows if r.get("state") == "COMPLETE" and r.get("gain")
+                and int(r["number"]) != int(best) and abs(float(r["gain"]) - gain) <= 1e-12]
+        if ties:
+            problems.append(f"best trial {best} ties the field: trial(s) {', '.join(ties)} have "
+                            f"the same gain {gain:+.4f}, so the study did not pick it (are "
+                            "all gains 0? then the segmenters predict only background)")
+    try:
+        check = json.loads((out / "final_check.json").read_text())
+    except (OSError, ValueError):
+        check = {}
+    verdict = check.get("tuned_vs_current", {}).get("verdict")
+    if str(check.get("verdict", "")).startswith("same knobs"):
+        pass  # applying changes nothing
+    elif check.get("best_trial") != best or verdict is None:
+        problems.append(f"no test-split check of the best trial in {out}/final_check.json "
+                        "(tune.final_check: true runs it)")
+    elif verdict != "gain":
+        problems.append(f"the test-split check says: {check['verdict']} "
+                        f"({check['tuned_vs_current']['gain']:+.4f})")
+    if problems:
+        raise TuningError("--apply refused, params.yaml is unchanged: " + "; ".join(problems)
+                          + ". Run a larger study (more tune.repeats / trials), or apply "
+                          "anyway with --force.")
 
 
 def apply_params(params_file: str | Path, params: Mapping[str, Any],

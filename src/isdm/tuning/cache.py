@@ -1,11 +1,9 @@
 """What a study computes once and shares between its trials and workers, keyed by its inputs.
 
-- :func:`lock`: an exclusive lock on a file under ``--out`` (the ``filelock`` package: an OS
-  lock, ``flock``, which the kernel releases when its process dies, so a killed worker never
-  leaves a stale lock). Workers on several machines share ``--out`` only through a network
-  file system whose ``flock`` is honoured across machines (NFSv4 with working locking: yes;
-  some SMB / FUSE mounts: no, and there two workers may both compute a cache entry: the
-  results are still correct, since entries are renamed into place whole, just computed twice).
+- :func:`lock` (:func:`isdm.utils.locks.lock`): an exclusive lock on a file under ``--out``,
+  waited for. Workers on several machines share ``--out`` only through a network file system
+  whose ``flock`` is honoured across machines; where it is not, two workers may both compute a
+  cache entry: the results are still correct, since entries are renamed into place whole.
 - :func:`finetuned_checkpoint`: a finetune per (checkpoint bytes, finetune config, data config,
   dataset bytes) in ``<out>/finetunes/<key>/best.pt`` (:func:`finetune_identity`): a new
   ``--checkpoint``, another ``tune.finetune_epochs`` or drop rate, or an edited dataset gets a
@@ -14,28 +12,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from isdm.config import Config, to_dict
+from isdm.utils.locks import lock
 
 __all__ = ["lock", "digest", "finetune_identity", "finetuned_checkpoint"]
-
-
-@contextlib.contextmanager
-def lock(path: str | Path) -> Iterator[None]:
-    """Hold the exclusive lock of ``path`` (created if missing) while the block runs; waits
-    for as long as another process holds it."""
-    from filelock import FileLock
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path)):
-        yield
 
 
 def digest(identity: Any) -> str:

@@ -20,9 +20,12 @@ After its trials, each worker writes the study's results and, with ``tune.final_
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from isdm.config import Config, flatten
 from isdm.errors import CheckpointError, TuningError
@@ -153,7 +156,8 @@ def run_study(cfg: Config, data_root: str | Path, checkpoint: str | Path, out_di
     progress = cfg.runtime.progress if progress is None else progress
     study_name = study_name or cfg.tune.study_name
     spec = resolve_storage(storage if storage is not None else cfg.tune.storage, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_sqlite_storage(spec)
+    claim_out(out_dir, spec)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with storage_errors(spec):
         return _run_study(cfg, data_root, checkpoint, out_dir, n_trials, spec, study_name,
@@ -202,6 +206,57 @@ def _run_study(cfg: Config, data_root: Path, checkpoint: Path, out_dir: Path, n_
         return summary
 
 
+def check_sqlite_storage(spec: str) -> None:
+    """An SQLite study storage must name a file in a writable folder: ``sqlite:///`` (no path)
+    would keep the study in memory and lose it when the process ends.
+
+    Raises:
+        TuningError: naming the storage and the fix.
+    """
+    import os
+
+    if not spec.startswith("sqlite:"):
+        return
+    path = spec[len("sqlite:///"):].split("?", 1)[0] if spec.startswith("sqlite:///") else ""
+    if not path or ":memory:" in spec:
+        raise TuningError(
+            f"--storage {spec!r} names no database file: SQLite would keep the study in memory "
+            "and lose every trial when this process ends. Give a file, e.g. --storage "
+            "sqlite:///reports/tune/study.db, or leave --storage out (a journal file in --out)")
+    folder = Path(path).resolve().parent
+    if folder.is_dir() and not os.access(folder, os.W_OK):
+        raise TuningError(f"--storage {spec}: its folder {folder} is not writable (read-only "
+                          "file system or permissions; SQLite writes a journal beside the "
+                          "database); choose a writable place")
+
+
+# what a study writes into --out (workers share it: no exclusive lock)
+OUTPUTS = ("best_params.yaml", "trials.csv", "summary.json", "plots/", "final_check.json",
+           "final_check.md", "final_check/", "finetunes/", "baselines/", "curate_cache/",
+           "trials/", "study.journal", "study.journal.lock*", "*.lock")  # workers' locks
+
+
+def claim_out(out_dir: Path, spec: str) -> None:
+    """Make ``out_dir`` the study's folder (:mod:`isdm.utils.ownership`): an earlier study's
+    files there are kept (the study resumes), any other file is refused; an SQLite storage
+    inside it is the study's too."""
+    from isdm.utils import ownership
+
+    entries = list(OUTPUTS)
+    if spec.startswith("sqlite:///"):
+        db = Path(spec.removeprefix("sqlite:///")).resolve()
+        if db.parent == out_dir.resolve():
+            entries.append(f"{db.name}*")  # with its -journal / -wal / -shm files
+
+    def legacy(root: Path) -> list[str]:  # a study of an isdm without the record
+        ours = (root / "summary.json").is_file() or (root / "study.journal").is_file()
+        return entries if ours else []
+
+    output = ownership.claim(out_dir, "tune", legacy=legacy)
+    ownership.make_folder(out_dir)
+    output.record(entries)
+
+
 def _no_final_check(out_dir: Path) -> None:
     """``final_check.json`` / ``.md`` saying the check is off (the DVC stage versions them)."""
     note = "not run (tune.final_check: false)"
@@ -236,10 +291,42 @@ def _optimize(cfg: Config, study: Any, data_root: Path, checkpoint: Path, out_di
                                                  lazy, run.run_id, cells)
         console = Console(n_trials, progress)
         try:
-            study.optimize(objective, n_trials=n_trials, gc_after_trial=True,
-                           callbacks=[console])
+            with _interrupt_note(study, out_dir):
+                study.optimize(objective, n_trials=n_trials, gc_after_trial=True,
+                               callbacks=[console])
         finally:
             console.close()
+
+
+class _NoInterruptTraceback(logging.Filter):
+    """Optuna logs a trial stopped by Ctrl-C with the traceback of wherever the trial was;
+    keep its one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is KeyboardInterrupt:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+@contextlib.contextmanager
+def _interrupt_note(study: Any, out_dir: Path) -> Iterator[None]:
+    """Ctrl-C during the trials: no traceback, and a note of what stays (the study, its
+    complete trials) and how to continue; the interrupt then goes on (MLflow run KILLED,
+    exit status 1)."""
+    quiet = _NoInterruptTraceback()
+    handlers = [*logging.getLogger("optuna").handlers, *logging.getLogger().handlers]
+    for handler in handlers:  # a logger's own filters miss its children's records
+        handler.addFilter(quiet)
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"tune: interrupted; the running trial is marked failed, the complete trials stay "
+              f"in study {study.study_name!r}. Run the same command to continue it (results in "
+              f"{out_dir} are written when the study ends).", file=sys.stderr)
+        raise
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
 
 
 def _write_results(study: Any, spec: str, out_dir: Path, run: Any,

@@ -28,10 +28,14 @@ def md5_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def md5_folder(path: str | Path) -> str:
     """DVC's hash of a folder output: ``<md5 of the sorted listing>.dir``."""
+    from isdm.utils.ownership import is_lock
+
     root = Path(path)
     entries = []
     for folder, _, files in os.walk(root, followlinks=True):
         for name in files:
+            if is_lock(name):  # an output's lock: in .dvcignore, no part of DVC's hash
+                continue
             file = Path(folder) / name
             entries.append({"md5": md5_file(file), "relpath": file.relative_to(root).as_posix()})
     entries.sort(key=lambda e: e["relpath"])

@@ -1,5 +1,6 @@
-"""Issue 10 case 19: ``isdm import-checkpoint`` turns the original tool's state dicts into isdm
-checkpoints whose network computes what the original's computed.
+"""Faults of checkpoints of the original tool (issue 10 case 19): ``isdm import-checkpoint``
+turns its state dicts into isdm checkpoints whose network computes what the original's
+computed, and names every mismatch.
 
 The original is not imported: :func:`original_blocks` / :func:`original_state_dict` re-derive
 SDM's layout (guided-diffusion key names) and :func:`original_forward` its forward pass as plain
@@ -266,7 +267,7 @@ def _inputs(c, batch=2):
     {"resblock_updown": False, "use_scale_shift_norm": False, "learn_sigma": False,
      "attention_resolutions": "16,8"},
 ], ids=["issue", "num_heads-new_order", "conv_resample-no_scale_shift-attention_8"])
-def test_case_19_imported_network_gives_the_originals_output(run, tmp_path, variant):
+def test_an_imported_network_gives_the_originals_output(run, tmp_path, variant):
     c = {**ORIGINAL, **variant}
     config, weights, sd = _write_original(tmp_path, c)
     out = tmp_path / "imported" / "best.pt"
@@ -288,7 +289,7 @@ def test_case_19_imported_network_gives_the_originals_output(run, tmp_path, vari
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_case_19_ema_file_imports_as_ema_and_samples(run, tmp_path, synth_dir):
+def test_an_original_ema_file_imports_as_ema_and_samples(run, tmp_path, synth_dir):
     config, weights, sd = _write_original(tmp_path, ORIGINAL, "ema_0.9999_000100.pt")
     out = tmp_path / "best.pt"
     assert run("import-checkpoint", weights, "-c", config, "--out", out).exit_code == 0
@@ -304,12 +305,13 @@ def test_case_19_ema_file_imports_as_ema_and_samples(run, tmp_path, synth_dir):
     assert again.exit_code == 1 and "--overwrite" in again.output
     result = run("sample", "-c", config, "--data", synth_dir, "--checkpoint", out,
                  "--out", tmp_path / "samples", "--set", "sample.num_samples=1",
-                 "--set", "sample.steps=2", "--set", "sample.batch_size=1")
+                 "--set", "sample.steps=2", "--set", "sample.batch_size=1",
+                 "--set", "sample.s=1")  # trained without the null label: no guidance
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "samples" / "images").iterdir())) == 1
 
 
-def test_case_19_mismatch_lists_keys_and_likely_config(tmp_path):
+def test_an_original_mismatch_lists_keys_and_likely_config(tmp_path):
     from isdm.training.import_original import import_original
 
     config, weights, sd = _write_original(tmp_path, ORIGINAL)
@@ -344,7 +346,7 @@ ISDM_256 = {**ORIGINAL, "image_size": 256, "num_classes": 6, "num_channels": 256
     ("config_train.json", 12_364_422), ("config_finetune.json", 12_364_422),
     (ISDM_256, 652_256_518),
 ])
-def test_case_19_parameter_count_of_original_configs(tmp_path, config, expected):
+def test_the_parameter_count_of_original_configs(tmp_path, config, expected):
     """The original's layout has exactly the parameters of the isdm network its config maps to."""
     from isdm.config import load_config
     from isdm.models import build_model
@@ -359,3 +361,15 @@ def test_case_19_parameter_count_of_original_configs(tmp_path, config, expected)
         isdm = build_model(cfg.model, cfg.data.image_size, cfg.data.num_classes)
     original = sum(math.prod(s) for s in original_shapes(config).values())
     assert count_parameters(isdm) == original == expected
+
+
+def test_original_weights_holding_nan_are_not_imported(run, tmp_path):
+    """Issue 22: no checkpoint with non-finite weights is ever written, imports included."""
+    config, weights, sd = _write_original(tmp_path, ORIGINAL)
+    name = next(k for k, v in sd.items() if v.is_floating_point())
+    sd[name] = torch.full_like(sd[name], float("nan"))
+    torch.save(sd, weights)
+    out = tmp_path / "imported" / "best.pt"
+    result = run("import-checkpoint", weights, "--config", config, "--out", out)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "NaN or inf" in result.output and not out.exists()

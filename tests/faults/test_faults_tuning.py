@@ -1,8 +1,10 @@
-"""Issue 10, case 15: Optuna workers that die or start together.
+"""Faults of `isdm tune`, one test per failure mode: Optuna workers that die or start together
+(issue 10 case 15), a study storage without a file, Ctrl-C during the trials, and `--apply` of a
+best trial the study cannot tell from the others (issue 22).
 
-Every test runs real `run_study` worker processes on one storage, with stand-ins for finetune,
-sampling and the downstream cell (a trial's value is a function of its parameters), Optuna
-heartbeats every second and a 2 s grace period (tune.heartbeat_interval / heartbeat_grace).
+The worker tests run real `run_study` worker processes on one storage, with stand-ins for
+finetune, sampling and the downstream cell (a trial's value is a function of its parameters),
+Optuna heartbeats every second and a 2 s grace period (tune.heartbeat_interval / heartbeat_grace).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # worker processes: 5-15 s per test
+SLOW = pytest.mark.slow  # worker processes: 5-15 s per test
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -28,6 +30,7 @@ from pathlib import Path
 import isdm.sampling
 import isdm.tuning.objective as objective
 import isdm.tuning.paired as paired
+import isdm.tuning.cells as cells_mod
 import isdm.tuning.plots as plots
 from isdm.config import load_config
 from isdm.tuning import run_study
@@ -54,7 +57,25 @@ def cell_val_miou(cfg, mix, seed, real, synthetic):
 objective.load_real_train = lambda cfg, data_root: FakeSet([f"r{i}" for i in range(10)])
 objective.load_synthetic_set = lambda cfg, folder: FakeSet(["s0", "s1"])
 objective.finetuned_checkpoint = lambda cfg, data_root, ckpt, out_dir: Path(ckpt)
-paired.cell_val_miou = cell_val_miou
+def repeat_values(cfg, mix, real, synthetic, folder, cells, seeds=None):
+    for seed in (paired.repeat_seeds(cfg) if seeds is None else seeds):
+        yield cell_val_miou(cfg, mix, seed, real, synthetic)
+
+
+class NoCells:  # the study's pool of segmenter cells: none needed with the stand-in above
+    device = type("Device", (), {"type": "cpu"})()
+    store = type("Store", (), {"root": Path("cells")})()
+
+    def __init__(self, *a, **k):
+        pass
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        return None
+
+
+paired.repeat_values = repeat_values
+cells_mod.StudyCells = NoCells
 isdm.sampling.run_sampling = lambda cfg, data_root, ckpt, out_dir, overwrite=False: {
     "this_run": {"seconds_per_image": 0.1}}
 plots.write_plots = lambda study, out_dir: []  # matplotlib costs seconds per process
@@ -110,8 +131,10 @@ def _spec(tmp_path: Path, kind: str) -> str:
     return str(tmp_path / "study.journal") if kind == "journal" else f"sqlite:///{tmp_path / 'study.db'}"
 
 
+@SLOW
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
-def test_case_15_killed_worker_trial_is_failed_and_its_params_retried(tmp_path, worker, kind):
+def test_a_killed_workers_trial_is_failed_and_its_params_retried(tmp_path, worker, kind):
+    """Issue 10 case 15."""
     storage, hang = _spec(tmp_path, kind), tmp_path / "hanging"
     doomed = worker(storage, "tracking.enabled=false", HANG_FILE=str(hang))
     deadline = time.monotonic() + 120
@@ -138,8 +161,10 @@ def _start_together(worker, storage: str, tmp_path: Path, *overrides: str) -> li
     return [_finish(p) for p in procs]
 
 
-def test_case_15_two_workers_on_a_fresh_journal_share_one_mlflow_study_run(
+@SLOW
+def test_two_workers_on_a_fresh_journal_share_one_mlflow_study_run(
         tmp_path, worker, mlflow_uri):
+    """Issue 10 case 15."""
     import mlflow
 
     storage = _spec(tmp_path, "journal")
@@ -153,9 +178,88 @@ def test_case_15_two_workers_on_a_fresh_journal_share_one_mlflow_study_run(
     assert _load(storage).user_attrs["isdm.mlflow_run_id"] == study_runs[0].info.run_id
 
 
-def test_case_15_two_workers_creating_a_fresh_sqlite_study_both_succeed(tmp_path, worker):
+@SLOW
+def test_two_workers_creating_a_fresh_sqlite_study_both_succeed(tmp_path, worker):
+    """Issue 10 case 15."""
     storage = _spec(tmp_path, "sqlite")
     _start_together(worker, storage, tmp_path, "tracking.enabled=false")
     trials = _load(storage).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     assert trials[0].params != trials[1].params
+
+
+def test_a_study_storage_without_a_file_is_refused(synth_dir, ckpt, tmp_path):
+    """Issue 22: `--storage sqlite:///` (no path) kept the study in memory: every trial was lost
+    when the process ended, silently."""
+    from faultkit import isdm, no_traceback
+
+    for spec in ("sqlite:///", "sqlite://", "sqlite:///:memory:"):
+        r = isdm("tune", "-c", TINY, "--data", synth_dir, "--checkpoint", ckpt, "--out",
+                 tmp_path / "tune", "--storage", spec, "--n-trials", "0",
+                 "--set", "tracking.enabled=false")
+        assert no_traceback(r) and "names no database file" in r.output, r.output
+        assert "lose every trial" in r.output and not (tmp_path / "tune").exists()
+
+
+def test_ctrl_c_during_the_trials_stops_without_a_traceback(tmp_path, capsys, caplog):
+    """Issue 22: Ctrl-C during `tune` printed the traceback of wherever the trial was."""
+    import optuna
+
+    from isdm.tuning.study import _interrupt_note
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="s")
+
+    def objective(trial):
+        trial.suggest_float("x", 0, 1)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with _interrupt_note(study, tmp_path):
+            study.optimize(objective, n_trials=3)
+    assert "Trial 0 failed" in caplog.text and "Traceback" not in caplog.text, caplog.text
+    assert "tune: interrupted; the running trial is marked failed" in capsys.readouterr().err
+    assert [t.state.name for t in study.trials] == ["FAIL"]
+
+
+def _study_folder(out: Path, gains: list[float], verdict: str, best: int = 0) -> None:
+    import csv
+    import json
+
+    out.mkdir()
+    (out / "best_params.yaml").write_text("sample.s: 2.5\n")
+    (out / "summary.json").write_text(json.dumps({"best_trial": best, "best_gain": gains[best]}))
+    with (out / "trials.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["number", "state", "gain"])
+        w.writerows([i, "COMPLETE", g] for i, g in enumerate(gains))
+    if verdict:
+        (out / "final_check.json").write_text(json.dumps({
+            "best_trial": best, "verdict": f"({verdict})",
+            "tuned_vs_current": {"verdict": verdict, "gain": 0.01}}))
+
+
+def test_apply_refuses_a_best_trial_the_study_cannot_tell_from_the_others(tmp_path):
+    """Issue 22: `tune --apply` wrote a winner picked from a tie (every gain 0.0000: the
+    segmenters predicted only background) or one the test split did not confirm."""
+    import shutil
+
+    from faultkit import isdm, no_traceback
+
+    params = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", params)
+    original = params.read_text()
+    cases = [("tie", [0.0, 0.0, 0.0], "gain", "ties the field: trial(s) 1, 2"),
+             ("noise", [0.03, 0.01], "no significant difference", "the test-split check says"),
+             ("unchecked", [0.03, 0.01], "", "no test-split check of the best trial")]
+    for name, gains, verdict, message in cases:
+        _study_folder(tmp_path / name, gains, verdict)
+        r = isdm("tune", "-c", params, "--out", tmp_path / name, "--apply")
+        assert no_traceback(r) and message in r.output and "--force" in r.output, r.output
+        assert params.read_text() == original
+    _study_folder(tmp_path / "confirmed", [0.03, 0.01], "gain")
+    r = isdm("tune", "-c", params, "--out", tmp_path / "confirmed", "--apply")
+    assert r.exit_code == 0 and "sample.s: 1.5 -> 2.5" in r.output, r.output
+    params.write_text(original)
+    r = isdm("tune", "-c", params, "--out", tmp_path / "tie", "--apply", "--force")
+    assert r.exit_code == 0 and "sample.s: 1.5 -> 2.5" in r.output, r.output

@@ -41,11 +41,13 @@ def _tiny_params() -> dict:
     """params.yaml with configs/tiny.yaml's sizes, a few steps and no MLflow."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for section, values in yaml.safe_load(TINY.read_text()).items():
-        params[section] = values if section == "model" else {**params[section], **values}
+        if section in ("tune", "labels"):  # other pipelines' sections
+            continue
+        params[section] = values if section == "model" else {**params.get(section, {}), **values}
     params["train"].update(max_steps=2, max_epochs=1)
     params["finetune"].update(max_steps=2)
     params["sample"].update(steps=2)
-    params["tracking"]["enabled"] = False
+    params["tracking"] = {"enabled": False}
     return params
 
 

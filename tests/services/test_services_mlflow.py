@@ -62,7 +62,7 @@ def pipeline(synth_dir, tmp_path_factory, mlflow_server):
         _isdm("finetune", *c, *d, "--init", "sdm/best.pt", "--out", "sdm_ft")
         _isdm("sample", *c, *d, "--checkpoint", "models:/isdm-sdm/latest", "--out", "syn",
               "--device", "cpu", "--set", "sample.s=3.0")
-        _isdm("curate", *c, *d, "--synthetic", "syn", "--out", "cur", "--cache-dir", "cc",
+        _isdm("curate", *c, *d, "--synthetic", "syn", "--out", "cur", "--cell-cache", "cc",
               "--device", "cpu")
         _isdm("evaluate", *c, *d, "--synthetic", "syn", "--out", "eval")
         # README: the runs of one pipeline execution

@@ -77,7 +77,8 @@ def study(tmp_path_factory, postgres, mlflow_server, synth_dir, tiny_sdm):
     # README: the same command on every worker, the study in the shared database
     args = ["tune", "-c", str(config), "--data", str(synth_dir), "--checkpoint", str(tiny_sdm),
             "--out", str(out), "--storage", storage]
-    env = isdm_env(MLFLOW_TRACKING_URI=mlflow_server.url)
+    cells = root / "cells"  # the workers' shared cell store
+    env = isdm_env(MLFLOW_TRACKING_URI=mlflow_server.url, ISDM_CELL_CACHE=str(cells))
     client = mlflow.MlflowClient(mlflow_server.url)
     # README: the workers without the final check, a last one with --n-trials 0 runs it once
     worker = [*args, "--n-trials", "2", "--set", "tune.final_check=false"]
@@ -100,7 +101,7 @@ def study(tmp_path_factory, postgres, mlflow_server, synth_dir, tiny_sdm):
 
     trials = optuna.load_study(study_name=STUDY, storage=storage).get_trials()
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    return {"storage": storage, "out": out, "trials": trials, "client": client,
+    return {"storage": storage, "out": out, "cells": cells, "trials": trials, "client": client,
             "experiment_id": experiment_id, "killed_run": client.get_run(killed_run),
             "a_pid": str(a.pid), "third": third}
 
@@ -128,7 +129,11 @@ def test_every_trial_logs_under_one_mlflow_study_run_and_the_baseline_was_traine
     assert len(runs) == 3 and {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent}
     assert len({r.data.tags["isdm.pid"] for r in runs}) == 2  # A's killed trial, B's two
     assert len(client.get_metric_history(parent, "baseline_val_miou")) == TUNE["repeats"]
-    assert len(list((study["out"] / "baselines").glob("*.json"))) == 1
+    records = [json.loads(p.read_text()) for p in study["cells"].glob("*/record.json")]
+    # the study's real-only cells (validation only, never tested; the final check's are tested)
+    baseline = [r["spec"]["seed"] for r in records
+                if r["spec"]["mix"] == "RALLF000" and not r["spec"]["test"]]
+    assert sorted(baseline) == list(range(TUNE["repeats"]))  # one real-only cell per seed
 
 
 def test_the_killed_workers_mlflow_run_is_marked_killed(study):

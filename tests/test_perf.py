@@ -151,11 +151,18 @@ def test_wait_policy_spins_only_on_an_idle_machine():
 
 
 def test_wait_policy_command_keeps_a_users_choice():
+    from isdm.utils.cpu import MALLOC_TUNABLES
+
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path), "OMP_WAIT_POLICY": "ACTIVE"}
     out = subprocess.run([sys.executable, "-m", "isdm.utils.cpu", "--explain"], env=env,
                          capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["OMP_WAIT_POLICY=ACTIVE"]
+    assert out.stdout.split() == ["OMP_WAIT_POLICY=ACTIVE", f"GLIBC_TUNABLES={MALLOC_TUNABLES}"]
     assert "(set in the environment)" in out.stderr
+    env["GLIBC_TUNABLES"] = "glibc.malloc.arena_max=2"  # the user's tunables win
+    out = subprocess.run([sys.executable, "-m", "isdm.utils.cpu"], env=env,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split()[1] == "GLIBC_TUNABLES=glibc.malloc.arena_max=2"
+    del env["GLIBC_TUNABLES"]
     del env["OMP_WAIT_POLICY"]
     out = subprocess.run([sys.executable, "-m", "isdm.utils.cpu"], env=env,
                          capture_output=True, text=True, check=True)

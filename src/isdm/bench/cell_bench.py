@@ -35,7 +35,7 @@ import torch
 __all__ = ["run", "step_flops", "bare_step", "pool_cells", "CELL_STEPS"]
 
 ARCHS = ("FPN", "DeepLabV3Plus", "UnetPlusPlus")
-CELL_STEPS = 100  # a cell of the bench: 5 validations (every 20) and a test, like evaluate's
+CELL_STEPS = 200  # a cell of the bench: 10 validations (every 20) and a test, like evaluate's
 
 
 def _config(steps: int, val_every: int, precision: str = "fp32") -> Any:
@@ -115,12 +115,16 @@ def pool_cells(arch: str, data_root: Path, device: torch.device, steps: int,
             "cell_s": max(r.run["seconds"] for r in records), "pool_s": wall}
 
 
-def matmul_gflops(device: torch.device, n: int = 1024, repeats: int = 10) -> float:
-    """fp32 ``n x n`` matmul GFLOP/s on ``device`` (all threads on a CPU), best of three."""
+def matmul_gflops(device: torch.device, n: int = 1024, repeats: int = 20) -> float:
+    """fp32 ``n x n`` matmul GFLOP/s on ``device`` (all threads on a CPU): the best of five
+    timings of ``repeats`` products after a warm-up of about half a second (a short or cold
+    timing underestimates the rate and so overstates every MFU)."""
     a, b = (torch.randn(n, n, device=device) for _ in range(2))
-    torch.mm(a, b)
+    t_end = time.perf_counter() + 0.5
+    while time.perf_counter() < t_end:
+        torch.mm(a, b)
     best = float("inf")
-    for _ in range(3):
+    for _ in range(5):
         _sync(device)
         t0 = time.perf_counter()
         for _ in range(repeats):

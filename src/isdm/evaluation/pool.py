@@ -255,6 +255,9 @@ class CellPool:
         if self._executor is None:
             import multiprocessing as mp
 
+            from isdm.utils.cpu import keep_freed_memory
+
+            keep_freed_memory()  # the workers reuse freed pages (bit-identical; utils.cpu)
             ctx = mp.get_context("spawn")
             queue = ctx.Queue()
             for device in self.devices:

@@ -9,7 +9,7 @@ from typing import Optional
 
 import click
 
-from isdm.cli.common import config_options, load_cli_config
+from isdm.cli.common import config_options, load_cli_config, progress_option
 
 
 @click.group()
@@ -20,6 +20,7 @@ def data() -> None:
 @data.command("check")
 @click.argument("directory", metavar="DIR", type=click.Path(file_okay=False))
 @config_options
+@progress_option
 @click.option("--mode", type=click.Choice(["binary", "multi-class", "lemon-binary", "lemon-multi-class"]),
               default=None, help="Override data.dataset_mode (binary implies --num-classes 2).")
 @click.option("--num-classes", type=int, default=None, help="Override data.num_classes.")
@@ -61,6 +62,7 @@ def check(directory: str, config_paths: tuple[str, ...], overrides: tuple[str, .
 @data.command("synth")
 @click.argument("out_dir", metavar="OUT_DIR", type=click.Path(file_okay=False))
 @config_options
+@progress_option
 @click.option("--binary", is_flag=True, help="Write 0/255 masks of 'any defect' (synth.binary=true).")
 def synth(out_dir: str, config_paths: tuple[str, ...], overrides: tuple[str, ...],
           binary: bool) -> None:

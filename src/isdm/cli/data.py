@@ -46,8 +46,8 @@ def check(directory: str, config_paths: tuple[str, ...], overrides: tuple[str, .
     if num_classes is not None:
         extra.append(f"data.num_classes={num_classes}")
     cfg = load_cli_config(config_paths, extra)
-    report = scan_dataset(directory, cfg.data, progress=cfg.runtime.progress and not as_json
-                          and sys.stderr.isatty(), placed=True)
+    report = scan_dataset(directory, cfg.data, progress=cfg.runtime.progress and not as_json,
+                          placed=True)
     names = class_names(report.root, report.mode, report.num_classes)
     advice = (advise(report.splits["train"], names, cfg.data, step_of(len(cfg.channel_mult())))
               if report.ok and "train" in report.splits else None)
@@ -74,7 +74,7 @@ def synth(out_dir: str, config_paths: tuple[str, ...], overrides: tuple[str, ...
     cfg = load_cli_config(config_paths, overrides)
     scfg = dataclasses.replace(cfg.synth, binary=True) if binary else cfg.synth
     start = time.perf_counter()
-    write_synthetic_dataset(out_dir, scfg, progress=cfg.runtime.progress and sys.stderr.isatty())
+    write_synthetic_dataset(out_dir, scfg, progress=cfg.runtime.progress)
     kind = "binary (0/255, any defect)" if scfg.binary else f"multi-class ({', '.join(CLASS_NAMES)})"
     click.echo(f"wrote {scfg.num_train} train + {scfg.num_test} test {scfg.image_size}px pairs, "
                f"{kind}, seed {scfg.seed}, to {out_dir} in {time.perf_counter() - start:.1f} s")

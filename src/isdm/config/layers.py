@@ -44,6 +44,7 @@ ENV_VARS = {
     "ISDM_TRACKING": "tracking.enabled",
     "ISDM_EXPERIMENT": "tracking.experiment",
     "ISDM_REGISTER_MODEL": "tracking.register_model",
+    "ISDM_SYSTEM_METRICS": "tracking.system_metrics",
 }
 
 

@@ -186,7 +186,8 @@ def run_curation(cfg: Config, data_root: str | Path, synthetic_dir: str | Path,
     c = cfg.curate
     check_policy(cfg)
     prepare_out(out_dir, synthetic_dir)  # refuse before the scorer is trained
-    name = (f"curate fidelity>={c.min_fidelity:g} pixels>{c.pixel_threshold:g}x "
+    short = tracking.short
+    name = (f"curate fidelity>={short(c.min_fidelity)} pixels>{short(c.pixel_threshold)}x "
             f"{c.architecture} seed {c.seed}")
     record = read_generator(synthetic_dir)  # the set's generator, not today's params.yaml
     with tracking.start_run(cfg.tracking, name=name, action="curate", dataset=str(data_root),

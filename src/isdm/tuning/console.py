@@ -55,9 +55,9 @@ class Console:
     """An Optuna callback: prints :func:`trial_line` and advances a bar over ``n_trials``."""
 
     def __init__(self, n_trials: int, progress: bool) -> None:
-        from tqdm.auto import tqdm
+        from isdm.utils import progress as bars
 
-        self.bar = tqdm(total=n_trials, desc="tune", unit="trial", disable=not progress)
+        self.bar = bars.bar(total=n_trials, desc="tune", unit="trial", enabled=progress)
 
     def __call__(self, study: Any, trial: Any) -> None:
         self.bar.write(trial_line(trial))

@@ -123,6 +123,9 @@ def _study_run_id(study: Any, created: bool, tracking_on: bool) -> Optional[str]
     if created or not tracking_on:
         return study.user_attrs.get(STUDY_RUN_ATTR) or None
     deadline = time.monotonic() + STUDY_RUN_WAIT
+    if STUDY_RUN_ATTR not in study.user_attrs:
+        print(f"tune: waiting (up to {STUDY_RUN_WAIT:g} s) for the worker that created study "
+              f"{study.study_name!r} to start its MLflow study run", file=sys.stderr, flush=True)
     while STUDY_RUN_ATTR not in (attrs := study.user_attrs):
         if time.monotonic() > deadline:
             print(f"tune: study {study.study_name!r} has no MLflow study run after "

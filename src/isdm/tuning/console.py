@@ -9,6 +9,7 @@ a FAIL shows ``gain n/a``.)
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Mapping
 
 __all__ = ["knobs_text", "trial_line", "Console"]
@@ -60,7 +61,9 @@ class Console:
         self.bar = bars.bar(total=n_trials, desc="tune", unit="trial", enabled=progress)
 
     def __call__(self, study: Any, trial: Any) -> None:
-        self.bar.write(trial_line(trial))
+        from isdm.utils import progress as bars
+
+        bars.note(trial_line(trial), stream=sys.stdout)  # the study's record: stdout
         self.bar.update(1)
 
     def close(self) -> None:

@@ -189,3 +189,29 @@ def test_every_command_takes_several_config_files(tmp_path, base):
     assert json.loads(res.output)["sample"]["s"] == 2.5 and json.loads(res.output)["train"][
         "batch_size"] == 4
     assert flatten(load_config([base, over]))["sample.s"] == 2.5
+
+
+@pytest.mark.parametrize("base", [["params.yaml"], ["params.yaml", "configs/crackforest.yaml"],
+                                  ["params.yaml", "configs/tiny.yaml"],
+                                  ["configs/config_train.json"]])
+@pytest.mark.parametrize("preset", ["tiny", "default", "original"])
+def test_one_override_switches_the_preset(base, preset):
+    from isdm.config import resolve
+    from isdm.config.model import SIZE_KEYS, ModelConfig
+
+    resolved = resolve([REPO / p for p in base], [f"model.preset={preset}"], action="train")
+    model, want = resolved.config.model, ModelConfig(preset=preset)
+    assert model.preset == preset
+    assert {k: getattr(model, k) for k in SIZE_KEYS} == {k: getattr(want, k) for k in SIZE_KEYS}
+    assert all(resolved.sources[f"model.{k}"] == "preset " + preset + " (--set)"
+               for k in SIZE_KEYS)
+
+
+def test_sizes_beside_the_preset_in_one_layer_must_still_agree():
+    from isdm.config import resolve
+
+    with pytest.raises(ConfigError, match="contradicts model.preset='tiny'"):
+        resolve([], ["model.preset=tiny", "model.num_channels=64"])
+    assert resolve([], ["model.preset=tiny", "model.num_channels=32"]).config.model.preset == "tiny"
+    sized = resolve([], ["model.num_channels=64", "model.preset=''"])  # '' keeps the sizes
+    assert sized.config.model.num_channels == 64

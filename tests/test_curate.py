@@ -201,6 +201,10 @@ def test_curated_folder_round_trips_through_evaluate(env, mlflow_uri):
     (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert run.data.tags["isdm.action"] == "curate" and run.data.metrics["kept"] == kept
     assert run.data.params["curate.pixel_threshold"] == "1.5"
+    assert not any(k.startswith(("tracking.", "evaluate.seeds", "evaluate.mixes", "train."))
+                   for k in run.data.params)  # only what curate reads (run_params)
+    inputs = {i.tags[0].value: i.dataset.name for i in run.inputs.dataset_inputs}
+    assert inputs == {"real": Path(env["data"]).name, "synthetic": "syn"}
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"card.md", "card.json", "best_worst.png", "closest_pairs.png",
             "fidelity_hist.png", "weights.json", "manifest.jsonl"} <= logged
@@ -239,3 +243,21 @@ def test_curate_refuses_what_it_must_not_write(env, tmp_path):
     out = fails("--out", str(tmp_path / "bin"), "--set", "data.dataset_mode=binary",
                 "--set", "data.num_classes=2")
     assert "curate.pixel_threshold=1.5: binary labels have no ignore value" in out
+
+
+def test_the_curate_run_logs_only_the_params_curate_reads():
+    import dataclasses
+
+    from isdm.config import Config
+    from isdm.curation.run import run_params
+
+    cfg = Config()
+    cfg = cfg.replace(evaluate=dataclasses.replace(cfg.evaluate, steps=40))
+    keys = set(run_params(cfg, None))
+    assert {k.split(".")[0] for k in keys} == {"curate", "data", "evaluate"}
+    assert {"curate.min_fidelity", "data.num_classes", "evaluate.lr", "evaluate.steps"} <= keys
+    assert not keys & {"evaluate.architectures", "evaluate.seeds", "evaluate.workers",
+                       "evaluate.bootstrap", "data.root", "evaluate.calibration.max_steps"}
+    auto = set(run_params(cfg.replace(evaluate=dataclasses.replace(cfg.evaluate, steps="auto")),
+                          {"sample": {"s": 2.5}, "runs": {}}))
+    assert "evaluate.calibration.max_steps" in auto and "sample.s" in auto

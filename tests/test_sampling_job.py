@@ -243,7 +243,7 @@ def test_cli_end_to_end_with_tracking(tmp_path, data, ckpt, fake_engine, mlflow_
     import mlflow
 
     runs = mlflow.search_runs(search_all_experiments=True)
-    assert len(runs) == 1 and runs.iloc[0]["tags.mlflow.runName"] == "sample dpmpp2m 2 steps s=2.0"
+    assert len(runs) == 1 and runs.iloc[0]["tags.mlflow.runName"] == "sample dpmpp2m 2 steps s=2"
     assert runs.iloc[0]["metrics.images_per_s"] > 0
     assert "metrics.class_share_after.1" in runs.columns
     r2 = CliRunner().invoke(cli, args + ["--set", "sample.seed=5"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from isdm import tracking
@@ -33,6 +35,39 @@ def test_run_params_metrics_and_child(mlflow_uri, tmp_path):
     assert p.data.tags["isdm.action"] == "evaluate"
     exp = client.get_experiment(p.info.experiment_id)
     assert exp.name == "isdm-synth"
+
+
+@pytest.mark.parametrize("on, expected", [(True, True), (False, None)])
+def test_the_system_metrics_switch_reaches_mlflow_start_run(mlflow_uri, monkeypatch, on, expected):
+    import mlflow
+
+    seen, start = [], mlflow.start_run
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("log_system_metrics"))
+        return start(*args, **{**kwargs, "log_system_metrics": False})  # sample nothing
+
+    monkeypatch.setattr(mlflow, "start_run", spy)
+    with tracking.start_run(TrackingConfig(system_metrics=on), name="x", action="sample"):
+        pass
+    assert seen == [expected]  # off: MLflow's own MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING decides
+
+
+def test_the_system_metrics_switch_is_an_environment_variable():
+    from isdm.config import resolve
+
+    assert resolve(env={"ISDM_SYSTEM_METRICS": "true"}).config.tracking.system_metrics
+    assert not resolve(env={}).config.tracking.system_metrics
+
+
+def test_run_names_round_floats():
+    from isdm.training.loop import run_name
+
+    assert tracking.short(2.7440675196366238) == "2.744"
+    assert (tracking.short(0.2), tracking.short(2.0), tracking.short(1e-05)) == ("0.2", "2", "1e-05")
+    assert tracking.short(20) == "20"
+    ft = dataclasses.replace(Config().finetune, drop_rate=0.23456789)
+    assert run_name(Config(), "finetune", ft).endswith(" drop=0.2346")
 
 
 def test_failed_run_is_marked_failed(mlflow_uri):

@@ -19,7 +19,7 @@ today's params.yaml, and tags its run with the ids of the runs upstream (:func:`
 
 A run logs, from its own config, only the sections that describe what it did
 (:func:`training_params`, :func:`sample_params`, :func:`evaluate_params`,
-:func:`curate_params`): params.yaml's other sections may have changed since the checkpoint or
+:func:`isdm.curation.run.run_params`): params.yaml's other sections may have changed since the checkpoint or
 the synthetic set was made, and a ``params.sample.s`` filter in ``mlflow ui`` must find the
 runs of sets sampled with that ``s``, not every run of a commit.
 
@@ -42,13 +42,12 @@ import numpy as np
 from isdm.config import Config, flatten, to_dict
 
 __all__ = ["DatasetInfo", "generator_record", "read_generator", "generator_params",
-           "generator_tags", "training_params", "sample_params", "evaluate_params", "curate_params",
+           "generator_tags", "training_params", "sample_params", "evaluate_params",
            "class_shares",
            "real_dataset", "synthetic_dataset", "mask_folder"]
 
 _SAMPLE_SECTIONS = ("data", "model", "diffusion", "tracking")  # + generator_params
 _EVALUATE_SECTIONS = ("data", "evaluate", "tracking")  # + generator_params
-_CURATE_SECTIONS = ("data", "curate", "evaluate", "tracking")  # evaluate: the scorer's recipe
 _RUN_TAGS = {"sample": "isdm.sample_run_id", "finetune": "isdm.finetune_run_id",
              "train": "isdm.train_run_id"}
 
@@ -133,12 +132,6 @@ def evaluate_params(cfg: Config, record: Optional[Mapping[str, Any]]) -> dict[st
     """An evaluate run's params: data, evaluate, tracking, and the generator of the synthetic
     set it evaluates (none without a record)."""
     return _params(cfg, _EVALUATE_SECTIONS, record)
-
-
-def curate_params(cfg: Config, record: Optional[Mapping[str, Any]]) -> dict[str, Any]:
-    """A curate run's params: data, curate, evaluate (the scorer's recipe), tracking, and the
-    generator of the synthetic set it filters (none without a record)."""
-    return _params(cfg, _CURATE_SECTIONS, record)
 
 
 # ---- datasets ---------------------------------------------------------------------------------

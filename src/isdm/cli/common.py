@@ -1,4 +1,5 @@
-"""Options and helpers shared by the sub-commands (config loading)."""
+"""Options and helpers shared by the sub-commands: config loading (:func:`config_options`) and
+how a command runs here (:func:`runtime_options`: ``--device``, ``--no-progress``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from isdm.config import Config, Resolved, resolve
 
 DEFAULT_PARAMS = "params.yaml"
 _MORE = "isdm.more_overrides"  # click context meta key of --overrides
+_RUNTIME = "isdm.runtime_flags"  # click context meta key of --device / --no-progress
 
 
 def _split_overrides(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> None:
@@ -41,6 +43,34 @@ def config_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+def _runtime_flag(key: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def store(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value is not None and value is not False:
+            text = "false" if key == "runtime.progress" else value
+            ctx.meta.setdefault(_RUNTIME, {})[key] = f"{key}={text}"
+    return store
+
+
+def progress_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--no-progress`` alone, for the commands that show progress but run no network
+    (``data check``, ``data synth``): sets ``runtime.progress=false``."""
+    return click.option("--no-progress", is_flag=True, expose_value=False,
+                        callback=_runtime_flag("runtime.progress"),
+                        help="No progress bars or progress lines (runtime.progress=false; "
+                             "default: $ISDM_PROGRESS, else on).")(f)
+
+
+def runtime_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--device`` and ``--no-progress``: THE options of every command that computes (a test
+    walks the command tree). They set ``runtime.device`` / ``runtime.progress`` of the
+    config the command loads with :func:`load_cli_config`, after ``--set``."""
+    f = progress_option(f)
+    return click.option("--device", default=None, expose_value=False,
+                        callback=_runtime_flag("runtime.device"),
+                        help="auto, cpu, cuda, cuda:1, mps (runtime.device; default: "
+                             "$ISDM_DEVICE, else auto = CUDA when available).")(f)
+
+
 def config_files(config_paths: Sequence[str]) -> list[str]:
     """The ``-c`` files, or ``./params.yaml`` when none is given and it exists."""
     if not config_paths and Path(DEFAULT_PARAMS).exists():
@@ -52,10 +82,12 @@ def resolve_cli_config(config_paths: Sequence[str], overrides: Sequence[str],
                        action: Optional[str] = None) -> Resolved:
     """:func:`isdm.config.resolve` for a command: its ``-c`` files (:func:`config_files`), the
     ``ISDM_*`` environment variables (:data:`isdm.config.ENV_VARS`), then its ``--overrides``
-    and ``--set`` values."""
+    and ``--set`` values, then ``--device`` / ``--no-progress`` (:func:`runtime_options`)."""
     ctx = click.get_current_context(silent=True)
     more = ctx.meta.get(_MORE, []) if ctx is not None else []
-    return resolve(config_files(config_paths), [*more, *overrides], action=action, env=os.environ)
+    flags = list(ctx.meta.get(_RUNTIME, {}).values()) if ctx is not None else []
+    return resolve(config_files(config_paths), [*more, *overrides, *flags], action=action,
+                   env=os.environ)
 
 
 def load_cli_config(config_paths: Sequence[str], overrides: Sequence[str],

@@ -7,11 +7,12 @@ from typing import Optional
 
 import click
 
-from isdm.cli.common import check_tracking, config_options, load_cli_config
+from isdm.cli.common import check_tracking, config_options, load_cli_config, runtime_options
 
 
 @click.command()
 @config_options
+@runtime_options
 @click.option("--data", "data_root", required=True, type=click.Path(file_okay=False, exists=True),
               help="Real dataset root; the scorer trains on its train split.")
 @click.option("--synthetic", "synthetic_dir", required=True,
@@ -24,11 +25,8 @@ from isdm.cli.common import check_tracking, config_options, load_cli_config
               help="The cell store the scorer (evaluate's real-only cell of curate.architecture "
                    "and curate.seed) comes from or goes to (default $ISDM_CELL_CACHE, else "
                    "./.isdm/cells).")
-@click.option("--device", default=None,
-              help="auto, cpu, cuda, cuda:1 ... Default: runtime.device of the config.")
 def curate(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root: str,
-           synthetic_dir: str, out_dir: str, cell_cache: Optional[str],
-           device: Optional[str]) -> None:
+           synthetic_dir: str, out_dir: str, cell_cache: Optional[str]) -> None:
     """Keep the synthetic pairs whose image shows its mask: drop pairs with fidelity below
     curate.min_fidelity, ignore pixels whose loss is above curate.pixel_threshold x their class's
     mean loss, weight masks by hardness, check for near-copies of real images, and write the card
@@ -37,8 +35,7 @@ def curate(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root:
 
     cfg = load_cli_config(config_paths, overrides)
     check_tracking(cfg)
-    card = run_curation(cfg, data_root, synthetic_dir, out_dir, cell_cache=cell_cache,
-                        device=device)
+    card = run_curation(cfg, data_root, synthetic_dir, out_dir, cell_cache=cell_cache)
     c, mem = card["counts"], card["memorisation"]
     click.echo(f"{out_dir}: kept {c['kept']} of {c['pairs']} pairs (dropped {c['dropped']} with "
                f"fidelity < {card['policy']['min_fidelity']}), {c['pixels_ignored']} pixels "

@@ -9,7 +9,7 @@ from typing import Optional
 
 import click
 
-from isdm.cli.common import config_options, load_cli_config
+from isdm.cli.common import config_options, load_cli_config, progress_option
 
 
 @click.group()
@@ -20,6 +20,7 @@ def data() -> None:
 @data.command("check")
 @click.argument("directory", metavar="DIR", type=click.Path(file_okay=False))
 @config_options
+@progress_option
 @click.option("--mode", type=click.Choice(["binary", "multi-class", "lemon-binary", "lemon-multi-class"]),
               default=None, help="Override data.dataset_mode (binary implies --num-classes 2).")
 @click.option("--num-classes", type=int, default=None, help="Override data.num_classes.")
@@ -45,8 +46,8 @@ def check(directory: str, config_paths: tuple[str, ...], overrides: tuple[str, .
     if num_classes is not None:
         extra.append(f"data.num_classes={num_classes}")
     cfg = load_cli_config(config_paths, extra)
-    report = scan_dataset(directory, cfg.data, progress=cfg.runtime.progress and not as_json
-                          and sys.stderr.isatty(), placed=True)
+    report = scan_dataset(directory, cfg.data, progress=cfg.runtime.progress and not as_json,
+                          placed=True)
     names = class_names(report.root, report.mode, report.num_classes)
     advice = (advise(report.splits["train"], names, cfg.data, step_of(len(cfg.channel_mult())))
               if report.ok and "train" in report.splits else None)
@@ -61,6 +62,7 @@ def check(directory: str, config_paths: tuple[str, ...], overrides: tuple[str, .
 @data.command("synth")
 @click.argument("out_dir", metavar="OUT_DIR", type=click.Path(file_okay=False))
 @config_options
+@progress_option
 @click.option("--binary", is_flag=True, help="Write 0/255 masks of 'any defect' (synth.binary=true).")
 def synth(out_dir: str, config_paths: tuple[str, ...], overrides: tuple[str, ...],
           binary: bool) -> None:
@@ -72,7 +74,7 @@ def synth(out_dir: str, config_paths: tuple[str, ...], overrides: tuple[str, ...
     cfg = load_cli_config(config_paths, overrides)
     scfg = dataclasses.replace(cfg.synth, binary=True) if binary else cfg.synth
     start = time.perf_counter()
-    write_synthetic_dataset(out_dir, scfg, progress=cfg.runtime.progress and sys.stderr.isatty())
+    write_synthetic_dataset(out_dir, scfg, progress=cfg.runtime.progress)
     kind = "binary (0/255, any defect)" if scfg.binary else f"multi-class ({', '.join(CLASS_NAMES)})"
     click.echo(f"wrote {scfg.num_train} train + {scfg.num_test} test {scfg.image_size}px pairs, "
                f"{kind}, seed {scfg.seed}, to {out_dir} in {time.perf_counter() - start:.1f} s")

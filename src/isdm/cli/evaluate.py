@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 
 from isdm.cli.cells import cell_options, parse_shard, shard_message, with_pool_flags
-from isdm.cli.common import check_tracking, config_options, load_cli_config
+from isdm.cli.common import check_tracking, config_options, load_cli_config, runtime_options
 
 
 @click.command()
 @config_options
+@runtime_options
 @click.option("--data", "data_root", required=True, type=click.Path(file_okay=False, exists=True),
               help="Real dataset root with train/ and test/ (images/ + masks/).")
 @click.option("--synthetic", "synthetic", multiple=True, metavar="[NAME=]DIR",
@@ -21,8 +22,6 @@ from isdm.cli.common import check_tracking, config_options, load_cli_config
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Where metrics.json (headline), report.json, report.md, miou.png, cells.csv, "
                    "counts.npz, calibration.json and calibration.png go.")
-@click.option("--device", default=None,
-              help="auto, cpu, cuda, cuda:1 ... Default: runtime.device of the config.")
 @click.option("--fidelity-only", is_flag=True,
               help="Train only the real-only baseline (first seed) and report label fidelity.")
 @cell_options
@@ -31,7 +30,7 @@ from isdm.cli.common import check_tracking, config_options, load_cli_config
                    "(several machines or GPUs into one shared --cell-cache); a run without "
                    "--shard then finds every cell there and only writes the report.")
 def evaluate(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root: str,
-             synthetic: tuple[str, ...], out_dir: str, device: str | None,
+             synthetic: tuple[str, ...], out_dir: str,
              fidelity_only: bool, cell_cache: str | None, workers: int | None,
              threads: int | None, shard: tuple[int, int] | None) -> None:
     """Train smp segmenters on R<a>F<b> mixes (several seeds, the same optimiser steps for every
@@ -47,13 +46,13 @@ def evaluate(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_roo
     cfg = with_pool_flags(load_cli_config(config_paths, overrides), workers, threads)
     check_tracking(cfg)
     if shard is not None:  # shards fill the cell store side by side and write no report
-        result = run_evaluation(cfg, data_root, list(synthetic) or None, out_dir, device=device,
+        result = run_evaluation(cfg, data_root, list(synthetic) or None, out_dir,
                                 fidelity_only=fidelity_only, cell_cache=cell_cache, shard=shard)
         click.echo(shard_message(result))
         return
     claim_out(out_dir, write=False)  # refuse before the folder is created for its lock
     with ownership.exclusive(out_dir, "evaluate"):  # one evaluation per --out at a time
-        result = run_evaluation(cfg, data_root, list(synthetic) or None, out_dir, device=device,
+        result = run_evaluation(cfg, data_root, list(synthetic) or None, out_dir,
                                 fidelity_only=fidelity_only, cell_cache=cell_cache)
     summary = result["summary"]
     click.echo("")

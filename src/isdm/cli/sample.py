@@ -9,7 +9,8 @@ from typing import Optional
 
 import click
 
-from isdm.cli.common import check_tracking, config_options, load_cli_config, original_config
+from isdm.cli.common import (check_tracking, config_options, load_cli_config, original_config,
+                             runtime_options)
 
 
 def _legacy_model_path(config_paths: tuple[str, ...]) -> Optional[str]:
@@ -22,6 +23,7 @@ def _legacy_model_path(config_paths: tuple[str, ...]) -> Optional[str]:
 
 @click.command()
 @config_options
+@runtime_options
 @click.option("--data", "data_root", type=click.Path(file_okay=False), default=None,
               help="Dataset folder with train/images and train/masks "
                    "(default: data.root of the config).")
@@ -37,13 +39,11 @@ def _legacy_model_path(config_paths: tuple[str, ...]) -> Optional[str]:
               help="Delete the files isdm recorded writing in --out (a run of another config or "
                    "checkpoint) and start afresh; refused, before anything is deleted, when "
                    "images/ labels/ colored_labels/ samples/ hold any other file.")
-@click.option("--device", default=None,
-              help="auto, cpu, cuda, cuda:1 ... Default: runtime.device of the config.")
 @click.option("--max-new", type=click.IntRange(min=0), default=None,
               help="Stop after this many new samples (a later run resumes).")
 def sample(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root: Optional[str],
            checkpoint: Optional[str], out_dir: str, shard: str, overwrite: bool,
-           device: Optional[str], max_new: Optional[int]) -> None:
+           max_new: Optional[int]) -> None:
     """Generate exactly sample.num_samples synthetic image/mask pairs into --out.
 
     Reruns resume: a sample whose four files match the sizes and digests of its manifest record
@@ -70,7 +70,7 @@ def sample(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root:
     from isdm.sampling import run_sampling
 
     summary = run_sampling(cfg, data_root or cfg.data.root, checkpoint, out_dir, shard=shard_t,
-                           overwrite=overwrite, device=device, max_new=max_new)
+                           overwrite=overwrite, max_new=max_new)
     this = summary["this_run"]
     click.echo(f"{out_dir}: {summary['complete']}/{summary['num_samples']} samples complete; "
                f"generated {this['generated']}, skipped {this['skipped_existing']}"

@@ -16,7 +16,8 @@ from typing import Optional
 
 import click
 
-from isdm.cli.common import check_tracking, config_options, load_cli_config, original_config
+from isdm.cli.common import (check_tracking, config_options, load_cli_config, original_config,
+                             runtime_options)
 
 
 def _data_option(f):
@@ -26,8 +27,6 @@ def _data_option(f):
 
 
 def _common(f):
-    f = click.option("--no-progress", is_flag=True,
-                     help="No progress bars (default: runtime.progress of the config).")(f)
     f = click.option("--overwrite", is_flag=True,
                      help="Start over in an --out folder holding an earlier run: deletes its "
                           "best.pt, last.pt, metrics.json, loss.csv/png, config.json first.")(f)
@@ -35,7 +34,7 @@ def _common(f):
                      help="Continue a run from its best.pt / last.pt (restores everything).")(f)
     f = click.option("--out", required=True, type=click.Path(file_okay=False),
                      help="Output folder: best.pt, last.pt, metrics.json, loss.csv/png, config.json.")(f)
-    return _data_option(config_options(f))
+    return _data_option(config_options(runtime_options(f)))
 
 
 def _legacy_resume_checkpoint(config_path: Optional[str]) -> Optional[str]:
@@ -69,8 +68,7 @@ def _start_flags(action: str, config_path: Optional[str], init: Optional[str],
 
 
 def _run(action: str, config_paths: tuple[str, ...], overrides: tuple[str, ...],
-         data: Optional[str], out: str, init: Optional[str], resume: Optional[str], overwrite: bool,
-         no_progress: bool) -> None:
+         data: Optional[str], out: str, init: Optional[str], resume: Optional[str], overwrite: bool) -> None:
     cfg = load_cli_config(config_paths, overrides, action=action)
     check_tracking(cfg)
     init, resume = _start_flags(action, original_config(config_paths), init, resume)
@@ -83,8 +81,7 @@ def _run(action: str, config_paths: tuple[str, ...], overrides: tuple[str, ...],
     from isdm.training import train as run_training
 
     result = run_training(cfg, data or cfg.data.root, out, action=action, init_from=init,
-                          resume=resume, overwrite=overwrite,
-                          progress=False if no_progress else None)
+                          resume=resume, overwrite=overwrite)
     if result is not None:
         click.echo(json.dumps({"out": out, "best": result.best_path, **result.metrics()}, indent=2))
 
@@ -92,7 +89,7 @@ def _run(action: str, config_paths: tuple[str, ...], overrides: tuple[str, ...],
 @click.command()
 @_common
 def train(config_paths: tuple[str, ...], overrides: tuple[str, ...], data: Optional[str], out: str,
-          resume: Optional[str], overwrite: bool, no_progress: bool) -> None:
+          resume: Optional[str], overwrite: bool) -> None:
     """Train an SDM from scratch on DATA/train (config section `train`).
 
     An --out folder holding an earlier run is refused unless --resume or --overwrite.
@@ -105,7 +102,7 @@ def train(config_paths: tuple[str, ...], overrides: tuple[str, ...], data: Optio
     Before the first step it prints its budget (steps, images per step, epochs on this dataset)
     and after step 3 its estimated duration.
     """
-    _run("train", config_paths, overrides, data, out, None, resume, overwrite, no_progress)
+    _run("train", config_paths, overrides, data, out, None, resume, overwrite)
 
 
 @click.command()
@@ -115,8 +112,7 @@ def train(config_paths: tuple[str, ...], overrides: tuple[str, ...], data: Optio
                    "sizes come from it). Required unless --resume is given or the original "
                    "config names a resume_checkpoint.")
 def finetune(config_paths: tuple[str, ...], overrides: tuple[str, ...], data: Optional[str],
-             out: str, resume: Optional[str], overwrite: bool, no_progress: bool,
-             init: Optional[str]) -> None:
+             out: str, resume: Optional[str], overwrite: bool, init: Optional[str]) -> None:
     """Finetune a trained SDM with mask dropout (config section `finetune`, drop_rate > 0) so
     that it also models the unconditional case needed for classifier-free guidance.
 
@@ -124,4 +120,4 @@ def finetune(config_paths: tuple[str, ...], overrides: tuple[str, ...], data: Op
     isdm finetune -c params.yaml --data data/synth --init models/sdm/best.pt --out models/sdm_ft
     isdm finetune -c configs/config_finetune.json --init models/sdm/best.pt --out models/sdm_ft
     """
-    _run("finetune", config_paths, overrides, data, out, init, resume, overwrite, no_progress)
+    _run("finetune", config_paths, overrides, data, out, init, resume, overwrite)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Optional
@@ -11,11 +10,13 @@ from typing import Optional
 import click
 
 from isdm.cli.cells import cell_options, with_pool_flags
-from isdm.cli.common import DEFAULT_PARAMS, check_tracking, config_options, load_cli_config
+from isdm.cli.common import (DEFAULT_PARAMS, check_tracking, config_options, load_cli_config,
+                             runtime_options)
 
 
 @click.command()
 @config_options
+@runtime_options
 @click.option("--data", "data_root", default=None, type=click.Path(file_okay=False, exists=True),
               help="Dataset root with train/ (trials validate on a split of it; only the final "
                    "check reads test/).")
@@ -30,7 +31,6 @@ from isdm.cli.common import DEFAULT_PARAMS, check_tracking, config_options, load
               help="Optuna storage shared by workers: sqlite:///study.db, postgresql://..., or a "
                    "journal file path. Default tune.storage, else OUT/study.journal.")
 @click.option("--study-name", default=None, help="Default tune.study_name.")
-@click.option("--no-progress", is_flag=True, help="No progress bars (runtime.progress=false; the per-trial lines stay).")
 @cell_options
 @click.option("--apply", "apply_best", is_flag=True,
               help="Write OUT/best_params.yaml's knobs into the first -c file (default "
@@ -42,7 +42,7 @@ from isdm.cli.common import DEFAULT_PARAMS, check_tracking, config_options, load
                    "check does not say it is significantly better.")
 def tune(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root: Optional[str],
          checkpoint: Optional[str], out_dir: str, n_trials: Optional[int], storage: Optional[str],
-         study_name: Optional[str], no_progress: bool, cell_cache: Optional[str],
+         study_name: Optional[str], cell_cache: Optional[str],
          workers: Optional[int], threads: Optional[int], apply_best: bool, force: bool) -> None:
     """Search sample.s, finetune.drop_rate, sample.steps, sample.sampler, the synthetic:real
     ratio and the curation gate against the paired validation-mIoU gain of real + synthetic over
@@ -67,8 +67,6 @@ def tune(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root: O
     if data_root is not None:
         cfg = with_pool_flags(load_cli_config(config_paths, overrides), workers, threads)
         check_tracking(cfg)
-        if no_progress:  # every bar of the study: trials, sampling, the final evaluation
-            cfg = cfg.replace(runtime=dataclasses.replace(cfg.runtime, progress=False))
         from isdm.tuning import run_study
 
         summary = run_study(cfg, data_root, checkpoint, out_dir, n_trials=n_trials,

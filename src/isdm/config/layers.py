@@ -11,6 +11,10 @@ Deep merge: mappings merge key by key; any other value (a number, a list) replac
 one. A file may write keys nested (``sample: {s: 2}``) or dotted (``sample.s: 2``, as
 ``best_params.yaml`` of ``isdm tune`` does). ``finetune`` inherits from ``train`` after the
 merge (:func:`isdm.config.tree.finetune_tree`); ``model`` keys not given come from its preset.
+
+A layer that names a preset (``--set model.preset=tiny``) drops the model SIZE keys of the
+layers before it: switching presets is one override, whatever sizes a base file wrote; sizes
+given in the same layer (or later) still must agree with the preset.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any, Mapping, Sequence
 from isdm.config.checks import SectionError, show
 from isdm.config.files import parse_yaml, read_file
 from isdm.config.legacy import legacy_to_tree
-from isdm.config.model import MODEL_PRESETS
+from isdm.config.model import MODEL_PRESETS, SIZE_KEYS
 from isdm.config.schema import FINETUNE_DEFAULTS
 from isdm.config.tree import SECTIONS, Config, _upgrade_data, check_keys, flatten, from_dict
 from isdm.errors import ConfigError
@@ -44,6 +48,7 @@ ENV_VARS = {
     "ISDM_TRACKING": "tracking.enabled",
     "ISDM_EXPERIMENT": "tracking.experiment",
     "ISDM_REGISTER_MODEL": "tracking.register_model",
+    "ISDM_SYSTEM_METRICS": "tracking.system_metrics",
 }
 
 
@@ -240,6 +245,7 @@ def resolve(paths: Sequence[str | Path] = (), overrides: Sequence[str] = (),
     tree: dict[str, Any] = {}
     given: dict[str, str] = {}
     for layer in layers:
+        _preset_resets_sizes(tree, given, layer.tree)
         tree = merge(tree, layer.tree)
         given.update(dict.fromkeys(leaves(layer.tree), layer.source))
     try:
@@ -250,6 +256,21 @@ def resolve(paths: Sequence[str | Path] = (), overrides: Sequence[str] = (),
         where = ", ".join(dict.fromkeys(layer.source for layer in layers))
         raise ConfigError(f"{where}: {e}" if where else str(e)) from None
     return Resolved(cfg, _sources(cfg, given))
+
+
+def _preset_resets_sizes(tree: dict[str, Any], given: dict[str, str],
+                        layer: Mapping[str, Any]) -> None:
+    """When ``layer`` names a preset, remove from ``tree`` (the layers so far) and ``given``
+    the model size keys that ``layer`` does not set itself."""
+    model = layer.get("model")
+    if not (isinstance(model, Mapping) and model.get("preset")
+            and isinstance(tree.get("model"), Mapping)):
+        return
+    tree["model"] = {k: v for k, v in tree["model"].items()
+                     if k not in SIZE_KEYS or k in model}
+    for key in SIZE_KEYS:
+        if key not in model:
+            given.pop(f"model.{key}", None)
 
 
 def _blame(e: SectionError, given: Mapping[str, str]) -> str:

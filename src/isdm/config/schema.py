@@ -314,8 +314,12 @@ class EvaluateConfig(Section):
 class TrackingConfig(Section):
     """MLflow. Empty ``tracking_uri`` = ``$MLFLOW_TRACKING_URI`` or the embedded local store;
     empty ``experiment`` = ``isdm-<dataset folder name>``; ``register_model``: each finetune
-    registers a new version of the MLflow model ``isdm-sdm``. Not in ``params.yaml``: set with
-    ``ISDM_TRACKING``, ``ISDM_EXPERIMENT``, ``ISDM_REGISTER_MODEL`` or ``--set``."""
+    registers a new version of the MLflow model ``isdm-sdm``; ``system_metrics``: every run
+    also logs MLflow's system metrics (CPU, memory, GPU, disk, network; ``system/*``, sampled
+    every 10 s by a thread; needs ``psutil``, and ``nvidia-ml-py`` for GPUs); off, MLflow's own
+    ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` decides. Not in ``params.yaml``: set with
+    ``ISDM_TRACKING``, ``ISDM_EXPERIMENT``, ``ISDM_REGISTER_MODEL``, ``ISDM_SYSTEM_METRICS`` or
+    ``--set``."""
 
     SECTION = "tracking"
 
@@ -323,3 +327,4 @@ class TrackingConfig(Section):
     tracking_uri: str = ""
     experiment: str = ""
     register_model: bool = True
+    system_metrics: bool = False

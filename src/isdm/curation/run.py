@@ -12,7 +12,9 @@
 5. write the curated folder (:mod:`.folder`) with its card (:mod:`.card`, :mod:`.figures`) and
    rename it into place.
 
-:func:`run_curation` adds the scorer (a cell of the cell store) and one MLflow run (params, counts, card artifacts).
+:func:`run_curation` adds the scorer (a cell of the cell store) and one MLflow run: the params
+curate reads (:func:`run_params`), the real and synthetic datasets as inputs, counts, card
+artifacts.
 Nothing here draws random numbers: the output is a function of the inputs and the scorer, whose
 training is seeded by ``curate.seed``.
 """
@@ -25,14 +27,14 @@ from typing import Any, Optional
 
 import numpy as np
 
-from isdm.config import Config, save_config
+from isdm.config import Config, flatten, save_config
 from isdm.curation import filters
 from isdm.curation.folder import Pair
 from isdm.curation.scorer import Scorer
 from isdm.errors import CurationError
 from isdm.utils import ownership
 
-__all__ = ["curate_folder", "run_curation", "check_policy"]
+__all__ = ["curate_folder", "run_curation", "check_policy", "run_params"]
 
 
 def check_policy(cfg: Config) -> None:
@@ -169,6 +171,27 @@ def _draw(root: Path, card: dict[str, Any], pairs: list[Pair], synth: Any, score
                           root / "closest_pairs.png")
 
 
+def run_params(cfg: Config, record: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """The params of a curate run: what curate reads, no more. ``curate.*``; the ``data`` keys
+    and the ``evaluate`` recipe that make its scorer (the keys of the scorer's cell,
+    :func:`isdm.evaluation.spec.data_identity` / :func:`~isdm.evaluation.spec.recipe_identity`),
+    ``evaluate.steps`` and, for ``auto``, ``evaluate.calibration.*``; and the generator of the
+    synthetic set (:func:`isdm.lineage.generator_params`; none without a record)."""
+    from isdm.evaluation.spec import data_identity, recipe_identity
+    from isdm.lineage import generator_params
+
+    data, recipe = set(data_identity(cfg)), set(recipe_identity(cfg)) | {"steps"}
+    if cfg.evaluate.steps == "auto":
+        recipe.add("calibration")
+
+    def read(key: str) -> bool:
+        section, name = key.split(".", 2)[:2]
+        return section == "curate" or (section == "data" and name in data) or (
+            section == "evaluate" and name in recipe)
+
+    return {**{k: v for k, v in flatten(cfg).items() if read(k)}, **generator_params(record)}
+
+
 def run_curation(cfg: Config, data_root: str | Path, synthetic_dir: str | Path,
                  out_dir: str | Path, *, cell_cache: Optional[str | Path] = None,
                  device: Optional[str] = None) -> dict[str, Any]:
@@ -181,17 +204,21 @@ def run_curation(cfg: Config, data_root: str | Path, synthetic_dir: str | Path,
     from isdm import tracking
     from isdm.curation.folder import prepare_out
     from isdm.curation.scorer import load_scorer
-    from isdm.lineage import curate_params, generator_tags, read_generator
+    from isdm.lineage import generator_tags, read_generator, real_dataset, synthetic_dataset
 
     c = cfg.curate
     check_policy(cfg)
     prepare_out(out_dir, synthetic_dir)  # refuse before the scorer is trained
-    name = (f"curate fidelity>={c.min_fidelity:g} pixels>{c.pixel_threshold:g}x "
+    short = tracking.short
+    name = (f"curate fidelity>={short(c.min_fidelity)} pixels>{short(c.pixel_threshold)}x "
             f"{c.architecture} seed {c.seed}")
     record = read_generator(synthetic_dir)  # the set's generator, not today's params.yaml
     with tracking.start_run(cfg.tracking, name=name, action="curate", dataset=str(data_root),
-                            params=curate_params(cfg, record),
+                            params=run_params(cfg, record),
                             tags=generator_tags(record, synthetic_dir)) as run:
+        if run.run_id:  # what it read, as the evaluate run logs them
+            run.log_dataset(real_dataset(data_root, cfg.data), "real")
+            run.log_dataset(synthetic_dataset(synthetic_dir, cfg.data.num_classes), "synthetic")
         scorer = load_scorer(cfg, data_root, cell_cache=cell_cache,
                              device=device, on_validation=lambda r: run.log_metrics(
                                  {"scorer_val_miou": r["val_miou"]}, step=int(r["step"])))

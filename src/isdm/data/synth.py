@@ -143,12 +143,10 @@ def _write(out: Path, cfg: SynthConfig, progress: bool) -> None:
     """The files of :func:`_names` (the folder's lock held)."""
     jobs = [(split, i) for split, n in (("train", cfg.num_train), ("test", cfg.num_test))
             for i in range(n)]
-    if progress:
-        from tqdm import tqdm
+    from isdm.utils import progress as bars
 
-        jobs = tqdm(jobs, desc="synth", unit="image")
     preview = []
-    for split, i in jobs:
+    for split, i in bars.bar(jobs, desc="synth", unit="image", enabled=progress):
         rgb, ids, surface = render_sample(cfg.seed, split, i, cfg.image_size)
         name = f"{i:04d}_{surface}.png"
         mask = (ids > 0).astype(np.uint8) * 255 if cfg.binary else ids

@@ -143,12 +143,10 @@ def _scan_split(split_dir: Path, split: str, cfg: DataConfig, problems: list[str
                        placed_images=[0] * c if placed else [])
     sizes = stats.sizes
     raw_values: set[int] = set()
-    iterator = pairs
-    if progress:
-        from tqdm import tqdm
+    from isdm.utils import progress as bars
 
-        iterator = tqdm(pairs, desc=f"check {split}", unit="pair", leave=False)
-    for pair in iterator:
+    for pair in bars.bar(pairs, desc=f"check {split}", unit="pair", enabled=progress,
+                         transient=True):
         size, err_i = _open_image(pair.image)
         raw, err_m = _open_mask(pair.mask)
         problems += [e for e in (err_i, err_m) if e]

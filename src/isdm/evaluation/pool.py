@@ -17,14 +17,13 @@ runs the cells in the calling process (no spawn) at ``threads`` threads, so ``wo
 is started when all are), then the trained ones in the order they finish; a cell is in the store
 before it is yielded, so a killed run loses only the cells in training (whose progress is saved
 every :data:`isdm.evaluation.worker.SAVE_EVERY_S` seconds). One progress bar counts cells done,
-trained and taken from the store (a non-TTY gets a plain line every :data:`LINE_EVERY_S`).
+trained and taken from the store (:mod:`isdm.utils.progress`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -37,9 +36,8 @@ from isdm.errors import EvaluationError
 from isdm.evaluation.store import CellRecord, CellStore
 from isdm.evaluation.worker import CellJob, run_job
 
-__all__ = ["CellOutcome", "CellPool", "plan_workers", "available_cpus", "LINE_EVERY_S"]
+__all__ = ["CellOutcome", "CellPool", "plan_workers", "available_cpus"]
 
-LINE_EVERY_S = 30.0
 _WORKER: dict[str, Any] = {}  # the device of this worker process
 
 
@@ -124,36 +122,24 @@ def _call(fn: Callable[[Any, torch.device], Any], item: Any) -> Any:
 
 
 class _Progress:
-    """Cells done / trained / from the store: a tqdm bar on a terminal, else plain lines."""
+    """Cells done / trained / from the store (:func:`isdm.utils.progress.bar`: a bar on a
+    terminal, else plain lines)."""
 
     def __init__(self, total: int, desc: str, enabled: bool) -> None:
-        self.total, self.desc, self.enabled = total, desc, enabled and total > 0
-        self.trained = self.stored = 0
-        self.t0 = self.last = time.monotonic()
-        self.bar = None
-        if self.enabled and sys.stderr.isatty():
-            from tqdm.auto import tqdm
+        from isdm.utils import progress
 
-            self.bar = tqdm(total=total, desc=desc, unit="cell")
+        self.trained = self.stored = 0
+        self.bar = progress.bar(total=total, desc=desc, unit="cells",
+                                enabled=enabled and total > 0)
 
     def update(self, trained: bool) -> None:
         self.trained += trained
         self.stored += not trained
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"trained {self.trained}, from the store {self.stored}")
-            self.bar.update(1)
-            return
-        now, done = time.monotonic(), self.trained + self.stored
-        if now - self.last >= LINE_EVERY_S or done == self.total:
-            self.last = now
-            print(f"{self.desc}: {done}/{self.total} cells ({self.trained} trained, {self.stored} "
-                  f"from the store), {now - self.t0:.0f} s", file=sys.stderr, flush=True)
+        self.bar.set_postfix_str(f"{self.trained} trained, {self.stored} from the store")
+        self.bar.update(1)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
 
 class CellPool:

@@ -228,12 +228,12 @@ class CellStore:
     # ------------------------------------------------------------------ cells in training
     @contextlib.contextmanager
     def lock(self, spec: CellSpec) -> Iterator[None]:
-        """Hold the cell's lock (an OS file lock: released when its process dies)."""
-        from filelock import FileLock
+        """Hold the cell's lock (an OS file lock: released when its process dies); a process
+        waiting for it says so every :data:`isdm.utils.locks.WAIT_LINE_EVERY_S` seconds."""
+        from isdm.utils.locks import lock
 
-        path = self.root / ".locks" / f"{spec.key}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path)):
+        with lock(self.root / ".locks" / f"{spec.key}.lock",
+                  what=f"cell {spec.describe()}, trained by another process"):
             yield
 
     def progress_path(self, spec: CellSpec) -> Path:

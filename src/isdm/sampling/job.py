@@ -158,7 +158,7 @@ def _generate(job: "_Job", engine: Any, meta: dict, data_root: str | Path, sourc
     todo = job.incomplete(mine)
     this_run = todo if max_new is None else todo[:max_new]
 
-    name = f"sample {sampling.sampler} {sampling.steps} steps s={sampling.s}"
+    name = f"sample {sampling.sampler} {sampling.steps} steps s={tracking.short(sampling.s)}"
     with tracking.start_run(cfg.tracking, name=name, action="sample", dataset=str(data_root),
                             tags={"isdm.checkpoint_sha256": ckpt_hash}) as run:
         runs = {**links.producer_runs(run, ckpt_hash, model.get("model_run_id", "")),
@@ -264,12 +264,12 @@ class _Job:
         Each batch's names are first appended as ``pending`` lines (the proof that isdm wrote
         the files, should the run die before their records); each sample's record follows its
         four files."""
-        from tqdm.auto import tqdm
+        from isdm.utils import progress
 
         sampling = self.cfg.sample
         t0 = time.perf_counter()
-        with tqdm(total=len(indices), unit="img", desc=desc,
-                  disable=not self.cfg.runtime.progress) as bar:
+        with progress.bar(total=len(indices), unit="img", desc=desc,
+                          enabled=self.cfg.runtime.progress) as bar:
             for batch in _batches(indices, sampling.batch_size):
                 self.out.append({"index": i, "file": self.names[i], "pending": True}
                                 for i in batch)

@@ -3,6 +3,7 @@ from per-row generators, input checks and the step loop with its progress bar.""
 
 from __future__ import annotations
 
+import sys
 from typing import Callable, Iterable, NamedTuple, Sequence, Union
 
 import torch
@@ -80,9 +81,12 @@ def randn_rows(like: torch.Tensor, generator: GeneratorArg) -> torch.Tensor:
 
 
 def step_indices(num_steps: int, progress: bool, desc: str) -> Iterable[int]:
-    """Respaced indices ``N-1, ..., 0``, wrapped in a tqdm bar when ``progress``."""
+    """Respaced indices ``N-1, ..., 0``, wrapped in a transient tqdm bar when ``progress``
+    and stderr is a terminal: elsewhere (a log) the images' bar of
+    :mod:`isdm.utils.progress` reports, with plain lines (solvers import no isdm package but
+    ``diffusion``, hence this one rule of that module repeated here)."""
     indices = range(num_steps - 1, -1, -1)
-    if not progress:
+    if not (progress and sys.stderr.isatty()):
         return indices
     from tqdm.auto import tqdm
 

@@ -40,7 +40,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 from isdm.errors import TrackingError
 
-__all__ = ["Run", "NullRun", "start_run", "resolve_tracking_uri", "pipeline_id"]
+__all__ = ["Run", "NullRun", "start_run", "resolve_tracking_uri", "pipeline_id", "short"]
 
 _INVOCATION_ID: Optional[str] = None  # this process's pipeline id outside DVC (see pipeline_id)
 
@@ -86,6 +86,14 @@ def pipeline_id() -> str:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         _INVOCATION_ID = f"{_git_rev()}-{stamp}-{uuid.uuid4().hex[:4]}"
     return _INVOCATION_ID
+
+
+def short(value: Any, digits: int = 4) -> str:
+    """A value for a run name: floats with ``digits`` significant digits (``2.744``, not
+    ``2.7440675196366238``; ``0.0001``, ``1e-05``), anything else as ``str``."""
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
 
 
 def _scalar(v: Any) -> Any:
@@ -261,5 +269,6 @@ def _open_run(mlflow: Any, tracking: Any, name: str, action: str, dataset: str,
     if parent:
         all_tags["mlflow.parentRunId"] = parent
     run_obj = mlflow.start_run(run_id=run_id, run_name=name, experiment_id=experiment_id,
-                               nested=active is not None, tags={k: str(v) for k, v in all_tags.items()})
+                               nested=active is not None, tags={k: str(v) for k, v in all_tags.items()},
+                               log_system_metrics=getattr(tracking, "system_metrics", False) or None)
     return run_obj, parent, active is None

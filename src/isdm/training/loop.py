@@ -22,7 +22,6 @@ import contextlib
 import copy
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from isdm.training.health import LossWatch
 from isdm.training.start import OUTPUTS, Start, check_out_dir, resolve_start
 from isdm.training.step import make_model_fn, optimisation_step, resolve_precision
 from isdm.utils import ownership
+from isdm.utils import progress as bars
 from isdm.utils.io import atomic_write_json
 
 __all__ = ["train", "TrainResult"]
@@ -66,16 +66,16 @@ class TrainResult:
 
 def _note(ctx: distributed.DistContext, text: str) -> None:
     if ctx.is_main:
-        from tqdm import tqdm
-
-        tqdm.write(f"[isdm] {text}", file=sys.stderr)
+        bars.note(f"[isdm] {text}")
 
 
 def run_name(cfg: Config, action: str, tcfg: TrainConfig) -> str:
+    from isdm.tracking import short
+
     size = cfg.model.preset or f"{cfg.model.num_channels}ch"
     h, w = cfg.data.size
     name = f"{action} {size} {h if h == w else f'{h}x{w}'}px c={cfg.data.num_classes}"
-    return name + (f" drop={tcfg.drop_rate:g}" if tcfg.drop_rate > 0 else "")
+    return name + (f" drop={short(tcfg.drop_rate)}" if tcfg.drop_rate > 0 else "")
 
 
 class _Trainer:
@@ -204,8 +204,6 @@ class _Trainer:
 
     # ----------------------------------------------------------------------------- epochs
     def run_epoch(self, run) -> dict[str, Any]:
-        from tqdm import tqdm
-
         loader, sampler = batches.make_loader(self.splits.train, self.tcfg.batch_size, self.ctx,
                                               seed=self.tcfg.seed, shuffle=True,
                                               num_workers=self.cfg.runtime.num_workers)
@@ -216,8 +214,9 @@ class _Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
         images = 0
         start = time.perf_counter()
-        bar = tqdm(loader, desc=f"{self.action} epoch {self.epoch + 1}/{self.budget.last_epoch}",
-                   disable=not (self.ctx.is_main and self.progress), leave=False, dynamic_ncols=True)
+        bar = bars.bar(loader, desc=f"{self.action} epoch {self.epoch + 1}/"
+                           f"{self.budget.last_epoch}", enabled=self.ctx.is_main and self.progress,
+                           transient=True)  # the epoch's line follows it
         for batch in bar:
             loss = self.train_step(batch, gen)
             self.watch.check(float(loss), self.step, self.epoch)

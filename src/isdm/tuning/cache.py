@@ -61,7 +61,7 @@ def finetuned_checkpoint(cfg: Config, data_root: str | Path, checkpoint: str | P
     best = final_dir / "best.pt"
     if best.exists():
         return best
-    with lock(root / f"{final_dir.name}.lock"):
+    with lock(root / f"{final_dir.name}.lock", what=f"the finetune {final_dir.name}"):
         if best.exists():  # another worker finished it while we waited
             return best
         tmp = root / f".{final_dir.name}.tmp{os.getpid()}"

@@ -9,6 +9,7 @@ a FAIL shows ``gain n/a``.)
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Mapping
 
 __all__ = ["knobs_text", "trial_line", "Console"]
@@ -55,12 +56,14 @@ class Console:
     """An Optuna callback: prints :func:`trial_line` and advances a bar over ``n_trials``."""
 
     def __init__(self, n_trials: int, progress: bool) -> None:
-        from tqdm.auto import tqdm
+        from isdm.utils import progress as bars
 
-        self.bar = tqdm(total=n_trials, desc="tune", unit="trial", disable=not progress)
+        self.bar = bars.bar(total=n_trials, desc="tune", unit="trial", enabled=progress)
 
     def __call__(self, study: Any, trial: Any) -> None:
-        self.bar.write(trial_line(trial))
+        from isdm.utils import progress as bars
+
+        bars.note(trial_line(trial), stream=sys.stdout)  # the study's record: stdout
         self.bar.update(1)
 
     def close(self) -> None:

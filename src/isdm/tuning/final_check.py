@@ -110,7 +110,7 @@ def run_final_check(cfg: Config, data_root: str | Path, checkpoint: str | Path,
                   "checkpoint": checkpoint_hash(checkpoint),
                   "dataset": [dataset_digest(data_root, s) for s in ("train", "test")]})
     path = out / "final_check.json"
-    with lock(out / "final_check.lock"):
+    with lock(out / "final_check.lock", what="the final check of another worker"):
         if path.exists() and json.loads(path.read_text()).get("key") == key:
             return json.loads(path.read_text())
         check: dict[str, Any] = {

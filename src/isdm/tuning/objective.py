@@ -272,7 +272,7 @@ class _Planner:
                     target = self.rule.repeats
             self.trial.set_user_attr(repeats.PLANNED_ATTR, target)
         else:
-            with lock(self.out_dir / "repeats.lock"):
+            with lock(self.out_dir / "repeats.lock", what="the study's repeat plan"):
                 # a plain list of baseline values has a `count` method too: ask the type
                 count = (self.baseline.count if isinstance(self.baseline, paired.StudyBaseline)
                          else len(gain.baseline))

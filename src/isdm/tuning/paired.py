@@ -218,7 +218,7 @@ def study_baseline(cfg: Config, data_root: str | Path, real: Any, study: Any,
 
     if len(values := stored()) >= n:
         return values[:n], False
-    with lock(Path(out_dir) / "baseline.lock"):
+    with lock(Path(out_dir) / "baseline.lock", what="the study's real-only baseline"):
         values = stored()  # another worker may have computed some while we waited
         if len(values) >= n:
             return values[:n], False

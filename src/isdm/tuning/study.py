@@ -24,6 +24,7 @@ import contextlib
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -41,10 +42,13 @@ from isdm.tuning.storage import (
 from isdm.utils.dburl import safe_url
 from isdm.utils.io import atomic_write_json, atomic_write_text
 
-__all__ = ["run_study", "open_study", "seeded_tpe", "STUDY_RUN_ATTR", "STUDY_RUN_WAIT"]
+__all__ = ["run_study", "open_study", "seeded_tpe", "STUDY_RUN_ATTR", "STUDY_RUN_WAIT",
+           "METRIC_NAMES"]
 
 STUDY_RUN_ATTR = "isdm.mlflow_run_id"
 STUDY_RUN_WAIT = 120.0  # seconds a joining worker waits for the creator's MLflow study run
+#: the study's objective names (``study.metric_names``), in the order of ``tune.objectives``
+METRIC_NAMES = ("val_miou_gain", "seconds_per_image")
 
 
 def seeded_tpe(seed: int, n_startup_trials: int) -> Any:
@@ -101,9 +105,13 @@ def open_study(cfg: Config, spec: str, study_name: str) -> tuple[Any, bool]:
 
     def create_or_load() -> tuple[Any, bool]:
         try:
-            return optuna.create_study(directions=directions, **kwargs), True
+            study = optuna.create_study(directions=directions, **kwargs)
         except optuna.exceptions.DuplicatedStudyError:
             return optuna.load_study(**kwargs), False
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, still in 5.0
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(METRIC_NAMES[:len(directions)]))  # dashboard, dataframe
+        return study, True
 
     study, created = retry_storage(create_or_load, spec)
     if len(study.directions) != len(directions):
@@ -123,6 +131,9 @@ def _study_run_id(study: Any, created: bool, tracking_on: bool) -> Optional[str]
     if created or not tracking_on:
         return study.user_attrs.get(STUDY_RUN_ATTR) or None
     deadline = time.monotonic() + STUDY_RUN_WAIT
+    if STUDY_RUN_ATTR not in study.user_attrs:
+        print(f"tune: waiting (up to {STUDY_RUN_WAIT:g} s) for the worker that created study "
+              f"{study.study_name!r} to start its MLflow study run", file=sys.stderr, flush=True)
     while STUDY_RUN_ATTR not in (attrs := study.user_attrs):
         if time.monotonic() > deadline:
             print(f"tune: study {study.study_name!r} has no MLflow study run after "

@@ -1,7 +1,9 @@
 """File locks (the ``filelock`` package: an OS ``flock``, which the kernel releases when its
 process dies, so a killed process never leaves a stale lock).
 
-- :func:`lock`: wait for an exclusive lock (workers sharing a cache entry take turns).
+- :func:`lock`: wait for an exclusive lock (workers sharing a cache entry take turns); while it
+  waits it prints what it waits for, and who holds it, every :data:`WAIT_LINE_EVERY_S` seconds
+  (a tune worker waiting on another's baseline is not silent for minutes).
 - :func:`exclusive`: take the lock at once or fail with :class:`~isdm.errors.BusyError`
   naming the process that holds it (one writer per output folder). The holder writes
   ``{"command", "pid", "host", "since"}`` into the lock file once it holds it; the file stays
@@ -18,24 +20,61 @@ import contextlib
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
 
 from isdm.errors import BusyError, WriteError
 
-__all__ = ["lock", "exclusive", "holder"]
+__all__ = ["lock", "exclusive", "holder", "WAIT_LINE_EVERY_S"]
+
+WAIT_LINE_EVERY_S = 30.0  # a waiting process says so this often (seconds)
 
 
 @contextlib.contextmanager
-def lock(path: str | Path) -> Iterator[None]:
+def lock(path: str | Path, what: str = "", every_s: float = WAIT_LINE_EVERY_S) -> Iterator[None]:
     """Hold the exclusive lock of ``path`` (created if missing) while the block runs; waits
-    for as long as another process holds it."""
-    from filelock import FileLock
+    for as long as another process holds it, printing to stderr at once and then every
+    ``every_s`` seconds ``waiting for <what> (<path>), held by <holder>, <seconds> s``."""
+    from filelock import FileLock, Timeout
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path)):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    file_lock = FileLock(str(path), on_acquired=_write_holder(_command()))
+    try:
+        file_lock.acquire(timeout=0)
+    except Timeout:
+        _wait(file_lock, path, what, every_s)
+    try:
         yield
+    finally:
+        file_lock.release()
+
+
+def _command() -> str:
+    """``isdm tune`` for the isdm CLI, else the program's name (the holder of a lock)."""
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if program == "isdm" and len(sys.argv) > 1:
+        return f"isdm {sys.argv[1]}"
+    return program
+
+
+def _wait(file_lock, path: Path, what: str, every_s: float) -> None:
+    """Acquire ``file_lock``, one line on stderr per ``every_s`` seconds of waiting."""
+    from filelock import Timeout
+
+    from isdm.utils.progress import note
+
+    start = time.monotonic()
+    while True:
+        note(f"waiting for {what or 'a lock'} ({path}), held by {holder(path)}, "
+             f"{time.monotonic() - start:.0f} s")
+        try:
+            file_lock.acquire(timeout=every_s)
+            return
+        except Timeout:
+            continue
 
 
 def _write_holder(command: str):

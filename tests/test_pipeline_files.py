@@ -104,7 +104,10 @@ def test_stages_form_the_documented_chain():
     assert "models/sdm_ft/best.pt" in outs["finetune"] & deps["sample"]
     assert {"data/synthetic/samples", "data/synthetic/labels"} <= outs["sample"] & deps["curate"]
     assert {"data/synthetic/samples", "data/synthetic/labels"} <= outs["sample"] & deps["evaluate"]
-    assert "data/curated" in outs["curate"] & deps["evaluate"]
+    assert "data/curated" in outs["curate"]
+    # the quick pipeline's evaluate: real vs real + synthetic; curated rows: the full study
+    assert "data/curated" not in deps["evaluate"]
+    assert "--synthetic synthetic=data/synthetic" in stages["evaluate"]["cmd"]
     # outputs live under data/, models/ and reports/
     for paths in outs.values():
         assert all(p.split("/")[0] in ("data", "models", "reports") for p in paths), paths
@@ -386,9 +389,9 @@ def test_dvc_reruns_only_the_stages_a_change_touches(tmp_path, monkeypatch):
     _write_params(repo, **{"sample.s": 2.5})
     _dvc(repo, "repro")
     assert _ran(repo) == ["sample", "curate", "evaluate"]
-    _write_params(repo, **{"curate.min_fidelity": 0.3})  # the gate's knobs: the gate + evaluate
-    _dvc(repo, "repro")
-    assert _ran(repo) == ["curate", "evaluate"]
+    _write_params(repo, **{"curate.min_fidelity": 0.3})  # the gate's knobs: the gate only (the
+    _dvc(repo, "repro")                                  # quick evaluate has no curated rows)
+    assert _ran(repo) == ["curate"]
 
     # `dvc exp run -S` edits params.yaml keys and re-runs only what they touch
     _git(repo, "add", "-A")

@@ -55,6 +55,20 @@ def rect_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, synth_dir) -> Path:
+    """A real tiny SDM (configs/tiny.yaml, 2 steps on ``synth_dir``, tracking off), trained once
+    per session: its ``best.pt``."""
+    from isdm.config import load_config
+    from isdm.training import train
+
+    out = tmp_path_factory.mktemp("tiny-sdm")
+    cfg = load_config(REPO / "configs" / "tiny.yaml",
+                      ["train.max_steps=2", "train.max_epochs=1", "tracking.enabled=false"])
+    train(cfg, synth_dir, out, progress=False)
+    return out / "best.pt"
+
+
+@pytest.fixture(scope="session")
 def _mlflow_template(tmp_path_factory) -> Path:
     """One migrated sqlite store per session; copying it costs milliseconds."""
     import mlflow

@@ -23,6 +23,7 @@ from isdm.config import (
     load_config,
     to_dict,
 )
+from isdm.original import load_original_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -144,7 +145,7 @@ def test_original_train_config_maps_onto_tree(tmp_path):
     fixed["weight_decay"] = 1e-5
     p = tmp_path / "config_train.json"
     p.write_text(json.dumps(fixed))
-    cfg = load_config(p, action="train")
+    cfg = load_original_config(p, action="train")
     assert cfg.train.weight_decay == 1e-5
     assert cfg.train.batch_size == 32 and cfg.train.precision == "fp16"
     assert cfg.model.attention_resolutions == (32, 16, 8)
@@ -154,14 +155,14 @@ def test_original_train_config_maps_onto_tree(tmp_path):
 
 
 def test_original_sample_config_means_exact_respacing():
-    cfg = load_config(REPO / "configs" / "config_sample.json", action="sample")
+    cfg = load_original_config(REPO / "configs" / "config_sample.json", action="sample")
     assert cfg.sample.steps == 300 and cfg.sample.sampler == "ddpm"
     assert cfg.diffusion.diffusion_steps == 1000  # the trained chain is untouched
     assert cfg.sample.balance.enabled and cfg.sample.balance.ejection_classes == (0,)
 
 
 def test_original_finetune_config_routes_to_finetune_section():
-    cfg = load_config(REPO / "configs" / "config_finetune.json")  # action inferred
+    cfg = load_original_config(REPO / "configs" / "config_finetune.json")  # action inferred
     assert cfg.finetune.drop_rate == 0.2 and cfg.finetune.lr == 1e-4
     assert cfg.train.drop_rate == 0.0
 
@@ -169,7 +170,7 @@ def test_original_finetune_config_routes_to_finetune_section():
 @pytest.mark.parametrize("name", ["config_train.json", "config_finetune.json",
                                   "config_sample.json", "tiny.yaml", "gpu.yaml"])
 def test_shipped_configs_load(name):
-    load_config(REPO / "configs" / name)
+    (load_original_config if name.endswith(".json") else load_config)(REPO / "configs" / name)
 
 
 def test_cli_config_show(tmp_path):

@@ -206,7 +206,8 @@ def test_recipe_is_the_fewest_steps_at_the_threshold():
 
 
 def test_training_rows_compare_the_original_config_like_for_like():
-    from isdm.bench import original, train_bench
+    from isdm.bench import train_bench
+    from isdm.original import reference as original
 
     rows = train_bench.training_rows(bf16=True)
     exact, fp32, bf16 = rows[:3]

@@ -622,15 +622,7 @@ def test_two_worker_processes_share_one_study_and_one_baseline(tmp_path, synth_d
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, synth_dir) -> Path:
-    pytest.importorskip("isdm.solvers")
-    from isdm.training import train
-
-    out = tmp_path_factory.mktemp("sdm")
-    cfg = load_config(TINY, ["train.max_steps=2", "train.max_epochs=1", "tracking.enabled=false"])
-    train(cfg, synth_dir, out, progress=False)
-    return out / "best.pt"
+# tiny_checkpoint: tests/conftest.py
 
 
 @pytest.mark.slow

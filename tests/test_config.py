@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import ORIGINAL_TRAIN
 
 from isdm.config import (
     MODEL_PRESETS,
@@ -26,18 +27,6 @@ from isdm.config import (
 from isdm.original import load_original_config
 
 REPO = Path(__file__).resolve().parents[1]
-
-# The original tool's config_train.json, as committed upstream (paths aside): note the
-# `weights_decay` typo that silently disabled weight decay there (tests/faults, case 18).
-ORIGINAL_TRAIN = {
-    "root_log_dir": "OUTPUT/", "data_dir": "data/synth", "dataset_mode": "lemon-multi-class",
-    "lr": 0.0001, "batch_size": 32, "diffusion_steps": 1000, "image_size": 256,
-    "learn_sigma": True, "num_classes": 6, "noise_schedule": "linear", "class_cond": True,
-    "num_channels": 256, "num_head_channels": 64, "num_res_blocks": 2,
-    "attention_resolutions": "32,16,8", "resblock_updown": True, "use_fp16": True,
-    "use_scale_shift_norm": True, "use_checkpoint": True, "no_instance": True,
-    "weights_decay": 1e-05,
-}
 
 
 def test_defaults_roundtrip_json():

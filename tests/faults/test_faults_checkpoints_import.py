@@ -289,6 +289,7 @@ def test_an_imported_network_gives_the_originals_output(run, tmp_path, variant):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_an_original_ema_file_imports_as_ema_and_samples(run, tmp_path, synth_dir):
     config, weights, sd = _write_original(tmp_path, ORIGINAL, "ema_0.9999_000100.pt")
     out = tmp_path / "best.pt"

@@ -16,23 +16,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import ORIGINAL_TRAIN
 
 from isdm.config import ConfigError, SampleConfig, TrainConfig, load_config
 from isdm.original import checkpoint_paths, load_original_config
 
 REPO = Path(__file__).resolve().parents[2]
 
-# The original tool's config_train.json, as committed upstream (paths aside), with its
-# `weights_decay` typo.
-ORIGINAL_TRAIN = {
-    "root_log_dir": "OUTPUT/", "data_dir": "data/synth", "dataset_mode": "lemon-multi-class",
-    "lr": 0.0001, "batch_size": 32, "diffusion_steps": 1000, "image_size": 256,
-    "learn_sigma": True, "num_classes": 6, "noise_schedule": "linear", "class_cond": True,
-    "num_channels": 256, "num_head_channels": 64, "num_res_blocks": 2,
-    "attention_resolutions": "32,16,8", "resblock_updown": True, "use_fp16": True,
-    "use_scale_shift_norm": True, "use_checkpoint": True, "no_instance": True,
-    "weights_decay": 1e-05,
-}
 ORIGINAL_SAMPLE = json.loads((REPO / "configs" / "config_sample.json").read_text())
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from isdm.bench import train_bench
 from isdm.config import MODEL_PRESETS, ModelConfig
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: offline environment, a session-wide synthetic dataset, CrackForest, MLflow."""
+"""Shared fixtures: offline environment, a session-wide synthetic dataset, CrackForest, MLflow,
+a tiny trained SDM, a faked sampling engine (plain helpers: ``helpers.py``, ``rects.py``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import FakeEngine
 from rects import RECT_HW, write_rect_pairs  # noqa: F401  (shared with test modules)
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -55,6 +57,20 @@ def rect_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, synth_dir) -> Path:
+    """A real tiny SDM (configs/tiny.yaml, 2 steps on ``synth_dir``, tracking off), trained once
+    per session: its ``best.pt``."""
+    from isdm.config import load_config
+    from isdm.training import train
+
+    out = tmp_path_factory.mktemp("tiny-sdm")
+    cfg = load_config(REPO / "configs" / "tiny.yaml",
+                      ["train.max_steps=2", "train.max_epochs=1", "tracking.enabled=false"])
+    train(cfg, synth_dir, out, progress=False)
+    return out / "best.pt"
+
+
+@pytest.fixture(scope="session")
 def _mlflow_template(tmp_path_factory) -> Path:
     """One migrated sqlite store per session; copying it costs milliseconds."""
     import mlflow
@@ -74,3 +90,27 @@ def mlflow_uri(tmp_path, _mlflow_template, monkeypatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)  # artifacts land in tmp_path/mlruns
     return uri
+
+
+@pytest.fixture
+def fake_engine(monkeypatch) -> type[FakeEngine]:
+    """Fake the checkpoint loader of the sampling job with :class:`helpers.FakeEngine`; returns
+    the class, whose ``calls`` / ``loads`` start empty."""
+    from isdm.sampling import engine
+
+    FakeEngine.calls, FakeEngine.loads = [], []
+
+    def load(cfg, checkpoint, device):
+        FakeEngine.loads.append(str(checkpoint))
+        return FakeEngine(cfg), cfg, {"weights": "fake"}
+
+    monkeypatch.setattr(engine, "load_engine", load)
+    return FakeEngine
+
+
+@pytest.fixture
+def ckpt(tmp_path) -> Path:
+    """A file standing for a checkpoint where the engine (or the whole step) is faked."""
+    p = tmp_path / "fake.pt"
+    p.write_bytes(b"not a real checkpoint; the engine is faked")
+    return p

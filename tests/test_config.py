@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import ORIGINAL_TRAIN
 
 from isdm.config import (
     MODEL_PRESETS,
@@ -23,20 +24,9 @@ from isdm.config import (
     load_config,
     to_dict,
 )
+from isdm.original import load_original_config
 
 REPO = Path(__file__).resolve().parents[1]
-
-# The original tool's config_train.json, as committed upstream (paths aside): note the
-# `weights_decay` typo that silently disabled weight decay there (tests/faults, case 18).
-ORIGINAL_TRAIN = {
-    "root_log_dir": "OUTPUT/", "data_dir": "data/synth", "dataset_mode": "lemon-multi-class",
-    "lr": 0.0001, "batch_size": 32, "diffusion_steps": 1000, "image_size": 256,
-    "learn_sigma": True, "num_classes": 6, "noise_schedule": "linear", "class_cond": True,
-    "num_channels": 256, "num_head_channels": 64, "num_res_blocks": 2,
-    "attention_resolutions": "32,16,8", "resblock_updown": True, "use_fp16": True,
-    "use_scale_shift_norm": True, "use_checkpoint": True, "no_instance": True,
-    "weights_decay": 1e-05,
-}
 
 
 def test_defaults_roundtrip_json():
@@ -144,7 +134,7 @@ def test_original_train_config_maps_onto_tree(tmp_path):
     fixed["weight_decay"] = 1e-5
     p = tmp_path / "config_train.json"
     p.write_text(json.dumps(fixed))
-    cfg = load_config(p, action="train")
+    cfg = load_original_config(p, action="train")
     assert cfg.train.weight_decay == 1e-5
     assert cfg.train.batch_size == 32 and cfg.train.precision == "fp16"
     assert cfg.model.attention_resolutions == (32, 16, 8)
@@ -154,14 +144,14 @@ def test_original_train_config_maps_onto_tree(tmp_path):
 
 
 def test_original_sample_config_means_exact_respacing():
-    cfg = load_config(REPO / "configs" / "config_sample.json", action="sample")
+    cfg = load_original_config(REPO / "configs" / "config_sample.json", action="sample")
     assert cfg.sample.steps == 300 and cfg.sample.sampler == "ddpm"
     assert cfg.diffusion.diffusion_steps == 1000  # the trained chain is untouched
     assert cfg.sample.balance.enabled and cfg.sample.balance.ejection_classes == (0,)
 
 
 def test_original_finetune_config_routes_to_finetune_section():
-    cfg = load_config(REPO / "configs" / "config_finetune.json")  # action inferred
+    cfg = load_original_config(REPO / "configs" / "config_finetune.json")  # action inferred
     assert cfg.finetune.drop_rate == 0.2 and cfg.finetune.lr == 1e-4
     assert cfg.train.drop_rate == 0.0
 
@@ -169,7 +159,7 @@ def test_original_finetune_config_routes_to_finetune_section():
 @pytest.mark.parametrize("name", ["config_train.json", "config_finetune.json",
                                   "config_sample.json", "tiny.yaml", "gpu.yaml"])
 def test_shipped_configs_load(name):
-    load_config(REPO / "configs" / name)
+    (load_original_config if name.endswith(".json") else load_config)(REPO / "configs" / name)
 
 
 def test_cli_config_show(tmp_path):

@@ -21,6 +21,7 @@ from isdm.config import (
     resolve,
     to_dict,
 )
+from isdm.original import load_original_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,10 +116,10 @@ def test_a_stored_config_without_a_newer_key_keeps_the_default_of_its_time():
 
 def test_original_configs_keep_their_meaning():
     """An original JSON config is read on top of configs/original.yaml: eps, epoch budgets."""
-    cfg = load_config(REPO / "configs" / "config_train.json", action="train")
+    cfg = load_original_config(REPO / "configs" / "config_train.json", action="train")
     assert cfg.diffusion.prediction == "eps"
     assert (cfg.train.max_epochs, cfg.train.patience, cfg.train.max_steps) == (30, 10, 0)
-    cfg = load_config(REPO / "configs" / "config_finetune.json", action="finetune")
+    cfg = load_original_config(REPO / "configs" / "config_finetune.json", action="finetune")
     assert (cfg.finetune.max_epochs, cfg.finetune.patience, cfg.finetune.max_steps) == (10, 5, 0)
 
 

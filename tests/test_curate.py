@@ -140,6 +140,7 @@ def _manifest(folder: Path) -> list[dict]:
     return [json.loads(ln) for ln in (folder / "manifest.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_curation_is_deterministic_for_a_seed(env):
     before = _tree(env["syn"])
     a, b = env["root"] / "a", env["root"] / "b"
@@ -151,6 +152,7 @@ def test_curation_is_deterministic_for_a_seed(env):
     assert _tree(env["syn"]) == before  # the synthetic folder is only read
 
 
+@pytest.mark.slow
 def test_curated_folder_holds_the_kept_pairs_and_the_card(env):
     first = env["root"] / "all"
     _curate(env, first, "--set", "curate.min_fidelity=0")
@@ -192,6 +194,7 @@ def test_curated_folder_holds_the_kept_pairs_and_the_card(env):
     assert card["counts"]["pixels_ignored"] > 0
 
 
+@pytest.mark.slow
 def test_curated_folder_round_trips_through_evaluate(env, mlflow_uri):
     out = env["root"] / "for_eval"
     _curate(env, out, "--set", "tracking.enabled=true")

@@ -4,17 +4,13 @@ depends on sample.s) in a throwaway git + DVC repository."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from dvc_standin import PIPELINE_FILES, Project, standin_project
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 HEADLINE = ("miou_real_only", "miou_with_synthetic", "miou_gain", "miou_gain_lo", "miou_gain_hi",
             "label_fidelity")
 
@@ -51,39 +47,12 @@ def test_only_the_headline_is_a_declared_metric():
             "data/synthetic/summary.json"} <= outs
 
 
-def _env(stub_bin: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = os.pathsep.join([str(stub_bin), str(BIN), env.get("PATH", "")])
-    env.update(DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t", DVC_SITE_CACHE_DIR=str(
-                   stub_bin.parent / "dvc-site"))
-    return env
-
-
-def _run(env: dict, cwd: Path, *cmd: str) -> str:
-    proc = subprocess.run(list(cmd), cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
-
-
 @pytest.mark.slow
 def test_a_clone_pulls_the_committed_results_and_compares_them(tmp_path):
-    if not (BIN / "dvc").exists():
-        pytest.skip("dvc not installed in this environment")
-    stub_bin = tmp_path / "bin"
-    stub_bin.mkdir()
-    (stub_bin / "isdm").write_text(_STUB.format(python=sys.executable, headline=list(HEADLINE)))
-    (stub_bin / "isdm").chmod(0o755)
-    env = _env(stub_bin)
-    repo, remote, clone = tmp_path / "repo", tmp_path / "dvc-store", tmp_path / "clone"
-    repo.mkdir()
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(REPO / name, repo / name)
-    shutil.copytree(REPO / "src" / "isdm", repo / "src" / "isdm",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    git, dvc = (lambda *a: _run(env, repo, "git", *a)), (lambda *a: _run(env, repo, "dvc", *a))
-    git("init", "-q", "-b", "main")
-    dvc("init", "-q")
+    p = standin_project(tmp_path, _STUB, files=(*PIPELINE_FILES, ".gitignore"),
+                        headline=list(HEADLINE))
+    repo, remote, clone = p.repo, tmp_path / "dvc-store", tmp_path / "clone"
+    git, dvc = p.git, p.dvc
     # docs/guide/pipeline.md "Results from a clone": a local folder remote, the lock file committed, pushed
     dvc("remote", "add", "-d", "storage", str(remote))
     dvc("repro", "-q")
@@ -91,26 +60,26 @@ def test_a_clone_pulls_the_committed_results_and_compares_them(tmp_path):
     git("commit", "-qm", "pipeline results")
     dvc("push", "-q")
 
-    _run(env, tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    git("clone", "-q", str(repo), str(clone), cwd=tmp_path)
+    c = Project(clone, p.env)  # the clone, in the same environment
     assert not (clone / "reports").exists()  # outputs are not in git ...
-    _run(env, clone, "dvc", "pull", "-q")  # ... but come back from the remote
+    c.dvc("pull", "-q")  # ... but come back from the remote
     for path in ("data/synth/x.txt", "models/sdm_ft/best.pt", "data/synthetic/samples/x.txt",
                  "reports/evaluate/metrics.json", "models/sdm/metrics.json"):
         assert (clone / path).read_text() == (repo / path).read_text(), path
-    shown = _run(env, clone, "dvc", "metrics", "show")
+    shown = c.dvc("metrics", "show")
     assert max(map(len, shown.splitlines())) < 160 and "miou_gain" in shown
 
     params = yaml.safe_load((clone / "params.yaml").read_text())
     params["sample"]["s"] = 3.0
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(env, clone, "dvc", "repro", "-q")
-    diff = _run(env, clone, "dvc", "metrics", "diff", "main")
+    c.dvc("repro", "-q")
+    diff = c.dvc("metrics", "diff", "main")
     assert "miou_gain" in diff and "0.115" in diff and "0.13" in diff  # s 1.5 -> 3.0
 
-    git_c = lambda *a: _run(env, clone, "git", *a)  # noqa: E731
-    git_c("commit", "-qam", "s=3.0")
-    _run(env, clone, "dvc", "exp", "run", "-q", "-S", "sample.s=2.0", "-n", "s2")
-    header = _run(env, clone, "dvc", "exp", "show", "--csv", "--only-changed").splitlines()[0]
+    c.git("commit", "-qam", "s=3.0")
+    c.dvc("exp", "run", "-q", "-S", "sample.s=2.0", "-n", "s2")
+    header = c.dvc("exp", "show", "--csv", "--only-changed").splitlines()[0]
     columns = header.split(",")
     assert set(columns) - {"Experiment", "rev", "typ", "Created", "parent"} <= {
         *HEADLINE, "sample.s", "data/synthetic/images", "data/synthetic/labels",

@@ -232,6 +232,7 @@ def _alive(pid: int) -> bool:
     return "State:\tZ" not in state  # a zombie has exited
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
 def test_a_worker_whose_parent_is_killed_ends_instead_of_waiting_forever(tmp_path):
     parent = ("import subprocess, sys\n"

@@ -139,6 +139,7 @@ def _synthetic_crops(dataset: Path, out: Path, n: int) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_tiny_crop_evaluation_scores_whole_test_images(rect_dir, mlflow_uri, tmp_path):
     syn = _synthetic_crops(rect_dir, tmp_path / "syn", 4)
     params = tmp_path / "params.yaml"

@@ -47,6 +47,7 @@ def _invoke(args: list[str]) -> str:
     return result.output
 
 
+@pytest.mark.slow
 def test_evaluate_cli_writes_outputs_and_mlflow_runs(synth_dir, mlflow_uri, tmp_path):
     syn = _fake_synthetic(synth_dir, tmp_path / "syn", 4)
     out = tmp_path / "out"
@@ -284,6 +285,7 @@ def _curated(synthetic: Path, out: Path, drop: int = 1) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_several_synthetic_sets_give_a_row_each_and_are_compared_with_the_first(synth_dir, tmp_path):
     from isdm.config import load_config
     from isdm.evaluation.loading import eval_data_config, load_synthetic

@@ -167,19 +167,36 @@ def test_models_without_encode_decode_get_full_forwards():
     assert not model.share_encoder and len(net.calls) == 2 and model.encoder_passes == 2
 
 
-def test_one_autocast_helper_for_training_and_sampling():
-    from isdm.sampling import guidance
-    from isdm.training import step
-    from isdm.utils.precision import autocast
+class PrecisionNet(FakeNet):
+    """FakeNet whose output goes through a matmul, so it comes out in the autocast dtype; records
+    that dtype per call."""
 
-    assert step.autocast is autocast and guidance.autocast is autocast
-    x = torch.randn(4, 4)
-    with autocast("fp32", x.device):
-        assert (x @ x).dtype == torch.float32
-    with autocast("bf16", x.device):
-        assert (x @ x).dtype == torch.bfloat16
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes: list[torch.dtype] = []
+
+    def __call__(self, x, t, cond):
+        out = super().__call__(x, t, cond) @ torch.eye(x.shape[-1])
+        self.dtypes.append(out.dtype)
+        return out
+
+
+@pytest.mark.parametrize("precision, inside", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_training_and_guided_sampling_run_the_network_in_one_precision(precision, inside):
+    """The network runs under ``precision`` in a training step and in guided sampling alike,
+    and both hand float32 to the diffusion math: the same output for the same inputs."""
+    from isdm.training.step import make_model_fn
+
+    segmap, null, x, t = inputs()
+    train_net, sample_net = PrecisionNet(), PrecisionNet()
+    trained = make_model_fn(train_net, segmap, precision)(x, t)
+    guided = GuidedModel(sample_net, segmap, null, 1.0, precision=precision)
+    sampled = guided(x, t)
+    assert train_net.dtypes == sample_net.dtypes == [inside]
+    assert trained.dtype == sampled.dtype == torch.float32
+    assert torch.equal(trained, sampled)
     with pytest.raises(ValueError, match="precision='int8'"):
-        autocast("int8", x.device)
+        make_model_fn(train_net, segmap, "int8")(x, t)
 
 
 class RecordingSDM(FakeNet):

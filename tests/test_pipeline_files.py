@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 import pytest
 import yaml
+from dvc_standin import standin_project
 
 from isdm.cli import cli
 from isdm.config import flatten, load_config
@@ -257,13 +258,13 @@ def test_mlproject_knobs_default_to_the_config_file(in_fake_tree):
     assert got == {**expected, "sample.s": 3.0, "evaluate.seeds": [4, 5]}
 
 
-def _env(first: Path | None = None) -> dict[str, str]:
-    """The environment with ``first`` (a stand-in bin folder) and then the venv's bin on PATH."""
+def _env() -> dict[str, str]:
+    """This environment with the venv's bin first on PATH (for `mlflow run`)."""
     # mlflow.set_experiment in earlier in-process tests exports MLFLOW_EXPERIMENT_ID; a child
     # `mlflow run --experiment-name` then refuses both.
     env = {k: v for k, v in os.environ.items()
            if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")}
-    env["PATH"] = os.pathsep.join([*([str(first)] if first else []), str(BIN), env.get("PATH", "")])
+    env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])
     env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", GIT_AUTHOR_NAME="t",
                GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
     return env
@@ -335,25 +336,6 @@ if "--data" in sys.argv:
 '''
 
 
-def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(BIN / "dvc"), *args], cwd=repo, env=_env(repo.parent / "bin"),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"dvc {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
-def _ran(repo: Path, log: str = "ran.log") -> list[str]:
-    """The stages the stand-in ran since the last call (``data.log``: ``stage=<--data>``)."""
-    path = repo / log
-    text = path.read_text().split() if path.exists() else []
-    path.unlink(missing_ok=True)
-    return text
-
-
-def _git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=repo, check=True, env=_env())
-
-
 def _write_params(repo: Path, **changes) -> None:
     """params.yaml of ``repo`` with ``{"section.key": value}`` changes."""
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -364,64 +346,51 @@ def _write_params(repo: Path, **changes) -> None:
 
 
 @pytest.mark.slow
-def test_dvc_reruns_only_the_stages_a_change_touches(tmp_path, monkeypatch):
-    if not (BIN / "dvc").exists():
-        pytest.skip("dvc not installed in this environment")
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
-        shutil.copy(REPO / name, repo / name)
-    shutil.copytree(REPO / "src" / "isdm", repo / "src" / "isdm",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    stub_bin = tmp_path / "bin"
-    stub_bin.mkdir()
-    (stub_bin / "isdm").write_text(_STUB.format(python=sys.executable))
-    (stub_bin / "isdm").chmod(0o755)
-    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site"))
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True, env=_env())
-    _dvc(repo, "init", "-q")  # DVC_NO_ANALYTICS=1 is in the environment
+def test_dvc_reruns_only_the_stages_a_change_touches(tmp_path):
+    p = standin_project(tmp_path, _STUB)
+    repo = p.repo
 
-    _dvc(repo, "repro")
-    assert _ran(repo) == STAGES
-    _dvc(repo, "repro")
-    assert _ran(repo) == []
+    p.dvc("repro")
+    assert p.ran() == STAGES
+    p.dvc("repro")
+    assert p.ran() == []
 
     _write_params(repo, **{"sample.s": 2.5})
-    _dvc(repo, "repro")
-    assert _ran(repo) == ["sample", "curate", "evaluate"]
+    p.dvc("repro")
+    assert p.ran() == ["sample", "curate", "evaluate"]
     _write_params(repo, **{"curate.min_fidelity": 0.3})  # the gate's knobs: the gate only (the
-    _dvc(repo, "repro")                                  # quick evaluate has no curated rows)
-    assert _ran(repo) == ["curate"]
+    p.dvc("repro")                                       # quick evaluate has no curated rows)
+    assert p.ran() == ["curate"]
 
     # `dvc exp run -S` edits params.yaml keys and re-runs only what they touch
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "pipeline")
-    _dvc(repo, "exp", "run", "-S", "finetune.drop_rate=0.3")
-    assert _ran(repo) == ["finetune", "sample", "curate", "evaluate"]
+    p.git("add", "-A")
+    p.git("commit", "-qm", "pipeline")
+    p.dvc("exp", "run", "-S", "finetune.drop_rate=0.3")
+    assert p.ran() == ["finetune", "sample", "curate", "evaluate"]
     assert yaml.safe_load((repo / "params.yaml").read_text())["finetune"]["drop_rate"] == 0.3
 
     # how commands run invalidates nothing (not in params.yaml: flags and ISDM_* variables; even
     # written there, no stage lists it)
     _write_params(repo, **{"runtime.num_workers": 4, "runtime.device": "cpu",
                            "runtime.progress": False})
-    assert json.loads(_dvc(repo, "status", "--json").stdout) == {}
-    _dvc(repo, "repro")
-    assert _ran(repo) == []
+    assert json.loads(p.dvc("status", "--json")) == {}
+    p.dvc("repro")
+    assert p.ran() == []
 
     # another dataset: `dvc add` it, point data.root at it; every stage after `data` is out of
     # date and reads the new folder
     (repo / "data" / "mine" / "train").mkdir(parents=True)
     (repo / "data" / "mine" / "train" / "a.png").write_bytes(b"mine")
-    _dvc(repo, "add", "data/mine")
-    _ran(repo, "data.log")
+    p.dvc("add", "data/mine")
+    p.ran("data.log")
     _write_params(repo, **{"data.root": "data/mine"})
-    assert set(json.loads(_dvc(repo, "status", "--json").stdout)) == set(STAGES[1:])
+    assert set(json.loads(p.dvc("status", "--json"))) == set(STAGES[1:])
     _write_params(repo, **{"data.root": "data/synth"})
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "runtime settings, data/mine")
-    _dvc(repo, "exp", "run", "-S", "data.root=data/mine")
-    assert _ran(repo) == STAGES[1:]
-    assert _ran(repo, "data.log") == [f"{name}=data/mine" for name in STAGES[1:]]
+    p.git("add", "-A")
+    p.git("commit", "-qm", "runtime settings, data/mine")
+    p.dvc("exp", "run", "-S", "data.root=data/mine")
+    assert p.ran() == STAGES[1:]
+    assert p.ran("data.log") == [f"{name}=data/mine" for name in STAGES[1:]]
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     for name in STAGES[1:]:
         assert "--data data/mine" in lock[name]["cmd"], name

@@ -33,6 +33,7 @@ def test_plateau_table_on_hand_made_curves():
     assert still["val_miou_last_quarter_rise"] == pytest.approx(0.2)
 
 
+@pytest.mark.slow
 def test_plateau_command_writes_curves_of_every_seed(synth_dir, tmp_path, capsys):
     out = tmp_path / "plateau"
     assert main(["--data", str(synth_dir), "--name", "tiny", "--steps", "3", "--val-every", "2",

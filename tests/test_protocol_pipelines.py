@@ -7,19 +7,16 @@ output of a subset is a point `isdm labels` reads."""
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from dvc_standin import standin_project
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 PROTOCOLS = REPO / "pipelines" / "protocols" / "dvc.yaml"
 LABELS = REPO / "pipelines" / "labels" / "dvc.yaml"
 
@@ -137,50 +134,28 @@ with open("ran.log", "a") as f:
 
 
 @pytest.mark.slow
-def test_dvc_runs_the_protocol_and_label_pipelines_after_the_main_chains_sample(tmp_path,
-                                                                              monkeypatch):
-    if not (BIN / "dvc").exists():
-        pytest.skip("dvc not installed in this environment")
-    repo, stub_bin = tmp_path / "repo", tmp_path / "bin"
-    repo.mkdir()
-    stub_bin.mkdir()
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
-        shutil.copy(REPO / name, repo / name)
-    shutil.copytree(REPO / "pipelines", repo / "pipelines")
-    shutil.copytree(REPO / "src" / "isdm", repo / "src" / "isdm",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    (stub_bin / "isdm").write_text(_STUB.format(python=sys.executable))
-    (stub_bin / "isdm").chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(PATH=os.pathsep.join([str(stub_bin), str(BIN), env.get("PATH", "")]),
-               DVC_NO_ANALYTICS="1", DVC_SITE_CACHE_DIR=str(tmp_path / "dvc-site"))
+def test_dvc_runs_the_protocol_and_label_pipelines_after_the_main_chains_sample(tmp_path):
+    p = standin_project(tmp_path, _STUB, trees=("pipelines",))
 
     def run(*args: str) -> list[str]:
-        proc = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"{args}:\n{proc.stdout}\n{proc.stderr}"
-        log = repo / "ran.log"
-        ran = log.read_text().split() if log.exists() else []
-        log.unlink(missing_ok=True)
-        return ran
+        p.dvc(*args)
+        return p.ran()
 
-    dvc = str(BIN / "dvc")
-    run("git", "init", "-q")
-    run(dvc, "init", "-q")
     points = ["subset@0.25", "subset@0.5", "train@0.25", "train@0.5", "finetune@0.25",
               "finetune@0.5", "sample@0.25", "sample@0.5", "evaluate@0.25", "evaluate@0.5"]
-    ran = run(dvc, "repro", "pipelines/labels/dvc.yaml")
+    ran = run("repro", "pipelines/labels/dvc.yaml")
     assert ran[:4] == ["data", "train", "finetune", "sample"]  # the 100 % point's SDM and set
     assert sorted(ran[4:-2]) == sorted(points) and ran[-2:] == ["full", "curve"]
-    assert run(dvc, "repro", "pipelines/protocols/dvc.yaml") == ["layouts", "evaluate"]
-    assert run(dvc, "repro", "pipelines/labels/dvc.yaml") == []
-    own = repo / "pipelines" / "labels" / "params.yaml"
+    assert run("repro", "pipelines/protocols/dvc.yaml") == ["layouts", "evaluate"]
+    assert run("repro", "pipelines/labels/dvc.yaml") == []
+    own = p.repo / "pipelines" / "labels" / "params.yaml"
     params = yaml.safe_load(own.read_text())
     params["labels"]["fractions"] = [0.25, 0.5, 0.75]
     own.write_text(yaml.safe_dump(params, sort_keys=False))
-    ran = run(dvc, "repro", "pipelines/labels/dvc.yaml")  # one new point and the curve
+    ran = run("repro", "pipelines/labels/dvc.yaml")  # one new point and the curve
     assert sorted(ran) == sorted([s.replace("0.25", "0.75") for s in points if "0.25" in s]
                                  + ["curve"])
-    assert run(dvc, "repro") == ["curate", "evaluate"]  # the main chain's own rest
+    assert run("repro") == ["curate", "evaluate"]  # the main chain's own rest
 
 
 @pytest.mark.slow

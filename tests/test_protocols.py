@@ -173,7 +173,9 @@ def test_a_pretrain_cell_trains_the_baselines_steps_on_synthetic_images_first(sy
 
 
 @pytest.mark.parametrize("protocol, k", [
-    ("pretrain 0.5", 2),  # saved in the synthetic phase, resumed across the boundary (step 3)
+    # saved in the synthetic phase, resumed across the boundary (step 3); the stream's resume:
+    # test_pretrain_stream_serves_synthetic_batches_then_real_ones_and_resumes
+    pytest.param("pretrain 0.5", 2, marks=pytest.mark.slow),
     pytest.param("pretrain 0.5", 4, marks=pytest.mark.slow),  # saved after it
     pytest.param("share 0.5", 3, marks=pytest.mark.slow)])
 def test_protocol_cells_resume_bit_identically(synth_dir, protocol, k):

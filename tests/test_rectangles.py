@@ -228,6 +228,7 @@ def test_crop_plan_is_seeded_per_sample(synth_dir):
                for c in balanced.choices)
 
 
+@pytest.mark.slow
 def test_evaluate_on_a_rectangle_with_letterboxed_images(tmp_path, synth_dir):
     """evaluate.image_size [32, 64]: square images letterboxed (pad), padding never scored."""
     import shutil

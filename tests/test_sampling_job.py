@@ -1,6 +1,7 @@
 """The sampling job's bookkeeping: exact counts, identical bytes, resume, shards, refusal, CLI.
 
-The generator is a stand-in (:class:`FakeEngine`: per-row seeded noise tinted by the mask), so
+The generator is a stand-in (``fake_engine`` of conftest.py, :class:`helpers.FakeEngine`:
+per-row seeded noise tinted by the mask), so
 these tests check the job, not the network; ``test_sampling_e2e.py`` runs the real tiny model.
 """
 
@@ -38,49 +39,9 @@ def make_dataset(root: Path, n: int = N_MASKS, size: int = SIZE, classes: int = 
     return root
 
 
-class FakeEngine:
-    """Per-row generator noise + mask tint: depends only on (labels row, seed)."""
-
-    calls: list[int] = []
-
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-
-    def __call__(self, labels: np.ndarray, seeds) -> np.ndarray:
-        import torch
-
-        FakeEngine.calls.append(len(seeds))
-        out = []
-        for lab, sd in zip(labels, seeds):
-            g = torch.Generator().manual_seed(int(sd))
-            noise = torch.randint(0, 128, (*lab.shape, 3), generator=g).numpy()
-            out.append((noise + (lab[..., None] % 8) * 16).astype(np.uint8))
-        return np.stack(out)
-
-
-@pytest.fixture
-def fake_engine(monkeypatch):
-    from isdm.sampling import engine
-
-    FakeEngine.calls = []
-
-    def load(cfg, checkpoint, device):
-        return FakeEngine(cfg), cfg, {"weights": "fake"}
-
-    monkeypatch.setattr(engine, "load_engine", load)
-    return FakeEngine
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture
-def ckpt(tmp_path) -> Path:
-    p = tmp_path / "fake.pt"
-    p.write_bytes(b"not a real checkpoint; the engine is faked")
-    return p
 
 
 def cfg_for(**sample) -> Config:

@@ -158,9 +158,9 @@ def test_small_chain_respacing_list(chain):
 
 
 def test_legacy_300_steps_means_300_respaced_steps_of_the_trained_chain(chain, tmp_path):
-    from isdm.config import load_config
+    from isdm.original import load_original_config
 
-    cfg = load_config("configs/config_sample.json", action="sample")
+    cfg = load_original_config("configs/config_sample.json", action="sample")
     assert cfg.sample.steps == 300 and cfg.diffusion.diffusion_steps == 1000
     trained = GaussianDiffusion(get_betas(cfg.diffusion.noise_schedule,
                                           cfg.diffusion.diffusion_steps))

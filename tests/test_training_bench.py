@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from isdm.bench import train_bench
 from isdm.config import MODEL_PRESETS, ModelConfig
 
@@ -26,6 +28,7 @@ def test_measure_training_reports_the_median_step(monkeypatch):
     assert res["images_per_cpu_s"] == 2 / 1.0  # the median CPU time, not the mean 1.25
 
 
+@pytest.mark.slow
 def test_loss_curves_are_real_deterministic_training_runs():
     first = train_bench.loss_curves(2, ("fp32",), window=1, batch=2)["fp32"]
     again = train_bench.loss_curves(2, ("fp32",), window=1, batch=2)["fp32"]

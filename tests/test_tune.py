@@ -367,13 +367,7 @@ def _trial_runs(uri: str):
     return study, trials
 
 
-@pytest.fixture
-def ckpt(tmp_path) -> Path:
-    path = tmp_path / "sdm.pt"
-    path.write_bytes(b"")
-    return path
-
-
+@pytest.mark.slow
 def test_study_records_paired_gains_and_writes_results(tmp_path, synth_dir, mlflow_uri, standins,
                                                        ckpt, capsys):
     out = tmp_path / "tune"
@@ -414,6 +408,7 @@ def test_study_records_paired_gains_and_writes_results(tmp_path, synth_dir, mlfl
     assert study_again.info.run_id == study_run.info.run_id and len(trials) == 5
 
 
+@pytest.mark.slow
 def test_repeats_share_seeds_and_splits_across_trials_and_the_baseline_is_trained_once(
         tmp_path, synth_dir, standins, ckpt):
     cfg = _cfg("tune.repeats=3", "tracking.enabled=false", "tune.pruning=false", *_NO_GATE)
@@ -495,6 +490,7 @@ def test_console_line_of_a_finished_trial():
                         r"COMPLETE  \d+ s", trial_line(study.trials[0])), trial_line(study.trials[0])
 
 
+@pytest.mark.slow
 def test_two_objectives_give_a_pareto_front_and_its_plot(tmp_path, synth_dir, standins, ckpt):
     cfg = _cfg("tune.objectives=[gain,cost]", "tracking.enabled=false", "tune.repeats=1",
                *_NO_GATE)
@@ -622,15 +618,7 @@ def test_two_worker_processes_share_one_study_and_one_baseline(tmp_path, synth_d
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, synth_dir) -> Path:
-    pytest.importorskip("isdm.solvers")
-    from isdm.training import train
-
-    out = tmp_path_factory.mktemp("sdm")
-    cfg = load_config(TINY, ["train.max_steps=2", "train.max_epochs=1", "tracking.enabled=false"])
-    train(cfg, synth_dir, out, progress=False)
-    return out / "best.pt"
+# tiny_checkpoint: tests/conftest.py
 
 
 @pytest.mark.slow

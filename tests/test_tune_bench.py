@@ -9,7 +9,6 @@ import statistics
 import pytest
 from test_tune import _NO_GATE, _cells
 from test_tune import _cfg as _tune_cfg
-from test_tune import ckpt as ckpt  # noqa: F401 (a fixture of test_tune)
 from test_tune import standins as standins  # noqa: F401 (a fixture of test_tune)
 
 from isdm.bench.tune_bench import _settings, signal_noise

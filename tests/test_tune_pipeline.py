@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dvc_standin import PIPELINE_FILES, standin_project
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 PIPELINE = REPO / "pipelines" / "tune" / "dvc.yaml"
 MAIN_STAGES = ["data", "train", "finetune", "sample", "curate", "evaluate"]
 
@@ -81,53 +81,26 @@ with open("ran.log", "a") as f:
 '''
 
 
-def _env(stub_bin: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PATH"] = os.pathsep.join([str(stub_bin), str(BIN), env.get("PATH", "")])
-    env.update(DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
-    return env
-
-
 @pytest.mark.slow
-def test_dvc_repro_runs_the_study_only_from_its_own_pipeline_file(tmp_path, monkeypatch):
-    if not (BIN / "dvc").exists():
-        pytest.skip("dvc not installed in this environment")
-    repo, stub_bin = tmp_path / "repo", tmp_path / "bin"
-    repo.mkdir()
-    stub_bin.mkdir()
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
-        shutil.copy(REPO / name, repo / name)
-    (repo / "pipelines" / "tune").mkdir(parents=True)
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(PIPELINE.parent / name, repo / "pipelines" / "tune" / name)
-    shutil.copytree(REPO / "src" / "isdm", repo / "src" / "isdm",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    (stub_bin / "isdm").write_text(_STUB.format(python=sys.executable))
-    (stub_bin / "isdm").chmod(0o755)
-    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site"))
-    env = _env(stub_bin)
+def test_dvc_repro_runs_the_study_only_from_its_own_pipeline_file(tmp_path):
+    p = standin_project(tmp_path, _STUB, files=(*PIPELINE_FILES, "pipelines/tune/dvc.yaml",
+                                                "pipelines/tune/params.yaml"))
+    repo = p.repo
 
-    def run(*args: str) -> list[str]:
-        proc = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"{args}:\n{proc.stdout}\n{proc.stderr}"
-        log = repo / "ran.log"
-        ran = log.read_text().split() if log.exists() else []
-        log.unlink(missing_ok=True)
-        return ran
+    def repro(*args: str) -> list[str]:
+        p.dvc("repro", *args)
+        return p.ran()
 
-    run("git", "init", "-q")
-    run(str(BIN / "dvc"), "init", "-q")
-    assert run(str(BIN / "dvc"), "repro") == MAIN_STAGES  # the study is not part of the chain
-    assert run(str(BIN / "dvc"), "repro", "pipelines/tune/dvc.yaml") == ["tune"]
-    assert run(str(BIN / "dvc"), "repro", "pipelines/tune/dvc.yaml") == []
+    assert repro() == MAIN_STAGES  # the study is not part of the chain
+    assert repro("pipelines/tune/dvc.yaml") == ["tune"]
+    assert repro("pipelines/tune/dvc.yaml") == []
     assert (repo / "pipelines" / "tune" / "dvc.lock").exists()
     own = repo / "pipelines" / "tune" / "params.yaml"
     params = yaml.safe_load(own.read_text())
     params["tune"]["n_trials"] = 20
     own.write_text(yaml.safe_dump(params, sort_keys=False))
-    assert run(str(BIN / "dvc"), "repro") == []  # tune.* re-runs nothing of the main chain
-    assert run(str(BIN / "dvc"), "repro", "pipelines/tune/dvc.yaml") == ["tune"]
+    assert repro() == []  # tune.* re-runs nothing of the main chain
+    assert repro("pipelines/tune/dvc.yaml") == ["tune"]
 
 
 @pytest.mark.slow

@@ -1,12 +1,12 @@
 """Helpers of the fault suite (``from faultkit import ...``; fixtures: ``conftest.py``): the CLI
-as a user calls it, the tiny config, a faked sampling engine, small real checkpoints."""
+as a user calls it, the tiny config, small real checkpoints (the faked sampling engine:
+``fake_engine`` of tests/conftest.py)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
 from click.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,20 +31,6 @@ def no_traceback(result) -> bool:
     exception escaping, no traceback printed."""
     return (result.exit_code in (1, 2) and "Traceback" not in result.output
             and (result.exception is None or isinstance(result.exception, SystemExit)))
-
-
-class FakeEngine:
-    """uint8 images that depend only on (label row, seed)."""
-
-    def __call__(self, labels: np.ndarray, seeds) -> np.ndarray:
-        import torch
-
-        out = []
-        for lab, sd in zip(labels, seeds):
-            g = torch.Generator().manual_seed(int(sd))
-            noise = torch.randint(0, 128, (*lab.shape, 3), generator=g).numpy()
-            out.append((noise + (lab[..., None] % 8) * 16).astype(np.uint8))
-        return np.stack(out)
 
 
 def cfg_for(**sample):

@@ -289,6 +289,7 @@ def test_an_imported_network_gives_the_originals_output(run, tmp_path, variant):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_an_original_ema_file_imports_as_ema_and_samples(run, tmp_path, synth_dir):
     config, weights, sd = _write_original(tmp_path, ORIGINAL, "ema_0.9999_000100.pt")
     out = tmp_path / "best.pt"
@@ -312,7 +313,7 @@ def test_an_original_ema_file_imports_as_ema_and_samples(run, tmp_path, synth_di
 
 
 def test_an_original_mismatch_lists_keys_and_likely_config(tmp_path):
-    from isdm.training.import_original import import_original
+    from isdm.original.checkpoint import import_original
 
     config, weights, sd = _write_original(tmp_path, ORIGINAL)
     wider = tmp_path / "wider.json"
@@ -348,7 +349,7 @@ ISDM_256 = {**ORIGINAL, "image_size": 256, "num_classes": 6, "num_channels": 256
 ])
 def test_the_parameter_count_of_original_configs(tmp_path, config, expected):
     """The original's layout has exactly the parameters of the isdm network its config maps to."""
-    from isdm.config import load_config
+    from isdm.original import load_original_config
     from isdm.models import build_model
 
     if isinstance(config, str):
@@ -356,7 +357,7 @@ def test_the_parameter_count_of_original_configs(tmp_path, config, expected):
         config = {**ORIGINAL, **json.loads(path.read_text())}
     path = tmp_path / "original.json"
     path.write_text(json.dumps(config))
-    cfg = load_config(path, action="train")
+    cfg = load_original_config(path, action="train")
     with torch.device("meta"):  # sizes only: no memory for 652 M parameters
         isdm = build_model(cfg.model, cfg.data.image_size, cfg.data.num_classes)
     original = sum(math.prod(s) for s in original_shapes(config).values())

@@ -16,22 +16,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import ORIGINAL_TRAIN
 
 from isdm.config import ConfigError, SampleConfig, TrainConfig, load_config
+from isdm.original import checkpoint_paths, load_original_config
 
 REPO = Path(__file__).resolve().parents[2]
 
-# The original tool's config_train.json, as committed upstream (paths aside), with its
-# `weights_decay` typo.
-ORIGINAL_TRAIN = {
-    "root_log_dir": "OUTPUT/", "data_dir": "data/synth", "dataset_mode": "lemon-multi-class",
-    "lr": 0.0001, "batch_size": 32, "diffusion_steps": 1000, "image_size": 256,
-    "learn_sigma": True, "num_classes": 6, "noise_schedule": "linear", "class_cond": True,
-    "num_channels": 256, "num_head_channels": 64, "num_res_blocks": 2,
-    "attention_resolutions": "32,16,8", "resblock_updown": True, "use_fp16": True,
-    "use_scale_shift_norm": True, "use_checkpoint": True, "no_instance": True,
-    "weights_decay": 1e-05,
-}
 ORIGINAL_SAMPLE = json.loads((REPO / "configs" / "config_sample.json").read_text())
 
 
@@ -118,7 +109,7 @@ def test_a_misspelt_section_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown section 'sampel'; did you mean sample\?"):
         load_config(among)
     # the original's flat configs are still recognised by their shape
-    assert load_config(REPO / "configs" / "config_sample.json").sample.steps == 300
+    assert load_original_config(REPO / "configs" / "config_sample.json").sample.steps == 300
 
 
 def test_an_original_resume_checkpoint_is_not_dropped_silently(tmp_path, caplog):
@@ -126,17 +117,15 @@ def test_an_original_resume_checkpoint_is_not_dropped_silently(tmp_path, caplog)
     train = {k: v for k, v in ORIGINAL_TRAIN.items() if k != "weights_decay"}
     path = _write(tmp_path, "c.json", {**train, "resume_checkpoint": "runs/model010000.pt"})
     with caplog.at_level(logging.WARNING, logger="isdm.config"):
-        load_config(path, action="train")
-        load_config(path, action="finetune")
+        load_original_config(path, action="train")
+        load_original_config(path, action="finetune")
     assert _warnings(caplog) == [
         f"warning: {path}: resume_checkpoint='runs/model010000.pt': `isdm train` continues that "
         "run (as `--resume runs/model010000.pt`) unless --resume is given",
         f"warning: {path}: resume_checkpoint='runs/model010000.pt': `isdm finetune` starts from "
         "its weights (as `--init runs/model010000.pt`) unless --init or --resume is given",
     ]
-    from isdm.config import legacy_paths
-
-    assert legacy_paths({**train, "resume_checkpoint": "a.pt"}) == {
+    assert checkpoint_paths({**train, "resume_checkpoint": "a.pt"}) == {
         "resume_checkpoint": "a.pt", "model_path": None}
     # the command line prints it on stderr
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
@@ -155,7 +144,7 @@ def test_original_keys_that_change_results_are_applied_or_warned(tmp_path, caplo
             "schedule_sampler": "uniform", "lr_anneal_steps": 0, "microbatch": -1,
             "num_heads": 4, "rescale_learned_sigmas": False}
     with caplog.at_level(logging.WARNING, logger="isdm.config"):
-        assert load_config(_write(tmp_path, "same.json", same), action="train").data.hflip
+        assert load_original_config(_write(tmp_path, "same.json", same), action="train").data.hflip
     assert _warnings(caplog) == []  # values that mean what isdm does: silent
     differ = {**{k: v for k, v in train.items() if k != "num_head_channels"},
               "random_flip": False, "use_kl": True, "predict_xstart": True,
@@ -163,7 +152,7 @@ def test_original_keys_that_change_results_are_applied_or_warned(tmp_path, caplo
               "microbatch": 8, "num_heads": 4, "diffusion_steps": 4000,
               "rescale_learned_sigmas": True}
     with caplog.at_level(logging.WARNING, logger="isdm.config"):
-        cfg = load_config(_write(tmp_path, "differ.json", differ), action="train")
+        cfg = load_original_config(_write(tmp_path, "differ.json", differ), action="train")
     assert cfg.data.hflip is False  # implemented
     warned = _warnings(caplog)
     for key, instead in [("use_kl", "hybrid loss"), ("predict_xstart", "predicts eps"),
@@ -180,7 +169,7 @@ def test_the_original_weights_decay_typo_is_accepted_with_a_warning(tmp_path, ca
     """Issue 10 case 18."""
     path = _write(tmp_path, "config_train.json", ORIGINAL_TRAIN)
     with caplog.at_level(logging.WARNING, logger="isdm.config"):
-        cfg = load_config(path, action="train")
+        cfg = load_original_config(path, action="train")
     assert cfg.train.weight_decay == 0.0  # as in the original, which ignored the key
     (warning,) = _warnings(caplog)
     assert "weights_decay=1e-05: the original tool ignored this misspelt key" in warning
@@ -195,12 +184,12 @@ def test_an_original_s_below_1_warns(tmp_path, caplog):
     """Issue 10 case 20."""
     low = _write(tmp_path, "low.json", {**ORIGINAL_SAMPLE, "s": 0.5})
     with caplog.at_level(logging.WARNING, logger="isdm.config"):
-        assert load_config(low).sample.s == 0.5  # isdm's definition is kept
+        assert load_original_config(low).sample.s == 0.5  # isdm's definition is kept
     (warning,) = _warnings(caplog)
     assert "s=0.5: the original sampled the conditional model for every s <= 1" in warning
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="isdm.config"):
-        load_config(_write(tmp_path, "one.json", {**ORIGINAL_SAMPLE, "s": 1.0}))
+        load_original_config(_write(tmp_path, "one.json", {**ORIGINAL_SAMPLE, "s": 1.0}))
     assert _warnings(caplog) == []
 
 

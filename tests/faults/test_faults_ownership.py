@@ -20,6 +20,7 @@ from isdm.errors import OutputExistsError
 from isdm.training.start import OUTPUTS, check_out_dir
 from isdm.utils import ownership
 
+@pytest.mark.slow
 def test_an_earlier_training_run_is_not_replaced_silently(synth_dir, tmp_path):
     """Issue 10 case 2; a foreign file: issue 22."""
     out = tmp_path / "sdm"
@@ -56,7 +57,7 @@ def test_an_earlier_training_run_is_not_replaced_silently(synth_dir, tmp_path):
                          "--set", "train.max_steps=2")
     assert resumed.exit_code == 0, resumed.output
 
-def test_sample_overwrite_deletes_only_files_isdm_recorded(synth_dir, ckpt, engine_loads,
+def test_sample_overwrite_deletes_only_files_isdm_recorded(synth_dir, ckpt, fake_engine,
                                                             tmp_path):
     """Issue 10 case 1; beside the folders and inside a split: issue 22."""
     ds = tmp_path / "ds"

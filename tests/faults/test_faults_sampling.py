@@ -20,8 +20,8 @@ from isdm.sampling import job as job_mod
 from isdm.sampling.writer import OutputDir
 
 @pytest.mark.parametrize("source", ["train", "folder"])
-def test_every_source_file_is_validated_before_any_work(synth_dir, ckpt, engine_loads, tmp_path,
-                                                          source):
+def test_every_source_file_is_validated_before_any_work(synth_dir, ckpt, fake_engine, tmp_path,
+                                                         source):
     """Issue 10 case 5."""
     from PIL import Image
 
@@ -46,10 +46,10 @@ def test_every_source_file_is_validated_before_any_work(synth_dir, ckpt, engine_
     assert {n for n in (m.name for m in masks) if n in str(err.value)} == named
     if source == "train":
         assert "size mismatch" in str(err.value)
-    assert engine_loads == [] and not out.exists()  # before the checkpoint and any output
+    assert fake_engine.loads == [] and not out.exists()  # before the checkpoint and any output
 
 def test_a_resume_verifies_each_sample_and_evaluate_names_broken_files(
-        synth_dir, ckpt, engine_loads, tmp_path):
+        synth_dir, ckpt, fake_engine, tmp_path):
     """Issue 10 case 6."""
     from isdm.evaluation.loading import load_synthetic
 
@@ -92,7 +92,7 @@ def _race(out: Path, identities: list[dict]) -> list[object]:
         t.join()
     return results
 
-def test_shards_racing_on_a_fresh_folder_claim_it_once(synth_dir, ckpt, engine_loads,
+def test_shards_racing_on_a_fresh_folder_claim_it_once(synth_dir, ckpt, fake_engine,
                                                                tmp_path):
     """Issue 10 case 11."""
     for k in range(60):
@@ -143,7 +143,7 @@ def test_guidance_without_a_null_label_is_refused_unless_opted_in(synth_dir, tmp
     assert "--set sample.s=1" in r.output and not (tmp_path / "out").exists()
 
 
-def test_out_of_range_counts_are_refused(synth_dir, ckpt, engine_loads, tmp_path):
+def test_out_of_range_counts_are_refused(synth_dir, ckpt, fake_engine, tmp_path):
     """Issue 22: `sample --max-new -1` was taken (Python's [:-1]: all samples but one)."""
     r = isdm("sample", "-c", TINY, "--data", synth_dir, "--checkpoint", ckpt,
              "--out", tmp_path / "out", "--max-new", "-1")
@@ -159,7 +159,7 @@ def test_out_of_range_counts_are_refused(synth_dir, ckpt, engine_loads, tmp_path
     r = isdm("tune", "-c", TINY, "--data", synth_dir, "--checkpoint", ckpt, "--out",
              tmp_path / "tune", "--n-trials", "-1")
     assert no_traceback(r) and "-1 is not in the range x>=0" in r.output
-    assert engine_loads == [] and not (tmp_path / "out").exists()
+    assert fake_engine.loads == [] and not (tmp_path / "out").exists()
 
 
 def test_non_finite_samples_are_never_written(tmp_path):

@@ -106,6 +106,8 @@ def test_temps_of_killed_writers_are_removed_by_the_next_run(synth_dir, tmp_path
         alive.kill()
         alive.wait()
 
+
+@pytest.mark.slow
 def test_the_resume_checkpoint_of_an_original_config_is_honoured(synth_dir, tmp_path):
     """Issue 10 case 16."""
     flat = {"dataset_mode": "lemon-multi-class", "num_classes": 5, "image_size": 32,

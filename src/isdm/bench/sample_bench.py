@@ -1,6 +1,6 @@
 """Sampling speed like for like with the original code, at equal output.
 
-Speed, on ONE model of the original ISDM code's configuration (:mod:`isdm.bench.original`;
+Speed, on ONE model of the original ISDM code's configuration (:mod:`isdm.original.reference`;
 random weights, guidance s = 1.5), seconds per image:
 
 - ``original code (quoted)``: the original code's 300-step recipe, figure and source quoted;
@@ -26,8 +26,9 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from isdm.bench import original, solver_accuracy
-from isdm.bench.original import GUIDANCE_S, ORIGINAL_CPU
+from isdm.bench import solver_accuracy
+from isdm.original import reference as original
+from isdm.original.reference import GUIDANCE_S, ORIGINAL_CPU
 from isdm.bench.solver_accuracy import binary_mask, randomize_zero_init
 
 __all__ = ["run", "ORIGINAL_CPU", "time_sampler_steps", "binary_mask", "randomize_zero_init",

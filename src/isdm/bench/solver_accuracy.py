@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from isdm.bench.original import GUIDANCE_S
+from isdm.original.reference import GUIDANCE_S
 
 __all__ = ["THRESHOLD", "CANDIDATES", "accuracy", "gaussian_accuracy", "binary_mask",
            "randomize_zero_init"]

@@ -5,7 +5,7 @@ hybrid loss + backward + AdamW + EMA) on a fixed random batch, after warm-up ste
 timed, with the network placed as ``isdm train`` places it on CPU (channels-last). Rows:
 
 - ``original code (quoted)``: the original ISDM code on its own config
-  (:mod:`isdm.bench.original`), the figure and its source as quoted there;
+  (:mod:`isdm.original.reference`), the figure and its source as quoted there;
 - ``isdm, original config exactly``: the same config, ``use_checkpoint`` on, fp32;
 - ``isdm, recommended (fp32)``: the same network with ``use_checkpoint`` off (checkpointing
   recomputes every block's forward during backward to save memory; the gradients are bit-identical,
@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import torch
 
-from isdm.bench import original
+from isdm.original import reference as original
 from isdm.config import DiffusionConfig, ModelConfig
 
 __all__ = ["run", "matmul_flops", "measure_training", "loss_curves", "training_rows"]

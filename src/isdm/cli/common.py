@@ -3,7 +3,6 @@ how a command runs here (:func:`runtime_options`: ``--device``, ``--no-progress`
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any, Callable, Optional, Sequence
 import click
 
 from isdm.config import Config, Resolved, resolve
+from isdm.original.configs import config_tree
 
 DEFAULT_PARAMS = "params.yaml"
 _MORE = "isdm.more_overrides"  # click context meta key of --overrides
@@ -87,30 +87,13 @@ def resolve_cli_config(config_paths: Sequence[str], overrides: Sequence[str],
     more = ctx.meta.get(_MORE, []) if ctx is not None else []
     flags = list(ctx.meta.get(_RUNTIME, {}).values()) if ctx is not None else []
     return resolve(config_files(config_paths), [*more, *overrides, *flags], action=action,
-                   env=os.environ)
+                   env=os.environ, flat=config_tree)  # -c also takes the original flat JSON
 
 
 def load_cli_config(config_paths: Sequence[str], overrides: Sequence[str],
                     action: Optional[str] = None) -> Config:
     """The resolved config of a command (see :func:`resolve_cli_config`)."""
     return resolve_cli_config(config_paths, overrides, action).config
-
-
-def original_config(config_paths: Sequence[str]) -> Optional[str]:
-    """The ``-c`` file that is an original ISDM flat JSON config, if any (its checkpoint paths
-    are defaults of ``--resume`` / ``--init`` / ``--checkpoint``)."""
-    from isdm.config import is_sectioned
-
-    for path in config_paths:
-        if not path.endswith(".json"):
-            continue
-        try:
-            raw = json.loads(Path(path).read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(raw, dict) and not is_sectioned(raw):
-            return path
-    return None
 
 
 def check_tracking(cfg: Config) -> None:

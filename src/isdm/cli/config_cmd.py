@@ -84,9 +84,10 @@ def apply(overlays: tuple[str, ...], target: str) -> None:
     """
     from isdm.config.edit import apply_values
     from isdm.config.layers import file_layer, leaves
+    from isdm.original.configs import config_tree
 
     for overlay in overlays:
-        layer = file_layer(overlay)
+        layer = file_layer(overlay, flat=config_tree)
         if not layer.tree:
             raise click.UsageError(f"{overlay} sets no key")
         for line in apply_values(target, leaves(layer.tree), overlay):

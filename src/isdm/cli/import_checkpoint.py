@@ -23,7 +23,7 @@ def import_checkpoint(weights: str, config_path: str, out: str, ema: Optional[bo
                       overrides: tuple[str, ...], overwrite: bool) -> None:
     """Convert the original tool's model*.pt / ema_*.pt (a bare guided-diffusion state dict)
     into an isdm checkpoint for `isdm sample --checkpoint` and `isdm finetune --init`."""
-    from isdm.training.import_original import import_original
+    from isdm.original.checkpoint import import_original
 
     r = import_original(weights, config_path, out, ema=ema, overrides=overrides,
                         overwrite=overwrite)

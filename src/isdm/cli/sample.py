@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 from typing import Optional
 
 import click
 
-from isdm.cli.common import (check_tracking, config_options, load_cli_config, original_config,
-                             runtime_options)
-
-
-def _legacy_model_path(config_paths: tuple[str, ...]) -> Optional[str]:
-    """``model_path`` of an original ISDM flat JSON config, if ``-c`` names one."""
-    from isdm.config import legacy_paths
-
-    path = original_config(config_paths)
-    return legacy_paths(json.loads(Path(path).read_text())).get("model_path") if path else None
+from isdm.cli.common import check_tracking, config_options, load_cli_config, runtime_options
+from isdm.original.commands import sample_checkpoint
 
 
 @click.command()
@@ -54,7 +44,7 @@ def sample(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root:
 
     cfg = load_cli_config(config_paths, overrides, action="sample")
     check_tracking(cfg)
-    checkpoint = checkpoint or _legacy_model_path(config_paths)
+    checkpoint = checkpoint or sample_checkpoint(config_paths)
     if not checkpoint:
         raise click.UsageError("--checkpoint is required (or an original config with model_path)")
     try:

@@ -3,21 +3,18 @@
 Both run under ``torchrun --nproc_per_node N`` unchanged (DDP; only rank 0 writes).
 
 An original ISDM config (``-c config_train.json`` / ``config_finetune.json``) may name a
-``resume_checkpoint``; it is honoured as the original did: ``train`` resumes that run
-(``--resume``), ``finetune`` starts from its network (``--init``). ``--resume`` / ``--init`` given
-on the command line win, with a note.
+``resume_checkpoint``; :func:`isdm.original.commands.start_checkpoints` says how it is honoured.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Optional
 
 import click
 
-from isdm.cli.common import (check_tracking, config_options, load_cli_config, original_config,
-                             runtime_options)
+from isdm.cli.common import check_tracking, config_options, load_cli_config, runtime_options
+from isdm.original.commands import start_checkpoints
 
 
 def _data_option(f):
@@ -37,41 +34,13 @@ def _common(f):
     return _data_option(config_options(runtime_options(f)))
 
 
-def _legacy_resume_checkpoint(config_path: Optional[str]) -> Optional[str]:
-    """``resume_checkpoint`` of the original ISDM flat JSON config ``config_path`` (the file was
-    parsed by :func:`load_cli_config` already)."""
-    if config_path is None:
-        return None
-    from isdm.config import legacy_paths
-
-    return legacy_paths(json.loads(Path(config_path).read_text())).get("resume_checkpoint")
-
-
-def _start_flags(action: str, config_path: Optional[str], init: Optional[str],
-                 resume: Optional[str]) -> tuple[Optional[str], Optional[str]]:
-    """``(init, resume)`` after honouring an original config's ``resume_checkpoint``."""
-    legacy = _legacy_resume_checkpoint(config_path)
-    if legacy is None:
-        return init, resume
-    given = [f"{flag} {value}" for flag, value in (("--init", init), ("--resume", resume)) if value]
-    if given:
-        click.echo(f"[isdm] note: {' and '.join(given)} given: resume_checkpoint {legacy} of "
-                   f"{config_path} is not used", err=True)
-        return init, resume
-    if action == "train":
-        click.echo(f"[isdm] note: resume_checkpoint of {config_path}: resuming the run of "
-                   f"{legacy} (as --resume {legacy})", err=True)
-        return None, legacy
-    click.echo(f"[isdm] note: resume_checkpoint of {config_path}: finetuning from {legacy} "
-               f"(as --init {legacy})", err=True)
-    return legacy, None
-
-
 def _run(action: str, config_paths: tuple[str, ...], overrides: tuple[str, ...],
          data: Optional[str], out: str, init: Optional[str], resume: Optional[str], overwrite: bool) -> None:
     cfg = load_cli_config(config_paths, overrides, action=action)
     check_tracking(cfg)
-    init, resume = _start_flags(action, original_config(config_paths), init, resume)
+    init, resume, note = start_checkpoints(action, config_paths, init, resume)
+    if note:
+        click.echo(note, err=True)
     if action == "finetune" and init is None and resume is None:
         raise click.UsageError("finetune needs --init CKPT (a checkpoint of `isdm train`), "
                                "--resume, or an original config with resume_checkpoint")

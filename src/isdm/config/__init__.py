@@ -29,15 +29,15 @@ Modules: :mod:`.checks` (rules, the section base class), :mod:`.model` (``model`
 presets), :mod:`.data` (``data``: geometry), :mod:`.schema` (the other sections but ``runtime``:
 :mod:`.runtime`, ``curate``: :mod:`.curation`, and ``labels``: :mod:`.labels`), :mod:`.tree` (:class:`Config`, dict
 conversion), :mod:`.files` (strict YAML/JSON), :mod:`.loading` (:func:`load_config`),
-:mod:`.layers` (overlays, sources), :mod:`.edit` (writing values into params.yaml),
-:mod:`.legacy` (the original ISDM tool's flat JSON configs).
+:mod:`.layers` (overlays, sources), :mod:`.edit` (writing values into params.yaml). The original
+ISDM tool's flat JSON configs are read by :mod:`isdm.original.configs`, which the CLI passes in
+(``flat=``).
 """
 
 from isdm.config.curation import CurateConfig
 from isdm.config.labels import LabelsConfig
 from isdm.config.files import save_config
 from isdm.config.layers import ENV_VARS, Resolved, resolve
-from isdm.config.legacy import legacy_paths, legacy_to_tree
 from isdm.config.loading import apply_overrides, is_sectioned, load_config
 from isdm.config.model import MODEL_PRESETS, ModelConfig, default_channel_mult
 from isdm.config.runtime import RuntimeConfig
@@ -96,6 +96,4 @@ __all__ = [
     "is_sectioned",
     "default_channel_mult",
     "canonical_dataset_mode",
-    "legacy_to_tree",
-    "legacy_paths",
 ]

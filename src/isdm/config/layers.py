@@ -25,18 +25,17 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from isdm.config.checks import SectionError, show
 from isdm.config.files import parse_yaml, read_file
-from isdm.config.legacy import legacy_to_tree
 from isdm.config.model import MODEL_PRESETS, SIZE_KEYS
 from isdm.config.schema import FINETUNE_DEFAULTS
 from isdm.config.tree import SECTIONS, Config, _upgrade_data, check_keys, flatten, from_dict
 from isdm.errors import ConfigError
 
-__all__ = ["Layer", "Resolved", "ENV_VARS", "file_layer", "set_layer", "env_layer", "merge",
-           "resolve", "leaves", "nest", "is_sectioned", "apply_overrides"]
+__all__ = ["Layer", "Resolved", "ENV_VARS", "FlatReader", "file_layer", "set_layer", "env_layer",
+           "merge", "resolve", "leaves", "nest", "is_sectioned", "apply_overrides"]
 
 #: Environment variables read by the CLI (not by library calls): how a command runs here, which
 #: no pipeline stage lists. MLFLOW_TRACKING_URI is read by isdm.tracking when
@@ -50,6 +49,11 @@ ENV_VARS = {
     "ISDM_REGISTER_MODEL": "tracking.register_model",
     "ISDM_SYSTEM_METRICS": "tracking.system_metrics",
 }
+
+#: Reads an original ISDM flat JSON config: ``(parsed file, action or None, source) -> nested
+#: tree``. isdm.config does not know that format; the callers that accept it pass
+#: :func:`isdm.original.configs.config_tree` (the CLI does).
+FlatReader = Callable[[Mapping[str, Any], Optional[str], str], dict]
 
 
 @dataclass(frozen=True)
@@ -184,15 +188,26 @@ def _checked(tree: dict[str, Any], source: str) -> Layer:
     return Layer(source, tree)
 
 
-def file_layer(path: str | Path, action: str | None = None) -> Layer:
-    """A params.yaml-style YAML / JSON file, or an original ISDM flat JSON config (mapped for
-    ``action``, see :func:`is_sectioned`)."""
+def file_layer(path: str | Path, action: str | None = None,
+               flat: Optional[FlatReader] = None) -> Layer:
+    """A params.yaml-style YAML / JSON file, or an original ISDM flat JSON config (see
+    :func:`is_sectioned`) read by ``flat`` for ``action``.
+
+    Raises:
+        ConfigError: a flat file and no ``flat`` reader (a library call, not the CLI).
+    """
     data = read_file(Path(path))
     bad = _non_finite(data)
     if bad:
         raise ConfigError(f"{path}: {', '.join(bad)}: must be a finite number (not nan or inf)")
     if not is_sectioned(data):
-        return _checked(legacy_to_tree(data, action=action, source=str(path)), str(path))
+        if flat is None:
+            raise ConfigError(
+                f"{path}: has no config section (train:, sample:, ...), so it reads as an "
+                "original ISDM flat JSON config, which this call does not accept; pass it to an "
+                "isdm command (-c) or isdm.original.load_original_config, or write its keys "
+                "under their sections")
+        return _checked(flat(data, action, str(path)), str(path))
     return _checked(nest(data, str(path)), str(path))
 
 
@@ -235,10 +250,12 @@ def leaves(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def resolve(paths: Sequence[str | Path] = (), overrides: Sequence[str] = (),
-            action: str | None = None, env: Mapping[str, str] | None = None) -> Resolved:
+            action: str | None = None, env: Mapping[str, str] | None = None,
+            flat: Optional[FlatReader] = None) -> Resolved:
     """Defaults, then the files of ``paths`` in order, then ``env`` (:data:`ENV_VARS`; None =
-    none), then ``overrides``; validated strictly (see the module docstring)."""
-    layers = [file_layer(p, action) for p in paths]
+    none), then ``overrides``; validated strictly (see the module docstring). ``flat`` reads
+    original ISDM flat configs among ``paths`` (:func:`file_layer`)."""
+    layers = [file_layer(p, action, flat) for p in paths]
     layers += env_layer(env or {})
     if overrides:
         layers.append(set_layer(overrides))

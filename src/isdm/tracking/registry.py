@@ -1,7 +1,7 @@
 """The finetuned SDM as the registered MLflow model ``isdm-sdm``, and ``models:/`` checkpoints.
 
 :func:`register_sdm` logs the checkpoint as an ``mlflow.pyfunc`` model (the code in
-:mod:`isdm.tracking.sdm_pyfunc`; artifacts ``checkpoint`` = ``best.pt`` and ``config`` =
+:data:`MODEL_CODE`; artifacts ``checkpoint`` = ``best.pt`` and ``config`` =
 ``config.json``; signature: uint8 ``[-1, H, W]`` label ids in, uint8 ``[-1, H, W, 3]`` images
 out, params ``s``, ``steps``, ``seed``) and registers it: one new version of ``isdm-sdm`` per
 finetune. Its requirements are given (``isdm``), so MLflow infers no environment and needs no
@@ -26,6 +26,9 @@ from isdm.errors import CheckpointError
 __all__ = ["MODEL_NAME", "register_sdm", "is_model_uri", "resolve_checkpoint"]
 
 MODEL_NAME = "isdm-sdm"
+#: The model's code (:mod:`isdm.serving.sdm_pyfunc`, above sampling, whose engine it calls): a
+#: file MLflow copies into the model and runs when it loads it; named here, never imported.
+MODEL_CODE = Path(__file__).resolve().parents[1] / "serving" / "sdm_pyfunc.py"
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+|latest)|@(?P<alias>[\w-]+))$")
 
 
@@ -48,7 +51,7 @@ def register_sdm(checkpoint: str | Path, config_json: str | Path, cfg: Any) -> s
         warnings.filterwarnings("ignore", message=".*input example was not provided")
         warnings.filterwarnings("ignore", message=".*type hints to the `predict`")  # signature given
         info = mlflow.pyfunc.log_model(
-            name="sdm", python_model=str(Path(__file__).with_name("sdm_pyfunc.py")),
+            name="sdm", python_model=str(MODEL_CODE),
             artifacts={"checkpoint": str(checkpoint), "config": str(config_json)},
             signature=signature, pip_requirements=["isdm"], registered_model_name=MODEL_NAME)
     return str(info.registered_model_version)

@@ -1,5 +1,9 @@
 """Map the original ISDM tool's flat JSON configs onto isdm's config tree.
 
+:mod:`isdm.config` reads params.yaml-style trees only; a flat file is handed to
+:func:`config_tree` by the callers that accept one (the CLI's ``-c``,
+:func:`load_original_config`), through ``flat=`` of :func:`isdm.config.load_config`.
+
 The original tool (``python main.py {train,finetune,sample} -c config.json``) used one flat
 namespace. Each of its keys is mapped to a dotted isdm key here, depending on the action
 (``batch_size`` is ``train.batch_size`` for train, ``finetune.batch_size`` for finetune and
@@ -22,12 +26,14 @@ from __future__ import annotations
 
 import difflib
 import logging
-from typing import Any, Callable, Mapping, Optional
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
 
+from isdm.config import Config, load_config
 from isdm.config.checks import show
 from isdm.errors import ConfigError
 
-__all__ = ["legacy_to_tree", "legacy_paths", "IGNORED", "KNOWN_KEYS"]
+__all__ = ["config_tree", "checkpoint_paths", "load_original_config", "IGNORED", "KNOWN_KEYS"]
 
 log = logging.getLogger("isdm.config")
 
@@ -283,7 +289,7 @@ def _infer_action(raw: Mapping[str, Any]) -> str:
     return "finetune" if _number(raw.get("drop_rate")) > 0 else "train"
 
 
-def legacy_to_tree(raw: Mapping[str, Any], action: str | None, source: str = "config") -> dict:
+def config_tree(raw: Mapping[str, Any], action: str | None, source: str = "config") -> dict:
     """Translate an original flat config into an isdm config tree (nested dict).
 
     Args:
@@ -294,7 +300,7 @@ def legacy_to_tree(raw: Mapping[str, Any], action: str | None, source: str = "co
 
     Returns:
         A nested dict for :func:`isdm.config.from_dict`. Checkpoint paths named in the file are
-        not part of it: :func:`legacy_paths` returns them. Every key of :data:`_WARNINGS` whose
+        not part of it: :func:`checkpoint_paths` returns them. Every key of :data:`_WARNINGS` whose
         value differs from what isdm does is logged once as a warning on ``isdm.config``.
     """
     action = action or _infer_action(raw)
@@ -322,8 +328,16 @@ def legacy_to_tree(raw: Mapping[str, Any], action: str | None, source: str = "co
     return tree
 
 
-def legacy_paths(raw: Mapping[str, Any]) -> dict[str, Optional[str]]:
+def checkpoint_paths(raw: Mapping[str, Any]) -> dict[str, Optional[str]]:
     """Checkpoint paths named in an original config: ``{"resume_checkpoint": ..., "model_path":
     ...}``, None where the file names none. isdm takes them on the command line (``--resume`` /
-    ``--init`` / ``--checkpoint``); :func:`legacy_to_tree` warns about ``resume_checkpoint``."""
+    ``--init`` / ``--checkpoint``); :func:`config_tree` warns about ``resume_checkpoint``."""
     return {k: raw.get(k) or None for k in ("resume_checkpoint", "model_path")}
+
+
+def load_original_config(path: str | Path | Sequence[str | Path], overrides: Sequence[str] = (),
+                         action: str | None = None) -> Config:
+    """:func:`isdm.config.load_config` that also reads original flat configs (mapped for
+    ``action`` by :func:`config_tree`), e.g. ``load_original_config("config_sample.json",
+    action="sample")``."""
+    return load_config(path, overrides, action=action, flat=config_tree)

@@ -3,15 +3,16 @@
 The original wrote bare state dicts and no config: ``model{step:06d}.pt`` (the trained weights)
 and ``ema_{rate}_{step:06d}.pt`` (their moving average, which it sampled from). Given the
 original's flat JSON config, :func:`import_original` builds isdm's network for it, maps the
-weights onto it (:mod:`isdm.models.original_keys`) and writes a normal isdm checkpoint
+weights onto it (:mod:`isdm.original.keys`) and writes a normal isdm checkpoint
 (:func:`isdm.training.checkpoint.save`) that ``isdm sample`` / ``isdm finetune --init`` accept::
 
     model   the imported weights (an EMA file's average when importing one)
     ema     {} for ``model*.pt``; for an EMA file ``{"rates": [rate], "num_updates": step,
             "shadows": {rate: weights}}``, so sampling picks the average as usual
     step    the original's step (from the file name, 0 if absent); epoch 0
-    config  the JSON through isdm's legacy loader (action ``train``), ``num_head_channels``
-            chosen so that every attention layer keeps the original's head count
+    config  the JSON through :func:`isdm.original.configs.load_original_config` (action
+            ``train``), ``num_head_channels`` chosen so that every attention layer keeps the
+            original's head count
     meta    image_size, num_classes, num_params, action "import", imported_from,
             imported_sha256, imported_weights ("raw" or "ema <rate>"), imported_config
 """
@@ -25,8 +26,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from isdm.config import Config, flatten, is_sectioned, load_config, to_dict
+from isdm.config import Config, flatten, is_sectioned, to_dict
 from isdm.errors import CheckpointError, ConfigError, OutputExistsError
+from isdm.original.configs import load_original_config
 from isdm.training import checkpoint
 from isdm.utils.io import sha256_file
 
@@ -59,7 +61,7 @@ def import_original(weights: str | Path, config: str | Path, out: str | Path, *,
             ``diffusion_steps`` is not the trained chain.
     """
     from isdm.models import build_model, count_parameters
-    from isdm.models.original_keys import from_original
+    from isdm.original.keys import from_original
 
     weights, out = Path(weights), Path(out)
     if out.exists() and not overwrite:
@@ -95,7 +97,8 @@ def import_original(weights: str | Path, config: str | Path, out: str | Path, *,
 
 
 def _load_original_config(path: Path, overrides: Sequence[str]) -> tuple[dict[str, Any], Config]:
-    """The raw JSON and its isdm config (legacy loader, action ``train``), heads made equal."""
+    """The raw JSON and its isdm config (:func:`load_original_config`, action ``train``), heads
+    made equal."""
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -113,11 +116,11 @@ def _load_original_config(path: Path, overrides: Sequence[str]) -> tuple[dict[st
     # The original accepted two settings isdm's config rejects: attention sizes no level has
     # (it skipped them) and, without num_head_channels, a fixed head count. Read the sizes with
     # neutral values, then load with the values that took effect there (--set still wins).
-    probe = load_config(path, [*_NEUTRAL, *overrides], action="train")
+    probe = load_original_config(path, [*_NEUTRAL, *overrides], action="train")
     attention = _effective_attention(raw.get("attention_resolutions", "16,8"), probe)
     fixed = [f"model.attention_resolutions=[{', '.join(map(str, attention))}]",
              f"model.num_head_channels={_head_channels(raw, probe, attention)}"]
-    return raw, load_config(path, [*fixed, *overrides], action="train")
+    return raw, load_original_config(path, [*fixed, *overrides], action="train")
 
 
 # every width is a multiple of 32 and an empty attention list fits any network
@@ -197,7 +200,7 @@ def _listed(keys: list[str], limit: int = 8) -> str:
 def _mismatch_message(weights: Path, config: Path | str, state: Mapping[str, torch.Tensor],
                       cfg: Config, raw: Mapping[str, Any], problems: Any) -> str:
     """Every unmappable key and shape mismatch, and the config values the shapes point to."""
-    from isdm.models.original_keys import original_sizes
+    from isdm.original.keys import original_sizes
 
     lines = [f"{weights} does not fit the network of --config {config}:"]
     if problems.shapes:

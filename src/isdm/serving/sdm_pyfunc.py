@@ -1,9 +1,12 @@
 """The MLflow model of a finetuned SDM (``mlflow.pyfunc``), logged as code by
 :func:`isdm.tracking.registry.register_sdm`.
 
-MLflow runs this file when it loads the model (``mlflow.pyfunc.load_model("models:/isdm-sdm/3")``),
-so it ends with ``set_model``; isdm itself never imports it. The model's artifacts are the isdm
-checkpoint (``checkpoint``) and the run's resolved config (``config``).
+MLflow copies this file into the logged model and runs the copy when it loads the model
+(``mlflow.pyfunc.load_model("models:/isdm-sdm/3")``), so it ends with ``set_model``; isdm itself
+never imports it (a model logged while the file lived in ``isdm/tracking/`` loads the same way:
+its copy imports only :mod:`isdm.config`, :mod:`isdm.sampling` and :mod:`isdm.utils`). The
+model's artifacts are the isdm checkpoint (``checkpoint``) and the run's resolved config
+(``config``).
 
 ``predict(labels, params)``: ``labels`` uint8 ``[B, H, W]`` class ids at the checkpoint's image
 size; ``params`` ``s``, ``steps``, ``seed`` (defaults: the config's ``sample`` section) ->

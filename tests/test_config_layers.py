@@ -199,8 +199,10 @@ def test_every_command_takes_several_config_files(tmp_path, base):
 def test_one_override_switches_the_preset(base, preset):
     from isdm.config import resolve
     from isdm.config.model import SIZE_KEYS, ModelConfig
+    from isdm.original import config_tree
 
-    resolved = resolve([REPO / p for p in base], [f"model.preset={preset}"], action="train")
+    resolved = resolve([REPO / p for p in base], [f"model.preset={preset}"], action="train",
+                       flat=config_tree)
     model, want = resolved.config.model, ModelConfig(preset=preset)
     assert model.preset == preset
     assert {k: getattr(model, k) for k in SIZE_KEYS} == {k: getattr(want, k) for k in SIZE_KEYS}

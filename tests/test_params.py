@@ -26,6 +26,7 @@ PARAMS = REPO / "params.yaml"
 TUNE_PARAMS = REPO / "pipelines" / "tune" / "params.yaml"
 LABELS_PARAMS = REPO / "pipelines" / "labels" / "params.yaml"
 PROTOCOLS_PARAMS = REPO / "pipelines" / "protocols" / "params.yaml"
+FULL_PARAMS = REPO / "pipelines" / "full" / "params.yaml"
 
 # The keys params.yaml keeps even where they equal their default: the dataset, the model preset,
 # the budgets, guidance and sampler, the evaluation recipe and the curation thresholds, the
@@ -72,9 +73,11 @@ LABELS_KNOBS = {"labels.fractions", "labels.seed"}
 
 
 @pytest.mark.parametrize("path, knobs", [(PARAMS, USER_KNOBS), (TUNE_PARAMS, TUNE_KNOBS),
-                                         (LABELS_PARAMS, LABELS_KNOBS), (PROTOCOLS_PARAMS, set())],
+                                         (LABELS_PARAMS, LABELS_KNOBS), (PROTOCOLS_PARAMS, set()),
+                                         (FULL_PARAMS, {"evaluate.architectures"})],
                          ids=["params.yaml", "pipelines/tune/params.yaml",
-                              "pipelines/labels/params.yaml", "pipelines/protocols/params.yaml"])
+                              "pipelines/labels/params.yaml", "pipelines/protocols/params.yaml",
+                              "pipelines/full/params.yaml"])
 def test_params_files_state_knobs_or_changes_only(path, knobs):
     """Each key is a config key; a value equal to its default is a listed knob; every listed
     knob is written (the list is not stale)."""

@@ -1,9 +1,9 @@
-"""pipelines/protocols/dvc.yaml (the layout set and the protocol rows) and pipelines/labels/dvc.yaml
-(the label-efficiency curve): every stage is a valid `isdm` call on existing sources and params,
-a point's SDM has the main pipeline's recipe (so the 100 % point may be the main pipeline's own),
-`dvc repro` of either file runs its stages after the main chain's sample and never the main
-chain's evaluate, and a new fraction adds one point (with a stand-in `isdm`); a real evaluate
-output of a subset is a point `isdm labels` reads."""
+"""pipelines/protocols/dvc.yaml (the layout set and the protocol rows), pipelines/labels/dvc.yaml (the
+label-efficiency curve) and pipelines/full/dvc.yaml (the full study): every stage is a valid `isdm`
+call on existing sources and params, a point's SDM has the main pipeline's recipe (so the 100 %
+point may be the main pipeline's own), `dvc repro` of either file runs its stages after the main
+chain's sample and never the main chain's evaluate, and a new fraction adds one point (with a stand-
+in `isdm`); a real evaluate output of a subset is a point `isdm labels` reads."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from dvc_standin import standin_project
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOLS = REPO / "pipelines" / "protocols" / "dvc.yaml"
 LABELS = REPO / "pipelines" / "labels" / "dvc.yaml"
+FULL = REPO / "pipelines" / "full" / "dvc.yaml"
 
 
 def _render(text: str, item: str | None = None) -> str:
@@ -45,7 +46,7 @@ def _stages(path: Path) -> list[tuple[str, dict]]:
     return out
 
 
-@pytest.mark.parametrize("path", [PROTOCOLS, LABELS], ids=["protocols", "labels"])
+@pytest.mark.parametrize("path", [PROTOCOLS, LABELS, FULL], ids=["protocols", "labels", "full"])
 def test_every_stage_is_an_isdm_call_on_existing_sources_and_params(path, tmp_path, monkeypatch):
     from isdm.cli import cli
 
@@ -147,6 +148,8 @@ def test_dvc_runs_the_protocol_and_label_pipelines_after_the_main_chains_sample(
     assert ran[:4] == ["data", "train", "finetune", "sample"]  # the 100 % point's SDM and set
     assert sorted(ran[4:-2]) == sorted(points) and ran[-2:] == ["full", "curve"]
     assert run("repro", "pipelines/protocols/dvc.yaml") == ["layouts", "evaluate"]
+    assert run("repro", "pipelines/full/dvc.yaml") == ["curate", "evaluate"]  # the full study
+    assert run("repro", "pipelines/full/dvc.yaml") == []
     assert run("repro", "pipelines/labels/dvc.yaml") == []
     own = p.repo / "pipelines" / "labels" / "params.yaml"
     params = yaml.safe_load(own.read_text())
@@ -155,7 +158,7 @@ def test_dvc_runs_the_protocol_and_label_pipelines_after_the_main_chains_sample(
     ran = run("repro", "pipelines/labels/dvc.yaml")  # one new point and the curve
     assert sorted(ran) == sorted([s.replace("0.25", "0.75") for s in points if "0.25" in s]
                                  + ["curve"])
-    assert run("repro") == ["curate", "evaluate"]  # the main chain's own rest
+    assert run("repro") == ["evaluate"]  # the main chain's own rest (curate ran for the full study)
 
 
 @pytest.mark.slow

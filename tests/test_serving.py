@@ -39,6 +39,7 @@ def test_a_registered_model_loads_and_samples_the_engines_bytes(tiny_checkpoint,
     config_json = tmp_path / "config.json"
     save_config(cfg, config_json)
     mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_experiment("serving")  # not an experiment id an earlier test left active
     with mlflow.start_run():
         version = register_sdm(tiny_checkpoint, config_json, cfg)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version}")

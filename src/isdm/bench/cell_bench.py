@@ -25,6 +25,9 @@ the GPU's fp32 matmul rate. bf16 autocast is measured only where it is native
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +35,7 @@ from typing import Any, Optional
 
 import torch
 
-__all__ = ["run", "step_flops", "bare_step", "pool_cells", "CELL_STEPS"]
+__all__ = ["run", "step_flops", "bare_step", "pool_cells", "pool_cells_fresh", "CELL_STEPS"]
 
 ARCHS = ("FPN", "DeepLabV3Plus", "UnetPlusPlus")
 CELL_STEPS = 200  # a cell of the bench: 10 validations (every 20) and a test, like evaluate's
@@ -115,6 +118,17 @@ def pool_cells(arch: str, data_root: Path, device: torch.device, steps: int,
             "cell_s": max(r.run["seconds"] for r in records), "pool_s": wall}
 
 
+def pool_cells_fresh(arch: str, data_root: Path, device: torch.device, steps: int,
+                     cells: Optional[int] = None) -> dict[str, Any]:
+    """:func:`pool_cells` in a fresh Python process, the parent that ``isdm evaluate`` is: this
+    one has run 2-thread ops (the matmul, the bare step), and their OpenMP threads would spin
+    beside the workers under OMP_WAIT_POLICY=ACTIVE (:func:`isdm.evaluation.pool.calm_parent`)."""
+    args = [sys.executable, "-m", "isdm.bench.cell_bench", arch, str(data_root), str(device),
+            str(steps), str(cells or 0)]
+    done = subprocess.run(args, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def matmul_gflops(device: torch.device, n: int = 1024, repeats: int = 20) -> float:
     """fp32 ``n x n`` matmul GFLOP/s on ``device`` (all threads on a CPU): the best of five
     timings of ``repeats`` products after a warm-up of about half a second (a short or cold
@@ -138,7 +152,7 @@ def _row(arch: str, root: Path, device: torch.device, matmul: float, quick: bool
     gflop = step_flops(arch, root, device) / 1e9
     step = bare_step(arch, root, device, warmup=1 if quick else 3, steps=2 if quick else 10)
     steps = 4 if quick else CELL_STEPS
-    pool = pool_cells(arch, root, device, steps, cells=2 if quick else None)
+    pool = pool_cells_fresh(arch, root, device, steps, cells=2 if quick else None)
     cells_gflops = pool["cells"] * steps * gflop / pool["cell_s"]
     return {"arch": arch, "gflop_per_step": gflop, "step_ms": step * 1e3,
             "step_gflops": gflop / step, "step_mfu": gflop / step / matmul,
@@ -184,3 +198,12 @@ def run(quick: bool = False, device: str = "auto") -> dict:
     if quick:
         notes.append("quick: a smoke test of the code, not a measurement")
     return {"table": rows, "notes": notes, "matmul_gflops": matmul, "cores": cores}
+
+
+if __name__ == "__main__":  # pool_cells_fresh's child: ARCH ROOT DEVICE STEPS CELLS -> JSON
+    from isdm.evaluation.pool import calm_parent
+
+    _arch, _root, _device, _steps, _cells = sys.argv[1:6]
+    calm_parent(0, 0, torch.device(_device))  # as evaluate's CLI does, before any torch op
+    print(json.dumps(pool_cells(_arch, Path(_root), torch.device(_device), int(_steps),
+                                int(_cells) or None)))

@@ -12,7 +12,7 @@ import click
 
 from isdm.config import Config
 
-__all__ = ["cell_options", "with_pool_flags", "parse_shard", "shard_message"]
+__all__ = ["cell_options", "with_pool_flags", "parse_shard", "shard_message", "calm_parent"]
 
 
 def cell_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -74,3 +74,12 @@ def shard_message(result: dict[str, Any]) -> str:
     else:
         lines.append(f"all cells are there: write the report with: {command}")
     return "\n".join(lines)
+
+
+def calm_parent(cfg) -> None:
+    """No spinning OpenMP threads in this process while its cell workers run (see
+    :func:`isdm.evaluation.pool.calm_parent`); before the command's first torch op."""
+    from isdm.evaluation.pool import calm_parent as calm
+    from isdm.utils.runtime import resolve_device
+
+    calm(cfg.evaluate.workers, cfg.evaluate.threads, resolve_device(cfg.runtime.device))

@@ -8,6 +8,7 @@ from typing import Optional
 import click
 
 from isdm.cli.common import check_tracking, config_options, load_cli_config, runtime_options
+from isdm.cli.cells import calm_parent
 
 
 @click.command()
@@ -35,6 +36,7 @@ def curate(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_root:
 
     cfg = load_cli_config(config_paths, overrides)
     check_tracking(cfg)
+    calm_parent(cfg)  # the calibration's cells may run in worker processes
     card = run_curation(cfg, data_root, synthetic_dir, out_dir, cell_cache=cell_cache)
     c, mem = card["counts"], card["memorisation"]
     click.echo(f"{out_dir}: kept {c['kept']} of {c['pairs']} pairs (dropped {c['dropped']} with "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from isdm.cli.cells import cell_options, parse_shard, shard_message, with_pool_flags
+from isdm.cli.cells import calm_parent, cell_options, parse_shard, shard_message, with_pool_flags
 from isdm.cli.common import check_tracking, config_options, load_cli_config, runtime_options
 
 
@@ -45,6 +45,7 @@ def evaluate(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_roo
 
     cfg = with_pool_flags(load_cli_config(config_paths, overrides), workers, threads)
     check_tracking(cfg)
+    calm_parent(cfg)
     if shard is not None:  # shards fill the cell store side by side and write no report
         result = run_evaluation(cfg, data_root, list(synthetic) or None, out_dir,
                                 fidelity_only=fidelity_only, cell_cache=cell_cache, shard=shard)
@@ -71,3 +72,4 @@ def evaluate(config_paths: tuple[str, ...], overrides: tuple[str, ...], data_roo
                "report.json, report.md, miou.png, cells.csv, counts.npz, calibration.json, "
                "calibration.png")
     click.echo(f"cells: {result['trained']} trained, {result['from_store']} from the cell store")
+

@@ -35,9 +35,8 @@ def test_a_row_gives_achieved_gflops_and_their_ratio_to_the_matmul_rate(monkeypa
 
     monkeypatch.setattr(cell_bench, "step_flops", lambda arch, root, device: 20e9)
     monkeypatch.setattr(cell_bench, "bare_step", lambda *a, **k: 0.5)
-    monkeypatch.setattr(cell_bench, "pool_cells_fresh", lambda arch, root, device, steps, cells: {
-        "workers": 2, "threads": 1, "cells": 2, "cell_s": 4.0, "pool_s": 6.0})
-    row = cell_bench._row("FPN", Path("."), torch.device("cpu"), 80.0, quick=True)
+    pool = {"workers": 2, "threads": 1, "cells": 2, "cell_s": 4.0, "pool_s": 6.0, "steps": 4}
+    row = cell_bench._row("FPN", Path("."), torch.device("cpu"), 80.0, quick=True, pool=pool)
     assert (row["gflop_per_step"], row["step_ms"], row["step_gflops"]) == (20.0, 500.0, 40.0)
     assert row["step_mfu"] == 0.5
     assert row["cells_gflops"] == 2 * 4 * 20.0 / 4.0 and row["cells_mfu"] == 40.0 / 80.0

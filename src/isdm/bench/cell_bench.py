@@ -148,11 +148,11 @@ def matmul_gflops(device: torch.device, n: int = 1024, repeats: int = 20) -> flo
     return 2 * n ** 3 * repeats / best / 1e9
 
 
-def _row(arch: str, root: Path, device: torch.device, matmul: float, quick: bool) -> dict:
+def _row(arch: str, root: Path, device: torch.device, matmul: float, quick: bool,
+         pool: dict) -> dict:
     gflop = step_flops(arch, root, device) / 1e9
     step = bare_step(arch, root, device, warmup=1 if quick else 3, steps=2 if quick else 10)
-    steps = 4 if quick else CELL_STEPS
-    pool = pool_cells_fresh(arch, root, device, steps, cells=2 if quick else None)
+    steps = pool["steps"]
     cells_gflops = pool["cells"] * steps * gflop / pool["cell_s"]
     return {"arch": arch, "gflop_per_step": gflop, "step_ms": step * 1e3,
             "step_gflops": gflop / step, "step_mfu": gflop / step / matmul,
@@ -172,14 +172,19 @@ def run(quick: bool = False, device: str = "auto") -> dict:
 
     dev = resolve_device(device)
     cores = available_cpus()
+    archs = ARCHS[:2] if quick else ARCHS
+    steps = 4 if quick else CELL_STEPS
     before = torch.get_num_threads()
-    torch.set_num_threads(cores)
+    torch.set_num_threads(1)  # no OpenMP team of this process may spin beside the pool's workers
     try:
-        matmul = matmul_gflops(dev)
         with tempfile.TemporaryDirectory() as tmp:
             write_synthetic_dataset(tmp, SynthConfig())
-            rows = [_row(arch, Path(tmp), dev, matmul, quick)
-                    for arch in (ARCHS[:2] if quick else ARCHS)]
+            pools = {arch: {**pool_cells_fresh(arch, Path(tmp), dev, steps,
+                                               cells=2 if quick else None), "steps": steps}
+                     for arch in archs}  # first: before this process runs any 2-thread op
+            torch.set_num_threads(cores)
+            matmul = matmul_gflops(dev)
+            rows = [_row(arch, Path(tmp), dev, matmul, quick, pools[arch]) for arch in archs]
             bf16 = native_bf16(dev)
             if bf16:
                 for row in rows:

@@ -118,8 +118,8 @@ def test_dvc_plots_show_does_not_warn_where_no_study_ran(tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([dvc, "init", "-q"], cwd=tmp_path, check=True, env=env)
     main = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    files = {p if isinstance(p, str) else next(iter(p))
-             for st in main["stages"].values() for p in st.get("plots", [])}
+    files = {p for st in main["stages"].values() for p in st.get("plots", [])}
+    files = {p if isinstance(p, str) else next(iter(p)) for p in files}
     for entry in main.get("plots", []):
         if isinstance(entry, str):
             files.add(entry)

@@ -215,13 +215,28 @@ def test_workers_and_threads_follow_the_cores_the_gpus_and_the_cells(monkeypatch
 
     monkeypatch.setattr(pool, "available_cpus", lambda: 8)
     cpu = torch.device("cpu")
-    assert pool.plan_workers(0, 0, cpu, 27) == (8, 1, ["cpu"] * 8)
+    assert pool.plan_workers(0, 0, cpu, 32) == (8, 1, ["cpu"] * 8)
+    assert pool.plan_workers(0, 0, cpu, 27) == (9, 1, ["cpu"] * 9)  # 3 full rounds, not 4
     assert pool.plan_workers(0, 0, cpu, 3) == (3, 1, ["cpu"] * 3)  # never more than the cells
     assert pool.plan_workers(0, 2, cpu, 27) == (4, 2, ["cpu"] * 4)
-    assert pool.plan_workers(3, 0, cpu, 27) == (3, 1, ["cpu"] * 3)
+    assert pool.plan_workers(3, 0, cpu, 27) == (3, 1, ["cpu"] * 3)  # as asked
+
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert pool.plan_workers(0, 0, torch.device("cuda"), 27) == (2, 4, ["cuda:0", "cuda:1"])
     assert pool.plan_workers(0, 0, torch.device("cuda:1"), 27) == (1, 8, ["cuda:1"])
+
+
+def test_auto_workers_fill_the_last_round_within_half_the_cores_again():
+    from isdm.evaluation.pool import fill_rounds
+
+    assert fill_rounds(2, 3) == 3    # 1 round of 3 on 2 cores, not 2 rounds with a core idle
+    assert fill_rounds(2, 6) == 2    # already full rounds
+    assert fill_rounds(2, 5) == 2    # 3 workers would leave as many idle slots: fewer wins
+    assert fill_rounds(2, 27) == 3
+    assert fill_rounds(8, 27) == 9
+    assert fill_rounds(8, 13) == 8   # at most 12 workers on 8 cores: 16 slots either way
+    assert fill_rounds(1, 3) == 1    # one core: every round already full
+    assert fill_rounds(4, 2) == 2    # never more than the cells
 
 
 def _alive(pid: int) -> bool:

@@ -119,6 +119,33 @@ def test_patience_stops_and_best_is_the_best_epoch(synth_dir, tmp_path, monkeypa
     assert again.epochs == 4 and "patience" in again.stop_reason
 
 
+def test_checkpoints_are_written_first_then_at_most_every_interval_and_at_the_end(
+        synth_dir, tmp_path, monkeypatch):
+    """Between two writes an improved epoch waits in memory: best.pt is still the best epoch's
+    state (epoch 2 here), and only the first and the last epoch write files."""
+    from isdm.training import loop
+
+    _fake_epochs(monkeypatch, [1.0, 0.5, 0.7, 0.9])
+    written = []
+    real = checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", lambda state, *paths: (
+        written.append((state["epoch"], sorted(p.name for p in paths))), real(state, *paths)))
+    monkeypatch.setattr(loop, "CHECKPOINT_EVERY_S", 1e9)
+    res = train(tiny_cfg("train.max_epochs=4"), synth_dir, tmp_path, progress=False)
+    assert res.best_loss == 0.5
+    assert written == [(1, ["best.pt", "last.pt"]), (2, ["best.pt"]), (4, ["last.pt"])]
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert (best["epoch"], best["best_loss"], best["bad_epochs"]) == (2, 0.5, 0)
+    assert (last["epoch"], last["bad_epochs"]) == (4, 2)
+    assert [r["epoch"] for r in best["history"]] == [1, 2]  # the copy did not grow later
+    written.clear()
+    monkeypatch.setattr(loop, "CHECKPOINT_EVERY_S", 0.0)  # every epoch, as due
+    _fake_epochs(monkeypatch, [1.0, 0.5, 0.7])
+    train(tiny_cfg("train.max_epochs=3"), synth_dir, tmp_path / "each", progress=False)
+    assert written == [(1, ["best.pt", "last.pt"]), (2, ["best.pt", "last.pt"]), (3, ["last.pt"])]
+
+
 def test_max_epochs_without_patience(synth_dir, tmp_path, monkeypatch):
     _fake_epochs(monkeypatch, [3.0, 4.0, 5.0])
     res = train(tiny_cfg("train.max_epochs=3"), synth_dir, tmp_path, progress=False)

@@ -8,8 +8,9 @@ second as one cell on two threads (FPN on a quiet 2-core AVX2 machine). Workers 
 survive a fork) and each loads the data once (:func:`isdm.evaluation.worker.load_real`).
 
 :func:`plan_workers`: ``evaluate.threads`` (0 = auto: 1 on CPU; on CUDA the cores shared among
-the workers) and ``evaluate.workers`` (0 = auto: one per core / ``threads`` on CPU, one per
-visible GPU on CUDA, each worker on its own GPU), never more than the cells to run. One worker
+the workers) and ``evaluate.workers`` (0 = auto: one per core / ``threads`` on CPU, up to half as many again
+when that fills the last round of cells (:func:`fill_rounds`), one per visible GPU on CUDA,
+each worker on its own GPU), never more than the cells to run. One worker
 runs the cells in the calling process (no spawn) at ``threads`` threads, so ``workers: 1`` and
 ``workers: 2`` give the same bits for the same threads per cell.
 
@@ -36,7 +37,8 @@ from isdm.errors import EvaluationError
 from isdm.evaluation.store import CellRecord, CellStore
 from isdm.evaluation.worker import CellJob, run_job
 
-__all__ = ["CellOutcome", "CellPool", "plan_workers", "available_cpus", "calm_parent"]
+__all__ = ["CellOutcome", "CellPool", "plan_workers", "fill_rounds", "available_cpus",
+           "calm_parent"]
 
 _WORKER: dict[str, Any] = {}  # the device of this worker process
 
@@ -70,10 +72,26 @@ def plan_workers(workers: int, threads: int, device: torch.device,
         devices = [gpus[i % len(gpus)] for i in range(n)]
     else:
         t = threads or 1
-        n = workers or max(1, cpus // t)
+        n = workers or fill_rounds(max(1, cpus // t), n_cells)
         devices = [str(device)] * n
     n = max(1, min(n, n_cells))
     return n, t, devices[:n]
+
+
+def fill_rounds(cores: int, n_cells: int) -> int:
+    """Auto CPU workers for ``n_cells`` cells of one thread on ``cores`` cores: the count in
+    ``[cores, cores + max(1, cores // 2)]`` with the fewest idle slots in the last round
+    (``ceil(n_cells / w) * w`` smallest; ties: fewer workers).
+
+    With one worker per core, 3 cells on 2 cores run as 2 rounds with one core idle in the
+    second; 3 workers share the 2 cores (the OS time-slices them) and finish all 3 in about
+    1.5 rounds. Measured 2026-12-07 on 2 quiet cores, 3 DeepLabV3Plus cells of 100 steps:
+    workers 2: 90.6 s, workers 3: 72.4 s (the same CPU seconds, 128 vs 126 s). The bound keeps
+    the extra processes (their memory) to half the cores."""
+    if n_cells <= cores:
+        return max(1, n_cells)
+    most = cores + max(1, cores // 2)
+    return min(range(cores, most + 1), key=lambda w: (-(-n_cells // w) * w, w))
 
 
 def calm_parent(workers: int, threads: int, device: torch.device) -> bool:

@@ -123,14 +123,14 @@ def test_checkpoints_are_written_first_then_at_most_every_interval_and_at_the_en
         synth_dir, tmp_path, monkeypatch):
     """Between two writes an improved epoch waits in memory: best.pt is still the best epoch's
     state (epoch 2 here), and only the first and the last epoch write files."""
-    from isdm.training import loop
+    from isdm.training import saves
 
     _fake_epochs(monkeypatch, [1.0, 0.5, 0.7, 0.9])
     written = []
     real = checkpoint.save
     monkeypatch.setattr(checkpoint, "save", lambda state, *paths: (
         written.append((state["epoch"], sorted(p.name for p in paths))), real(state, *paths)))
-    monkeypatch.setattr(loop, "CHECKPOINT_EVERY_S", 1e9)
+    monkeypatch.setattr(saves, "CHECKPOINT_EVERY_S", 1e9)
     res = train(tiny_cfg("train.max_epochs=4"), synth_dir, tmp_path, progress=False)
     assert res.best_loss == 0.5
     assert written == [(1, ["best.pt", "last.pt"]), (2, ["best.pt"]), (4, ["last.pt"])]
@@ -140,7 +140,7 @@ def test_checkpoints_are_written_first_then_at_most_every_interval_and_at_the_en
     assert (last["epoch"], last["bad_epochs"]) == (4, 2)
     assert [r["epoch"] for r in best["history"]] == [1, 2]  # the copy did not grow later
     written.clear()
-    monkeypatch.setattr(loop, "CHECKPOINT_EVERY_S", 0.0)  # every epoch, as due
+    monkeypatch.setattr(saves, "CHECKPOINT_EVERY_S", 0.0)  # every epoch, as due
     _fake_epochs(monkeypatch, [1.0, 0.5, 0.7])
     train(tiny_cfg("train.max_epochs=3"), synth_dir, tmp_path / "each", progress=False)
     assert written == [(1, ["best.pt", "last.pt"]), (2, ["best.pt", "last.pt"]), (3, ["last.pt"])]

@@ -10,13 +10,10 @@ One optimiser step (Ho et al. 2020, Alg. 1, with Nichol & Dhariwal's hybrid loss
 The epoch's loss is the mean of the training steps' own losses (no extra forward pass), or the
 held-out diffusion loss with ``select_on=val_loss``. After each epoch: improved -> the state
 is the new best; no improvement for ``patience`` epochs, ``max_epochs`` or ``max_steps`` ->
-stop. ``best.pt`` and ``last.pt`` (atomic replaces) are written after the first epoch, then at
-most every :data:`CHECKPOINT_EVERY_S` seconds, and always after the last epoch: a best epoch
-between two writes is kept in memory until the next one, so best.pt always holds the best
-epoch's state and a crash loses at most that many seconds of training (on the embedded set an
-epoch is 5 steps and two 46 MB writes per epoch cost ~10 % of the run). Before the first step the run prints its budget
-(steps, images per step, epochs on this dataset) and after step 3 its estimated duration
-(:mod:`isdm.training.budget`). How a run starts (folder, checkpoint, config):
+stop. ``best.pt`` and ``last.pt`` are written after the first epoch, then at most every
+minute, and after the last epoch (:mod:`isdm.training.saves`). Before the first step the run
+prints its budget (steps, images per step, epochs on this dataset) and after step 3 its
+estimated duration (:mod:`isdm.training.budget`). How a run starts (folder, checkpoint, config):
 :mod:`isdm.training.start`.
 """
 
@@ -38,15 +35,14 @@ from isdm.seeds import Stream, derive
 from isdm.training import batches, budget, checkpoint, distributed, plots, rng
 from isdm.training.ema import EMA
 from isdm.training.health import LossWatch
+from isdm.training.saves import Saves
 from isdm.training.start import OUTPUTS, Start, check_out_dir, resolve_start
 from isdm.training.step import make_model_fn, optimisation_step, resolve_precision
 from isdm.utils import ownership
 from isdm.utils import progress as bars
 from isdm.utils.io import atomic_write_json
 
-__all__ = ["train", "TrainResult", "CHECKPOINT_EVERY_S"]
-
-CHECKPOINT_EVERY_S = 60.0  # best.pt / last.pt written at most this often (and at the end)
+__all__ = ["train", "TrainResult"]
 
 
 @dataclass
@@ -118,8 +114,7 @@ class _Trainer:
         self.eval_model = copy.deepcopy(self.model).eval() if self.splits.val is not None else None
         self.step = self.epoch = self.bad_epochs = 0
         self.best_loss = math.inf
-        self._written_at: Optional[float] = None  # when best/last.pt were last written
-        self._best_state: Optional[dict[str, Any]] = None  # an improved state not yet written
+        self.saves = Saves(out_dir, self.state, tcfg.save_last)
         self.history: list[dict[str, Any]] = []
         self.init_meta: dict[str, Any] = {}
         self.watch = LossWatch(self.action, tcfg, self.precision, out_dir)
@@ -262,36 +257,13 @@ class _Trainer:
         self.history.append(row)
         reason = self.stop_reason()
         if self.ctx.is_main:
-            self.checkpoints(row["improved"], final=bool(reason))
+            self.saves.after_epoch(row["improved"], final=bool(reason))
             self.write_reports()
         run.log_metrics({k: v for k, v in {
             "train/epoch_loss": row["train_loss"], "val/loss": row["val_loss"],
             "train/images_per_s": row["images_per_s"], "train/best_loss": self.best_loss,
         }.items() if v is not None}, step=self.epoch)
         return reason
-
-    def checkpoints(self, improved: bool, final: bool) -> None:
-        """Write best.pt / last.pt now if due (the first epoch, ``final``, or
-        :data:`CHECKPOINT_EVERY_S` since the last write); an improved state that is not written
-        now is kept (a copy) for the next write."""
-        due = (final or self._written_at is None
-               or time.monotonic() - self._written_at >= CHECKPOINT_EVERY_S)
-        if not due:
-            if improved:
-                self._best_state = copy.deepcopy(self.state())
-            return
-        state = self.state()
-        if improved:
-            self._best_state = None
-            paths = ["best.pt"] + ["last.pt"] * self.tcfg.save_last
-            checkpoint.save(state, *(self.out_dir / name for name in paths))
-        else:
-            if self._best_state is not None:
-                checkpoint.save(self._best_state, self.out_dir / "best.pt")
-                self._best_state = None
-            if self.tcfg.save_last:
-                checkpoint.save(state, self.out_dir / "last.pt")
-        self._written_at = time.monotonic()
 
     def stop_reason(self) -> str:
         """Why the run must stop now ('' = go on); also checked before a resumed run starts."""

@@ -193,7 +193,7 @@ def plot_curve(summary: dict[str, Any], path: str | Path) -> Any:
                         arrowprops={"arrowstyle": "->", "linestyle": ":"})
     ax.set_xlabel("labelled real images (train split of the subset)")
     ax.set_ylabel("real test mIoU (mean over architectures and seeds)")
-    ax.set_title(f"synthetic data at {rows[0]['n']} labelled images: worth "
+    ax.set_title(f"synthetic data at {rows[0]['n']} labelled images:\nworth "
                  f"{_fmt(rows[0]['worth'], rows[0]['status'])} real images ({_ci(rows[0])})",
                  fontsize=9)
     ax.grid(alpha=0.3)

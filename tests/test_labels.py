@@ -51,6 +51,19 @@ def test_subsets_are_nested_seeded_and_carry_the_whole_test_split(synth_dir, tmp
     assert len({tuple(k) for k in other}) > 1  # the seed chooses the subset
 
 
+def test_a_subsets_runs_go_to_its_source_datasets_mlflow_experiment(synth_dir, tmp_path):
+    from isdm.data.subset import MANIFEST, write_subset
+    from isdm.tracking import experiment_name
+
+    real = tmp_path / "labels" / "0.5" / "real"  # the labels pipeline's folder name
+    write_subset(synth_dir, real, 0.5, seed=0)
+    assert experiment_name(real) == f"isdm-{synth_dir.name}" != "isdm-real"
+    assert experiment_name(synth_dir) == f"isdm-{synth_dir.name}"
+    assert MANIFEST == "subset.json"  # the name tracking reads without importing isdm.data
+    (real / MANIFEST).write_text("not json")  # unreadable: the folder's own name
+    assert experiment_name(real) == "isdm-real"
+
+
 def test_subset_refuses_what_it_cannot_write(synth_dir, tmp_path):
     from isdm.data.subset import write_subset
 

@@ -8,7 +8,8 @@ never branches on whether MLflow is on.
 Where runs go: ``tracking.tracking_uri`` if set, else ``$MLFLOW_TRACKING_URI``, else the embedded
 store ``sqlite:///<root>/mlflow.db`` (artifacts in ``./mlruns``), ``<root>`` being the DVC project
 root while a DVC stage runs (``$DVC_ROOT``), else the working directory. One experiment per
-dataset (``tracking.experiment`` or ``isdm-<dataset folder name>``).
+dataset (``tracking.experiment`` or ``isdm-<dataset folder name>``; a label subset written by
+``isdm data subset`` goes to its source dataset's experiment: :func:`experiment_name`).
 
 Grouping: every run is tagged ``isdm.pipeline`` (:func:`pipeline_id`) and ``isdm.action`` (and
 ``isdm.dvc_stage`` inside DVC); a run started while another is active, or with
@@ -40,9 +41,28 @@ from typing import Any, Iterator, Mapping, Optional
 
 from isdm.errors import TrackingError
 
-__all__ = ["Run", "NullRun", "start_run", "resolve_tracking_uri", "pipeline_id", "short"]
+__all__ = ["Run", "NullRun", "start_run", "resolve_tracking_uri", "pipeline_id", "short",
+           "experiment_name"]
 
 _INVOCATION_ID: Optional[str] = None  # this process's pipeline id outside DVC (see pipeline_id)
+
+
+def experiment_name(dataset: str | Path) -> str:
+    """The default experiment of a dataset folder: ``isdm-<folder name>``, or for a subset
+    written by ``isdm data subset`` (its ``subset.json`` names a ``source``) the source's
+    experiment, so the label curve's points of CrackForest sit beside its full-data runs
+    instead of in one ``isdm-real`` shared by every dataset's subsets (their folders are
+    ``data/labels/<f>/real``). An unreadable manifest falls back to the folder name."""
+    import json
+
+    path = Path(dataset)
+    try:  # the name of isdm.data.subset.MANIFEST (tracking imports no data code)
+        source = json.loads((path / "subset.json").read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        source = None
+    if isinstance(source, str) and source and Path(source).name:
+        path = Path(source)
+    return f"isdm-{path.name or 'default'}"
 
 
 def resolve_tracking_uri(uri: str = "") -> str:
@@ -184,7 +204,7 @@ def start_run(
         tracking: a :class:`isdm.config.TrackingConfig`.
         name: a run name that says what it is, e.g. ``"sample dpmpp2m 20 steps s=1.5"``.
         action: ``train`` / ``finetune`` / ``sample`` / ``evaluate`` / ``tune`` / ``trial`` ...
-        dataset: dataset folder, used for the default experiment name ``isdm-<name>``.
+        dataset: dataset folder, used for the default experiment name (:func:`experiment_name`).
         params: flat dotted params (``isdm.config.flatten(cfg)``), logged at start.
         tags: extra tags.
         parent_run_id: make this run a child of that run (nested). Without it, a run started
@@ -256,7 +276,7 @@ def _open_run(mlflow: Any, tracking: Any, name: str, action: str, dataset: str,
     if existing:
         experiment_id = mlflow.MlflowClient().get_run(existing).info.experiment_id
     else:
-        experiment = getattr(tracking, "experiment", "") or f"isdm-{Path(dataset).name or 'default'}"
+        experiment = getattr(tracking, "experiment", "") or experiment_name(dataset)
         experiment_id = mlflow.set_experiment(experiment).experiment_id
     if active is None:
         liveness.end_orphans(mlflow.MlflowClient(), experiment_id)

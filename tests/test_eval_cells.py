@@ -197,6 +197,36 @@ def test_curate_and_evaluate_share_the_real_only_cell(synth_dir, tmp_path):
     assert card["scorer"]["best_val_miou"] == pytest.approx(record["fit"]["best_val_miou"], abs=5e-5)
 
 
+def test_a_cell_asked_for_twice_trains_once_by_the_job_that_keeps_its_weights(tmp_path,
+                                                                              monkeypatch):
+    """Two rows on synthetic sets of the same content (a curation that kept every pair and
+    ignored no pixel) are one cell: one worker trains it, the other row gets its record instead
+    of a second worker waiting on its lock."""
+    from types import SimpleNamespace
+
+    from isdm.evaluation import pool as pool_mod
+
+    trained = []
+
+    def fake_run_job(job, device):
+        trained.append(job.name)
+        return SimpleNamespace(name=job.name), True
+
+    monkeypatch.setattr(pool_mod, "run_job", fake_run_job)
+
+    def job(name, key, keep):
+        return SimpleNamespace(name=name, store=str(tmp_path), spec=SimpleNamespace(key=key),
+                               keep_weights=keep)
+
+    jobs = [job("synthetic", "k1", False), job("real", "k2", False), job("curated", "k1", True)]
+    with pool_mod.CellPool(workers=1, threads=1, devices=["cpu"]) as pool:
+        out = list(pool.run(jobs))
+    assert trained == ["curated", "real"]
+    assert {o.job.name: (o.trained, o.record.name) for o in out} == {
+        "curated": (True, "curated"), "real": (True, "real"), "synthetic": (False, "curated")}
+    assert (pool.trained, pool.from_store) == (2, 1)
+
+
 def test_progress_lines_count_cells_trained_and_from_the_store(capsys):
     from isdm.evaluation.pool import _Progress
 

@@ -176,6 +176,11 @@ class _Progress:
         self.bar.close()
 
 
+def _key(job: CellJob) -> tuple[str, str]:
+    """A job's cell: its store and its spec's key."""
+    return str(job.store), job.spec.key
+
+
 class CellPool:
     """Runs cell jobs on ``workers`` processes of ``threads`` threads each (see the module
     docstring); a context manager (the workers stop at its end)."""
@@ -220,17 +225,24 @@ class CellPool:
     def run(self, jobs: Sequence[CellJob]) -> Iterator[CellOutcome]:
         """Every job's outcome: stored ones first, then as trained cells finish."""
         progress = _Progress(len(jobs), self.desc, self.progress)
-        missing = []
+        missing: dict[tuple[str, str], list[CellJob]] = {}
         try:
             for job in jobs:
                 record = CellStore(job.store).get(job.spec)
                 if record is None:
-                    missing.append(job)
+                    missing.setdefault(_key(job), []).append(job)
                     continue
                 yield self._done(CellOutcome(job, record, False), progress)
-            runner = self._inline if self.workers == 1 or len(missing) == 1 else self._parallel
-            for outcome in runner(missing):
+            # a cell asked for twice (two rows on sets of the same content) trains once, by the
+            # job that keeps its weights if one does; the others get its record, from the store
+            first = [next((j for j in group if j.keep_weights), group[0])
+                     for group in missing.values()]
+            runner = self._inline if self.workers == 1 or len(first) == 1 else self._parallel
+            for outcome in runner(first):
                 yield self._done(outcome, progress)
+                for job in missing[_key(outcome.job)]:
+                    if job is not outcome.job:
+                        yield self._done(CellOutcome(job, outcome.record, False), progress)
         finally:
             progress.close()
 
